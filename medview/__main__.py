@@ -1,0 +1,5 @@
+import sys
+
+from medview.cli import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""Typed errors. Each load error names the file and a plain-text reason."""
+
+from __future__ import annotations
+
+
+class MedviewError(Exception):
+    """Base class of every error medview raises on purpose."""
+
+
+class CancelledError(MedviewError):
+    """The user cancelled a long-running job."""
+
+
+class LoadError(MedviewError):
+    """A file could not be loaded as an image.
+
+    Parameters
+    ----------
+    path
+        The file (as given by the user; shown in the GUI, never written to logs).
+    reason
+        Plain-text reason a clinician can read.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class NotAnImageError(LoadError):
+    """The file is not an image medview reads (detected by content, not by name)."""
+
+
+class CorruptFileError(LoadError):
+    """The file is truncated or internally inconsistent."""
+
+
+class InvalidPixelTagError(LoadError):
+    """A DICOM pixel-description tag holds an impossible value."""
+
+    def __init__(self, path: str, tag: str, reason: str) -> None:
+        super().__init__(path, f"invalid {tag}: {reason}")
+        self.tag = tag
+
+
+class UnsupportedTransferSyntaxError(LoadError):
+    """Compressed pixel data for which no decoder is installed or which failed to decode."""
+
+    def __init__(self, path: str, syntax_name: str, syntax_uid: str, detail: str) -> None:
+        super().__init__(path, f"cannot decode {syntax_name} ({syntax_uid}): {detail}")
+        self.syntax_name = syntax_name
+        self.syntax_uid = syntax_uid
+
+
+class TooLargeError(LoadError):
+    """The header implies more memory than medview will allocate."""

@@ -1,0 +1,125 @@
+"""The image model shared by readers, the viewer and the models.
+
+An :class:`ImageVolume` holds the *stored* pixel values of one series (or one 2-D image,
+or one multi-frame object) together with what is needed to turn them into modality values
+(Rescale Slope/Intercept per slice) and to display them (photometric interpretation, VOI
+windows, VOI LUT). Keeping stored values avoids a float copy of a whole CT volume; the
+modality LUT is applied one slice at a time by :mod:`medview.imaging`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NAN3 = (math.nan, math.nan, math.nan)
+
+
+@dataclass(frozen=True)
+class WindowPreset:
+    """A VOI window: ``center`` and ``width`` in modality units (DICOM PS3.3 C.11.2)."""
+
+    name: str
+    center: float
+    width: float
+
+
+@dataclass(frozen=True)
+class VoiLut:
+    """One item of a VOI LUT Sequence (0028,3010): a table mapping stored values."""
+
+    first_mapped: int
+    bits: int
+    table: np.ndarray
+    explanation: str = ""
+
+
+@dataclass
+class ImageVolume:
+    """Pixels of one series and the metadata needed to display and model them.
+
+    ``pixels`` has shape ``(n, rows, cols)`` for greyscale or ``(n, rows, cols, 3)`` for
+    colour (always RGB after reading). ``spacing`` is ``(slice, row, column)`` in mm and
+    holds NaN wherever the spacing is unknown: nothing is ever guessed as 1 mm.
+    ``direction`` rows are the unit vectors (patient LPS) of increasing column index,
+    increasing row index and increasing slice index.
+    """
+
+    pixels: np.ndarray
+    modality: str = "OT"
+    photometric: str = "MONOCHROME2"
+    spacing: tuple[float, float, float] = NAN3
+    origin: tuple[float, float, float] | None = None
+    direction: np.ndarray | None = None
+    rescale_slope: np.ndarray | None = None
+    rescale_intercept: np.ndarray | None = None
+    rescale_type: str = ""
+    windows: list[WindowPreset] = field(default_factory=list)
+    voi_lut: VoiLut | None = None
+    frame_time_ms: float | None = None
+    description: str = ""
+    series_uid: str = ""
+    source_format: str = "dicom"
+    source_paths: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    multiframe: bool = False
+    incomplete: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim not in (3, 4):
+            raise ValueError(f"pixels must be 3-D or 4-D, got shape {self.pixels.shape}")
+        n = self.pixels.shape[0]
+        if self.rescale_slope is None:
+            self.rescale_slope = np.ones(n)
+        if self.rescale_intercept is None:
+            self.rescale_intercept = np.zeros(n)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def rows(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def cols(self) -> int:
+        return int(self.pixels.shape[2])
+
+    @property
+    def is_rgb(self) -> bool:
+        return self.pixels.ndim == 4
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.pixels.shape)
+
+    def source_of(self, index: int) -> str:
+        """The file the slice ``index`` came from ('' when unknown)."""
+        if not self.source_paths:
+            return ""
+        if len(self.source_paths) == self.n_slices:
+            return self.source_paths[index]
+        return self.source_paths[0]
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that was not loaded, and why (plain text)."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class LoadResult:
+    """Everything a load produced: the volumes and the files it had to skip."""
+
+    volumes: list[ImageVolume] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def extend(self, other: LoadResult) -> None:
+        self.volumes.extend(other.volumes)
+        self.skipped.extend(other.skipped)

@@ -1,0 +1,371 @@
+"""The main window: menus, drag-and-drop, series browser, slice view, side panels."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QDoubleSpinBox,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTabWidget,
+    QToolBar,
+)
+
+from medview.core.volume import ImageVolume, LoadResult, WindowPreset
+from medview.gui.panels import SeriesBrowser, SkippedPanel, TagBrowser
+from medview.gui.viewer import SliceView
+from medview.gui.workers import JobRunner
+from medview.imaging import modality_slice, window_presets
+from medview.io import iter_load
+
+log = logging.getLogger(__name__)
+
+RUO_NOTICE = "Research use only - not for diagnostic use"
+MAX_RECENT = 10
+
+
+class MainWindow(QMainWindow):
+    """medview's main window. ``open_paths`` is the one entry point for opening studies
+    (menus, drag-and-drop, command line and recent studies all call it)."""
+
+    load_finished = Signal(object)  # LoadResult
+    load_failed = Signal(str)
+    volume_shown = Signal(int)
+
+    def __init__(self, settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("medview")
+        self.resize(1400, 900)
+        self.setAcceptDrops(True)
+        self.settings = settings or QSettings("medview", "medview")
+        self.jobs = JobRunner(self)
+        self.volumes: list[ImageVolume] = []
+        self.current: int = -1
+        self._presets: list[WindowPreset] = []
+        self._dialogs: list[QMessageBox] = []
+
+        self.view = SliceView()
+        self.setCentralWidget(self.view)
+        self.series = SeriesBrowser()
+        self.series.series_selected.connect(self.show_volume)
+        self.tags = TagBrowser()
+        self.skipped = SkippedPanel()
+        self.warnings_label = QLabel("")
+        self.warnings_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.warnings_label.setWordWrap(True)
+
+        left = QDockWidget("Series", self)
+        left.setObjectName("series-dock")
+        left.setWidget(self.series)
+        left.setMinimumWidth(240)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, left)
+
+        self.side_tabs = QTabWidget()
+        self.side_tabs.addTab(self.tags, "DICOM tags")
+        self.side_tabs.addTab(self.skipped, "Skipped files (0)")
+        self.side_tabs.addTab(self.warnings_label, "Warnings")
+        right = QDockWidget("Details", self)
+        right.setObjectName("details-dock")
+        right.setWidget(self.side_tabs)
+        right.setMinimumWidth(360)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, right)
+        self.details_dock = right
+
+        self._build_toolbar()
+        self._build_menus()
+        self._build_status()
+        self.view.slice_changed.connect(self._on_slice_changed)
+        self.view.window_changed.connect(self._on_window_changed)
+        self.view.cursor_info.connect(self.cursor_label.setText)
+
+    # ------------------------------------------------------------------ UI
+    def _build_toolbar(self) -> None:
+        tb = QToolBar("View", self)
+        tb.setObjectName("view-toolbar")
+        self.addToolBar(tb)
+        tb.addWidget(QLabel(" Window: "))
+        self.preset_box = QComboBox()
+        self.preset_box.setMinimumWidth(220)
+        self.preset_box.activated.connect(self._on_preset)
+        tb.addWidget(self.preset_box)
+        self.act_invert = QAction("Invert", self, checkable=True, shortcut="I")
+        self.act_invert.toggled.connect(self.view.set_invert)
+        self.act_fit = QAction("Fit", self, shortcut="F", triggered=self.view.fit)
+        self.act_reset = QAction("Reset", self, shortcut="R", triggered=self._reset_view)
+        self.act_zoom_in = QAction("Zoom in", self, shortcut="+",
+                                   triggered=lambda: self.view.zoom(1.25))
+        self.act_zoom_out = QAction("Zoom out", self, shortcut="-",
+                                    triggered=lambda: self.view.zoom(0.8))
+        self.act_cine = QAction("Cine", self, checkable=True, shortcut="Space")
+        self.act_cine.toggled.connect(self._on_cine)
+        for act in (self.act_invert, self.act_fit, self.act_reset, self.act_zoom_in,
+                    self.act_zoom_out, self.act_cine):
+            tb.addAction(act)
+        self.fps_box = QDoubleSpinBox()
+        self.fps_box.setRange(0.5, 60.0)
+        self.fps_box.setValue(10.0)
+        self.fps_box.setSuffix(" fps")
+        self.fps_box.valueChanged.connect(self._on_fps)
+        tb.addWidget(self.fps_box)
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        file_menu.addAction(QAction("Open file...", self, shortcut=QKeySequence.StandardKey.Open,
+                                    triggered=self._open_file_dialog))
+        file_menu.addAction(QAction("Open folder...", self, shortcut="Ctrl+Shift+O",
+                                    triggered=self._open_folder_dialog))
+        self.recent_menu = file_menu.addMenu("Recent studies")
+        self._refresh_recent()
+        file_menu.addSeparator()
+        file_menu.addAction(QAction("Close all series", self, triggered=self.close_all))
+        file_menu.addAction(QAction("Quit", self, shortcut=QKeySequence.StandardKey.Quit,
+                                    triggered=self.close))
+        view_menu = self.menuBar().addMenu("&View")
+        for act in (self.act_invert, self.act_fit, self.act_reset, self.act_zoom_in,
+                    self.act_zoom_out, self.act_cine):
+            view_menu.addAction(act)
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(QAction("About medview", self, triggered=self._about))
+
+    def _build_status(self) -> None:
+        sb = self.statusBar()
+        self.cursor_label = QLabel("")
+        self.cursor_label.setTextFormat(Qt.TextFormat.PlainText)
+        sb.addWidget(self.cursor_label, 1)
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(lambda: self.jobs.cancel("load"))
+        sb.addPermanentWidget(self.progress)
+        sb.addPermanentWidget(self.cancel_button)
+        ruo = QLabel(RUO_NOTICE)
+        ruo.setObjectName("ruo-notice")
+        ruo.setStyleSheet("color: #b36b00; padding: 0 6px;")
+        sb.addPermanentWidget(ruo)
+        self.ruo_label = ruo
+
+    # ------------------------------------------------------------------ opening
+    def open_paths(self, paths: list[str]) -> None:
+        """Load files/folders in the background; newest request wins."""
+        paths = [os.fspath(p) for p in paths if p]
+        if not paths:
+            return
+        self._remember(paths)
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.cancel_button.setVisible(True)
+        self.statusBar().showMessage("Loading...")
+        job = self.jobs.start("load", lambda token: iter_load(paths, token))
+        job.progress.connect(self._on_load_progress)
+        job.succeeded.connect(lambda result, j=job: self._on_loaded(j, result))
+        job.failed.connect(lambda exc, j=job: self._on_load_failed(j, exc))
+        job.cancelled.connect(lambda j=job: self._on_load_cancelled(j))
+
+    def _on_load_progress(self, step) -> None:
+        self.progress.setRange(0, max(step.total, 1))
+        self.progress.setValue(step.done)
+        self.statusBar().showMessage(f"{step.message.capitalize()}: {step.done} / {step.total}")
+
+    def _end_loading(self) -> None:
+        if self.jobs.current("load") is None:
+            self.progress.setVisible(False)
+            self.cancel_button.setVisible(False)
+
+    def _on_loaded(self, job, result: LoadResult) -> None:
+        if not self.jobs.is_current(job):
+            return
+        self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
+        first_new = len(self.volumes)
+        for v in result.volumes:
+            self.volumes.append(v)
+            self.series.add_volume(v)
+        self.skipped.add(result.skipped)
+        self.side_tabs.setTabText(1, f"Skipped files ({self.skipped.rowCount()})")
+        msg = f"Loaded {len(result.volumes)} series"
+        if result.skipped:
+            msg += f"; {len(result.skipped)} file(s) skipped (see Skipped files)"
+        self.statusBar().showMessage(msg, 10000)
+        if result.volumes:
+            self.series.setCurrentRow(first_new)
+        else:
+            reasons = "\n".join(f"{os.path.basename(s.path)}: {s.reason}"
+                                for s in result.skipped[:20])
+            self.show_error("Nothing could be loaded", reasons or "No image files found.")
+        self.load_finished.emit(result)
+
+    def _on_load_failed(self, job, exc: Exception) -> None:
+        if not self.jobs.is_current(job):
+            return
+        self._end_loading()
+        self.show_error("Loading failed", str(exc))
+        self.load_failed.emit(str(exc))
+
+    def _on_load_cancelled(self, job) -> None:
+        if self.jobs.is_current(job):
+            self.progress.setVisible(False)
+            self.cancel_button.setVisible(False)
+            self.statusBar().showMessage("Loading cancelled", 5000)
+            self.load_failed.emit("cancelled")
+
+    def show_error(self, title: str, text: str) -> None:
+        """A non-modal error dialog (plain text); other work goes on."""
+        self.statusBar().showMessage(f"{title}: {text.splitlines()[0] if text else ''}", 15000)
+        box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Ok,
+                          self)
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        box.setModal(False)
+        box.setWindowModality(Qt.WindowModality.NonModal)
+        box.finished.connect(lambda _r, b=box: self._dialogs.remove(b) if b in self._dialogs
+                             else None)
+        self._dialogs.append(box)
+        box.show()
+
+    # ------------------------------------------------------------------ showing
+    def show_volume(self, index: int) -> None:
+        if not 0 <= index < len(self.volumes):
+            return
+        self.current = index
+        volume = self.volumes[index]
+        self.act_cine.setChecked(False)
+        self.act_invert.blockSignals(True)
+        self.act_invert.setChecked(False)
+        self.act_invert.blockSignals(False)
+        self.view.set_volume(volume)
+        self.fps_box.blockSignals(True)
+        self.fps_box.setValue(self.view.cine_fps)
+        self.fps_box.blockSignals(False)
+        self._fill_presets(volume)
+        self.warnings_label.setText("\n".join(volume.warnings) or "No warnings.")
+        self.side_tabs.setTabText(2, f"Warnings ({len(volume.warnings)})")
+        title = volume.description or "(no description)"
+        self.setWindowTitle(f"medview - {title}")
+        self.volume_shown.emit(index)
+
+    def _fill_presets(self, volume: ImageVolume) -> None:
+        values = modality_slice(volume, self.view.index)
+        self._presets = window_presets(volume, values)
+        self.preset_box.blockSignals(True)
+        self.preset_box.clear()
+        for p in self._presets:
+            self.preset_box.addItem(f"{p.name}  (W {p.width:.0f} / L {p.center:.0f})")
+        if volume.voi_lut is not None:
+            label = volume.voi_lut.explanation or "from file"
+            self.preset_box.addItem(f"VOI LUT: {label}")
+        self.preset_box.blockSignals(False)
+
+    def _on_preset(self, row: int) -> None:
+        if row < len(self._presets):
+            self.view.set_window(self._presets[row])
+        elif self.view.volume is not None and self.view.volume.voi_lut is not None:
+            self.view.set_window(self.view.window, use_voi_lut=True)
+
+    def _on_window_changed(self, window: WindowPreset) -> None:
+        names = [p.name for p in self._presets]
+        if window is not None and window.name in names:
+            self.preset_box.setCurrentIndex(names.index(window.name))
+
+    def _on_slice_changed(self, index: int) -> None:
+        v = self.view.volume
+        if v is not None:
+            self.tags.show_file(v.source_of(index), v)
+
+    def _on_cine(self, on: bool) -> None:
+        if on:
+            self.view.start_cine()
+        else:
+            self.view.stop_cine()
+
+    def _on_fps(self, fps: float) -> None:
+        self.view.cine_fps = fps
+        if self.view.cine_timer.isActive():
+            self.view.start_cine()
+
+    def _reset_view(self) -> None:
+        self.act_invert.setChecked(False)
+        self.view.reset()
+
+    def close_all(self) -> None:
+        self.jobs.cancel("load")
+        self.volumes.clear()
+        self.series.clear()
+        self.skipped.setRowCount(0)
+        self.tags.clear()
+        self.view.set_volume(None)
+        self.current = -1
+
+    # ------------------------------------------------------------------ dialogs
+    def _open_file_dialog(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(
+            self, "Open images", "",
+            "Images (*.dcm *.DCM *.nii *.nii.gz *.nrrd *.mha *.mhd *.png *.jpg *.jpeg *.tif "
+            "*.tiff *.bmp);;All files (*)",
+        )
+        self.open_paths(files)
+
+    def _open_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open folder")
+        if folder:
+            self.open_paths([folder])
+
+    def _about(self) -> None:
+        from medview import __version__
+
+        box = QMessageBox(QMessageBox.Icon.Information, "About medview",
+                          f"medview {__version__}\n\n{RUO_NOTICE}.\n\nDisplays DICOM, NIfTI, "
+                          "NRRD, MetaImage and PNG/JPEG/TIFF images. Model outputs are not a "
+                          "diagnosis.", QMessageBox.StandardButton.Ok, self)
+        box.setModal(False)
+        box.show()
+        self._dialogs.append(box)
+
+    # ------------------------------------------------------------------ recent
+    def recent(self) -> list[str]:
+        value = self.settings.value("recent", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or [])]
+
+    def _remember(self, paths: list[str]) -> None:
+        entry = os.pathsep.join(paths)
+        items = [r for r in self.recent() if r != entry]
+        self.settings.setValue("recent", [entry, *items][:MAX_RECENT])
+        self._refresh_recent()
+
+    def _refresh_recent(self) -> None:
+        self.recent_menu.clear()
+        for entry in self.recent():
+            paths = entry.split(os.pathsep)
+            label = ", ".join(os.path.basename(p.rstrip("/\\")) or p for p in paths)
+            act = QAction(label, self)
+            act.triggered.connect(lambda _=False, p=paths: self.open_paths(p))
+            self.recent_menu.addAction(act)
+        self.recent_menu.setEnabled(bool(self.recent()))
+
+    # ------------------------------------------------------------------ drag and drop
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
+
+    def closeEvent(self, event) -> None:
+        self.view.stop_cine()
+        self.jobs.shutdown()
+        super().closeEvent(event)

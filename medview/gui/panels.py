@@ -1,0 +1,157 @@
+"""Side panels: series browser, DICOM tag browser, skipped files."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QIcon, QImage, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medview.core.errors import LoadError
+from medview.core.volume import ImageVolume, SkippedFile
+from medview.imaging import render_slice
+
+THUMB = 72
+
+
+def thumbnail(volume: ImageVolume) -> QPixmap:
+    """A small rendering of the middle slice (default window), for the series browser."""
+    index = volume.n_slices // 2
+    step = max(1, max(volume.rows, volume.cols) // (THUMB * 2))
+    small = ImageVolume(
+        pixels=volume.pixels[index : index + 1, ::step, ::step],
+        modality=volume.modality,
+        photometric=volume.photometric,
+        rescale_slope=volume.rescale_slope[index : index + 1],
+        rescale_intercept=volume.rescale_intercept[index : index + 1],
+        windows=volume.windows,
+    )
+    img = np.ascontiguousarray(render_slice(small, 0, None))
+    h, w = img.shape[:2]
+    if img.ndim == 3:
+        qimg = QImage(img.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+    else:
+        qimg = QImage(img.data, w, h, w, QImage.Format.Format_Grayscale8)
+    return QPixmap.fromImage(qimg.copy()).scaled(
+        THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
+    )
+
+
+class SeriesBrowser(QListWidget):
+    """Open series with thumbnail, description and image count."""
+
+    series_selected = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setIconSize(QSize(THUMB, THUMB))
+        self.setSpacing(2)
+        self.setWordWrap(True)
+        self.currentRowChanged.connect(self._on_row)
+
+    def add_volume(self, volume: ImageVolume) -> None:
+        kind = "frames" if volume.multiframe else "images"
+        desc = volume.description or "(no description)"
+        flag = "  [incomplete]" if volume.incomplete else ""
+        warn = f"  ({len(volume.warnings)} warning(s))" if volume.warnings else ""
+        text = f"{desc}\n{volume.modality} · {volume.n_slices} {kind}{flag}{warn}"
+        item = QListWidgetItem(QIcon(thumbnail(volume)), text)
+        item.setToolTip("\n".join(volume.warnings) or desc)
+        self.addItem(item)
+
+    def _on_row(self, row: int) -> None:
+        if row >= 0:
+            self.series_selected.emit(row)
+
+
+class TagBrowser(QWidget):
+    """Searchable table of the current file's DICOM elements, all plain text."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.filter = QLineEdit()
+        self.filter.setPlaceholderText("Search tags, names or values")
+        self.filter.setClearButtonEnabled(True)
+        self.filter.textChanged.connect(self._apply_filter)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Tag", "Name", "VR", "Value"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.filter)
+        layout.addWidget(self.table)
+        self._path = None
+
+    def show_file(self, path: str, volume: ImageVolume) -> None:
+        if path == self._path:
+            return
+        self._path = path
+        if volume.source_format == "dicom" and path:
+            from medview.io.dicom import tag_rows
+
+            try:
+                rows = tag_rows(path)
+            except LoadError as exc:
+                rows = [("", "Error", "", exc.reason)]
+        else:
+            rows = [
+                ("", "Format", "", volume.source_format),
+                ("", "Shape", "", " x ".join(str(s) for s in volume.shape)),
+                ("", "Data type", "", str(volume.pixels.dtype)),
+                ("", "Spacing (mm)", "", ", ".join(f"{s:.4g}" for s in volume.spacing)),
+            ]
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row):
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        self.table.setColumnWidth(1, min(self.table.columnWidth(1), 200))
+        self._apply_filter(self.filter.text())
+
+    def clear(self) -> None:
+        self._path = None
+        self.table.setRowCount(0)
+
+    def _apply_filter(self, text: str) -> None:
+        needle = text.strip().lower()
+        for r in range(self.table.rowCount()):
+            hit = not needle or any(
+                needle in (self.table.item(r, c).text().lower() if self.table.item(r, c) else "")
+                for c in range(4)
+            )
+            self.table.setRowHidden(r, not hit)
+
+
+class SkippedPanel(QTableWidget):
+    """Files that were not loaded, with the reason."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(0, 2, parent)
+        self.setHorizontalHeaderLabels(["File", "Reason"])
+        self.verticalHeader().setVisible(False)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setWordWrap(True)
+        self.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+
+    def add(self, skipped: list[SkippedFile]) -> None:
+        start = self.rowCount()
+        self.setRowCount(start + len(skipped))
+        for k, s in enumerate(skipped):
+            item = QTableWidgetItem(s.path.replace("\\", "/").rsplit("/", 1)[-1])
+            item.setToolTip(s.path)
+            self.setItem(start + k, 0, item)
+            self.setItem(start + k, 1, QTableWidgetItem(s.reason))
+        self.resizeColumnToContents(0)

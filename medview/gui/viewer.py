@@ -1,0 +1,312 @@
+"""The central slice view: pyqtgraph image, window/level, zoom/pan, cine, read-outs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, Qt, QTimer, Signal
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+
+from medview.core.volume import ImageVolume, WindowPreset
+from medview.imaging import modality_slice, orientation_labels, render_slice, value_at
+from medview.imaging.window import default_window
+
+
+class _ViewBox(pg.ViewBox):
+    """Left-drag pans, right-drag sets window/level, wheel scrolls slices (Ctrl+wheel zooms)."""
+
+    def __init__(self, view: SliceView) -> None:
+        super().__init__(lockAspect=True, invertY=True, enableMenu=False)
+        self._view = view
+
+    def mouseDragEvent(self, ev, axis=None):
+        if ev.button() == Qt.MouseButton.RightButton:
+            ev.accept()
+            delta = ev.screenPos() - ev.lastScreenPos()
+            self._view.drag_window(delta.x(), delta.y())
+            return
+        super().mouseDragEvent(ev, axis)
+
+    def wheelEvent(self, ev, axis=None):
+        if ev.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            super().wheelEvent(ev, axis)
+            return
+        ev.accept()
+        delta = ev.delta() if hasattr(ev, "delta") else ev.angleDelta().y()
+        self._view.step_slice(-1 if delta > 0 else 1)
+
+
+class SliceView(QWidget):
+    """Shows one slice of an :class:`ImageVolume` with the current window and invert."""
+
+    slice_changed = Signal(int)
+    window_changed = Signal(object)
+    cursor_info = Signal(str)
+    image_updated = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.volume: ImageVolume | None = None
+        self.index = 0
+        self.window: WindowPreset | None = None
+        self.user_invert = False
+        self.use_voi_lut = False
+        self.displayed: np.ndarray | None = None
+
+        self.graphics = pg.GraphicsView()
+        self.graphics.setBackground("k")
+        self.viewbox = _ViewBox(self)
+        self.graphics.setCentralItem(self.viewbox)
+        self.image_item = pg.ImageItem(axisOrder="row-major")
+        self.viewbox.addItem(self.image_item)
+        self.overlay_item = pg.ImageItem(axisOrder="row-major")
+        self.overlay_item.setZValue(10)
+        self.overlay_item.setVisible(False)
+        self.viewbox.addItem(self.overlay_item)
+        self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
+
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setMinimum(0)
+        self.slider.valueChanged.connect(self.set_slice)
+        self.slice_label = QLabel("")
+        self.slice_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.slice_label.setMinimumWidth(90)
+
+        self._labels = {}
+        for edge in ("left", "right", "top", "bottom"):
+            lab = QLabel("", self.graphics)
+            lab.setTextFormat(Qt.TextFormat.PlainText)
+            lab.setStyleSheet("color: #ffd24d; font-weight: bold; background: transparent;")
+            lab.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+            self._labels[edge] = lab
+        self.info_label = QLabel("", self.graphics)
+        self.info_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.info_label.setStyleSheet("color: #e0e0e0; background: transparent;")
+        self.info_label.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.slider, 1)
+        bottom.addWidget(self.slice_label)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.graphics, 1)
+        layout.addLayout(bottom)
+
+        self.cine_timer = QTimer(self)
+        self.cine_timer.timeout.connect(self._cine_step)
+        self.cine_fps = 10.0
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+
+    # ----------------------------------------------------------------- volume
+    def set_volume(self, volume: ImageVolume | None) -> None:
+        self.stop_cine()
+        self.volume = volume
+        self.user_invert = False
+        self.use_voi_lut = False
+        if volume is None:
+            self.image_item.clear()
+            self.displayed = None
+            self.slider.setMaximum(0)
+            self._update_labels()
+            return
+        middle = volume.n_slices // 2 if not volume.multiframe else 0
+        self.index = middle
+        self.window = default_window(volume, modality_slice(volume, middle))
+        if volume.frame_time_ms:
+            self.cine_fps = 1000.0 / volume.frame_time_ms
+        self.slider.blockSignals(True)
+        self.slider.setMaximum(max(volume.n_slices - 1, 0))
+        self.slider.setValue(middle)
+        self.slider.blockSignals(False)
+        self.slider.setEnabled(volume.n_slices > 1)
+        sy, sx = volume.spacing[1], volume.spacing[2]
+        aspect = sy / sx if math.isfinite(sy) and math.isfinite(sx) and sx > 0 else 1.0
+        tr = pg.QtGui.QTransform()
+        tr.scale(1.0, aspect)
+        self.image_item.setTransform(tr)
+        self.overlay_item.setTransform(tr)
+        self.overlay_item.setVisible(False)
+        self._render()
+        self.fit()
+        self._update_labels()
+        self.window_changed.emit(self.window)
+        self.slice_changed.emit(self.index)
+
+    def _render(self) -> None:
+        if self.volume is None:
+            return
+        self.displayed = render_slice(
+            self.volume, self.index, self.window, self.user_invert, self.use_voi_lut
+        )
+        self.image_item.setImage(self.displayed, levels=(0, 255), autoLevels=False)
+        n = self.volume.n_slices
+        self.slice_label.setText(f"{self.index + 1} / {n}")
+        self._update_info()
+        self.image_updated.emit()
+
+    # ----------------------------------------------------------------- slices
+    def set_slice(self, index: int) -> None:
+        if self.volume is None:
+            return
+        index = int(np.clip(index, 0, self.volume.n_slices - 1))
+        if index == self.index and self.displayed is not None:
+            return
+        self.index = index
+        if self.slider.value() != index:
+            self.slider.blockSignals(True)
+            self.slider.setValue(index)
+            self.slider.blockSignals(False)
+        self._render()
+        self.slice_changed.emit(index)
+
+    def step_slice(self, step: int) -> None:
+        self.set_slice(self.index + step)
+
+    # ----------------------------------------------------------------- window
+    def set_window(self, window: WindowPreset, use_voi_lut: bool = False) -> None:
+        self.window = window
+        self.use_voi_lut = use_voi_lut
+        self._render()
+        self.window_changed.emit(window)
+
+    def drag_window(self, dx: float, dy: float) -> None:
+        """Right-drag: horizontal changes width, vertical changes level (center)."""
+        if self.volume is None or self.window is None:
+            return
+        w = self.window
+        scale = max(w.width, 2.0) / 256.0
+        width = max(1.0, w.width + dx * scale * 2)
+        center = w.center - dy * scale
+        self.set_window(WindowPreset("Custom", center, width))
+
+    def set_invert(self, on: bool) -> None:
+        self.user_invert = bool(on)
+        self._render()
+
+    # ----------------------------------------------------------------- zoom
+    def fit(self) -> None:
+        self.viewbox.autoRange(padding=0.0)
+
+    def reset(self) -> None:
+        if self.volume is None:
+            return
+        self.user_invert = False
+        self.use_voi_lut = False
+        self.window = default_window(self.volume, modality_slice(self.volume, self.index))
+        self._render()
+        self.fit()
+        self.window_changed.emit(self.window)
+
+    def zoom(self, factor: float) -> None:
+        self.viewbox.scaleBy((1 / factor, 1 / factor))
+
+    # ----------------------------------------------------------------- cine
+    def start_cine(self) -> None:
+        if self.volume is None or self.volume.n_slices < 2:
+            return
+        self.cine_timer.start(max(10, int(1000 / max(self.cine_fps, 0.5))))
+
+    def stop_cine(self) -> None:
+        self.cine_timer.stop()
+
+    def toggle_cine(self) -> None:
+        if self.cine_timer.isActive():
+            self.stop_cine()
+        else:
+            self.start_cine()
+
+    def _cine_step(self) -> None:
+        if self.volume is None:
+            return
+        self.set_slice((self.index + 1) % self.volume.n_slices)
+
+    # ----------------------------------------------------------------- overlay
+    def set_overlay(self, rgba: np.ndarray | None) -> None:
+        """Show an RGBA uint8 overlay aligned pixel-for-pixel with the slice (or hide it)."""
+        if rgba is None:
+            self.overlay_item.setVisible(False)
+            return
+        self.overlay_item.setImage(rgba, autoLevels=False, levels=(0, 255))
+        self.overlay_item.setVisible(True)
+
+    # ----------------------------------------------------------------- read-outs
+    def _on_mouse_moved(self, scene_pos: QPointF) -> None:
+        if self.volume is None:
+            return
+        p = self.image_item.mapFromScene(scene_pos)
+        col, row = math.floor(p.x()), math.floor(p.y())
+        if not (0 <= row < self.volume.rows and 0 <= col < self.volume.cols):
+            self.cursor_info.emit("")
+            return
+        self.cursor_info.emit(self.describe_pixel(row, col))
+
+    def describe_pixel(self, row: int, col: int) -> str:
+        v = self.volume
+        assert v is not None
+        val = value_at(v, self.index, row, col)
+        if isinstance(val, tuple):
+            text = "RGB " + ",".join(str(x) for x in val)
+        else:
+            unit = " HU" if v.modality == "CT" and v.rescale_type in ("HU", "") else ""
+            text = f"{val:.6g}{unit}"
+        pos = f"x={col} y={row} slice {self.index + 1}"
+        sy, sx = v.spacing[1], v.spacing[2]
+        if math.isfinite(sx) and math.isfinite(sy):
+            pos += f" ({col * sx:.1f}, {row * sy:.1f} mm)"
+        return f"{pos}: {text}"
+
+    def _update_info(self) -> None:
+        v = self.volume
+        if v is None or self.window is None:
+            self.info_label.setText("")
+            return
+        if self.use_voi_lut and v.voi_lut is not None:
+            wl = "VOI LUT"
+        else:
+            wl = f"W {self.window.width:.0f}  L {self.window.center:.0f}"
+        inv = "  inverted" if self.user_invert else ""
+        self.info_label.setText(f"{v.modality}  {wl}{inv}")
+        self.info_label.adjustSize()
+        self._place_labels()
+
+    def _update_labels(self) -> None:
+        direction = self.volume.direction if self.volume is not None else None
+        labels = orientation_labels(direction)
+        for edge, lab in self._labels.items():
+            lab.setText(labels[edge])
+            lab.adjustSize()
+        self._place_labels()
+
+    def _place_labels(self) -> None:
+        w, h = self.graphics.width(), self.graphics.height()
+        lab = self._labels
+        lab["left"].move(6, h // 2 - lab["left"].height() // 2)
+        lab["right"].move(w - lab["right"].width() - 6, h // 2 - lab["right"].height() // 2)
+        lab["top"].move(w // 2 - lab["top"].width() // 2, 4)
+        lab["bottom"].move(w // 2 - lab["bottom"].width() // 2, h - lab["bottom"].height() - 4)
+        self.info_label.move(6, 4)
+
+    def resizeEvent(self, ev) -> None:
+        super().resizeEvent(ev)
+        self._place_labels()
+
+    def keyPressEvent(self, ev: QKeyEvent) -> None:
+        key = ev.key()
+        n = self.volume.n_slices if self.volume is not None else 0
+        if key in (Qt.Key.Key_Up, Qt.Key.Key_Left):
+            self.step_slice(-1)
+        elif key in (Qt.Key.Key_Down, Qt.Key.Key_Right):
+            self.step_slice(1)
+        elif key == Qt.Key.Key_PageUp:
+            self.step_slice(-max(1, n // 10))
+        elif key == Qt.Key.Key_PageDown:
+            self.step_slice(max(1, n // 10))
+        elif key == Qt.Key.Key_Home:
+            self.set_slice(0)
+        elif key == Qt.Key.Key_End:
+            self.set_slice(n - 1)
+        else:
+            super().keyPressEvent(ev)

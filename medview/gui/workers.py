@@ -1,0 +1,110 @@
+"""Run generator jobs (which yield Progress and check a CancelToken) in QThreads.
+
+Nothing else in medview knows about threads: long work is written as plain generators in
+the lower layers, and :class:`JobThread` wraps one. Cancelling is cooperative: the job
+stops at its next ``yield``/cancel check. :class:`JobRunner` keeps the newest job of a
+kind alive and cancels older ones, and joins everything on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal
+
+from medview.core.errors import CancelledError
+from medview.core.progress import CancelToken, Progress
+
+log = logging.getLogger(__name__)
+
+JobFactory = Callable[[CancelToken], Generator[Progress, None, Any]]
+
+
+class JobThread(QThread):
+    """Runs one generator job; emits progress (at most ~20 per second) and the outcome."""
+
+    progress = Signal(object)
+    succeeded = Signal(object)
+    failed = Signal(object)
+    cancelled = Signal()
+
+    def __init__(self, factory: JobFactory, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._factory = factory
+        self.token = CancelToken()
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    def run(self) -> None:
+        last = 0.0
+        try:
+            gen = self._factory(self.token)
+            while True:
+                try:
+                    step = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                now = time.monotonic()
+                if now - last > 0.05:
+                    last = now
+                    self.progress.emit(step)
+            if self.token.cancelled:
+                self.cancelled.emit()
+            else:
+                self.succeeded.emit(result)
+        except CancelledError:
+            self.cancelled.emit()
+        except Exception as exc:
+            log.exception("background job failed")
+            self.failed.emit(exc)
+
+
+class JobRunner(QObject):
+    """Starts jobs by kind; a new job of a kind cancels the running one (newest wins)."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._current: dict[str, JobThread] = {}
+        self._all: set[JobThread] = set()
+
+    def start(self, kind: str, factory: JobFactory) -> JobThread:
+        old = self._current.get(kind)
+        if old is not None:
+            old.cancel()
+        job = JobThread(factory)
+        self._current[kind] = job
+        self._all.add(job)
+        job.finished.connect(lambda j=job: self._forget(j))
+        job.start()
+        return job
+
+    def current(self, kind: str) -> JobThread | None:
+        job = self._current.get(kind)
+        return job if job is not None and job.isRunning() else None
+
+    def cancel(self, kind: str) -> None:
+        job = self._current.get(kind)
+        if job is not None:
+            job.cancel()
+
+    def is_current(self, job: JobThread) -> bool:
+        return any(j is job for j in self._current.values())
+
+    def _forget(self, job: JobThread) -> None:
+        self._all.discard(job)
+        for kind, j in list(self._current.items()):
+            if j is job:
+                del self._current[kind]
+        job.deleteLater()
+
+    def shutdown(self, timeout_ms: int = 5000) -> None:
+        """Cancel every job and wait for the threads to end."""
+        for job in list(self._all):
+            job.cancel()
+        for job in list(self._all):
+            job.wait(timeout_ms)

@@ -1,0 +1,771 @@
+"""DICOM reading: header validation, pixel decoding, per-file metadata.
+
+Headers are read once with large values deferred (``defer_size``), so the Pixel Data length
+and file offset are known before a byte of pixels is read. Pixels of uncompressed files are
+read straight into the caller's buffer; compressed files go through pydicom's decoder
+plug-ins (pylibjpeg, pyjpegls, openjpeg, RLE).
+
+Nothing here trusts pydicom to have validated the file: lengths, pixel tags, sizes and
+rescale/window values are all checked explicitly (see BAD_INPUTS.md, items 1-11).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from medview.core.errors import (
+    CorruptFileError,
+    InvalidPixelTagError,
+    LoadError,
+    NotAnImageError,
+    TooLargeError,
+    UnsupportedTransferSyntaxError,
+)
+from medview.core.volume import VoiLut, WindowPreset
+from medview.imaging.lut import palette_to_rgb, ybr_full_to_rgb
+
+log = logging.getLogger(__name__)
+
+#: Refuse any single image object whose pixels would need more than this many bytes.
+MAX_IMAGE_BYTES = 4 * 1024**3
+#: Elements larger than this are not read until needed (Pixel Data, huge private tags).
+DEFER_SIZE = 64 * 1024
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian (inflated on read)
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+}
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+#: Which PyPI package decodes which compressed transfer syntax (for error messages).
+DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg or Pillow",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg or Pillow",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pyjpegls or pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.81": "pyjpegls or pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "pylibjpeg-rle",
+}
+
+_PHOTOMETRICS = {
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "RGB",
+    "PALETTE COLOR",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_ICT",
+    "YBR_RCT",
+    "YBR_PARTIAL_420",
+}
+
+
+@dataclass
+class DicomHeader:
+    """What one DICOM file says about its image, validated; pixels not yet read."""
+
+    path: str
+    ds: Dataset
+    transfer_syntax: str
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    modality: str
+    description: str
+    rows: int
+    cols: int
+    frames: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+    planar: int
+    instance_number: int | None
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    frame_positions: np.ndarray | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    slopes: np.ndarray
+    intercepts: np.ndarray
+    rescale_type: str
+    windows: list[WindowPreset]
+    voi_lut: VoiLut | None
+    frame_time_ms: float | None
+    pixel_offset: int | None
+    pixel_length: int | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def compressed(self) -> bool:
+        return self.transfer_syntax not in NATIVE_SYNTAXES
+
+    @property
+    def expected_bytes(self) -> int:
+        bits = self.rows * self.cols * self.frames * self.samples * self.bits_allocated
+        return (bits + 7) // 8
+
+    @property
+    def orientation_key(self) -> tuple:
+        if self.orientation is None:
+            return ()
+        return tuple(np.round(self.orientation, 3).tolist())
+
+    @property
+    def out_dtype(self) -> np.dtype:
+        """The numpy dtype of this file's decoded pixels."""
+        if self.photometric == "PALETTE COLOR":
+            return np.dtype(np.uint8)
+        if self.bits_allocated <= 8:
+            return np.dtype(np.int8 if self.signed and self.samples == 1 else np.uint8)
+        if self.bits_allocated <= 16:
+            return np.dtype(np.int16 if self.signed and self.samples == 1 else np.uint16)
+        return np.dtype(np.int32 if self.signed and self.samples == 1 else np.uint32)
+
+    @property
+    def out_photometric(self) -> str:
+        """Photometric interpretation after decoding: colour always becomes RGB."""
+        if self.samples == 3 or self.photometric == "PALETTE COLOR":
+            return "RGB"
+        return self.photometric
+
+
+def syntax_name(uid: str) -> str:
+    try:
+        return UID(uid).name or uid
+    except Exception:
+        return uid
+
+
+def _as_float(value, default: float | None = None) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return default
+    return f
+
+
+def _multi(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return list(value)
+    return [value]
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A DICOM string as plain text: control characters removed, stripped."""
+    try:
+        value = ds.get(keyword, "")
+    except Exception:
+        return ""
+    text = str(value) if value is not None else ""
+    return "".join(ch if ch.isprintable() else " " for ch in text).strip()
+
+
+def _int_tag(ds: Dataset, path: str, keyword: str, default: int | None = None) -> int:
+    try:
+        value = ds.get(keyword, default)
+    except Exception as exc:
+        raise InvalidPixelTagError(path, keyword, f"unreadable value ({exc})") from exc
+    if value is None or value == "":
+        if default is None:
+            raise InvalidPixelTagError(path, keyword, "missing")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPixelTagError(path, keyword, f"not an integer: {value!r}") from exc
+
+
+def _functional_item(ds: Dataset, frame: int | None, seq: str, item_seq: str):
+    """Look up a functional-group macro (enhanced multi-frame) per frame, then shared."""
+    groups = []
+    if frame is not None and "PerFrameFunctionalGroupsSequence" in ds:
+        per = ds.PerFrameFunctionalGroupsSequence
+        if frame < len(per):
+            groups.append(per[frame])
+    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
+        groups.append(ds.SharedFunctionalGroupsSequence[0])
+    for group in groups:
+        items = group.get(seq)
+        if items:
+            item = items[0]
+            if item_seq in item:
+                return item
+    return None
+
+
+def _vector(value, n: int) -> np.ndarray | None:
+    vals = _multi(value)
+    if len(vals) != n:
+        return None
+    try:
+        arr = np.array([float(v) for v in vals])
+    except (TypeError, ValueError):
+        return None
+    return arr if np.all(np.isfinite(arr)) else None
+
+
+def read_header(path: str, *, raw: bool = False) -> DicomHeader:
+    """Read and validate a DICOM file's header; pixels are deferred.
+
+    Parameters
+    ----------
+    path
+        The file.
+    raw
+        True for a file without the preamble and ``DICM`` marker; it is accepted only if it
+        parses as an image dataset, and a warning says so.
+
+    Raises
+    ------
+    LoadError
+        A subclass naming the file and the reason (see :mod:`medview.core.errors`).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=raw)
+            # Convert every top-level element now so that malformed values fail here;
+            # deferred (large) values and Pixel Data stay unread.
+            for tag in list(ds.keys()):
+                if tag == 0x7FE00010:
+                    continue
+                raw_elem = ds.get_item(tag, keep_deferred=True)
+                if getattr(raw_elem, "value", b"") is None:
+                    continue
+                ds[tag]
+    except FileNotFoundError as exc:
+        raise LoadError(path, "file not found (deleted or moved during the scan?)") from exc
+    except PermissionError as exc:
+        raise LoadError(path, "permission denied") from exc
+    except RecursionError as exc:
+        raise CorruptFileError(path, "sequences nested too deeply to read") from exc
+    except MemoryError as exc:
+        raise TooLargeError(path, "an element is too large to read") from exc
+    except InvalidDicomError as exc:
+        raise NotAnImageError(path, f"not a DICOM file: {exc}") from exc
+    except Exception as exc:
+        raise CorruptFileError(path, f"unreadable DICOM header: {exc}") from exc
+    try:
+        return _validated_header(path, ds, raw)
+    except LoadError:
+        raise
+    except RecursionError as exc:
+        raise CorruptFileError(path, "sequences nested too deeply to read") from exc
+    except Exception as exc:
+        raise CorruptFileError(path, f"malformed DICOM header: {exc}") from exc
+
+
+def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
+    warns: list[str] = []
+    if raw:
+        warns.append("no DICOM file header (preamble and 'DICM' marker); read as a raw dataset")
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        raise NotAnImageError(
+            path, "DICOMDIR index: not followed; images are read from the folder itself"
+        )
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise NotAnImageError(path, "float pixel data (parametric map) is not supported")
+        what = _text(ds, "Modality") or "object"
+        if raw and "Rows" not in ds:
+            raise NotAnImageError(path, "not an image: no DICOM image attributes found")
+        raise CorruptFileError(path, f"incomplete: no Pixel Data ({what})")
+
+    tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not tsyntax:
+        implicit, little = ds.original_encoding
+        if implicit in (None, True):
+            tsyntax = "1.2.840.10008.1.2"
+        else:
+            tsyntax = "1.2.840.10008.1.2.1" if little in (None, True) else BIG_ENDIAN
+        warns.append(f"no Transfer Syntax UID; assumed {syntax_name(tsyntax)}")
+        if meta is None:
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+            meta = ds.file_meta
+        meta.TransferSyntaxUID = UID(tsyntax)
+
+    rows = _int_tag(ds, path, "Rows")
+    cols = _int_tag(ds, path, "Columns")
+    if rows <= 0:
+        raise InvalidPixelTagError(path, "Rows", f"{rows}")
+    if cols <= 0:
+        raise InvalidPixelTagError(path, "Columns", f"{cols}")
+    bits_allocated = _int_tag(ds, path, "BitsAllocated")
+    if bits_allocated not in (1, 8, 16, 32):
+        raise InvalidPixelTagError(
+            path, "BitsAllocated", f"{bits_allocated} (must be 1, 8, 16 or 32)"
+        )
+    bits_stored = _int_tag(ds, path, "BitsStored", bits_allocated)
+    if not 1 <= bits_stored <= bits_allocated:
+        raise InvalidPixelTagError(
+            path, "BitsStored", f"{bits_stored} (BitsAllocated is {bits_allocated})"
+        )
+    pixrep = _int_tag(ds, path, "PixelRepresentation", 0)
+    if pixrep not in (0, 1):
+        raise InvalidPixelTagError(path, "PixelRepresentation", f"{pixrep} (must be 0 or 1)")
+    samples = _int_tag(ds, path, "SamplesPerPixel", 1)
+    if samples not in (1, 3):
+        raise InvalidPixelTagError(path, "SamplesPerPixel", f"{samples} (must be 1 or 3)")
+    frames = _int_tag(ds, path, "NumberOfFrames", 1) if "NumberOfFrames" in ds else 1
+    if frames <= 0:
+        raise InvalidPixelTagError(path, "NumberOfFrames", f"{frames}")
+    photometric = _text(ds, "PhotometricInterpretation").upper()
+    if not photometric:
+        photometric = "MONOCHROME2" if samples == 1 else "RGB"
+        warns.append(f"no Photometric Interpretation; assumed {photometric}")
+    if photometric not in _PHOTOMETRICS:
+        raise InvalidPixelTagError(path, "PhotometricInterpretation", repr(photometric))
+    planar = _int_tag(ds, path, "PlanarConfiguration", 0) if samples == 3 else 0
+
+    nbytes = rows * cols * frames * samples * max(bits_allocated, 8) // 8
+    if nbytes > MAX_IMAGE_BYTES:
+        raise TooLargeError(
+            path,
+            f"header implies {nbytes / 1024**3:.1f} GiB of pixels "
+            f"({rows}x{cols}x{frames} frames); the limit is {MAX_IMAGE_BYTES / 1024**3:.0f} GiB",
+        )
+
+    pixel_offset = pixel_length = None
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    length = getattr(elem, "length", None)
+    tell = getattr(elem, "value_tell", None)
+    if tsyntax in NATIVE_SYNTAXES:
+        expected = (rows * cols * frames * samples * bits_allocated + 7) // 8
+        if photometric == "YBR_FULL_422":
+            expected = expected * 2 // 3  # two of every three chroma samples are shared
+        raw_value = getattr(elem, "value", None)
+        if (
+            length is not None
+            and length != 0xFFFFFFFF
+            and isinstance(raw_value, bytes)
+            and len(raw_value) < length
+        ):
+            raise CorruptFileError(
+                path,
+                f"Pixel Data (7FE0,0010) runs past the end of the file: its length field "
+                f"says {length} bytes, the file holds {len(raw_value)}",
+            )
+        if tsyntax == DEFLATED:
+            tell = None  # offsets are into the inflated stream, not the file
+        if length is None or length == 0xFFFFFFFF or tell is None:
+            value = ds.PixelData
+            length = len(value) if value is not None else 0
+            tell = None
+        if length not in (expected, expected + 1):
+            raise CorruptFileError(
+                path,
+                f"Pixel Data has {length} bytes but Rows x Columns x Frames x Samples x "
+                f"Bits ({rows}x{cols}x{frames}x{samples}x{bits_allocated}) needs {expected}",
+            )
+        if tell is not None:
+            size = os.path.getsize(path)
+            if tell + expected > size:
+                raise CorruptFileError(
+                    path,
+                    f"Pixel Data (7FE0,0010) runs past the end of the file: needs "
+                    f"{expected} bytes from offset {tell}, the file has {size - tell}",
+                )
+            pixel_offset, pixel_length = tell, expected
+    elif (
+        length is not None
+        and length != 0xFFFFFFFF
+        and tell is not None
+        and tell + length > os.path.getsize(path)
+    ):
+        raise CorruptFileError(
+            path, "Pixel Data (7FE0,0010) length runs past the end of the file"
+        )
+    if tsyntax not in NATIVE_SYNTAXES:
+        _check_decoder(path, tsyntax)
+
+    modality = _text(ds, "Modality").upper() or "OT"
+    slopes, intercepts = _rescale(ds, frames, modality, warns)
+    windows = _windows(ds, warns)
+    voi_lut = _voi_lut(ds, warns)
+    position, orientation, frame_positions = _geometry(ds, frames)
+    spacing = _pixel_spacing(ds)
+    thickness = _as_float(ds.get("SliceThickness"))
+    if thickness is not None and not (math.isfinite(thickness) and thickness > 0):
+        thickness = None
+    frame_time = _as_float(ds.get("FrameTime"))
+    if frame_time is None and "CineRate" in ds:
+        rate = _as_float(ds.get("CineRate"))
+        frame_time = 1000.0 / rate if rate else None
+    if frame_time is not None and not (math.isfinite(frame_time) and frame_time > 0):
+        frame_time = None
+    instance = ds.get("InstanceNumber")
+    try:
+        instance_number = int(instance) if instance not in (None, "") else None
+    except (TypeError, ValueError):
+        instance_number = None
+
+    return DicomHeader(
+        path=path,
+        ds=ds,
+        transfer_syntax=tsyntax,
+        sop_uid=str(ds.get("SOPInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        modality=modality,
+        description=_text(ds, "SeriesDescription") or _text(ds, "StudyDescription"),
+        rows=rows,
+        cols=cols,
+        frames=frames,
+        samples=samples,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        signed=pixrep == 1,
+        photometric=photometric,
+        planar=planar,
+        instance_number=instance_number,
+        position=position,
+        orientation=orientation,
+        frame_positions=frame_positions,
+        pixel_spacing=spacing,
+        slice_thickness=thickness,
+        slopes=slopes,
+        intercepts=intercepts,
+        rescale_type=_text(ds, "RescaleType").upper(),
+        windows=windows,
+        voi_lut=voi_lut,
+        frame_time_ms=frame_time,
+        pixel_offset=pixel_offset,
+        pixel_length=pixel_length,
+        warnings=warns,
+    )
+
+
+def _check_decoder(path: str, tsyntax: str) -> None:
+    from pydicom.pixels import get_decoder
+
+    name = syntax_name(tsyntax)
+    package = DECODER_PACKAGES.get(tsyntax, "no known package")
+    try:
+        decoder = get_decoder(UID(tsyntax))
+    except NotImplementedError as exc:
+        raise UnsupportedTransferSyntaxError(
+            path, name, tsyntax, "no decoder exists for this transfer syntax"
+        ) from exc
+    if not decoder.is_available:
+        raise UnsupportedTransferSyntaxError(
+            path, name, tsyntax, f"no decoder installed; install {package}"
+        )
+
+
+def _rescale(
+    ds: Dataset, frames: int, modality: str, warns: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    slopes = np.ones(frames)
+    intercepts = np.zeros(frames)
+    per_frame = "PerFrameFunctionalGroupsSequence" in ds
+    bad = False
+    missing = False
+    for i in range(frames if per_frame else 1):
+        item = _functional_item(ds, i if per_frame else None, "PixelValueTransformationSequence",
+                                "RescaleSlope")
+        src = item if item is not None else ds
+        if "RescaleSlope" not in src and "RescaleIntercept" not in src:
+            missing = True
+            continue
+        s = _as_float(src.get("RescaleSlope", 1.0), math.nan)
+        b = _as_float(src.get("RescaleIntercept", 0.0), math.nan)
+        if not (math.isfinite(s) and math.isfinite(b)) or s == 0:
+            bad = True
+            continue
+        if per_frame:
+            slopes[i], intercepts[i] = s, b
+        else:
+            slopes[:], intercepts[:] = s, b
+    if bad:
+        warns.append(
+            "Rescale Slope/Intercept invalid (NaN, infinite or zero); stored values shown "
+            "unscaled"
+        )
+    elif missing and modality == "CT":
+        warns.append("no Rescale Slope/Intercept in a CT image; values may not be HU")
+    return slopes, intercepts
+
+
+def _windows(ds: Dataset, warns: list[str]) -> list[WindowPreset]:
+    src: Dataset = ds
+    if "WindowCenter" not in ds:
+        item = _functional_item(ds, 0, "FrameVOILUTSequence", "WindowCenter")
+        if item is not None:
+            src = item
+    centers = _multi(src.get("WindowCenter"))
+    widths = _multi(src.get("WindowWidth"))
+    if not centers:
+        return []
+    names = _multi(src.get("WindowCenterWidthExplanation"))
+    out: list[WindowPreset] = []
+    invalid = 0
+    for k, (c, w) in enumerate(zip(centers, widths, strict=False)):
+        cf, wf = _as_float(c, math.nan), _as_float(w, math.nan)
+        if not (math.isfinite(cf) and math.isfinite(wf)) or wf < 1:
+            invalid += 1
+            continue
+        label = "".join(ch for ch in str(names[k]) if ch.isprintable()) if k < len(names) else ""
+        out.append(WindowPreset(f"File: {label}" if label else f"File window {k + 1}", cf, wf))
+    if invalid or len(centers) != len(widths):
+        warns.append("some Window Center/Width values are invalid; an automatic window is used")
+    return out
+
+
+def _voi_lut(ds: Dataset, warns: list[str]) -> VoiLut | None:
+    if "VOILUTSequence" not in ds or not len(ds.VOILUTSequence):
+        return None
+    item = ds.VOILUTSequence[0]
+    try:
+        n, first, bits = (int(v) for v in item.LUTDescriptor)
+        n = n or 65536
+        data = item.LUTData
+        if isinstance(data, bytes):
+            table = np.frombuffer(data, dtype="<u2" if bits > 8 else np.uint8)
+        else:
+            table = np.asarray(_multi(data), dtype=np.uint16)
+        table = table[:n]
+        if table.size == 0 or not 1 <= bits <= 16:
+            raise ValueError("empty table")
+    except Exception:
+        warns.append("VOI LUT Sequence unreadable; a window is used instead")
+        return None
+    explanation = "".join(ch for ch in str(item.get("LUTExplanation", "")) if ch.isprintable())
+    return VoiLut(first_mapped=first, bits=bits, table=table, explanation=explanation)
+
+
+def _geometry(ds: Dataset, frames: int):
+    orientation = _vector(ds.get("ImageOrientationPatient"), 6)
+    position = _vector(ds.get("ImagePositionPatient"), 3)
+    frame_positions = None
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        item = _functional_item(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient")
+        if orientation is None and item is not None:
+            orientation = _vector(item.ImageOrientationPatient, 6)
+        positions = []
+        for i in range(frames):
+            pitem = _functional_item(ds, i, "PlanePositionSequence", "ImagePositionPatient")
+            vec = _vector(pitem.ImagePositionPatient, 3) if pitem is not None else None
+            if vec is None:
+                positions = []
+                break
+            positions.append(vec)
+        if positions:
+            frame_positions = np.array(positions)
+            position = frame_positions[0]
+    if orientation is not None:
+        r, c = orientation[:3], orientation[3:]
+        if abs(np.linalg.norm(r) - 1) > 0.05 or abs(np.linalg.norm(c) - 1) > 0.05:
+            orientation = None
+    return position, orientation, frame_positions
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    vec = _vector(ds.get("PixelSpacing"), 2)
+    if vec is None:
+        item = _functional_item(ds, 0, "PixelMeasuresSequence", "PixelSpacing")
+        if item is not None:
+            vec = _vector(item.PixelSpacing, 2)
+    if vec is None:
+        vec = _vector(ds.get("ImagerPixelSpacing"), 2)
+    if vec is None or np.any(vec <= 0):
+        return None
+    return float(vec[0]), float(vec[1])
+
+
+def _native_pixels(h: DicomHeader) -> np.ndarray:
+    """Uncompressed pixels read straight from the file (or the inflated dataset)."""
+    if h.bits_allocated == 1:
+        raise ValueError("1-bit data goes through pydicom")
+    base = {8: "u1", 16: "u2", 32: "u4"}[h.bits_allocated]
+    if h.signed and h.samples == 1:
+        base = base.replace("u", "i")
+    order = ">" if h.transfer_syntax == BIG_ENDIAN else "<"
+    dtype = np.dtype(order + base)
+    count = h.rows * h.cols * h.frames * h.samples
+    if h.pixel_offset is not None:
+        with open(h.path, "rb") as f:
+            f.seek(h.pixel_offset)
+            arr = np.fromfile(f, dtype=dtype, count=count)
+        if arr.size != count:
+            raise CorruptFileError(h.path, "Pixel Data ended early while reading")
+    else:
+        arr = np.frombuffer(h.ds.PixelData, dtype=dtype, count=count)
+    if order == ">":
+        arr = arr.astype(dtype.newbyteorder("="))
+    if h.samples == 1:
+        arr = arr.reshape(h.frames, h.rows, h.cols)
+    elif h.planar == 1:
+        arr = arr.reshape(h.frames, 3, h.rows, h.cols).transpose(0, 2, 3, 1)
+    else:
+        arr = arr.reshape(h.frames, h.rows, h.cols, 3)
+    if h.bits_stored < h.bits_allocated:
+        arr = _mask_bits(arr, h.bits_stored, h.signed and h.samples == 1)
+    return arr
+
+
+def _mask_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    """Keep the low ``bits_stored`` bits; sign-extend when signed (C.7.6.3.1.1)."""
+    shift = arr.dtype.itemsize * 8 - bits_stored
+    if signed:
+        return (arr << shift) >> shift
+    mask = (1 << bits_stored) - 1
+    if arr.size and int(arr.max()) <= mask:
+        return arr
+    return arr & arr.dtype.type(mask)
+
+
+def _pydicom_pixels(h: DicomHeader) -> np.ndarray:
+    """Decode through pydicom's plug-ins (compressed syntaxes, 1-bit, subsampled YBR)."""
+    from pydicom.pixels import pixel_array
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = pixel_array(h.ds)
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if h.compressed:
+            raise UnsupportedTransferSyntaxError(
+                h.path, syntax_name(h.transfer_syntax), h.transfer_syntax,
+                f"the decoder failed ({detail[:200]})",
+            ) from exc
+        raise CorruptFileError(h.path, f"pixel data could not be decoded: {detail[:200]}") from exc
+    finally:
+        # The encoded bytes were read into the dataset; the decoded array is all we keep.
+        if "PixelData" in h.ds:
+            del h.ds.PixelData
+    if h.samples == 1:
+        arr = arr.reshape(h.frames, h.rows, h.cols)
+    else:
+        arr = arr.reshape(h.frames, h.rows, h.cols, 3)
+    return arr
+
+
+def read_pixels(h: DicomHeader) -> np.ndarray:
+    """Decoded pixels of one file: ``(frames, rows, cols)`` or ``(frames, rows, cols, 3)`` RGB.
+
+    Raises
+    ------
+    LoadError
+        Naming the file: corrupt data, or compressed data that could not be decoded.
+    """
+    native_ok = (
+        not h.compressed
+        and h.bits_allocated in (8, 16, 32)
+        and h.photometric in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL")
+    )
+    try:
+        arr = _native_pixels(h) if native_ok else _pydicom_pixels(h)
+    except OSError as exc:
+        raise LoadError(h.path, f"cannot read pixel data: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise CorruptFileError(h.path, f"pixel data could not be read: {exc}") from exc
+    if h.photometric == "PALETTE COLOR":
+        return _apply_palette(h, arr)
+    if h.samples == 3 and h.photometric == "YBR_FULL" and native_ok:
+        return ybr_full_to_rgb(arr, h.bits_allocated)
+    return arr
+
+
+def _apply_palette(h: DicomHeader, arr: np.ndarray) -> np.ndarray:
+    ds = h.ds
+    try:
+        luts = []
+        first = bits = 0
+        for colour in ("Red", "Green", "Blue"):
+            desc = ds[f"{colour}PaletteColorLookupTableDescriptor"].value
+            n, first, bits = (int(v) for v in desc)
+            raw = ds[f"{colour}PaletteColorLookupTableData"].value
+            table = np.frombuffer(raw, dtype="<u2" if bits > 8 else np.uint8)
+            luts.append(table[: (n or 65536)])
+    except KeyError:
+        try:
+            from pydicom.pixels import apply_color_lut
+
+            rgb = apply_color_lut(arr, ds)
+        except Exception as exc:
+            raise CorruptFileError(h.path, f"palette colour tables unreadable: {exc}") from exc
+        if rgb.dtype != np.uint8:
+            rgb = (rgb >> 8).astype(np.uint8)
+        return rgb.reshape(h.frames, h.rows, h.cols, 3)
+    return palette_to_rgb(arr, luts[0], luts[1], luts[2], first, bits)
+
+
+def tag_rows(path: str, max_value_chars: int = 256) -> list[tuple[str, str, str, str]]:
+    """Every element of a DICOM file as plain text: ``(tag, name, VR, value)``.
+
+    Sequences are flattened with indented names; bulk values (pixels, large private tags)
+    are summarised by their length. Control characters are removed, so nothing in a file
+    can inject markup into the viewer.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=True)
+    except Exception as exc:
+        raise CorruptFileError(path, f"unreadable DICOM header: {exc}") from exc
+    rows: list[tuple[str, str, str, str]] = []
+
+    def clean(text: str) -> str:
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
+        return text if len(text) <= max_value_chars else text[:max_value_chars] + "..."
+
+    def walk(dataset: Dataset, depth: int) -> None:
+        if depth > 8 or len(rows) > 20000:
+            return
+        for elem in dataset:
+            tag = f"({elem.tag.group:04X},{elem.tag.element:04X})"
+            name = ("  " * depth) + (elem.name or elem.keyword or "Unknown")
+            vr = str(elem.VR)
+            if vr == "SQ":
+                rows.append((tag, name, vr, f"{len(elem.value)} item(s)"))
+                for k, item in enumerate(elem.value):
+                    rows.append(("", ("  " * (depth + 1)) + f"Item {k + 1}", "", ""))
+                    walk(item, depth + 2)
+                continue
+            if elem.tag == 0x7FE00010 or vr in ("OB", "OW", "OF", "OD", "OL", "UN"):
+                raw = dataset.get_item(elem.tag, keep_deferred=True)
+                length = getattr(raw, "length", None)
+                if length is None:
+                    value = elem.value
+                    length = len(value) if value is not None else 0
+                rows.append((tag, name, vr, f"<{length} bytes>"))
+                continue
+            try:
+                value = elem.value
+                text = str(value) if value is not None else ""
+            except Exception:
+                text = "<unreadable>"
+            rows.append((tag, name, vr, clean(text)))
+
+    if getattr(ds, "file_meta", None) is not None:
+        walk(ds.file_meta, 0)
+    walk(ds, 0)
+    return rows

@@ -1,0 +1,198 @@
+"""NIfTI, NRRD and MetaImage (MHA/MHD) through SimpleITK, checked before reading.
+
+The header is checked first (dimensions, spacing, data length) so that truncated files,
+decompression bombs and invalid spacing are refused or flagged before any pixel is
+allocated. Volumes are reoriented to LPS so that every format displays the same way
+(radiological convention: patient right on the screen's left, anterior at the top).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import zlib
+
+import numpy as np
+import SimpleITK as sitk
+
+from medview.core.errors import CorruptFileError, LoadError, TooLargeError
+from medview.core.volume import ImageVolume
+
+#: Refuse any image whose pixels would need more than this many bytes.
+MAX_IMAGE_BYTES = 4 * 1024**3
+
+_NIFTI_BITPIX = {2: 8, 4: 16, 8: 32, 16: 32, 64: 64, 256: 8, 512: 16, 768: 32, 128: 24,
+                 1024: 64, 1280: 64, 2304: 32}
+
+
+def _nifti_header(path: str, gz: bool) -> dict:
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(352)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CorruptFileError(path, f"unreadable NIfTI header: {exc}") from exc
+    if len(head) < 348:
+        raise CorruptFileError(path, "NIfTI header is cut off")
+    endian = "<" if struct.unpack("<i", head[:4])[0] == 348 else ">"
+    dim = struct.unpack(endian + "8h", head[40:56])
+    datatype, bitpix = struct.unpack(endian + "hh", head[70:74])
+    pixdim = struct.unpack(endian + "8f", head[76:108])
+    vox_offset = struct.unpack(endian + "f", head[108:112])[0]
+    ndim = dim[0]
+    if not 1 <= ndim <= 7:
+        raise CorruptFileError(path, f"NIfTI dim[0] is {ndim} (must be 1 to 7)")
+    sizes = dim[1 : ndim + 1]
+    if any(s <= 0 for s in sizes):
+        raise CorruptFileError(path, f"NIfTI dimensions must be positive, got {list(sizes)}")
+    bits = bitpix or _NIFTI_BITPIX.get(datatype, 0)
+    if bits <= 0:
+        raise CorruptFileError(path, f"NIfTI datatype {datatype} has no known size")
+    return {
+        "sizes": sizes,
+        "spacing": pixdim[1 : min(ndim, 3) + 1],
+        "nbytes": int(np.prod(sizes, dtype=np.int64)) * bits // 8,
+        "offset": max(int(vox_offset), 352),
+    }
+
+
+def _count_gzip_bytes(path: str, limit: int) -> int:
+    """Decompressed size of a gzip file, reading at most ``limit + 1`` bytes."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as g:
+            while total <= limit:
+                chunk = g.read(min(1 << 22, limit + 1 - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CorruptFileError(path, f"compressed data is corrupt or cut off: {exc}") from exc
+    return total
+
+
+def text_header(path: str) -> dict[str, str]:
+    """Key/value lines of a NRRD or MetaImage header (up to the data)."""
+    fields: dict[str, str] = {}
+    with open(path, "rb") as f:
+        for _ in range(200):
+            line = f.readline(4096)
+            if not line or line in (b"\n", b"\r\n"):
+                break
+            text = line.decode("latin-1").strip()
+            for sep in (":=", ":", "="):
+                if sep in text:
+                    key, value = text.split(sep, 1)
+                    fields[key.strip().lower()] = value.strip()
+                    break
+            if text.lower().startswith("elementdatafile"):
+                break
+    return fields
+
+
+def read_itk(path: str, fmt: str) -> ImageVolume:
+    """Read a NIfTI / NRRD / MetaImage file into an LPS-oriented :class:`ImageVolume`."""
+    warns: list[str] = []
+    spacing_known = [True, True, True]
+    if fmt in ("nifti", "nifti-gz"):
+        info = _nifti_header(path, fmt == "nifti-gz")
+        if info["nbytes"] > MAX_IMAGE_BYTES:
+            raise TooLargeError(
+                path, f"header implies {info['nbytes'] / 1024**3:.1f} GiB of voxels"
+            )
+        need = info["offset"] + info["nbytes"]
+        have = os.path.getsize(path) if fmt == "nifti" else _count_gzip_bytes(path, need)
+        if have < need:
+            raise CorruptFileError(
+                path, f"file is shorter than its header implies ({have} of {need} bytes)"
+            )
+        for k, s in enumerate(info["spacing"]):
+            if not (math.isfinite(s) and s > 0):
+                spacing_known[k] = False
+    else:
+        fields = text_header(path)
+        keys = ("spacings", "space directions") if fmt == "nrrd" else ("elementspacing",
+                                                                        "elementsize")
+        if not any(k in fields for k in keys):
+            spacing_known = [False, False, False]
+            warns.append("no voxel spacing in the header: distances are in voxels")
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise CorruptFileError(path, f"unreadable header: {_itk_message(exc)}") from exc
+    size = reader.GetSize()
+    if any(s <= 0 for s in size):
+        raise CorruptFileError(path, f"dimensions must be positive, got {list(size)}")
+    comps = reader.GetNumberOfComponents()
+    nbytes = int(np.prod(size, dtype=np.int64)) * comps * 8
+    if nbytes > MAX_IMAGE_BYTES * 2:
+        raise TooLargeError(path, f"header implies {nbytes / 1024**3:.1f} GiB of voxels")
+    for k, s in enumerate(reader.GetSpacing()[:3]):
+        if not (math.isfinite(s) and s > 0):
+            spacing_known[k] = False
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise CorruptFileError(path, f"pixel data unreadable: {_itk_message(exc)}") from exc
+
+    if image.GetDimension() == 4:
+        t = image.GetSize()[3]
+        image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
+        warns.append(f"4-D image: showing the first of {t} volumes")
+    elif image.GetDimension() > 4:
+        raise LoadError(path, f"{image.GetDimension()}-D images are not supported")
+    if image.GetDimension() == 3:
+        try:
+            image = sitk.DICOMOrient(image, "LPS")
+        except RuntimeError:
+            warns.append("orientation could not be normalised; shown in file order")
+    arr = sitk.GetArrayFromImage(image)
+    if image.GetDimension() == 2:
+        arr = arr[np.newaxis]
+    rgb = image.GetNumberOfComponentsPerPixel() == 3
+    if image.GetNumberOfComponentsPerPixel() not in (1, 3):
+        raise LoadError(
+            path, f"{image.GetNumberOfComponentsPerPixel()} components per voxel not supported"
+        )
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise CorruptFileError(path, f"{bad} voxel(s) are NaN or infinite")
+    sp = list(image.GetSpacing()) + [math.nan] * (3 - image.GetDimension())
+    sx, sy, sz = sp[:3]
+    if not all(spacing_known[: image.GetDimension()]):
+        # Axes may have been permuted by the reorientation: treat all spacing as unknown.
+        sx = sy = sz = math.nan
+        if not any("spacing" in w for w in warns):
+            warns.append("voxel spacing is zero, negative or missing: distances are in voxels")
+    direction = None
+    if image.GetDimension() == 3:
+        d = np.array(image.GetDirection()).reshape(3, 3)
+        direction = d.T.copy()  # rows: directions of x, y, z index axes
+    origin = tuple(float(v) for v in image.GetOrigin())[:3]
+    name = os.path.basename(path)
+    return ImageVolume(
+        pixels=arr,
+        modality="OT",
+        photometric="RGB" if rgb else "MONOCHROME2",
+        spacing=(sz, sy, sx),
+        origin=origin if len(origin) == 3 else None,
+        direction=direction,
+        description=name,
+        series_uid=f"file:{name}",
+        source_format={"nifti": "nifti", "nifti-gz": "nifti", "nrrd": "nrrd"}.get(fmt, "meta"),
+        source_paths=[path],
+        warnings=warns,
+    )
+
+
+def _itk_message(exc: RuntimeError) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.lower().startswith("description:"):
+            return ln.split(":", 1)[1].strip()[:200]
+    return (lines[-1] if lines else "unknown error")[:200]

@@ -1,0 +1,153 @@
+"""Drive the real main window offscreen: open, scroll, window/level, panels, cancel."""
+
+import numpy as np
+from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+
+from medview.core.volume import WindowPreset
+from medview.gui.main_window import RUO_NOTICE
+from medview.imaging import render_slice
+from tests.factory import make_dataset, write, write_series
+
+
+def _open(qtbot, window, paths):
+    with qtbot.waitSignal(window.load_finished, timeout=20000) as blocker:
+        window.open_paths([str(p) for p in paths])
+    return blocker.args[0]
+
+
+def test_open_folder_scroll_and_window_level(qtbot, window, tmp_path):
+    _, expected = write_series(tmp_path / "ct", n=10)
+    result = _open(qtbot, window, [tmp_path / "ct"])
+    assert len(result.volumes) == 1
+    view = window.view
+    assert view.volume is result.volumes[0]
+    assert view.index == 5  # opens on the middle slice
+    np.testing.assert_array_equal(view.displayed, render_slice(view.volume, 5, view.window))
+
+    # scroll with the keyboard and the wheel handler
+    qtbot.keyClick(view, Qt.Key.Key_Down)
+    assert view.index == 6
+    view.step_slice(-3)
+    assert view.index == 3 and view.slider.value() == 3
+    assert view.slice_label.text() == "4 / 10"
+
+    # set a window: the displayed array is exactly the pure render
+    w = WindowPreset("test", -1000 + 35, 20)
+    view.set_window(w)
+    np.testing.assert_array_equal(view.displayed, render_slice(view.volume, 3, w))
+    hu = expected[3].astype(np.float32) - 1024
+    assert np.array_equal(view.displayed == 255, hu > -1000 + 35 - 0.5 + 19 / 2)
+
+    # right-drag window/level changes the window
+    before = view.window
+    view.drag_window(40, -20)
+    assert view.window.width > before.width and view.window.center > before.center
+
+    # invert
+    window.act_invert.setChecked(True)
+    np.testing.assert_array_equal(view.displayed,
+                                  render_slice(view.volume, 3, view.window, user_invert=True))
+
+
+def test_drop_uses_the_same_path_and_reports_skipped(qtbot, window, tmp_path):
+    write_series(tmp_path, n=3)
+    (tmp_path / "broken.dcm").write_bytes(b"%PDF-1.5 not dicom")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path))])
+    event = QDropEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime,
+                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    with qtbot.waitSignal(window.load_finished, timeout=20000):
+        window.dropEvent(event)
+    assert window.series.count() == 1
+    assert window.skipped.rowCount() == 1
+    assert "PDF" in window.skipped.item(0, 1).text()
+    assert window.side_tabs.tabText(1) == "Skipped files (1)"
+    assert window.recent()[0] == str(tmp_path)
+
+
+def test_nothing_loadable_shows_nonmodal_error(qtbot, window, tmp_path):
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    result = _open(qtbot, window, [tmp_path])
+    assert result.volumes == []
+    assert window._dialogs and not window._dialogs[-1].isModal()
+    assert "empty file" in window._dialogs[-1].text()
+
+
+def test_markup_in_description_is_shown_as_plain_text(qtbot, window, tmp_path):
+    ds = make_dataset(np.zeros((8, 8), np.int16), description="<h1>BIG</h1><img src=x>")
+    write(ds, tmp_path / "m.dcm")
+    _open(qtbot, window, [tmp_path])
+    assert "<h1>BIG</h1>" in window.series.item(0).text()
+    assert window.windowTitle().endswith("<h1>BIG</h1><img src=x>")
+    texts = [window.tags.table.item(r, 3).text() for r in range(window.tags.table.rowCount())]
+    assert "<h1>BIG</h1><img src=x>" in texts
+
+
+def test_tag_browser_search_and_presets(qtbot, window):
+    from medview.io.samples import sample_path
+
+    _open(qtbot, window, [sample_path("ct")])
+    items = [window.preset_box.itemText(i) for i in range(window.preset_box.count())]
+    assert any(i.startswith("CT lung") for i in items)
+    assert any(i.startswith("CT brain") for i in items)
+    window.tags.filter.setText("Modality")
+    visible = [r for r in range(window.tags.table.rowCount())
+               if not window.tags.table.isRowHidden(r)]
+    assert visible and all("modality" in " ".join(
+        window.tags.table.item(r, c).text() for c in range(4)).lower() for r in visible)
+    lung = next(i for i, t in enumerate(items) if t.startswith("CT lung"))
+    window.preset_box.setCurrentIndex(lung)
+    window._on_preset(lung)
+    assert window.view.window.name == "CT lung"
+
+
+def test_cursor_readout_gives_hu(qtbot, window, tmp_path):
+    _, expected = write_series(tmp_path, n=3)
+    _open(qtbot, window, [tmp_path])
+    text = window.view.describe_pixel(2, 3)
+    assert f"{int(expected[1, 2, 3]) - 1024} HU" in text and "x=3 y=2" in text
+
+
+def test_cine_advances_frames(qtbot, window, tmp_path):
+    write_series(tmp_path, n=4)
+    _open(qtbot, window, [tmp_path])
+    start = window.view.index
+    window.fps_box.setValue(50)
+    with qtbot.waitSignal(window.view.slice_changed, timeout=3000):
+        window.act_cine.setChecked(True)
+    window.act_cine.setChecked(False)
+    assert window.view.index != start
+
+
+def test_cancel_loading_leaves_window_usable(qtbot, window, tmp_path):
+    write_series(tmp_path, n=40, size=64)
+    with qtbot.waitSignal(window.load_failed, timeout=20000) as blocker:
+        window.open_paths([str(tmp_path)])
+        window.jobs.cancel("load")
+    assert blocker.args[0] == "cancelled"
+    assert window.series.count() == 0
+    _open(qtbot, window, [tmp_path])
+    assert window.series.count() == 1
+
+
+def test_newest_load_wins(qtbot, window, tmp_path):
+    write_series(tmp_path / "a", n=30, size=64, description="first")
+    write_series(tmp_path / "b", n=2, description="second")
+    window.open_paths([str(tmp_path / "a")])
+    with qtbot.waitSignal(window.load_finished, timeout=20000):
+        window.open_paths([str(tmp_path / "b")])
+    qtbot.waitUntil(lambda: window.jobs.current("load") is None, timeout=20000)
+    assert [v.description for v in window.volumes] == ["second"]
+
+
+def test_research_use_notice_is_always_visible(window):
+    assert window.ruo_label.text() == RUO_NOTICE
+    assert window.ruo_label.isVisible()
+
+
+def test_orientation_labels_on_axial_ct(qtbot, window, tmp_path):
+    write_series(tmp_path, n=2)
+    _open(qtbot, window, [tmp_path])
+    labels = {k: v.text() for k, v in window.view._labels.items()}
+    assert labels == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
