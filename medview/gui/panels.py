@@ -86,6 +86,7 @@ class TagBrowser(QWidget):
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["Tag", "Name", "VR", "Value"])
         self.table.verticalHeader().setVisible(False)
+        self.table.setWordWrap(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.horizontalHeader().setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
@@ -118,7 +119,7 @@ class TagBrowser(QWidget):
             for c, text in enumerate(row):
                 self.table.setItem(r, c, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
-        self.table.setColumnWidth(1, min(self.table.columnWidth(1), 200))
+        self.table.setColumnWidth(1, min(self.table.columnWidth(1), 170))
         self._apply_filter(self.filter.text())
 
     def clear(self) -> None:

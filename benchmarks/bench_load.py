@@ -1,0 +1,81 @@
+"""Series loading: medview's validated loader against a plain pydicom read-and-stack loop.
+
+Writes a 300-slice 512x512 int16 CT series with pydicom, then (in this one run) times
+both loaders alternately, best of N, and measures each one's peak traced memory (numpy
+buffers included) relative to the volume's size.
+"""
+
+from __future__ import annotations
+
+import gc
+import glob
+import os
+import tempfile
+import time
+import tracemalloc
+
+import numpy as np
+import pydicom
+
+try:
+    from benchmarks.common import print_table, write_ct_series
+except ImportError:  # run as a script
+    from common import print_table, write_ct_series
+
+from medview.io import load
+
+
+def plain_loop(folder: str) -> np.ndarray:
+    files = sorted(glob.glob(os.path.join(folder, "*.dcm")))
+    return np.stack([pydicom.dcmread(f).pixel_array for f in files])
+
+
+def ours(folder: str) -> np.ndarray:
+    return load([folder]).volumes[0].pixels
+
+
+def _time(fn, folder: str) -> float:
+    gc.collect()
+    t = time.perf_counter()
+    fn(folder)
+    return time.perf_counter() - t
+
+
+def _peak(fn, folder: str) -> int:
+    gc.collect()
+    tracemalloc.start()
+    out = fn(folder)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del out
+    return peak
+
+
+def run(n: int = 300, repeats: int = 3) -> list[tuple[str, str, str, str]]:
+    with tempfile.TemporaryDirectory() as folder:
+        write_ct_series(folder, n=n)
+        volume_bytes = n * 512 * 512 * 2
+        a = plain_loop(folder)
+        b = ours(folder)
+        assert a.shape == b.shape
+        base_t, our_t = [], []
+        for _ in range(repeats):
+            base_t.append(_time(plain_loop, folder))
+            our_t.append(_time(ours, folder))
+        base_peak = _peak(plain_loop, folder)
+        our_peak = _peak(ours, folder)
+    bt, ot = min(base_t), min(our_t)
+    speed = bt / ot
+    mem = our_peak / volume_bytes
+    return [
+        ("plain pydicom loop, slices/s", f"{n / bt:.0f}", "(baseline)", ""),
+        ("medview loader, slices/s", f"{n / ot:.0f}", f"{speed:.2f}x baseline (target >= 0.8x)",
+         "PASS" if speed >= 0.8 else "FAIL"),
+        ("plain loop peak memory / volume", f"{base_peak / volume_bytes:.2f}x", "(baseline)", ""),
+        ("medview peak memory / volume", f"{mem:.2f}x", "target <= 1.5x",
+         "PASS" if mem <= 1.5 else "FAIL"),
+    ]
+
+
+if __name__ == "__main__":
+    print_table("Series loading (300 x 512 x 512 int16 CT)", run())

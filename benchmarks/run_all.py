@@ -1,0 +1,16 @@
+"""Run every benchmark and print one table each (``make bench``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import bench_gui_stall, bench_load
+from benchmarks.common import print_table
+
+if __name__ == "__main__":
+    print_table("Series loading (300 x 512 x 512 int16 CT, best of 3)", bench_load.run())
+    print_table("GUI responsiveness while loading (real window, offscreen)",
+                bench_gui_stall.run())

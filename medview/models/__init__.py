@@ -1,0 +1,1 @@
+"""Model cards, the model registry, safe weight loading and ImageNet base weights."""
