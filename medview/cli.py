@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("info",)
+SUBCOMMANDS = ("info", "models", "train")
 
 
 def _finite(x: float) -> float | None:
@@ -70,6 +70,90 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0 if result.volumes else 2
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from medview.models.registry import discover_models
+
+    reg = discover_models()
+    if args.json:
+        doc = {"models": [m.summary() for m in reg.models],
+               "errors": [{"where": e.where, "reason": e.reason} for e in reg.errors]}
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not reg.models:
+        print("no models found")
+    for m in reg.models:
+        s = m.summary()
+        test = m.data["metrics"].get("test", {})
+        auc = test.get("auc", {})
+        perf = (f"test AUC {auc.get('value')} (95% CI {auc.get('ci95', [None, None])[0]}-"
+                f"{auc.get('ci95', [None, None])[1]}, n={test.get('n')})" if auc else
+                "no test metrics")
+        print(f"{s['id']}  {s['name']} v{s['version']}  [{s['source']}]\n"
+              f"    classes: {', '.join(s['classes'])}\n"
+              f"    input: {s['input']['dimensionality']} {', '.join(s['input']['modalities'])},"
+              f" {s['input']['size'][0]}x{s['input']['size'][1]}, "
+              f"{s['input']['channels']} channel(s)\n"
+              f"    intended use: {s['intended_use']}\n    {perf}\n"
+              f"    weights sha256: {s['weights_sha256']}")
+    for e in reg.errors:
+        print(f"refused {e.where}: {e.reason}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from medview.core.errors import CancelledError, MedviewError
+    from medview.models.registry import user_models_dir
+    from medview.training.engine import TrainConfig, train
+    from medview.training.export import export_model
+
+    overrides = {"data": args.data, "base": args.base, "strategy": args.strategy,
+                 "epochs": args.epochs, "image_size": args.image_size, "name": args.name,
+                 "out": args.out}
+    try:
+        cfg = (TrainConfig.from_file(args.config, **overrides) if args.config
+               else TrainConfig(**{k: v for k, v in overrides.items() if v is not None}))
+        if not cfg.data:
+            print("error: no DATA given (argument or config 'data')", file=sys.stderr)
+            return 2
+        gen = train(cfg)
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            _print_event(ev)
+        out = cfg.out or user_models_dir()
+        folder = export_model(result.model, result.card, out)
+    except (MedviewError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (CancelledError, KeyboardInterrupt):
+        print("cancelled: nothing was written", file=sys.stderr)
+        return 130
+    test = result.card["metrics"].get("test") or result.card["metrics"]["validation"]
+    print(f"saved {folder}")
+    for key in ("auc", "sensitivity", "specificity", "accuracy", "ece"):
+        v = test[key]
+        print(f"  {key}: {v['value']} (95% CI {v['ci95'][0]}-{v['ci95'][1]})")
+    for w in result.warnings:
+        print(f"  warning: {w}")
+    return 0
+
+
+def _print_event(ev) -> None:
+    if ev.stage == "load" and (ev.step == ev.steps or ev.step % 512 < 16):
+        print(f"reading images {ev.step}/{ev.steps}", flush=True)
+    elif ev.stage == "epoch":
+        m = ev.metrics
+        print(f"epoch {ev.epoch}/{ev.epochs}  loss {m['loss']:.4f}  val AUC {m['val_auc']:.4f}"
+              f"  val acc {m['val_accuracy']:.4f}  {m['epoch_seconds']:.0f}s "
+              f"({m['images_per_second']} img/s) {ev.message}", flush=True)
+    elif ev.stage in ("features", "early_stop", "evaluate", "done"):
+        print(ev.message, flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medview",
@@ -81,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("paths", nargs="+", metavar="PATH")
     info.add_argument("--json", action="store_true", help="print one JSON document")
     info.set_defaults(func=cmd_info)
+    models = sub.add_parser("models", help="list the available models")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    tr = sub.add_parser("train", help="fine-tune a model on a labelled folder or manifest")
+    tr.add_argument("data", nargs="?", help="folder of class subfolders, or a CSV manifest")
+    tr.add_argument("--base", help="efficientnet-lite0/1/2, a model id or a model folder")
+    tr.add_argument("--strategy", choices=("feature", "partial", "full", "gradual", "scratch"))
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--image-size", type=int, dest="image_size")
+    tr.add_argument("--name")
+    tr.add_argument("--out", help="directory the new model folder is written into")
+    tr.add_argument("--config", help="JSON file with training settings")
+    tr.set_defaults(func=cmd_train)
     return parser
 
 

@@ -136,3 +136,11 @@ def test_ct_presets_and_auto_window():
     assert "Auto" in names and "Full range" in names
     auto = auto_window(values)
     assert -1000 < auto.center - auto.width / 2 < -900
+
+
+def test_8bit_images_open_at_full_scale():
+    from medview.imaging.window import default_window
+
+    vol = _vol(np.array([[0, 128, 255]], np.uint8), source_format="raster")
+    w = default_window(vol, vol.pixels[0].astype(np.float32))
+    np.testing.assert_array_equal(render_slice(vol, 0, w), [[0, 128, 255]])

@@ -14,6 +14,9 @@ CT_PRESETS = (
     WindowPreset("CT brain", 40.0, 80.0),
 )
 
+#: 0 -> black, 255 -> white: the identity for display-ready 8-bit images.
+FULL_SCALE_8BIT = WindowPreset("Full scale (8-bit)", 128.0, 256.0)
+
 _SAMPLE = 262_144  # values looked at to estimate a window
 
 
@@ -46,6 +49,8 @@ def window_presets(volume: ImageVolume, values: np.ndarray) -> list[WindowPreset
     presets: list[WindowPreset] = list(volume.windows)
     if volume.modality == "CT" and volume.rescale_type in ("HU", ""):
         presets.extend(CT_PRESETS)
+    if volume.pixels.dtype == np.uint8:
+        presets.append(FULL_SCALE_8BIT)
     presets.append(auto_window(values))
     presets.append(full_range_window(values))
     return presets
@@ -55,6 +60,8 @@ def default_window(volume: ImageVolume, values: np.ndarray) -> WindowPreset:
     """The window a volume opens with: the file's first window, else a data-driven one."""
     if volume.windows:
         return volume.windows[0]
+    if volume.pixels.dtype == np.uint8:
+        return FULL_SCALE_8BIT  # 8-bit images (PNG/JPEG, US, RGB) are display-ready
     if volume.is_rgb:
         return full_range_window(values)
     return auto_window(values)

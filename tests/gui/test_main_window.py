@@ -120,21 +120,52 @@ def test_cine_advances_frames(qtbot, window, tmp_path):
     assert window.view.index != start
 
 
-def test_cancel_loading_leaves_window_usable(qtbot, window, tmp_path):
-    write_series(tmp_path, n=40, size=64)
+def _blocking_first_load(monkeypatch):
+    """Make the first load wait until it is cancelled (later loads are real), so tests do
+    not depend on how fast a thread gets scheduled."""
+    import threading
+
+    import medview.gui.main_window as mw
+    from medview.core.progress import Progress
+
+    real = mw.iter_load
+    calls = []
+    waiting = threading.Event()
+
+    def fake(paths, token):
+        calls.append(paths)
+        if len(calls) == 1:
+            waiting.set()
+            while not token.cancelled:
+                yield Progress(0, 1, "waiting")
+                token._event.wait(0.01)
+            token.raise_if_cancelled()
+        return (yield from real(paths, token))
+
+    monkeypatch.setattr(mw, "iter_load", fake)
+    return waiting
+
+
+def test_cancel_loading_leaves_window_usable(qtbot, window, tmp_path, monkeypatch):
+    waiting = _blocking_first_load(monkeypatch)
+    write_series(tmp_path, n=4)
     with qtbot.waitSignal(window.load_failed, timeout=20000) as blocker:
         window.open_paths([str(tmp_path)])
-        window.jobs.cancel("load")
+        qtbot.waitUntil(waiting.is_set)
+        assert window.cancel_button.isVisible()
+        window.cancel_button.click()
     assert blocker.args[0] == "cancelled"
-    assert window.series.count() == 0
+    assert window.series.count() == 0 and not window.progress.isVisible()
     _open(qtbot, window, [tmp_path])
     assert window.series.count() == 1
 
 
-def test_newest_load_wins(qtbot, window, tmp_path):
-    write_series(tmp_path / "a", n=30, size=64, description="first")
+def test_newest_load_wins(qtbot, window, tmp_path, monkeypatch):
+    waiting = _blocking_first_load(monkeypatch)
+    write_series(tmp_path / "a", n=3, description="first")
     write_series(tmp_path / "b", n=2, description="second")
     window.open_paths([str(tmp_path / "a")])
+    qtbot.waitUntil(waiting.is_set)
     with qtbot.waitSignal(window.load_finished, timeout=20000):
         window.open_paths([str(tmp_path / "b")])
     qtbot.waitUntil(lambda: window.jobs.current("load") is None, timeout=20000)

@@ -1,0 +1,1 @@
+"""Local inference: the Predictor and device selection."""

@@ -1,0 +1,100 @@
+"""Find model folders: the bundled ``models/`` directory and the user's models directory.
+
+The bundled directory is found through one resource helper that works from a source
+checkout, an installed wheel and a PyInstaller bundle. A broken card is reported and the
+other models still load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from medview.models.card import CARD_FILE, CardError, ModelCard, read_card
+
+log = logging.getLogger(__name__)
+
+ENV_USER_DIR = "MEDVIEW_MODELS_DIR"
+
+
+def resource_path(name: str) -> str | None:
+    """A top-level resource folder (``models``, ``resources``) wherever medview runs from."""
+    candidates = []
+    frozen = getattr(sys, "_MEIPASS", None)
+    if frozen:
+        candidates.append(os.path.join(frozen, name))
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates.append(os.path.join(here, "..", "..", name))  # source checkout
+    candidates.append(os.path.join(here, "..", "_bundled", name))  # wheel
+    candidates.append(os.path.join(sys.prefix, "share", "medview", name))
+    for c in candidates:
+        if os.path.isdir(c):
+            return os.path.normpath(c)
+    return None
+
+
+def bundled_models_dir() -> str | None:
+    return resource_path("models")
+
+
+def user_models_dir() -> str:
+    """The user's models directory (``MEDVIEW_MODELS_DIR`` overrides the platform default)."""
+    override = os.environ.get(ENV_USER_DIR)
+    if override:
+        return override
+    from platformdirs import user_data_dir
+
+    return os.path.join(user_data_dir("medview", "medview"), "models")
+
+
+@dataclass
+class Registry:
+    """The models found, and the folders whose cards were refused (with reasons)."""
+
+    models: list[ModelCard] = field(default_factory=list)
+    errors: list[CardError] = field(default_factory=list)
+
+    def get(self, key: str) -> ModelCard:
+        """A model by id, or by the path of its folder."""
+        if os.path.isdir(key):
+            return read_card(key, source="path")
+        for m in self.models:
+            if m.id == key:
+                return m
+        known = ", ".join(m.id for m in self.models) or "none"
+        raise KeyError(f"no model with id {key!r} (available: {known})")
+
+
+def _scan(folder: str | None, source: str, reg: Registry, seen: set[str]) -> None:
+    if not folder or not os.path.isdir(folder):
+        return
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or not os.path.isdir(path):
+            continue  # hidden temp folders of an export in progress are ignored
+        if not os.path.exists(os.path.join(path, CARD_FILE)):
+            continue
+        try:
+            card = read_card(path, source)
+        except CardError as exc:
+            log.warning("model card refused: %s", exc.reason)
+            reg.errors.append(exc)
+            continue
+        if card.id in seen:
+            reg.errors.append(CardError(name, f"duplicate model id {card.id!r}; ignored"))
+            continue
+        seen.add(card.id)
+        reg.models.append(card)
+
+
+def discover_models(extra_dirs: list[str] | None = None) -> Registry:
+    """Bundled models first, then the user's, then any ``extra_dirs``."""
+    reg = Registry()
+    seen: set[str] = set()
+    _scan(bundled_models_dir(), "bundled", reg, seen)
+    _scan(user_models_dir(), "user", reg, seen)
+    for d in extra_dirs or []:
+        _scan(d, "user", reg, seen)
+    return reg

@@ -1,0 +1,1 @@
+"""Transfer learning: datasets, splits, the training engine, metrics and export (no Qt)."""

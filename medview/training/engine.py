@@ -1,0 +1,575 @@
+"""Transfer-learning engine: a generator of progress events with a cancel check.
+
+Strategies (``TrainConfig.strategy``):
+
+- ``feature``: frozen backbone; pooled features are computed once and cached, then only
+  the new classifier head trains (later epochs cost seconds). No augmentation (cached).
+- ``partial``: the head plus the last ``unfreeze_blocks`` block groups train.
+- ``full``: every layer trains.
+- ``gradual``: the head trains first; each epoch unfreezes the next block group from the
+  top, with discriminative learning rates (``lr * lr_decay ** depth``).
+- ``scratch``: random initialisation, everything trains (baseline).
+
+Frozen batch-norm layers stay in eval mode. Runs are seeded: same seed, same data and
+same machine give the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from medview.core.errors import MedviewError
+from medview.core.progress import CancelToken, Progress
+from medview.training import data as tdata
+from medview.training import metrics as M
+
+STRATEGIES = ("feature", "partial", "full", "gradual", "scratch")
+
+
+class TrainingError(MedviewError):
+    """Training cannot start or go on (the message says why)."""
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    base: str = "efficientnet-lite0"
+    strategy: str = "partial"
+    epochs: int = 8
+    image_size: int = 224
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    unfreeze_blocks: int = 2
+    lr_decay: float = 0.5
+    augment: bool = True
+    rotation_deg: float = 7.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05
+    brightness: float = 0.1
+    contrast: float = 0.1
+    hflip: bool = False
+    balance: str = "weights"  # weights | sampler | none
+    patience: int = 3
+    seed: int = 0
+    label_column: str = "label"
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    min_per_class: int = 10
+    positive_class: str | None = None
+    min_sensitivity: float = 0.95
+    name: str | None = None
+    id: str | None = None
+    version: str = "1.0.0"
+    out: str | None = None
+    device: str = "cpu"
+    num_threads: int | None = None
+    max_train_images: int | None = None
+    n_bootstrap: int = 1000
+    card: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: str, **overrides) -> TrainConfig:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        names = {f.name for f in fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise TrainingError(f"{path}: unknown config key(s): {', '.join(sorted(unknown))}")
+        if "data" in raw and not os.path.isabs(raw["data"]):
+            raw["data"] = os.path.normpath(os.path.join(os.path.dirname(path), raw["data"]))
+        for key in ("scale_range", "split_fractions"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**raw)
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise TrainingError(f"unknown strategy {self.strategy!r}; use one of "
+                                f"{', '.join(STRATEGIES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.image_size < 16:
+            raise TrainingError("epochs, batch size and image size must be positive")
+        if self.balance not in ("weights", "sampler", "none"):
+            raise TrainingError("balance must be weights, sampler or none")
+
+
+@dataclass
+class TrainEvent:
+    """One progress report: stage, epoch/step counters, loss and validation metrics."""
+
+    stage: str
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    metrics: dict = field(default_factory=dict)
+    eta_s: float | None = None
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    model: object
+    config: TrainConfig
+    classes: list[str]
+    card: dict
+    history: list[dict]
+    val_probs: np.ndarray
+    val_y: np.ndarray
+    test_probs: np.ndarray
+    test_y: np.ndarray
+    warnings: list[str]
+    dataset: tdata.Dataset
+    splits: dict[str, list[int]]
+
+
+# ----------------------------------------------------------------------------- model
+def build_base(cfg: TrainConfig, n_classes: int, classes: list[str]):
+    """(model, parent info, mean, std) for ``cfg.base``."""
+    import timm
+
+    from medview.models.pretrained import IMAGENET_BASES, load_imagenet_base
+
+    if cfg.base in IMAGENET_BASES:
+        if cfg.strategy == "scratch":
+            base = IMAGENET_BASES[cfg.base]
+            model = timm.create_model(base.architecture, pretrained=False,
+                                      num_classes=n_classes)
+            parent = {"kind": "none", "id": None, "weights_sha256": None,
+                      "note": f"random initialisation of {base.architecture}"}
+            return model, parent, list(base.mean), list(base.std)
+        model, info = load_imagenet_base(cfg.base, num_classes=n_classes)
+        parent = {"kind": "imagenet", "id": info["id"], "weights_sha256": info["weights_sha256"],
+                  "architecture": info["architecture"], "source": info["source"],
+                  "license": info["license"]}
+        return model, parent, info["mean"], info["std"]
+    if cfg.base.startswith("timm:"):
+        arch = cfg.base.split(":", 1)[1]
+        model = timm.create_model(arch, pretrained=False, num_classes=n_classes)
+        parent = {"kind": "none", "id": None, "weights_sha256": None,
+                  "note": f"random initialisation of {arch}"}
+        return model, parent, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    from medview.models.loading import load_model
+    from medview.models.registry import discover_models
+
+    card = discover_models().get(cfg.base)
+    model = load_model(card)
+    if card.classes != classes:
+        model.reset_classifier(n_classes)
+    pre = card.data["preprocessing"]
+    parent = {"kind": "model", "id": card.id, "version": card.version,
+              "weights_sha256": card.weights_sha256, "architecture": card.architecture}
+    return model, parent, list(pre["mean"]), list(pre["std"])
+
+
+def layer_groups(model) -> list[list]:
+    """Parameter-holding modules from the top (head first) to the stem."""
+    head = model.get_classifier()
+    if hasattr(model, "blocks") and hasattr(model, "conv_head"):
+        blocks = list(model.blocks)
+        groups = [[head], [model.conv_head, model.bn2, blocks[-1]]]
+        groups += [[b] for b in reversed(blocks[1:-1])]
+        groups.append([blocks[0], model.conv_stem, model.bn1])
+        return groups
+    rest = [m for _, m in model.named_children() if m is not head]
+    return [[head]] + [[m] for m in reversed(rest)]
+
+
+def _set_trainable(model, n_groups: int | None) -> list[list]:
+    """Make the top ``n_groups`` groups trainable (all when None); freeze the rest."""
+    import torch
+
+    groups = layer_groups(model)
+    k = len(groups) if n_groups is None else min(n_groups, len(groups))
+    model.train()
+    for i, g in enumerate(groups):
+        on = i < k
+        for mod in g:
+            for p in mod.parameters():
+                p.requires_grad_(on)
+            if not on:
+                for sub in mod.modules():
+                    if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
+                        sub.eval()
+    return groups[:k]
+
+
+def _optimizer(cfg: TrainConfig, groups: list[list], discriminative: bool):
+    import torch
+
+    param_groups = []
+    for depth, g in enumerate(groups):
+        params = [p for mod in g for p in mod.parameters() if p.requires_grad]
+        if params:
+            lr = cfg.lr * (cfg.lr_decay ** depth if discriminative else 1.0)
+            param_groups.append({"params": params, "lr": lr, "base_lr": lr})
+    return torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+
+
+# ----------------------------------------------------------------------------- tensors
+def _to_input(batch_u8, mean, std, channels: int = 3):
+    import torch
+
+    x = batch_u8.float().div_(255.0).unsqueeze(1)
+    if channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def augment_batch(batch_u8, cfg: TrainConfig, gen):
+    """Radiograph-safe augmentation on a uint8 batch (B, H, W): small rotation, scale and
+    shift, brightness/contrast; horizontal flip only if enabled (anatomy is lateralised)."""
+    import torch
+    import torch.nn.functional as F
+
+    b = batch_u8.shape[0]
+    x = batch_u8.float().div(255.0).unsqueeze(1)
+
+    def u(lo, hi):
+        return torch.rand(b, generator=gen) * (hi - lo) + lo
+
+    ang = u(-cfg.rotation_deg, cfg.rotation_deg) * math.pi / 180
+    sc = u(*cfg.scale_range)
+    tx, ty = u(-cfg.translate, cfg.translate) * 2, u(-cfg.translate, cfg.translate) * 2
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    if cfg.hflip:
+        flip = torch.rand(b, generator=gen) < 0.5
+        theta[flip, 0, :2] *= -1
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * u(1 - cfg.contrast, 1 + cfg.contrast).view(-1, 1, 1, 1) + mean
+    x = x + u(-cfg.brightness, cfg.brightness).view(-1, 1, 1, 1)
+    return (x.clamp_(0, 1) * 255).squeeze(1)
+
+
+def _predict_logits(model, images_u8, mean, std, batch: int, cancel=None) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images_u8), batch):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            out.append(model(_to_input(images_u8[i:i + batch], mean, std)).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _features(model, images_u8, mean, std, batch: int, cancel=None):
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images_u8), batch):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            f = model.forward_features(_to_input(images_u8[i:i + batch], mean, std))
+            out.append(model.forward_head(f, pre_logits=True))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+# ----------------------------------------------------------------------------- train
+def train(cfg: TrainConfig, cancel: CancelToken | None = None
+          ) -> Generator[TrainEvent, None, TrainResult]:
+    """Train per ``cfg``; yields :class:`TrainEvent`, returns a :class:`TrainResult`.
+
+    Nothing is written to disk here; see :func:`medview.training.export.export_model`.
+    """
+    import torch
+
+    cfg.validate()
+    cancel = cancel or CancelToken()
+    torch.manual_seed(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    ds = tdata.open_dataset(cfg.data, cfg.label_column)
+    size = (cfg.image_size, cfg.image_size)
+    loader = tdata.load_images(ds, size, cancel=cancel)
+    while True:
+        try:
+            p: Progress = next(loader)
+        except StopIteration as stop:
+            images = stop.value
+            break
+        yield TrainEvent("load", step=p.done, steps=p.total, message="reading images")
+    problems, warns = tdata.check_dataset(ds, cfg.min_per_class)
+    if problems:
+        raise TrainingError("; ".join(problems))
+    classes = ds.classes
+    label_idx = {c: k for k, c in enumerate(classes)}
+    y_all = np.array([label_idx[s.label] for s in ds.samples])
+    splits = tdata.assign_splits(ds, cfg.split_fractions, cfg.seed)
+    for sp in ("train", "val"):
+        if not splits[sp]:
+            raise TrainingError(f"the {sp} split is empty; add images or change the split")
+    warns += tdata.leakage_report(ds, splits)
+    dups = tdata.duplicate_count(ds)
+    if dups:
+        warns.append(f"{dups} exact duplicate image(s) in the data")
+    train_idx = np.array(splits["train"])
+    if cfg.max_train_images and len(train_idx) > cfg.max_train_images:
+        rng = np.random.default_rng(cfg.seed)
+        train_idx = np.sort(rng.choice(train_idx, cfg.max_train_images, replace=False))
+    val_idx, test_idx = np.array(splits["val"]), np.array(splits["test"])
+    images_t = torch.from_numpy(images)
+    y_t = torch.from_numpy(y_all).long()
+
+    positive = None
+    if len(classes) == 2:
+        positive = (label_idx.get(cfg.positive_class, 1))
+
+    model, parent, mean, std = build_base(cfg, len(classes), classes)
+    counts = np.bincount(y_all[train_idx], minlength=len(classes)).astype(np.float64)
+    weights = torch.tensor(len(train_idx) / (len(classes) * np.maximum(counts, 1)),
+                           dtype=torch.float32)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights if cfg.balance == "weights" else None)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    history: list[dict] = []
+    best_auc, best_nll, best_state, best_epoch, stale = -1.0, math.inf, None, 0, 0
+    started = time.monotonic()
+    val_y = y_all[val_idx]
+
+    def epoch_order(n: int):
+        if cfg.balance == "sampler":
+            w = (1.0 / np.maximum(counts, 1))[y_all[train_idx]]
+            return torch.multinomial(torch.tensor(w), n, replacement=True, generator=gen)
+        return torch.randperm(n, generator=gen)
+
+    feat_cache = None
+    if cfg.strategy == "feature":
+        yield TrainEvent("features", message="computing backbone features once")
+        t0 = time.monotonic()
+        feat_train = _features(model, images_t[train_idx], mean, std, cfg.batch_size, cancel)
+        feat_val = _features(model, images_t[val_idx], mean, std, cfg.batch_size, cancel)
+        feat_cache = (feat_train, feat_val, time.monotonic() - t0)
+        head = model.get_classifier()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in head.parameters():
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
+    elif cfg.strategy in ("full", "scratch"):
+        groups = _set_trainable(model, None)
+        optimizer = _optimizer(cfg, groups, discriminative=False)
+    elif cfg.strategy == "partial":
+        groups = _set_trainable(model, 1 + cfg.unfreeze_blocks)
+        optimizer = _optimizer(cfg, groups, discriminative=False)
+    else:  # gradual
+        groups = _set_trainable(model, 1)
+        optimizer = _optimizer(cfg, groups, discriminative=True)
+
+    n_train = len(train_idx)
+    steps = math.ceil(n_train / cfg.batch_size)
+    for epoch in range(cfg.epochs):
+        cancel.raise_if_cancelled()
+        if cfg.strategy != "feature":
+            n_groups = {"full": None, "scratch": None, "partial": 1 + cfg.unfreeze_blocks,
+                        "gradual": 1 + epoch}[cfg.strategy]
+            groups = _set_trainable(model, n_groups)  # also restores train mode
+            if cfg.strategy == "gradual" and epoch > 0:
+                optimizer = _optimizer(cfg, groups, discriminative=True)
+        factor = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        for g in optimizer.param_groups:
+            g["lr"] = g.get("base_lr", cfg.lr) * factor
+        t_epoch = time.monotonic()
+        order = epoch_order(n_train)
+        total_loss, seen = 0.0, 0
+        for step in range(steps):
+            cancel.raise_if_cancelled()
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            if cfg.strategy == "feature":
+                head.train()
+                logits = head(feat_cache[0][idx])
+                target = y_t[train_idx[idx.numpy()]]
+            else:
+                batch = images_t[train_idx[idx.numpy()]]
+                if cfg.augment:
+                    batch = augment_batch(batch, cfg, gen)
+                logits = model(_to_input(batch, mean, std))
+                target = y_t[train_idx[idx.numpy()]]
+            loss = loss_fn(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            elapsed = time.monotonic() - t_epoch
+            per_step = elapsed / (step + 1)
+            remaining = per_step * (steps - step - 1) + per_step * steps * (cfg.epochs - epoch - 1)
+            if step % 5 == 0 or step == steps - 1:
+                yield TrainEvent("train", epoch + 1, cfg.epochs, step + 1, steps,
+                                 total_loss / seen, eta_s=remaining)
+        epoch_s = time.monotonic() - t_epoch
+        if cfg.strategy == "feature":
+            head.eval()
+            with torch.inference_mode():
+                val_logits = head(feat_cache[1]).numpy()
+        else:
+            val_logits = _predict_logits(model, images_t[val_idx], mean, std, cfg.batch_size,
+                                         cancel)
+        val_probs = M.softmax(val_logits)
+        pm = M.point_metrics(val_y, val_probs, classes, None, None)
+        val_nll = float(-np.mean(np.log(np.clip(val_probs[np.arange(len(val_y)), val_y],
+                                                1e-12, 1.0))))
+        record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
+                  "val_auc": pm["auc_macro"], "val_accuracy": pm["accuracy"],
+                  "epoch_seconds": round(epoch_s, 2),
+                  "images_per_second": round(n_train / epoch_s, 1) if epoch_s else None}
+        history.append(record)
+        record["val_loss"] = round(val_nll, 5)
+        # best = highest validation AUC; ties are broken by the lower validation log-loss
+        auc = pm["auc_macro"] if not math.isnan(pm["auc_macro"]) else 0.0
+        improved = auc > best_auc + 1e-4 or (abs(auc - best_auc) <= 1e-4 and val_nll < best_nll)
+        if improved:
+            best_auc, best_nll, best_epoch, stale = auc, val_nll, epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        yield TrainEvent("epoch", epoch + 1, cfg.epochs, steps, steps, record["loss"],
+                         metrics=record, message="best so far" if improved else "")
+        if stale >= cfg.patience and cfg.strategy != "gradual":
+            yield TrainEvent("early_stop", epoch + 1, cfg.epochs,
+                             message=f"early stop: no validation AUC gain for {stale} epochs")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    yield TrainEvent("evaluate", message="calibrating and evaluating")
+    val_logits = _predict_logits(model, images_t[val_idx], mean, std, cfg.batch_size, cancel)
+    test_logits = (_predict_logits(model, images_t[test_idx], mean, std, cfg.batch_size, cancel)
+                   if len(test_idx) else np.zeros((0, len(classes))))
+    temperature = M.fit_temperature(val_logits, val_y)
+    val_probs = M.softmax(val_logits, temperature)
+    test_probs = M.softmax(test_logits, temperature) if len(test_idx) else test_logits
+    thresholds, rule = {}, "argmax of the calibrated probabilities"
+    threshold = None
+    if positive is not None:
+        threshold = M.choose_threshold(val_y == positive, val_probs[:, positive],
+                                       cfg.min_sensitivity)
+        thresholds = {classes[positive]: round(threshold, 6)}
+        rule = (f"{classes[positive]} when its calibrated probability >= the threshold, "
+                f"chosen on the validation split as the highest threshold with "
+                f"sensitivity >= {cfg.min_sensitivity:.2f}")
+    groups_val = np.array([ds.samples[i].patient or f"i{i}" for i in val_idx])
+    groups_test = np.array([ds.samples[i].patient or f"i{i}" for i in test_idx])
+    metrics = {"validation": M.evaluate(val_y, val_probs, classes, positive, threshold,
+                                        groups_val, cfg.n_bootstrap, cfg.seed)}
+    if len(test_idx):
+        metrics["test"] = M.evaluate(y_all[test_idx], test_probs, classes, positive, threshold,
+                                     groups_test, cfg.n_bootstrap, cfg.seed)
+    else:
+        warns.append("no test split: metrics are on validation data only")
+    for name, m in metrics.items():
+        if m["n"] < 100:
+            warns.append(f"small {name} set ({m['n']} images): wide confidence intervals")
+    if feat_cache is not None:
+        history[0]["feature_cache_seconds"] = round(feat_cache[2], 2)
+    card = _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds,
+                      rule, positive, metrics, history, best_epoch, warns,
+                      time.monotonic() - started, model)
+    yield TrainEvent("done", best_epoch, cfg.epochs, message="training finished")
+    return TrainResult(model, cfg, classes, card, history, val_probs, val_y, test_probs,
+                       y_all[test_idx] if len(test_idx) else np.zeros(0, int), warns, ds, splits)
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torch
+
+    from medview import __version__
+
+    return {"medview": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds, rule,
+               positive, metrics, history, best_epoch, warns, seconds, model) -> dict:
+    arch = model.pretrained_cfg["architecture"]
+    model_id = cfg.id or _slug(cfg.name or f"{os.path.basename(os.path.normpath(cfg.data))}-"
+                                             f"{cfg.strategy}")
+    card_over = dict(cfg.card)
+    class_desc = card_over.pop("class_descriptions", {})
+    recipe = {k: v for k, v in asdict(cfg).items()
+              if k not in ("data", "out", "card", "name", "id", "version", "device",
+                           "num_threads")}
+    recipe.update(best_epoch=best_epoch, history=history,
+                  training_seconds=round(seconds, 1), library_versions=_versions())
+    card = {
+        "schema_version": 1,
+        "id": model_id,
+        "name": cfg.name or model_id,
+        "version": cfg.version,
+        "parent": parent,
+        "architecture": {"name": arch, "args": {"num_classes": len(classes)}},
+        "classes": [{"name": c, "description": class_desc.get(c, c)} for c in classes],
+        "output_activation": "softmax",
+        "thresholds": thresholds,
+        "decision": {"rule": rule, "positive_class": classes[positive] if positive is not None
+                     else None},
+        "calibration": {"temperature": round(float(temperature), 6),
+                        "method": "temperature scaling fitted on the validation split"},
+        "input": {"modalities": ["CR", "DX", "OT"], "dimensionality": "2D",
+                  "photometric": "grey (MONOCHROME2 after display)", "value_range": [0, 1]},
+        "preprocessing": {"window": "display", "size": [cfg.image_size, cfg.image_size],
+                          "interpolation": "bilinear", "channels": 3, "mean": list(mean),
+                          "std": list(std)},
+        "metrics": metrics,
+        "training_data": {
+            "source": _data_name(cfg.data),
+            "counts": {sp: ds.counts(idx) for sp, idx in splits.items()},
+            "patients": {sp: len({ds.samples[i].patient for i in idx if ds.samples[i].patient})
+                         for sp, idx in splits.items()},
+            "split_rule": ("the manifest's own split column" if all(s.split for s in ds.samples)
+                           else f"stratified by class, grouped by patient "
+                                f"({ds.patient_source}), fractions {list(cfg.split_fractions)},"
+                                f" seed {cfg.seed}"),
+            "skipped_files": len(ds.skipped),
+            "warnings": warns,
+        },
+        "training": recipe,
+        "intended_use": card_over.pop("intended_use", "Research and education: a locally "
+                                      "trained classifier whose output is a second look, "
+                                      "never a diagnosis."),
+        "out_of_scope": card_over.pop("out_of_scope", "Clinical decision making; populations, "
+                                      "views or modalities not in the training data."),
+        "limitations": card_over.pop("limitations", [
+            "Locally trained, not clinically validated.",
+            "Performance outside the training data's population is unknown."]),
+        "weights": {"file": "weights.safetensors", "sha256": "0" * 64},
+        "license": card_over.pop("license", "Apache-2.0"),
+        "flags": ["locally trained, not clinically validated"],
+    }
+    card.update(card_over)
+    return card
+
+
+def _data_name(path: str) -> str:
+    """The dataset's name for the card: its folder name, never a full path."""
+    if os.path.isfile(path):
+        return os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return os.path.basename(os.path.normpath(path))
+
+
+def _slug(text: str) -> str:
+    out = "".join(ch.lower() if ch.isalnum() else "-" for ch in text)
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.strip("-") or "model"

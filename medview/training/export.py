@@ -1,0 +1,115 @@
+"""Write a trained model as a complete model folder, atomically.
+
+The folder is assembled in a hidden temporary directory next to its destination and
+renamed into place in one step, so a crash, a cancel or a full disk never leaves a
+half-written model; leftovers of an interrupted export are removed at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from medview.models.card import CARD_FILE, README_FILE, WEIGHTS_FILE, validate_card
+from medview.models.weights import save_weights
+
+TMP_PREFIX = ".medview-export-"
+
+
+def json_safe(value):
+    """NaN/inf become null and numpy scalars plain numbers, so the card is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
+
+
+def clean_stale_exports(out_dir: str) -> int:
+    """Remove temporary folders of interrupted exports; returns how many were removed."""
+    if not os.path.isdir(out_dir):
+        return 0
+    n = 0
+    for name in os.listdir(out_dir):
+        if name.startswith(TMP_PREFIX):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+            n += 1
+    return n
+
+
+def render_readme(card: dict) -> str:
+    """A human-readable README from the card (metrics with CIs, data, recipe, limits)."""
+    lines = [f"# {card['name']} ({card['id']} {card['version']})", "",
+             "**Research use only - not for diagnostic use.** "
+             + "; ".join(card.get("flags", [])), "",
+             "## Intended use", card["intended_use"], "",
+             "## Out of scope", card["out_of_scope"], "",
+             "## Classes"]
+    lines += [f"- `{c['name']}`: {c['description']}" for c in card["classes"]]
+    lines += ["", "## Decision", card["decision"]["rule"]]
+    if card["thresholds"]:
+        lines += [f"Threshold: {k} >= {v:.4f}" for k, v in card["thresholds"].items()]
+    lines += ["", f"Calibration: temperature {card['calibration']['temperature']:.3f} "
+              f"({card['calibration']['method']}).", "", "## Metrics (95% bootstrap CIs, "
+              "resampled by patient)"]
+    for split, m in card["metrics"].items():
+        lines += ["", f"### {split} ({m['n']} images, {m['n_patients']} patients; "
+                  + ", ".join(f"{k}: {v}" for k, v in m["counts"].items()) + ")", "",
+                  "| metric | value | 95% CI |", "|---|---|---|"]
+        for key in ("auc", "sensitivity", "specificity", "accuracy", "f1", "ece"):
+            if key in m:
+                v = m[key]
+                lines.append(f"| {key} | {v['value']} | {v['ci95'][0]} - {v['ci95'][1]} |")
+        lines.append(f"\nConfusion matrix (rows true, columns predicted): "
+                     f"{m['confusion_matrix']}")
+    td = card["training_data"]
+    lines += ["", "## Training data", f"Source: {td['source']}. Split rule: {td['split_rule']}.",
+              f"Counts: {json.dumps(td['counts'])}"]
+    parent = card["parent"]
+    lines += ["", "## Lineage", f"Parent: {parent.get('kind')} {parent.get('id') or ''} "
+              f"(weights sha256 {parent.get('weights_sha256')}).",
+              f"Architecture: {card['architecture']['name']}.",
+              f"Weights sha256: {card['weights']['sha256']}.", "", "## Limitations"]
+    lines += [f"- {x}" for x in card["limitations"]]
+    rec = card["training"]
+    lines += ["", "## Training recipe",
+              f"Strategy {rec.get('strategy')}, {rec.get('epochs')} epochs (best epoch "
+              f"{rec.get('best_epoch')}), image size {rec.get('image_size')}, lr {rec.get('lr')},"
+              f" batch {rec.get('batch_size')}, seed {rec.get('seed')}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def export_model(model, card: dict, out_dir: str, extra_readme: str = "") -> str:
+    """Write ``out_dir/<card id>/`` (card.json, weights.safetensors, README.md) atomically.
+
+    Refuses to overwrite an existing model folder. Returns the new folder's path.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    clean_stale_exports(out_dir)
+    final = os.path.join(out_dir, card["id"])
+    if os.path.exists(final):
+        raise FileExistsError(f"a model named {card['id']!r} already exists in {out_dir}")
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir)
+    try:
+        sha = save_weights(model, os.path.join(tmp, WEIGHTS_FILE),
+                           metadata={"id": card["id"], "version": card["version"]})
+        card = json_safe({**card, "weights": {"file": WEIGHTS_FILE, "sha256": sha}})
+        validate_card(card, f"{card['id']}/{CARD_FILE}")
+        with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:
+            json.dump(card, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with open(os.path.join(tmp, README_FILE), "w", encoding="utf-8") as f:
+            f.write(render_readme(card) + extra_readme)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -1,0 +1,199 @@
+"""Classification metrics with bootstrap confidence intervals, calibration, thresholds.
+
+Pure numpy. Bootstrap resamples patients (clusters) when patient ids are given, so images
+of one patient never count as independent evidence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with ties averaged); NaN if one class."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    cum = np.cumsum(counts)
+    ranks = (cum - (counts - 1) / 2.0)[inverse]  # 1-based ranks, ties averaged
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, thresholds), thresholds descending."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, np.float64)
+    thr = np.r_[np.inf, np.unique(s)[::-1]]
+    tpr = np.array([(s[y] >= t).mean() if y.any() else np.nan for t in thr])
+    fpr = np.array([(s[~y] >= t).mean() if (~y).any() else np.nan for t in thr])
+    return fpr, tpr, thr
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE of the top-class confidence, equal-width bins."""
+    probs = np.asarray(probs)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def calibration_curve(prob_pos: np.ndarray, y_pos: np.ndarray, bins: int = 10):
+    """(mean predicted, observed frequency, count) per bin for one class."""
+    edges = np.linspace(0, 1, bins + 1)
+    pred, obs, cnt = [], [], []
+    for lo, hi in itertools.pairwise(edges):
+        m = (prob_pos >= lo) & (prob_pos < hi if hi < 1 else prob_pos <= hi)
+        if m.any():
+            pred.append(float(prob_pos[m].mean()))
+            obs.append(float(np.asarray(y_pos)[m].mean()))
+            cnt.append(int(m.sum()))
+    return np.array(pred), np.array(obs), np.array(cnt)
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising the validation negative log-likelihood (golden section)."""
+    logits = np.asarray(logits, np.float64)
+    y = np.asarray(y)
+
+    def nll(log_t: float) -> float:
+        p = softmax(logits, math.exp(log_t))
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+
+    lo, hi = math.log(0.05), math.log(20.0)
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(80):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    return float(math.exp((lo + hi) / 2))
+
+
+def choose_threshold(y_pos: np.ndarray, prob_pos: np.ndarray, min_sensitivity: float) -> float:
+    """The highest threshold whose sensitivity on these data is at least ``min_sensitivity``
+    (so specificity is as high as that sensitivity allows)."""
+    y = np.asarray(y_pos).astype(bool)
+    s = np.asarray(prob_pos, np.float64)
+    if not y.any():
+        return 0.5
+    candidates = np.unique(s[y])[::-1]
+    for t in candidates:
+        if (s[y] >= t).mean() >= min_sensitivity:
+            # halfway to the next lower score, so the rule is not tied to one image
+            below = s[s < t]
+            return float((t + below.max()) / 2) if below.size else float(t)
+    return float(candidates[-1])
+
+
+def binary_at(y_pos: np.ndarray, prob_pos: np.ndarray, threshold: float) -> dict[str, float]:
+    y = np.asarray(y_pos).astype(bool)
+    pred = np.asarray(prob_pos) >= threshold
+    tp = int((pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    f1 = 2 * prec * sens / (prec + sens) if tp else 0.0
+    return {"sensitivity": sens, "specificity": spec, "precision": prec, "f1": f1,
+            "tp": tp, "tn": tn, "fp": fp, "fn": fn}
+
+
+def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (np.asarray(y), np.asarray(pred)), 1)
+    return cm
+
+
+def point_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
+                  positive: int | None, threshold: float | None) -> dict[str, float]:
+    """AUC per class and macro, accuracy, macro F1, ECE; sensitivity/specificity at the
+    threshold for the positive class (binary) or macro one-vs-rest at argmax."""
+    y = np.asarray(y)
+    out: dict[str, float] = {}
+    aucs = []
+    for k, name in enumerate(classes):
+        a = roc_auc(y == k, probs[:, k])
+        out[f"auc_{name}"] = a
+        aucs.append(a)
+    out["auc_macro"] = float(np.nanmean(aucs)) if not all(math.isnan(a) for a in aucs) else (
+        float("nan"))
+    if positive is not None and threshold is not None:
+        pred = np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+        b = binary_at(y == positive, probs[:, positive], threshold)
+        out.update(auc=out[f"auc_{classes[positive]}"], sensitivity=b["sensitivity"],
+                   specificity=b["specificity"], f1=b["f1"])
+    else:
+        pred = probs.argmax(axis=1)
+        sens, spec, f1s = [], [], []
+        for k in range(len(classes)):
+            b = binary_at(y == k, (pred == k).astype(float), 0.5)
+            sens.append(b["sensitivity"])
+            spec.append(b["specificity"])
+            f1s.append(b["f1"])
+        out.update(auc=out["auc_macro"], sensitivity=float(np.nanmean(sens)),
+                   specificity=float(np.nanmean(spec)), f1=float(np.nanmean(f1s)))
+    out["accuracy"] = float((pred == y).mean())
+    out["ece"] = expected_calibration_error(probs, y)
+    return out
+
+
+def evaluate(y: np.ndarray, probs: np.ndarray, classes: list[str], positive: int | None,
+             threshold: float | None, groups: np.ndarray | None = None, n_boot: int = 1000,
+             seed: int = 0) -> dict:
+    """Point metrics with 95% bootstrap CIs (percentile; patient-level when ``groups``)."""
+    y = np.asarray(y)
+    probs = np.asarray(probs)
+    point = point_metrics(y, probs, classes, positive, threshold)
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+        members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    else:
+        members = [np.array([i]) for i in range(len(y))]
+    samples: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), len(members))
+        idx = np.concatenate([members[i] for i in pick])
+        m = point_metrics(y[idx], probs[idx], classes, positive, threshold)
+        for k, v in m.items():
+            samples[k].append(v)
+    result = {"n": len(y), "n_patients": len(members),
+              "counts": {c: int((y == k).sum()) for k, c in enumerate(classes)}}
+    for k, v in point.items():
+        arr = np.asarray(samples[k], np.float64)
+        arr = arr[np.isfinite(arr)]
+        ci = [float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))] if arr.size else (
+            [None, None])
+        result[k] = {"value": None if math.isnan(v) else round(float(v), 4),
+                     "ci95": [None if c is None else round(c, 4) for c in ci]}
+    pred = (np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+            if positive is not None and threshold is not None else probs.argmax(axis=1))
+    result["confusion_matrix"] = confusion_matrix(y, pred, len(classes)).tolist()
+    return result

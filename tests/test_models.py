@@ -1,0 +1,147 @@
+"""Model cards, the registry and safe weight loading (BAD_INPUTS item 22)."""
+
+import json
+import os
+import shutil
+import zipfile
+
+import pytest
+
+from medview.models.card import CardError, read_card, validate_card
+from medview.models.loading import load_model
+from medview.models.registry import discover_models
+from medview.models.weights import WeightsError
+
+
+@pytest.fixture
+def model_copy(tiny_model, tmp_path):
+    folder, _ = tiny_model
+    dst = tmp_path / "models" / "tiny-patch"
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def _card(folder):
+    return json.loads((folder / "card.json").read_text())
+
+
+def _write(folder, card):
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def test_exported_card_validates_and_has_required_fields(model_copy):
+    card = read_card(str(model_copy))
+    for key in ("parent", "architecture", "classes", "thresholds", "calibration", "input",
+                "preprocessing", "metrics", "training_data", "training", "intended_use",
+                "out_of_scope", "limitations", "weights", "license"):
+        assert key in card.data
+    test = card.data["metrics"]["test"]
+    assert {"value", "ci95"} <= set(test["auc"]) and test["n"] > 0
+    assert len(card.weights_sha256) == 64
+    versions = card.data["training"]["library_versions"]
+    assert {"torch", "timm", "medview"} <= set(versions)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c.pop("intended_use"), "missing field intended_use"),
+        (lambda c: c.update(schema_version=99), "schema_version"),
+        (lambda c: c.update(extra_code="__import__('os')"), "unknown field"),
+        (lambda c: c["thresholds"].update(nope=0.5), "unknown class"),
+        (lambda c: c["calibration"].update(temperature=-1), "temperature"),
+        (lambda c: c["preprocessing"].update(mean=[0.5]), "one number per channel"),
+        (lambda c: c.update(id="../evil"), "plain name"),
+        (lambda c: c["weights"].update(sha256="xyz"), "64 lowercase hex"),
+    ],
+)
+def test_broken_cards_are_refused_with_a_clear_reason(model_copy, mutate, message):
+    card = _card(model_copy)
+    mutate(card)
+    with pytest.raises(CardError, match=message):
+        validate_card(card)
+
+
+def test_broken_card_does_not_stop_other_models(model_copy, monkeypatch):
+    models = model_copy.parent
+    bad = models / "broken"
+    shutil.copytree(model_copy, bad)
+    (bad / "card.json").write_text("{ not json")
+    (models / ".medview-export-123").mkdir()  # an export in progress is ignored
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", str(models))
+    reg = discover_models()
+    assert "tiny-patch" in [m.id for m in reg.models]
+    assert len(reg.errors) == 1 and "unreadable card" in reg.errors[0].reason
+    with pytest.raises(KeyError, match="no model with id"):
+        reg.get("missing")
+    assert reg.get(str(model_copy)).id == "tiny-patch"  # a folder path works too
+
+
+def test_weights_hash_mismatch_is_refused(model_copy):
+    card = _card(model_copy)
+    card["weights"]["sha256"] = "0" * 64
+    _write(model_copy, card)
+    with pytest.raises(WeightsError, match="does not match the card"):
+        load_model(read_card(str(model_copy)))
+
+
+def test_pickle_and_torchscript_are_refused(model_copy):
+    import torch
+
+    weights = model_copy / "weights.safetensors"
+    torch.save({"w": torch.zeros(2)}, weights)  # a zip-based torch pickle
+    with pytest.raises(WeightsError, match=r"TorchScript|ZIP"):
+        load_model(read_card(str(model_copy)))
+    import pickle
+
+    weights.write_bytes(pickle.dumps({"w": 1}, protocol=2))
+    with pytest.raises(WeightsError, match="pickle"):
+        load_model(read_card(str(model_copy)))
+    with zipfile.ZipFile(weights, "w") as z:
+        z.writestr("code/model.py", "x")
+    with pytest.raises(WeightsError, match="TorchScript"):
+        load_model(read_card(str(model_copy)))
+
+
+def test_truncated_weights_are_refused(model_copy):
+    weights = model_copy / "weights.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 100])
+    with pytest.raises(WeightsError, match="truncated"):
+        load_model(read_card(str(model_copy)))
+
+
+def test_wrong_shapes_are_refused(model_copy):
+    from medview.models.pretrained import file_sha256
+
+    card = _card(model_copy)
+    card["architecture"]["args"]["num_classes"] = 2
+    card["architecture"]["name"] = "test_resnet"
+    _write(model_copy, card)
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_model(read_card(str(model_copy)))
+    assert file_sha256(str(model_copy / "weights.safetensors")) == card["weights"]["sha256"]
+
+
+def test_hub_download_fails_clearly_offline(monkeypatch):
+    import timm
+
+    from medview.models.pretrained import BaseWeightsError, load_from_hub
+
+    def offline(*a, **k):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(BaseWeightsError, match="no network"):
+        load_from_hub("resnet18")
+
+
+def test_models_cli_lists_sha_and_intended_use(model_copy, monkeypatch, capsys):
+    from medview.cli import main
+
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", str(model_copy.parent))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    card = _card(model_copy)
+    assert card["weights"]["sha256"] in out and "intended use" in out
+    assert os.path.basename(str(model_copy)) in out

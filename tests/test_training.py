@@ -1,0 +1,232 @@
+"""Training engine: splits, leakage, metrics, cancel, atomic export, reproducibility."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from medview.core.errors import CancelledError
+from medview.core.progress import CancelToken
+from medview.models.card import read_card
+from medview.training import data as tdata
+from medview.training import metrics as M
+from medview.training.engine import TrainConfig, TrainingError, train
+from medview.training.export import TMP_PREFIX, export_model
+from tests.tiny import train_tiny, write_patch_dataset
+
+
+def _samples(n_patients=30, per_patient=3, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in range(n_patients):
+        label = "A" if p % 3 else "B"
+        for k in range(per_patient):
+            out.append(tdata.Sample(f"/x/p{p}_{k}.png", label, f"p{p}",
+                                    sha256=f"{p}-{k}-{rng.integers(1e9)}"))
+    return tdata.Dataset(out, ["A", "B"], source="/x", patient_source="manifest")
+
+
+def test_splits_are_grouped_by_patient_and_stratified():
+    ds = _samples()
+    splits = tdata.assign_splits(ds, (0.6, 0.2, 0.2), seed=1)
+    assert sorted(i for idx in splits.values() for i in idx) == list(range(len(ds.samples)))
+    owner = {}
+    for sp, idx in splits.items():
+        for i in idx:
+            assert owner.setdefault(ds.samples[i].patient, sp) == sp
+    for sp in ("train", "val", "test"):
+        counts = ds.counts(splits[sp])
+        assert counts["A"] > 0 and counts["B"] > 0
+    assert tdata.leakage_report(ds, splits) == []
+    assert splits == tdata.assign_splits(ds, (0.6, 0.2, 0.2), seed=1)
+
+
+def test_leakage_report_finds_shared_patients_and_identical_images():
+    ds = _samples(6, 2)
+    ds.samples[1].sha256 = ds.samples[2].sha256
+    splits = {"train": [0, 2], "val": [1], "test": [3]}
+    report = tdata.leakage_report(ds, splits)
+    assert any("patient(s) appear in more than one split" in r for r in report)
+    assert any("identical image(s)" in r for r in report)
+
+
+def test_manifest_split_column_is_honoured(tmp_path):
+    write_patch_dataset(str(tmp_path), n_per_class=6)
+    rows = ["path,label,patient_id,split"]
+    for cls in ("patch", "plain"):
+        for k, name in enumerate(sorted(os.listdir(tmp_path / cls))):
+            split = "train" if k < 4 else ("val" if k == 4 else "test")
+            rows.append(f"{cls}/{name},{cls},{cls}{k},{split}")
+    (tmp_path / "m.csv").write_text("\n".join(rows))
+    ds = tdata.from_manifest(str(tmp_path / "m.csv"))
+    splits = tdata.assign_splits(ds, seed=5)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 2, 2]
+    assert ds.patient_source == "manifest"
+
+
+def test_bad_folders_are_blocked_with_counts(tmp_path):
+    write_patch_dataset(str(tmp_path / "one"), n_per_class=4)
+    import shutil
+
+    shutil.rmtree(tmp_path / "one" / "plain")
+    ds = tdata.from_folder(str(tmp_path / "one"))
+    problems, _ = tdata.check_dataset(ds, min_per_class=10)
+    assert any("at least 2" in p for p in problems)
+    assert any("patch: 4" in p for p in problems)
+    with pytest.raises(TrainingError, match="at least 2"):
+        gen = train(TrainConfig(data=str(tmp_path / "one"), base="timm:test_efficientnet",
+                                min_per_class=2))
+        while True:
+            next(gen)
+
+
+def test_metrics_match_known_values():
+    y = np.array([0, 0, 1, 1])
+    assert M.roc_auc(y, np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert M.roc_auc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    ev = M.evaluate(y, probs, ["n", "p"], positive=1, threshold=0.5, n_boot=50)
+    assert ev["auc"]["value"] == 1.0 and ev["sensitivity"]["value"] == 1.0
+    assert ev["confusion_matrix"] == [[2, 0], [0, 2]]
+    assert 0 <= ev["ece"]["value"] <= 0.3
+    thr = M.choose_threshold(np.array([1, 1, 1, 1, 0, 0]),
+                             np.array([0.9, 0.8, 0.6, 0.3, 0.5, 0.1]), 0.75)
+    assert 0.5 < thr <= 0.6
+
+
+def test_temperature_scaling_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    true_logit = rng.normal(0, 1.5, 4000) + (y * 2 - 1) * 1.0
+    logits = np.stack([np.zeros(4000), true_logit * 3.0], 1)  # 3x overconfident
+    t = M.fit_temperature(logits, y)
+    assert 2.5 < t < 3.5
+    assert M.expected_calibration_error(M.softmax(logits, t), y) < \
+        M.expected_calibration_error(M.softmax(logits), y)
+
+
+def test_cancel_leaves_no_model_folder(tmp_path):
+    data = write_patch_dataset(str(tmp_path / "d"), n_per_class=16)
+    out = tmp_path / "models"
+    token = CancelToken()
+    gen = train(TrainConfig(data=data, base="timm:test_efficientnet", strategy="full",
+                            epochs=3, image_size=32, batch_size=4, min_per_class=5), token)
+    with pytest.raises(CancelledError):
+        for ev in gen:
+            if ev.stage == "train":
+                token.cancel()
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_failed_export_leaves_nothing_and_previous_model_intact(tmp_path, tiny_model,
+                                                                monkeypatch):
+    import medview.training.export as ex
+    from medview.models.card import read_card
+    from medview.models.loading import load_model
+
+    folder, _ = tiny_model
+    card = read_card(folder)
+    model = load_model(card)
+    out = tmp_path / "models"
+    first = export_model(model, {**card.data, "id": "keep-me"}, str(out))
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ex, "save_weights", disk_full)
+    with pytest.raises(OSError):
+        export_model(model, {**card.data, "id": "new-one"}, str(out))
+    assert sorted(os.listdir(out)) == ["keep-me"]
+    assert read_card(first).id == "keep-me"
+    # a leftover from a killed process is cleaned at the next export
+    os.makedirs(out / f"{TMP_PREFIX}stale")
+    monkeypatch.undo()
+    export_model(model, {**card.data, "id": "third"}, str(out))
+    assert sorted(os.listdir(out)) == ["keep-me", "third"]
+    with pytest.raises(FileExistsError):
+        export_model(model, {**card.data, "id": "third"}, str(out))
+
+
+def test_export_round_trips_through_registry_and_predicts(tiny_model, monkeypatch):
+    from medview.inference.predictor import Predictor
+    from medview.io import load
+    from medview.models.registry import discover_models
+
+    folder, data = tiny_model
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", os.path.dirname(folder))
+    reg = discover_models()
+    card = reg.get("tiny-patch")
+    assert card.source == "user"
+    assert card.data["flags"] == ["locally trained, not clinically validated"]
+    assert card.data["parent"]["kind"] == "none"
+    assert card.data["training_data"]["split_rule"].startswith("stratified by class")
+    pred = Predictor(card, "cpu")
+    for cls in ("patch", "plain"):
+        name = sorted(os.listdir(os.path.join(data, cls)))[0]
+        vol = load([os.path.join(data, cls, name)]).volumes[0]
+        assert pred.predict(vol, 0).label == cls
+
+
+def test_same_seed_gives_same_weights(tmp_path):
+    data = write_patch_dataset(str(tmp_path / "d"), n_per_class=10)
+    kw = dict(epochs=2, image_size=32, batch_size=4, n_bootstrap=10, augment=True)
+    a = train_tiny(data, str(tmp_path / "a"), **kw)
+    b = train_tiny(data, str(tmp_path / "b"), **kw)
+    c = train_tiny(data, str(tmp_path / "c"), seed=1, **kw)
+    sha = [read_card(f).weights_sha256 for f in (a, b, c)]
+    assert sha[0] == sha[1] != sha[2]
+
+
+@pytest.mark.parametrize("strategy", ["feature", "partial", "gradual", "scratch"])
+def test_every_strategy_runs(tmp_path, strategy):
+    data = write_patch_dataset(str(tmp_path / "d"), n_per_class=8)
+    events = []
+    gen = train(TrainConfig(data=data, base="timm:test_efficientnet", strategy=strategy,
+                            epochs=2, image_size=32, batch_size=4, min_per_class=5,
+                            n_bootstrap=10, unfreeze_blocks=1))
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    stages = {e.stage for e in events}
+    assert {"load", "epoch", "evaluate", "done"} <= stages
+    if strategy == "feature":
+        assert "features" in stages
+    assert result.card["training"]["strategy"] == strategy
+    assert set(result.card["metrics"]) == {"validation", "test"}
+
+
+def test_partial_strategy_freezes_lower_layers(tmp_path):
+    import timm
+
+    from medview.training.engine import _set_trainable, layer_groups
+
+    model = timm.create_model("test_efficientnet", num_classes=2)
+    groups = layer_groups(model)
+    _set_trainable(model, 2)
+    assert all(p.requires_grad for m in groups[0] + groups[1] for p in m.parameters())
+    assert not any(p.requires_grad for g in groups[2:] for m in g for p in m.parameters())
+    assert not model.bn1.training  # frozen batch norm keeps its statistics
+
+
+def test_cli_train_and_models(tmp_path, capsys, monkeypatch):
+    from medview.cli import main
+
+    data = write_patch_dataset(str(tmp_path / "d"), n_per_class=8)
+    out = tmp_path / "m"
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", str(out))
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"batch_size": 4, "min_per_class": 5, "n_bootstrap": 10}))
+    rc = main(["train", data, "--base", "timm:test_efficientnet", "--strategy", "full",
+               "--epochs", "1", "--image-size", "32", "--name", "CLI Test", "--out",
+               str(out), "--config", str(cfg)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "epoch 1/1" in text and "saved" in text
+    assert main(["models", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ids = [m["id"] for m in doc["models"]]
+    assert "cli-test" in ids
