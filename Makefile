@@ -16,14 +16,14 @@ run: $(STAMP)
 	$(VENV)/bin/medview --sample
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check medview tests benchmarks
+	$(VENV)/bin/ruff check medview tests benchmarks scripts
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check medview tests benchmarks
+	$(VENV)/bin/ruff check medview tests benchmarks scripts
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("info", "models", "train")
+SUBCOMMANDS = ("info", "models", "train", "predict", "explain")
 
 
 def _finite(x: float) -> float | None:
@@ -154,6 +154,103 @@ def _print_event(ev) -> None:
         print(ev.message, flush=True)
 
 
+def _predictor(model: str, device: str):
+    from medview.inference.predictor import Predictor
+    from medview.models.registry import discover_models
+
+    card = discover_models().get(model)
+    return Predictor(card, device)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from medview.core.errors import MedviewError
+    from medview.io import load
+    from medview.reports.files import prediction_header, prediction_row, write_predictions_csv
+
+    try:
+        predictor = _predictor(args.model, args.device)
+    except (KeyError, ValueError, MedviewError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = load(args.paths)
+    rows = []
+    for v in result.volumes:
+        index = v.default_index
+        p = predictor.predict(v, index)
+        rows.append((v.source_of(index), p))
+    classes = predictor.card.classes
+    if args.csv:
+        write_predictions_csv(args.csv, rows, classes)
+    if args.json:
+        doc = {"model": {"id": predictor.card.id, "version": predictor.card.version,
+                         "weights_sha256": predictor.card.weights_sha256},
+               "predictions": [{"path": path, **_pred_dict(p)} for path, p in rows],
+               "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped]}
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not args.csv:
+        print(",".join(prediction_header(classes)))
+        for path, p in rows:
+            print(",".join(prediction_row(path, p)))
+    for s in result.skipped if not args.json else []:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    return 0 if rows else 2
+
+
+def _pred_dict(p) -> dict:
+    return {"model_id": p.model_id, "model_version": p.model_version, "predicted": p.label,
+            "decision": p.decision, "probabilities": dict(zip(p.classes, p.probabilities,
+                                                              strict=True)),
+            "threshold": p.threshold, "input_sha256": p.input_sha256, "device": p.device,
+            "timings_ms": p.timings_ms, "warnings": p.warnings}
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import io as _io
+
+    from PIL import Image
+
+    from medview.core.errors import MedviewError
+    from medview.explain import saliency_for_slice
+    from medview.imaging import render_slice
+    from medview.imaging.overlay import blend, heatmap_rgba
+    from medview.io import load
+    from medview.reports.files import atomic_write_bytes
+
+    try:
+        predictor = _predictor(args.model, args.device)
+    except (KeyError, ValueError, MedviewError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = load([args.path])
+    if not result.volumes:
+        for s in result.skipped:
+            print(f"error: {s.path}: {s.reason}", file=sys.stderr)
+        return 2
+    v = result.volumes[0]
+    index = v.default_index
+    prep = predictor.prepare(v, index)
+    pred = predictor.predict_prepared(prep)
+    classes = predictor.card.classes
+    target = args.target or pred.label
+    if target not in classes:
+        print(f"error: unknown class {target!r}; classes: {', '.join(classes)}", file=sys.stderr)
+        return 2
+    spec = predictor.card.preprocessing
+    black = [(0.0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)]
+    with predictor.lock:
+        sal = saliency_for_slice(predictor.model, prep.tensor, classes.index(target),
+                                 args.method, (v.rows, v.cols), black=black)
+    image = blend(render_slice(v, index, None), heatmap_rgba(sal, args.colormap, args.opacity))
+    buf = _io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write_bytes(args.out, buf.getvalue())
+    print(f"{pred.decision}\nsaliency ({args.method}) for {target} written to {args.out}")
+    for w in pred.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medview",
@@ -178,6 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="directory the new model folder is written into")
     tr.add_argument("--config", help="JSON file with training settings")
     tr.set_defaults(func=cmd_train)
+    pr = sub.add_parser("predict", help="score every image/series under PATHs")
+    pr.add_argument("paths", nargs="+", metavar="PATH")
+    pr.add_argument("--model", required=True, help="model id or model folder")
+    pr.add_argument("--csv", help="write a CSV worklist here")
+    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    pr.set_defaults(func=cmd_predict)
+    ex = sub.add_parser("explain", help="write a saliency overlay PNG for one image")
+    ex.add_argument("path")
+    ex.add_argument("--model", required=True)
+    ex.add_argument("--method", default="gradcam",
+                    choices=("gradcam", "ig", "smoothgrad", "occlusion"))
+    ex.add_argument("--target", help="class to explain (default: the predicted one)")
+    ex.add_argument("--out", required=True, help="PNG file to write")
+    ex.add_argument("--colormap", default="inferno", choices=("inferno", "jet", "hot", "viridis"))
+    ex.add_argument("--opacity", type=float, default=0.6)
+    ex.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ex.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -121,3 +121,29 @@ def test_saliency_is_resized_back_to_the_slice(predictor):
     prep = predictor.prepare(vol, 0)
     sal = saliency_for_slice(predictor.model, prep.tensor, 0, "gradcam", (90, 150))
     assert sal.shape == (90, 150)
+
+
+def test_cli_predict_csv_and_explain_png(tiny_model, tmp_path, capsys):
+    import csv
+
+    from PIL import Image
+
+    from medview.cli import main
+
+    folder, data = tiny_model
+    out = tmp_path / "scores.csv"
+    assert main(["predict", data, "--model", folder, "--csv", str(out), "--device", "cpu"]) == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "warnings"]
+    assert len(rows) == 1 + 96
+    correct = sum(r[2] == os.path.basename(os.path.dirname(r[0])) for r in rows[1:])
+    assert correct >= 90
+    png = tmp_path / "overlay.png"
+    first = os.path.join(data, "patch", sorted(os.listdir(os.path.join(data, "patch")))[0])
+    assert main(["explain", first, "--model", folder, "--method", "gradcam", "--target",
+                 "patch", "--out", str(png)]) == 0
+    img = np.asarray(Image.open(png))
+    assert img.shape == (64, 64, 3)
+    assert main(["explain", first, "--model", folder, "--target", "nope", "--out",
+                 str(png)]) == 2
+    assert main(["predict", data, "--model", "no-such-model"]) == 2

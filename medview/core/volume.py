@@ -96,6 +96,11 @@ class ImageVolume:
     def shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.pixels.shape)
 
+    @property
+    def default_index(self) -> int:
+        """The slice shown (and scored) first: the middle slice, or frame 1 of a cine."""
+        return 0 if self.multiframe else self.n_slices // 2
+
     def source_of(self, index: int) -> str:
         """The file the slice ``index`` came from ('' when unknown)."""
         if not self.source_paths:

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from medview.core.volume import ImageVolume, LoadResult, WindowPreset
+from medview.gui.model_panel import ModelPanel
 from medview.gui.panels import SeriesBrowser, SkippedPanel, TagBrowser
 from medview.gui.viewer import SliceView
 from medview.gui.workers import JobRunner
@@ -80,6 +81,17 @@ class MainWindow(QMainWindow):
         right.setMinimumWidth(360)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, right)
         self.details_dock = right
+
+        self.model_panel = ModelPanel(self.jobs)
+        self.model_panel.volumes_provider = lambda: list(self.volumes)
+        self.model_panel.overlay_changed.connect(self.view.set_overlay)
+        ai = QDockWidget("AI model", self)
+        ai.setObjectName("model-dock")
+        ai.setWidget(self.model_panel)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, ai)
+        self.tabifyDockWidget(right, ai)
+        ai.raise_()
+        self.model_dock = ai
 
         self._build_toolbar()
         self._build_menus()
@@ -281,6 +293,7 @@ class MainWindow(QMainWindow):
         v = self.view.volume
         if v is not None:
             self.tags.show_file(v.source_of(index), v)
+        self.model_panel.set_image(v, index)
 
     def _on_cine(self, on: bool) -> None:
         if on:
@@ -304,6 +317,7 @@ class MainWindow(QMainWindow):
         self.skipped.setRowCount(0)
         self.tags.clear()
         self.view.set_volume(None)
+        self.model_panel.set_image(None, 0)
         self.current = -1
 
     # ------------------------------------------------------------------ dialogs

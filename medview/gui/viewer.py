@@ -112,7 +112,7 @@ class SliceView(QWidget):
             self.slider.setMaximum(0)
             self._update_labels()
             return
-        middle = volume.n_slices // 2 if not volume.multiframe else 0
+        middle = volume.default_index
         self.index = middle
         self.window = default_window(volume, modality_slice(volume, middle))
         if volume.frame_time_ms:

@@ -1,0 +1,496 @@
+"""The AI side panel: pick a model, run it on the image in view, see why it decided.
+
+Model loading, inference, saliency and batch scoring all run in worker threads
+(:mod:`medview.gui.workers`); the newest request of each kind wins, so changing the image
+cancels the job for the old one. Everything from the model card is shown as plain text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSlider,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from medview.core.modeling import Prediction
+from medview.core.progress import Progress
+from medview.core.volume import ImageVolume
+from medview.gui.workers import JobRunner
+from medview.imaging.overlay import COLORMAPS, heatmap_rgba
+
+METHOD_NAMES = {"gradcam": "Grad-CAM", "ig": "Integrated Gradients", "smoothgrad": "SmoothGrad",
+                "occlusion": "Occlusion"}
+
+
+def _plain_label(text: str = "", wrap: bool = True) -> QLabel:
+    lab = QLabel(text)
+    lab.setTextFormat(Qt.TextFormat.PlainText)
+    lab.setWordWrap(wrap)
+    lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return lab
+
+
+class ProbabilityBars(QWidget):
+    """One horizontal bar per class with its probability; the operating threshold of the
+    positive class is drawn as a vertical line on its bar."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.classes: list[str] = []
+        self.values: list[float] = []
+        self.threshold: float | None = None
+        self.positive: str | None = None
+        self.setMinimumHeight(30)
+
+    def set_values(self, classes, values, threshold=None, positive=None) -> None:
+        self.classes, self.values = list(classes), list(values)
+        self.threshold, self.positive = threshold, positive
+        self.setMinimumHeight(max(30, 26 * len(classes) + 6))
+        self.update()
+
+    def clear(self) -> None:
+        self.set_values([], [])
+
+    def paintEvent(self, _ev) -> None:
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        label_w = 110
+        w = max(self.width() - label_w - 60, 20)
+        for k, (name, v) in enumerate(zip(self.classes, self.values, strict=True)):
+            y = 4 + k * 26
+            p.setPen(self.palette().text().color())
+            p.drawText(QRectF(0, y, label_w - 6, 20), Qt.AlignmentFlag.AlignRight
+                       | Qt.AlignmentFlag.AlignVCenter, name)
+            p.fillRect(QRectF(label_w, y + 3, w, 14), QColor("#dddddd"))
+            p.fillRect(QRectF(label_w, y + 3, w * v, 14), QColor("#2f7fd1"))
+            p.drawText(QRectF(label_w + w + 6, y, 54, 20), Qt.AlignmentFlag.AlignVCenter,
+                       f"{v:.2f}")
+            if self.threshold is not None and name == self.positive:
+                x = label_w + w * self.threshold
+                p.setPen(QPen(QColor("#d11f1f"), 2))
+                p.drawLine(int(x), y, int(x), y + 20)
+        p.end()
+
+
+class ModelPanel(QWidget):
+    """Model picker, run controls, results, saliency and the batch worklist."""
+
+    overlay_changed = Signal(object)  # RGBA array or None
+    prediction_ready = Signal(object)  # Prediction
+    saliency_ready = Signal(object)  # (rows, cols) map
+    batch_finished = Signal(object)  # list of (description, path, Prediction)
+    failed = Signal(str)
+
+    def __init__(self, jobs: JobRunner, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.jobs = jobs
+        self.registry = None
+        self.cards = []
+        self.volume: ImageVolume | None = None
+        self.index = 0
+        self.volumes_provider = lambda: []
+        self._predictors: dict[tuple[str, str], object] = {}
+        self._predictors_lock = threading.Lock()
+        self._saliency: np.ndarray | None = None
+        self._last: Prediction | None = None
+        self._worklist: list[tuple[str, str, Prediction]] = []
+
+        self.model_box = QComboBox()
+        self.model_box.currentIndexChanged.connect(self._on_model)
+        self.card_button = QPushButton("Model card...")
+        self.card_button.clicked.connect(self.show_card)
+        self.summary = _plain_label()
+        self.device_box = QComboBox()
+        self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.auto_run = QCheckBox("Auto-run on image change")
+
+        pick = QHBoxLayout()
+        pick.addWidget(self.model_box, 1)
+        pick.addWidget(self.card_button)
+        run = QHBoxLayout()
+        run.addWidget(QLabel("Device:"))
+        run.addWidget(self.device_box)
+        run.addWidget(self.run_button)
+        model_group = QGroupBox("Model")
+        mg = QVBoxLayout(model_group)
+        mg.addLayout(pick)
+        mg.addWidget(self.summary)
+        mg.addLayout(run)
+        mg.addWidget(self.auto_run)
+
+        self.bars = ProbabilityBars()
+        self.decision = _plain_label()
+        self.decision.setStyleSheet("font-weight: bold;")
+        self.details = _plain_label()
+        self.warnings = _plain_label()
+        self.warnings.setStyleSheet("color: #b36b00;")
+        self.status = _plain_label()
+        result_group = QGroupBox("Result")
+        rg = QVBoxLayout(result_group)
+        rg.addWidget(self.bars)
+        rg.addWidget(self.decision)
+        rg.addWidget(self.details)
+        rg.addWidget(self.warnings)
+        rg.addWidget(self.status)
+
+        self.method_box = QComboBox()
+        for key, name in METHOD_NAMES.items():
+            self.method_box.addItem(name, key)
+        self.class_box = QComboBox()
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(60)
+        self.cmap_box = QComboBox()
+        self.cmap_box.addItems(list(COLORMAPS))
+        self.show_overlay = QCheckBox("Show on image")
+        self.show_overlay.setChecked(True)
+        self.explain_button = QPushButton("Explain")
+        self.explain_button.clicked.connect(self.explain)
+        for w in (self.opacity, self.cmap_box):
+            (w.valueChanged if isinstance(w, QSlider) else w.currentIndexChanged).connect(
+                self._emit_overlay)
+        self.show_overlay.toggled.connect(self._emit_overlay)
+        self.seen = QLabel()
+        self.seen.setFixedSize(160, 160)
+        self.seen.setStyleSheet("background: black;")
+        self.seen.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        sal_group = QGroupBox("Saliency")
+        form = QFormLayout(sal_group)
+        form.addRow("Method", self.method_box)
+        form.addRow("Class", self.class_box)
+        form.addRow("Opacity", self.opacity)
+        form.addRow("Colormap", self.cmap_box)
+        row = QHBoxLayout()
+        row.addWidget(self.show_overlay)
+        row.addWidget(self.explain_button)
+        form.addRow(row)
+        form.addRow("What the model saw", self.seen)
+
+        single = QWidget()
+        sl = QVBoxLayout(single)
+        sl.addWidget(model_group)
+        sl.addWidget(result_group)
+        sl.addWidget(sal_group)
+        sl.addStretch(1)
+
+        self.batch_button = QPushButton("Run on all open series")
+        self.batch_button.clicked.connect(self.run_batch)
+        self.export_button = QPushButton("Export CSV...")
+        self.export_button.clicked.connect(self._export_dialog)
+        self.worklist = QTableWidget(0, 0)
+        self.worklist.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.worklist.setSortingEnabled(True)
+        self.worklist.verticalHeader().setVisible(False)
+        batch = QWidget()
+        bl = QVBoxLayout(batch)
+        brow = QHBoxLayout()
+        brow.addWidget(self.batch_button)
+        brow.addWidget(self.export_button)
+        bl.addLayout(brow)
+        bl.addWidget(self.worklist)
+
+        tabs = QTabWidget()
+        tabs.addTab(single, "This image")
+        tabs.addTab(batch, "Worklist")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(tabs)
+        self.refresh_models()
+
+    # ------------------------------------------------------------------ models
+    def refresh_models(self, select: str | None = None) -> None:
+        from medview.models.registry import discover_models
+
+        self.registry = discover_models()
+        self.cards = list(self.registry.models)
+        current = select or (self.current_card().id if self.current_card() else None)
+        self.model_box.blockSignals(True)
+        self.model_box.clear()
+        for c in self.cards:
+            self.model_box.addItem(f"{c.name} ({c.version})", c.id)
+        ids = [c.id for c in self.cards]
+        if current in ids:
+            self.model_box.setCurrentIndex(ids.index(current))
+        self.model_box.blockSignals(False)
+        self._on_model()
+        if self.registry.errors:
+            self.status.setText("Refused model(s): " + "; ".join(
+                f"{e.where}: {e.reason}" for e in self.registry.errors))
+
+    def current_card(self):
+        k = self.model_box.currentIndex() if hasattr(self, "model_box") else -1
+        return self.cards[k] if 0 <= k < len(self.cards) else None
+
+    def _on_model(self, *_args) -> None:
+        card = self.current_card()
+        enabled = card is not None
+        for w in (self.run_button, self.explain_button, self.batch_button, self.card_button):
+            w.setEnabled(enabled)
+        self.clear_result()
+        if card is None:
+            self.summary.setText("No model installed. Train one with the fine-tuning wizard "
+                                 "or `medview train`.")
+            return
+        d = card.data
+        test = d["metrics"].get("test") or {}
+        auc = test.get("auc") or {}
+        perf = (f"Test AUC {auc.get('value')} (95% CI {auc['ci95'][0]}-{auc['ci95'][1]}), "
+                f"n={test.get('n')}" if auc.get("value") is not None else "No test metrics.")
+        flags = "; ".join(d.get("flags", []))
+        self.summary.setText(
+            f"{', '.join(card.classes)}\nIntended use: {d['intended_use']}\n{perf}"
+            + (f"\n{flags}" if flags else ""))
+        self.class_box.blockSignals(True)
+        self.class_box.clear()
+        self.class_box.addItems(card.classes)
+        self.class_box.blockSignals(False)
+        if self.auto_run.isChecked():
+            self.run()
+
+    def show_card(self) -> None:
+        card = self.current_card()
+        if card is None:
+            return
+        dlg = QDialog(self)
+        dlg.setWindowTitle(f"Model card: {card.name}")
+        text = QPlainTextEdit()
+        text.setReadOnly(True)
+        readme = os.path.join(card.folder, "README.md")
+        body = ""
+        if os.path.isfile(readme):
+            with open(readme, encoding="utf-8", errors="replace") as f:
+                body = f.read()
+        text.setPlainText(body + "\n\n--- card.json ---\n" + json.dumps(card.data, indent=2))
+        lay = QVBoxLayout(dlg)
+        lay.addWidget(text)
+        dlg.resize(760, 640)
+        dlg.setModal(False)
+        dlg.show()
+        self._card_dialog = dlg
+
+    # ------------------------------------------------------------------ image in view
+    def set_image(self, volume: ImageVolume | None, index: int) -> None:
+        """The image in view changed: stale results go, running jobs for it are cancelled."""
+        if volume is self.volume and index == self.index:
+            return
+        self.volume, self.index = volume, index
+        self.jobs.cancel("predict")
+        self.jobs.cancel("saliency")
+        self.clear_result()
+        if volume is not None and self.auto_run.isChecked() and self.current_card():
+            self.run()
+
+    def clear_result(self) -> None:
+        self._last = None
+        self._saliency = None
+        self.bars.clear()
+        self.decision.setText("")
+        self.details.setText("")
+        self.warnings.setText("")
+        self.seen.clear()
+        self.overlay_changed.emit(None)
+
+    # ------------------------------------------------------------------ workers
+    def predictor_for(self, card, device: str):
+        """Load (once) and cache the predictor; called in worker threads."""
+        from medview.inference.predictor import Predictor
+
+        key = (card.id, device)
+        with self._predictors_lock:
+            pred = self._predictors.get(key)
+            if pred is None:
+                pred = Predictor(card, device)
+                self._predictors[key] = pred
+            return pred
+
+    def run(self) -> None:
+        card = self.current_card()
+        volume, index = self.volume, self.index
+        if card is None or volume is None:
+            return
+        device = self.device_box.currentText()
+        want_saliency = self.show_overlay.isChecked()
+        self.status.setText("Running...")
+
+        def job(token):
+            t0 = time.perf_counter()
+            yield Progress(0, 3, "loading model")
+            pred = self.predictor_for(card, device)
+            token.raise_if_cancelled()
+            yield Progress(1, 3, "preparing")
+            t1 = time.perf_counter()
+            prep = pred.prepare(volume, index)
+            prep_ms = (time.perf_counter() - t1) * 1000
+            token.raise_if_cancelled()
+            yield Progress(2, 3, "inference")
+            result = pred.predict_prepared(prep, prep_ms)
+            result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
+            return result, prep
+
+        j = self.jobs.start("predict", job)
+        j.succeeded.connect(lambda r, jj=j: self._on_prediction(jj, r, want_saliency))
+        j.failed.connect(lambda exc, jj=j: self._on_failed(jj, exc))
+
+    def _on_prediction(self, job, result, want_saliency: bool) -> None:
+        if not self.jobs.is_current(job):
+            return
+        p, prep = result
+        self._last = p
+        card = self.current_card()
+        self.bars.set_values(p.classes, p.probabilities, p.threshold,
+                             card.positive_class if card else None)
+        self.decision.setText(p.decision)
+        self.details.setText(
+            f"{p.model_id} {p.model_version} on {p.device}: "
+            f"{p.timings_ms.get('inference', 0):.0f} ms inference, "
+            f"{p.timings_ms.get('total', 0):.0f} ms total\n"
+            f"input sha256 {p.input_sha256[:16]}...")
+        self.warnings.setText("\n".join(f"Warning: {w}" for w in p.warnings))
+        self.status.setText("Not a diagnosis. Research use only.")
+        seen = np.ascontiguousarray(prep.seen)
+        h, w = seen.shape
+        img = QImage(seen.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
+        self.seen.setPixmap(QPixmap.fromImage(img).scaled(
+            160, 160, Qt.AspectRatioMode.KeepAspectRatio))
+        self.class_box.setCurrentText(p.label if p.label in p.classes else p.classes[0])
+        self.prediction_ready.emit(p)
+        if want_saliency:
+            self.explain(prep=prep)
+
+    def explain(self, _checked: bool = False, prep=None) -> None:
+        card = self.current_card()
+        volume, index = self.volume, self.index
+        if card is None or volume is None:
+            return
+        device = self.device_box.currentText()
+        method = self.method_box.currentData()
+        target = self.class_box.currentText() or card.classes[0]
+        self.status.setText(f"Computing {METHOD_NAMES[method]}...")
+
+        def job(token):
+            from medview.explain import saliency_for_slice
+
+            pred = self.predictor_for(card, device)
+            p = prep if prep is not None else pred.prepare(volume, index)
+            token.raise_if_cancelled()
+            yield Progress(1, 2, "saliency")
+            spec = card.preprocessing
+            black = [(0.0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)]
+            with pred.lock:
+                return saliency_for_slice(pred.model, p.tensor, card.classes.index(target),
+                                          method, (volume.rows, volume.cols), black=black)
+
+        j = self.jobs.start("saliency", job)
+        j.succeeded.connect(lambda m, jj=j: self._on_saliency(jj, m, method, target))
+        j.failed.connect(lambda exc, jj=j: self._on_failed(jj, exc))
+
+    def _on_saliency(self, job, sal, method: str, target: str) -> None:
+        if not self.jobs.is_current(job):
+            return
+        self._saliency = sal
+        self.status.setText(f"{METHOD_NAMES[method]} for {target}. Not a diagnosis.")
+        self._emit_overlay()
+        self.saliency_ready.emit(sal)
+
+    def overlay_rgba(self) -> np.ndarray | None:
+        if self._saliency is None or not self.show_overlay.isChecked():
+            return None
+        return heatmap_rgba(self._saliency, self.cmap_box.currentText(),
+                            self.opacity.value() / 100.0)
+
+    def _emit_overlay(self, *_args) -> None:
+        self.overlay_changed.emit(self.overlay_rgba())
+
+    def _on_failed(self, job, exc) -> None:
+        if not self.jobs.is_current(job):
+            return
+        self.status.setText(f"Failed: {exc}")
+        self.failed.emit(str(exc))
+
+    # ------------------------------------------------------------------ batch
+    def run_batch(self) -> None:
+        card = self.current_card()
+        volumes = list(self.volumes_provider())
+        if card is None or not volumes:
+            return
+        device = self.device_box.currentText()
+
+        def job(token):
+            pred = self.predictor_for(card, device)
+            rows = []
+            for k, v in enumerate(volumes):
+                token.raise_if_cancelled()
+                i = v.default_index
+                rows.append((v.description or os.path.basename(v.source_of(i)), v.source_of(i),
+                             pred.predict(v, i)))
+                yield Progress(k + 1, len(volumes), "scoring")
+            return rows
+
+        self.status.setText(f"Scoring {len(volumes)} series...")
+        j = self.jobs.start("batch", job)
+        j.succeeded.connect(lambda rows, jj=j: self._on_batch(jj, rows, card.classes))
+        j.failed.connect(lambda exc, jj=j: self._on_failed(jj, exc))
+
+    def _on_batch(self, job, rows, classes) -> None:
+        if not self.jobs.is_current(job):
+            return
+        self._worklist = rows
+        headers = ["Series", "Predicted", *[f"p({c})" for c in classes], "Warnings"]
+        self.worklist.setSortingEnabled(False)
+        self.worklist.clear()
+        self.worklist.setColumnCount(len(headers))
+        self.worklist.setHorizontalHeaderLabels(headers)
+        self.worklist.setRowCount(len(rows))
+        for r, (desc, _path, p) in enumerate(rows):
+            self.worklist.setItem(r, 0, QTableWidgetItem(desc))
+            self.worklist.setItem(r, 1, QTableWidgetItem(p.label))
+            for k, v in enumerate(p.probabilities):
+                item = QTableWidgetItem()
+                item.setData(Qt.ItemDataRole.DisplayRole, round(float(v), 4))
+                self.worklist.setItem(r, 2 + k, item)
+            self.worklist.setItem(r, 2 + len(classes), QTableWidgetItem("; ".join(p.warnings)))
+        self.worklist.setSortingEnabled(True)
+        self.worklist.resizeColumnsToContents()
+        self.status.setText(f"Scored {len(rows)} series.")
+        self.batch_finished.emit(rows)
+
+    def export_csv(self, path: str) -> None:
+        from medview.reports.files import write_predictions_csv
+
+        card = self.current_card()
+        classes = self._worklist[0][2].classes if self._worklist else (card.classes if card
+                                                                        else [])
+        write_predictions_csv(path, [(pth, p) for _d, pth, p in self._worklist], classes)
+
+    def _export_dialog(self) -> None:
+        if not self._worklist:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export worklist", "worklist.csv",
+                                              "CSV (*.csv)")
+        if path:
+            self.export_csv(path)

@@ -1,0 +1,1 @@
+"""Exports: prediction worklists as CSV/JSON, overlay images; all written atomically."""

@@ -1,0 +1,51 @@
+"""Atomic writes and the prediction CSV format shared by the CLI and the GUI worklist."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable
+
+from medview.core.modeling import Prediction
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".medview-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def prediction_header(classes: list[str]) -> list[str]:
+    return ["path", "model_id", "predicted", *[f"p_{c}" for c in classes], "warnings"]
+
+
+def prediction_row(path: str, p: Prediction) -> list[str]:
+    return [path, p.model_id, p.label, *[f"{v:.6f}" for v in p.probabilities],
+            "; ".join(p.warnings)]
+
+
+def predictions_csv(rows: Iterable[tuple[str, Prediction]], classes: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(prediction_header(classes))
+    for path, p in rows:
+        w.writerow(prediction_row(path, p))
+    return buf.getvalue()
+
+
+def write_predictions_csv(path: str, rows: Iterable[tuple[str, Prediction]],
+                          classes: list[str]) -> None:
+    atomic_write_bytes(path, predictions_csv(rows, classes).encode("utf-8"))

@@ -1,0 +1,109 @@
+"""The AI side panel in the real window: pick, run, bars, overlay, switch image, worklist."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from PySide6.QtWidgets import QApplication
+
+from tests.tiny import PATCH
+
+
+@pytest.fixture
+def ai_window(qtbot, tiny_model, monkeypatch, tmp_path_factory):
+    from PySide6.QtCore import QSettings
+
+    from medview.gui.app import create_app
+    from medview.gui.main_window import MainWindow
+
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", os.path.dirname(tiny_model[0]))
+    create_app()
+    settings = QSettings(str(tmp_path_factory.mktemp("s") / "s.ini"),
+                         QSettings.Format.IniFormat)
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    win.show()
+    yield win, tiny_model[1]
+    win.close()
+
+
+def _open(qtbot, win, paths):
+    with qtbot.waitSignal(win.load_finished, timeout=20000):
+        win.open_paths([str(p) for p in paths])
+
+
+def _files(data, cls, n=2):
+    folder = os.path.join(data, cls)
+    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))[:n]]
+
+
+def test_select_run_see_bars_and_overlay(qtbot, ai_window):
+    win, data = ai_window
+    panel = win.model_panel
+    assert "tiny-patch" in [c.id for c in panel.cards]
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    assert "Intended use" in panel.summary.text()
+    _open(qtbot, win, _files(data, "patch", 1))
+    with qtbot.waitSignal(panel.saliency_ready, timeout=60000), \
+            qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
+        panel.run_button.click()
+    p = got.args[0]
+    assert p.label == "patch"
+    assert panel.bars.classes == ["patch", "plain"]
+    assert panel.bars.values == pytest.approx(p.probabilities)
+    assert panel.decision.text() == p.decision
+    assert panel.seen.pixmap() is not None and not panel.seen.pixmap().isNull()
+    # the overlay is shown on the main view, aligned with the displayed image
+    overlay = win.view.overlay_item
+    assert overlay.isVisible()
+    assert overlay.image.shape[:2] == win.view.displayed.shape[:2]
+    alpha = overlay.image[..., 3].astype(float)
+    assert alpha[PATCH].mean() > 1.5 * alpha.mean()
+    # hide and show
+    panel.show_overlay.setChecked(False)
+    assert not overlay.isVisible()
+    panel.show_overlay.setChecked(True)
+    assert overlay.isVisible()
+
+
+def test_switching_image_mid_run_shows_only_the_new_result(qtbot, ai_window):
+    win, data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    panel.show_overlay.setChecked(False)
+    _open(qtbot, win, [_files(data, "patch", 1)[0]])
+    _open(qtbot, win, [_files(data, "plain", 1)[0]])
+    panel.auto_run.setChecked(True)
+    results = []
+    panel.prediction_ready.connect(results.append)
+    win.series.setCurrentRow(0)  # the patch image
+    panel.run_button.click()
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
+        win.series.setCurrentRow(1)  # switch before the first result is shown
+    qtbot.waitUntil(lambda: panel.jobs.current("predict") is None, timeout=60000)
+    QApplication.processEvents()
+    assert [r.label for r in results] == ["plain"]
+    from medview.imaging.model_input import pixels_sha256
+
+    assert results[0].input_sha256 == pixels_sha256(win.volumes[1], 0)
+
+
+def test_worklist_runs_on_all_series_and_exports_csv(qtbot, ai_window, tmp_path):
+    win, data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    _open(qtbot, win, _files(data, "patch", 2) + _files(data, "plain", 2))
+    assert len(win.volumes) == 4
+    with qtbot.waitSignal(panel.batch_finished, timeout=60000):
+        panel.batch_button.click()
+    assert panel.worklist.rowCount() == 4
+    panel.worklist.sortItems(2)  # by p(patch), ascending
+    ps = [float(panel.worklist.item(r, 2).text()) for r in range(4)]
+    assert ps == sorted(ps)
+    out = tmp_path / "worklist.csv"
+    panel.export_csv(str(out))
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "warnings"]
+    assert sorted(r[2] for r in rows[1:]) == ["patch", "patch", "plain", "plain"]
+    assert all(np.isclose(float(r[3]) + float(r[4]), 1.0) for r in rows[1:])
