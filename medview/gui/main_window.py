@@ -142,6 +142,10 @@ class MainWindow(QMainWindow):
         file_menu.addAction(QAction("Close all series", self, triggered=self.close_all))
         file_menu.addAction(QAction("Quit", self, shortcut=QKeySequence.StandardKey.Quit,
                                     triggered=self.close))
+        tools = self.menuBar().addMenu("&Tools")
+        tools.addAction(QAction("Fine-tune a model...", self, triggered=self.open_wizard))
+        tools.addAction(QAction("Reload models", self,
+                                triggered=lambda: self.model_panel.refresh_models()))
         view_menu = self.menuBar().addMenu("&View")
         for act in (self.act_invert, self.act_fit, self.act_reset, self.act_zoom_in,
                     self.act_zoom_out, self.act_cine):
@@ -379,7 +383,24 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
             self.open_paths(paths)
 
+    def open_wizard(self):
+        """Open (or raise) the fine-tuning wizard; saved models appear in the panel."""
+        from medview.gui.wizard import TrainingWizard
+
+        if getattr(self, "wizard", None) is None:
+            self.wizard = TrainingWizard(self.jobs, self.settings, parent=self)
+            self.wizard.model_saved.connect(
+                lambda mid: self.model_panel.refresh_models(select=mid))
+            self.wizard.finished.connect(lambda _r: setattr(self, "wizard", None))
+        self.wizard.show()
+        self.wizard.raise_()
+        return self.wizard
+
     def closeEvent(self, event) -> None:
+        wizard = getattr(self, "wizard", None)
+        if wizard is not None and not wizard.confirm_stop():
+            event.ignore()
+            return
         self.view.stop_cine()
         self.jobs.shutdown()
         super().closeEvent(event)

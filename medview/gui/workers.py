@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
 from medview.core.errors import CancelledError
 from medview.core.progress import CancelToken, Progress
@@ -50,7 +50,10 @@ class JobThread(QThread):
                     result = stop.value
                     break
                 now = time.monotonic()
-                if now - last > 0.05:
+                # frequent step events are thinned to ~20 per second; milestones (an
+                # epoch's end, early stopping, ...) are always delivered
+                milestone = getattr(step, "stage", "") not in ("", "load", "train")
+                if milestone or now - last > 0.05:
                     last = now
                     self.progress.emit(step)
             if self.token.cancelled:
@@ -73,6 +76,8 @@ class JobRunner(QObject):
         self._all: set[JobThread] = set()
 
     def start(self, kind: str, factory: JobFactory) -> JobThread:
+        """Queue a job; its thread starts once control returns to the event loop, so the
+        caller can connect the job's signals first without racing a fast job."""
         old = self._current.get(kind)
         if old is not None:
             old.cancel()
@@ -80,12 +85,19 @@ class JobRunner(QObject):
         self._current[kind] = job
         self._all.add(job)
         job.finished.connect(lambda j=job: self._forget(j))
-        job.start()
+        QTimer.singleShot(0, lambda j=job: self._launch(j))
         return job
 
+    def _launch(self, job: JobThread) -> None:
+        if job.token.cancelled:  # cancelled before it ever ran
+            job.cancelled.emit()
+            self._forget(job)
+            return
+        job.start()
+
     def current(self, kind: str) -> JobThread | None:
-        job = self._current.get(kind)
-        return job if job is not None and job.isRunning() else None
+        """The newest job of ``kind`` while it is queued or running."""
+        return self._current.get(kind)
 
     def cancel(self, kind: str) -> None:
         job = self._current.get(kind)
@@ -100,7 +112,8 @@ class JobRunner(QObject):
         for kind, j in list(self._current.items()):
             if j is job:
                 del self._current[kind]
-        job.deleteLater()
+        # No deleteLater(): callers may still hold the job; Python frees it when unused,
+        # which is safe because a job is only forgotten after its thread has finished.
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
         """Cancel every job and wait for the threads to end."""

@@ -23,8 +23,6 @@ from medview.core.volume import SkippedFile
 from medview.imaging.model_input import display_grey, resize_grey
 from medview.io import load
 
-IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz",
-                  ".mha", ".nrrd", "")
 #: Default file-name patterns that carry a patient id (first group).
 DEFAULT_PATIENT_PATTERN = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"
 SPLITS = ("train", "val", "test")
@@ -93,8 +91,11 @@ def from_folder(root: str, patient_pattern: str | None = DEFAULT_PATIENT_PATTERN
 
 
 def from_manifest(csv_path: str, label_column: str = "label",
-                  patient_pattern: str | None = DEFAULT_PATIENT_PATTERN) -> Dataset:
-    """A CSV with ``path`` and a label column; optional ``patient_id`` and ``split``."""
+                  patient_pattern: str | None = DEFAULT_PATIENT_PATTERN,
+                  label_map: dict[str, str] | None = None) -> Dataset:
+    """A CSV with ``path`` and a label column; optional ``patient_id`` and ``split``.
+
+    ``label_map`` renames label values (e.g. ``{"virus": "viral"}``)."""
     base = os.path.dirname(os.path.abspath(csv_path))
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
@@ -111,7 +112,9 @@ def from_manifest(csv_path: str, label_column: str = "label",
         split = (r.get("split") or "").strip() or None
         if split is not None and split not in SPLITS:
             raise DatasetError(f"{csv_path}: unknown split {split!r} (use train/val/test)")
-        samples.append(Sample(path, r[label_column].strip(), patient, split,
+        label = r[label_column].strip()
+        label = (label_map or {}).get(label, label)
+        samples.append(Sample(path, label, patient, split,
                               (r.get("sha256") or "").strip()))
     classes = sorted({s.label for s in samples})
     ds = Dataset(samples, classes, source=csv_path)
@@ -120,9 +123,10 @@ def from_manifest(csv_path: str, label_column: str = "label",
     return ds
 
 
-def open_dataset(path: str, label_column: str = "label") -> Dataset:
+def open_dataset(path: str, label_column: str = "label",
+                 label_map: dict[str, str] | None = None) -> Dataset:
     if os.path.isfile(path) and path.lower().endswith(".csv"):
-        return from_manifest(path, label_column)
+        return from_manifest(path, label_column, label_map=label_map)
     return from_folder(path)
 
 

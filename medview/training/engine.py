@@ -43,6 +43,7 @@ class TrainingError(MedviewError):
 class TrainConfig:
     data: str = ""
     base: str = "efficientnet-lite0"
+    weights_file: str | None = None  # local safetensors for a "timm:<arch>" base
     strategy: str = "partial"
     epochs: int = 8
     image_size: int = 224
@@ -62,6 +63,7 @@ class TrainConfig:
     patience: int = 3
     seed: int = 0
     label_column: str = "label"
+    label_map: dict = field(default_factory=dict)
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     min_per_class: int = 10
     positive_class: str | None = None
@@ -156,6 +158,8 @@ def build_base(cfg: TrainConfig, n_classes: int, classes: list[str]):
     if cfg.base.startswith("timm:"):
         arch = cfg.base.split(":", 1)[1]
         model = timm.create_model(arch, pretrained=False, num_classes=n_classes)
+        if cfg.weights_file and cfg.strategy != "scratch":
+            return model, *_load_local_weights(model, arch, cfg.weights_file)
         parent = {"kind": "none", "id": None, "weights_sha256": None,
                   "note": f"random initialisation of {arch}"}
         return model, parent, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
@@ -170,6 +174,36 @@ def build_base(cfg: TrainConfig, n_classes: int, classes: list[str]):
     parent = {"kind": "model", "id": card.id, "version": card.version,
               "weights_sha256": card.weights_sha256, "architecture": card.architecture}
     return model, parent, list(pre["mean"]), list(pre["std"])
+
+
+def _load_local_weights(model, arch: str, path: str):
+    """Backbone weights from a local safetensors file (the classifier is left new).
+
+    Tensors whose name and shape match are loaded; every backbone tensor must be present.
+    Normalisation is the architecture's own (timm's pretrained config).
+    """
+    from safetensors.torch import load_file
+
+    from medview.models.pretrained import file_sha256
+    from medview.models.weights import WeightsError, check_safetensors_file
+
+    check_safetensors_file(path)
+    state = load_file(path, device="cpu")
+    target = model.state_dict()
+    head = {f"{n}.weight" for n, _ in [(model.default_cfg.get("classifier", "classifier"), 0)]}
+    head |= {h.replace(".weight", ".bias") for h in head}
+    usable = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
+    missing = [k for k in target if k not in usable and k not in head
+               and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise WeightsError(f"the weights file does not fit {arch}: {len(missing)} tensor(s) "
+                           f"missing or of another shape, e.g. {missing[0]}")
+    model.load_state_dict(usable, strict=False)
+    cfg = model.pretrained_cfg
+    parent = {"kind": "local-file", "id": os.path.basename(path),
+              "weights_sha256": file_sha256(path), "architecture": arch}
+    return parent, list(cfg.get("mean", (0.485, 0.456, 0.406))), list(
+        cfg.get("std", (0.229, 0.224, 0.225)))
 
 
 def layer_groups(model) -> list[list]:
@@ -256,6 +290,10 @@ def augment_batch(batch_u8, cfg: TrainConfig, gen):
     return (x.clamp_(0, 1) * 255).squeeze(1)
 
 
+def _device_of(model):
+    return next(model.parameters()).device
+
+
 def _predict_logits(model, images_u8, mean, std, batch: int, cancel=None) -> np.ndarray:
     import torch
 
@@ -265,7 +303,8 @@ def _predict_logits(model, images_u8, mean, std, batch: int, cancel=None) -> np.
         for i in range(0, len(images_u8), batch):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            out.append(model(_to_input(images_u8[i:i + batch], mean, std)).float().numpy())
+            x = _to_input(images_u8[i:i + batch], mean, std).to(_device_of(model))
+            out.append(model(x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -278,7 +317,8 @@ def _features(model, images_u8, mean, std, batch: int, cancel=None):
         for i in range(0, len(images_u8), batch):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            f = model.forward_features(_to_input(images_u8[i:i + batch], mean, std))
+            x = _to_input(images_u8[i:i + batch], mean, std).to(_device_of(model))
+            f = model.forward_features(x)
             out.append(model.forward_head(f, pre_logits=True))
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -289,6 +329,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
     """Train per ``cfg``; yields :class:`TrainEvent`, returns a :class:`TrainResult`.
 
     Nothing is written to disk here; see :func:`medview.training.export.export_model`.
+    Runs are seeded: the same seed, data and machine give bit-identical weights.
     """
     import torch
 
@@ -299,7 +340,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
         torch.set_num_threads(cfg.num_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
-    ds = tdata.open_dataset(cfg.data, cfg.label_column)
+    ds = tdata.open_dataset(cfg.data, cfg.label_column, cfg.label_map)
     size = (cfg.image_size, cfg.image_size)
     loader = tdata.load_images(ds, size, cancel=cancel)
     while True:
@@ -335,11 +376,21 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
     if len(classes) == 2:
         positive = (label_idx.get(cfg.positive_class, 1))
 
+    import timm  # noqa: F401  (imported before seeding: imports may draw random numbers)
+
+    torch.manual_seed(cfg.seed)
     model, parent, mean, std = build_base(cfg, len(classes), classes)
+    torch.manual_seed(cfg.seed + 1)
+    device = cfg.device if cfg.device in ("cpu", "cuda", "mps") else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        warns.append("CUDA was requested but is not available: trained on the CPU")
+        device = "cpu"
+    model.to(device)
     counts = np.bincount(y_all[train_idx], minlength=len(classes)).astype(np.float64)
     weights = torch.tensor(len(train_idx) / (len(classes) * np.maximum(counts, 1)),
                            dtype=torch.float32)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights if cfg.balance == "weights" else None)
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=weights.to(device) if cfg.balance == "weights" else None)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     history: list[dict] = []
@@ -398,14 +449,14 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             if cfg.strategy == "feature":
                 head.train()
-                logits = head(feat_cache[0][idx])
-                target = y_t[train_idx[idx.numpy()]]
+                logits = head(feat_cache[0][idx.to(feat_cache[0].device)])
+                target = y_t[train_idx[idx.numpy()]].to(device)
             else:
                 batch = images_t[train_idx[idx.numpy()]]
                 if cfg.augment:
                     batch = augment_batch(batch, cfg, gen)
-                logits = model(_to_input(batch, mean, std))
-                target = y_t[train_idx[idx.numpy()]]
+                logits = model(_to_input(batch, mean, std).to(device))
+                target = y_t[train_idx[idx.numpy()]].to(device)
             loss = loss_fn(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -422,7 +473,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
         if cfg.strategy == "feature":
             head.eval()
             with torch.inference_mode():
-                val_logits = head(feat_cache[1]).numpy()
+                val_logits = head(feat_cache[1]).float().cpu().numpy()
         else:
             val_logits = _predict_logits(model, images_t[val_idx], mean, std, cfg.batch_size,
                                          cancel)
@@ -485,6 +536,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
     card = _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds,
                       rule, positive, metrics, history, best_epoch, warns,
                       time.monotonic() - started, model)
+    model.to("cpu")
     yield TrainEvent("done", best_epoch, cfg.epochs, message="training finished")
     return TrainResult(model, cfg, classes, card, history, val_probs, val_y, test_probs,
                        y_all[test_idx] if len(test_idx) else np.zeros(0, int), warns, ds, splits)

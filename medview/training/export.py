@@ -97,8 +97,10 @@ def export_model(model, card: dict, out_dir: str, extra_readme: str = "") -> str
         raise FileExistsError(f"a model named {card['id']!r} already exists in {out_dir}")
     tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir)
     try:
+        # one metadata key only: safetensors writes several in random order, which would
+        # change the file's hash from run to run
         sha = save_weights(model, os.path.join(tmp, WEIGHTS_FILE),
-                           metadata={"id": card["id"], "version": card["version"]})
+                           metadata={"medview_model": f"{card['id']} {card['version']}"})
         card = json_safe({**card, "weights": {"file": WEIGHTS_FILE, "sha256": sha}})
         validate_card(card, f"{card['id']}/{CARD_FILE}")
         with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:

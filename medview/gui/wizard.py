@@ -1,0 +1,788 @@
+"""The fine-tuning wizard: data -> split -> model -> training -> results and save.
+
+All scanning, previewing and training runs in worker threads on the training engine; the
+wizard only shows progress and results. Cancel never writes anything; saving writes the
+model folder atomically to the user's models directory and announces it (the side panel
+lists it at once). The last settings are remembered.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWizard,
+    QWizardPage,
+)
+
+from medview.core.progress import Progress
+from medview.gui.workers import JobRunner
+from medview.training import data as tdata
+
+STRATEGY_TEXT = {
+    "feature": "Feature extraction: keep the ImageNet network frozen, train only a new "
+               "output layer (fast, small data).",
+    "partial": "Fine-tune the last blocks: adapt the top of the network, keep early "
+               "layers (good default).",
+    "full": "Full fine-tuning: adapt every layer (most data and time; best when data is "
+            "plentiful).",
+    "gradual": "Gradual unfreezing: start with the output layer, unfreeze one block per "
+               "epoch, lower learning rates deeper down.",
+    "scratch": "From scratch: no pretrained weights (baseline only; needs far more data).",
+}
+
+
+def _plain(text: str = "") -> QLabel:
+    lab = QLabel(text)
+    lab.setTextFormat(Qt.TextFormat.PlainText)
+    lab.setWordWrap(True)
+    return lab
+
+
+@dataclass
+class ScanReport:
+    """What the data page found (all counts; no patient data)."""
+
+    dataset: tdata.Dataset
+    sizes: Counter = field(default_factory=Counter)
+    modalities: Counter = field(default_factory=Counter)
+    duplicates: int = 0
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def scan_dataset(path: str, min_per_class: int, label_column: str = "label", cancel=None):
+    """Generator job: read every file header/pixels once and summarise the dataset."""
+    from medview.io import load
+
+    ds = tdata.open_dataset(path, label_column)
+    report = ScanReport(ds)
+    kept = []
+    for k, s in enumerate(ds.samples):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        result = load([s.path])
+        if result.volumes:
+            v = result.volumes[0]
+            report.sizes[f"{v.rows}x{v.cols}"] += 1
+            report.modalities[v.modality] += 1
+            s.sha256 = tdata._file_sha256(s.path)
+            kept.append(s)
+        else:
+            reason = result.skipped[0].reason if result.skipped else "no image"
+            ds.skipped.append(tdata.SkippedFile(s.path, reason))
+        if k % 8 == 0 or k == len(ds.samples) - 1:
+            yield Progress(k + 1, len(ds.samples), "scanning")
+    ds.samples = kept
+    ds.classes = sorted({s.label for s in kept}) if kept else ds.classes
+    report.duplicates = tdata.duplicate_count(ds)
+    report.problems, report.warnings = tdata.check_dataset(ds, min_per_class)
+    if report.duplicates:
+        report.warnings.append(f"{report.duplicates} exact duplicate image(s)")
+    return report
+
+
+class DataPage(QWizardPage):
+    def __init__(self, wiz: TrainingWizard) -> None:
+        super().__init__()
+        self.wiz = wiz
+        self.setTitle("1. Data")
+        self.setSubTitle("A folder with one subfolder per class, or a CSV manifest "
+                         "(path, label, optional patient_id and split).")
+        self.path_edit = QLineEdit(wiz.settings.value("wizard/data", "", str))
+        browse_dir = QPushButton("Folder...")
+        browse_dir.clicked.connect(self._browse_dir)
+        browse_csv = QPushButton("CSV...")
+        browse_csv.clicked.connect(self._browse_csv)
+        self.scan_button = QPushButton("Scan")
+        self.scan_button.clicked.connect(self.scan)
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.summary = _plain()
+        self.message = _plain()
+        self.message.setStyleSheet("color: #b00020; font-weight: bold;")
+        self.warn = _plain()
+        self.warn.setStyleSheet("color: #b36b00;")
+        self.skipped = QTableWidget(0, 2)
+        self.skipped.setHorizontalHeaderLabels(["Unreadable file", "Reason"])
+        self.skipped.horizontalHeader().setStretchLastSection(True)
+        self.skipped.setMaximumHeight(140)
+        row = QHBoxLayout()
+        row.addWidget(self.path_edit, 1)
+        for b in (browse_dir, browse_csv, self.scan_button):
+            row.addWidget(b)
+        lay = QVBoxLayout(self)
+        lay.addLayout(row)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.summary)
+        lay.addWidget(self.message)
+        lay.addWidget(self.warn)
+        lay.addWidget(self.skipped)
+        lay.addStretch(1)
+        self.path_edit.textChanged.connect(self._invalidate)
+
+    def _browse_dir(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Labelled folder")
+        if d:
+            self.path_edit.setText(d)
+            self.scan()
+
+    def _browse_csv(self) -> None:
+        f, _ = QFileDialog.getOpenFileName(self, "Manifest", "", "CSV (*.csv)")
+        if f:
+            self.path_edit.setText(f)
+            self.scan()
+
+    def _invalidate(self) -> None:
+        self.wiz.report = None
+        self.completeChanged.emit()
+
+    def scan(self) -> None:
+        path = self.path_edit.text().strip()
+        if not path:
+            return
+        self.wiz.settings.setValue("wizard/data", path)
+        self.wiz.report = None
+        self.message.setText("")
+        self.progress.setVisible(True)
+        self.progress.setRange(0, 0)
+        min_per = self.wiz.min_per_class
+        job = self.wiz.jobs.start("scan", lambda tok: scan_dataset(path, min_per, cancel=tok))
+        job.progress.connect(lambda p: (self.progress.setRange(0, p.total),
+                                        self.progress.setValue(p.done)))
+        job.succeeded.connect(lambda r, j=job: self._on_scan(j, r))
+        job.failed.connect(lambda exc, j=job: self._on_error(j, exc))
+
+    def _on_error(self, job, exc) -> None:
+        if self.wiz.jobs.is_current(job):
+            self.progress.setVisible(False)
+            self.message.setText(f"Cannot use this data: {exc}")
+            self.wiz.scan_done.emit(None)
+
+    def _on_scan(self, job, report: ScanReport) -> None:
+        if not self.wiz.jobs.is_current(job):
+            return
+        self.progress.setVisible(False)
+        ds = report.dataset
+        counts = ds.counts()
+        sizes = ", ".join(f"{k} ({n})" for k, n in report.sizes.most_common(4))
+        mods = ", ".join(f"{k} ({n})" for k, n in report.modalities.most_common())
+        grouping = {"manifest": "patient ids from the manifest", "file names":
+                    "patient ids from the file names", "none": "no patient ids found"}[
+            ds.patient_source]
+        self.summary.setText(
+            f"{len(ds.samples)} readable images in {len(ds.classes)} classes: "
+            + ", ".join(f"{c}: {n}" for c, n in counts.items())
+            + f"\nImage sizes: {sizes or '-'}\nModalities: {mods or '-'}"
+            + f"\nExact duplicates: {report.duplicates}\nPatient grouping: {grouping}")
+        self.message.setText("\n".join(report.problems))
+        self.warn.setText("\n".join(f"Warning: {w}" for w in report.warnings))
+        self.skipped.setRowCount(len(ds.skipped))
+        for r, s in enumerate(ds.skipped):
+            self.skipped.setItem(r, 0, QTableWidgetItem(os.path.basename(s.path)))
+            self.skipped.setItem(r, 1, QTableWidgetItem(s.reason))
+        self.wiz.report = report
+        self.completeChanged.emit()
+        self.wiz.scan_done.emit(report)
+
+    def isComplete(self) -> bool:
+        r = self.wiz.report
+        return r is not None and not r.problems
+
+
+class SplitPage(QWizardPage):
+    def __init__(self, wiz: TrainingWizard) -> None:
+        super().__init__()
+        self.wiz = wiz
+        self.setTitle("2. Split")
+        self.setSubTitle("Stratified by class; all images of one patient stay in one split "
+                         "when patient ids are known.")
+        self.spins = {}
+        form = QFormLayout()
+        for name, default in (("train", 70), ("val", 15), ("test", 15)):
+            sb = QSpinBox()
+            sb.setRange(0, 100)
+            sb.setSuffix(" %")
+            sb.setValue(int(wiz.settings.value(f"wizard/split_{name}", default)))
+            sb.valueChanged.connect(self.update_counts)
+            self.spins[name] = sb
+            form.addRow({"train": "Training", "val": "Validation", "test": "Test"}[name], sb)
+        self.counts = _plain()
+        self.note = _plain()
+        self.note.setStyleSheet("color: #b36b00;")
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.counts)
+        lay.addWidget(self.note)
+        lay.addStretch(1)
+
+    def fractions(self) -> tuple[float, float, float]:
+        return tuple(self.spins[n].value() / 100 for n in ("train", "val", "test"))
+
+    def initializePage(self) -> None:
+        self.update_counts()
+
+    def update_counts(self) -> None:
+        r = self.wiz.report
+        if r is None:
+            return
+        for n, sb in self.spins.items():
+            self.wiz.settings.setValue(f"wizard/split_{n}", sb.value())
+        ds = r.dataset
+        if all(s.split for s in ds.samples):
+            self.note.setText("The manifest's own split column is used.")
+        else:
+            self.note.setText("")
+        splits = tdata.assign_splits(ds, self.fractions(), seed=0)
+        lines = []
+        for sp in ("train", "val", "test"):
+            c = ds.counts(splits[sp])
+            pats = len({ds.samples[i].patient for i in splits[sp] if ds.samples[i].patient})
+            lines.append(f"{sp}: {len(splits[sp])} images ({pats} patients) - "
+                         + ", ".join(f"{k}: {v}" for k, v in c.items()))
+        leaks = tdata.leakage_report(ds, splits)
+        self.counts.setText("\n".join(lines))
+        if leaks:
+            self.note.setText("\n".join(leaks))
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:
+        f = self.fractions()
+        return abs(sum(f) - 1.0) < 1e-6 and f[0] > 0 and f[1] > 0
+
+
+class ModelPage(QWizardPage):
+    def __init__(self, wiz: TrainingWizard) -> None:
+        super().__init__()
+        self.wiz = wiz
+        s = wiz.settings
+        self.setTitle("3. Model")
+        self.setSubTitle("Start from an ImageNet network or from one of your models.")
+        self.base_box = QComboBox()
+        for bid, label in (("efficientnet-lite0", "EfficientNet-Lite0 (ImageNet, 224 px)"),
+                           ("efficientnet-lite1", "EfficientNet-Lite1 (ImageNet, 240 px)"),
+                           ("efficientnet-lite2", "EfficientNet-Lite2 (ImageNet, 260 px)")):
+            self.base_box.addItem(label, bid)
+        from medview.models.registry import discover_models
+
+        for card in discover_models().models:
+            self.base_box.addItem(f"Model: {card.name} ({card.version})", card.id)
+        self.base_box.addItem("Other timm architecture with a local weights file...", "other")
+        self.base_box.currentIndexChanged.connect(self._on_base)
+        self.arch_edit = QLineEdit(s.value("wizard/arch", "", str))
+        self.arch_edit.setPlaceholderText("timm architecture, e.g. resnet50")
+        self.weights_edit = QLineEdit(s.value("wizard/weights", "", str))
+        self.weights_edit.setPlaceholderText("weights.safetensors")
+        self.strategy_box = QComboBox()
+        for key in ("feature", "partial", "full", "gradual", "scratch"):
+            self.strategy_box.addItem(key.capitalize() if key != "partial" else
+                                      "Fine-tune last blocks", key)
+        self.strategy_help = _plain()
+        self.strategy_box.currentIndexChanged.connect(
+            lambda: self.strategy_help.setText(STRATEGY_TEXT[self.strategy_box.currentData()]))
+        self.blocks = QSpinBox()
+        self.blocks.setRange(1, 7)
+        self.blocks.setValue(int(s.value("wizard/blocks", 2)))
+        self.size = QSpinBox()
+        self.size.setRange(32, 512)
+        self.size.setSingleStep(16)
+        self.size.setValue(int(s.value("wizard/size", 224)))
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 200)
+        self.epochs.setValue(int(s.value("wizard/epochs", 8)))
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(5)
+        self.lr.setRange(1e-5, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(float(s.value("wizard/lr", 1e-3)))
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 512)
+        self.batch.setValue(int(s.value("wizard/batch", 32)))
+        self.augment = QCheckBox("Augment (small rotation, scale, shift, brightness/contrast; "
+                                 "no flips)")
+        self.augment.setChecked(s.value("wizard/augment", "true") in ("true", True))
+        self.balance = QComboBox()
+        self.balance.addItem("Weight the loss by class frequency", "weights")
+        self.balance.addItem("Balanced sampling", "sampler")
+        self.balance.addItem("None", "none")
+        self.device = QComboBox()
+        self.device.addItems(["cpu", "cuda"])
+        self.preview_button = QPushButton("Preview augmentation")
+        self.preview_button.clicked.connect(self.preview)
+        self.preview_grid = QGridLayout()
+        self.preview_labels = []
+        for k in range(8):
+            lab = QLabel()
+            lab.setFixedSize(84, 84)
+            lab.setStyleSheet("background: black;")
+            self.preview_grid.addWidget(lab, k // 4, k % 4)
+            self.preview_labels.append(lab)
+        form = QFormLayout()
+        form.addRow("Start from", self.base_box)
+        form.addRow("Architecture", self.arch_edit)
+        form.addRow("Weights file", self.weights_edit)
+        form.addRow("Strategy", self.strategy_box)
+        form.addRow("", self.strategy_help)
+        form.addRow("Blocks to fine-tune", self.blocks)
+        form.addRow("Image size", self.size)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Learning rate", self.lr)
+        form.addRow("Batch size", self.batch)
+        form.addRow("Class balancing", self.balance)
+        form.addRow("Device", self.device)
+        form.addRow(self.augment)
+        form.addRow(self.preview_button)
+        form.addRow(self.preview_grid)
+        self.setLayout(form)
+        strategy = s.value("wizard/strategy", "partial", str)
+        self.strategy_box.setCurrentIndex(max(0, self.strategy_box.findData(strategy)))
+        self.strategy_help.setText(STRATEGY_TEXT[self.strategy_box.currentData()])
+        base = s.value("wizard/base", "efficientnet-lite0", str)
+        self.base_box.setCurrentIndex(max(0, self.base_box.findData(base)))
+        self._on_base()
+
+    def add_base_option(self, label: str, base_id: str) -> None:
+        """Offer another base (used for small test networks)."""
+        self.base_box.addItem(label, base_id)
+
+    def _on_base(self) -> None:
+        other = self.base_box.currentData() == "other"
+        self.arch_edit.setEnabled(other)
+        self.weights_edit.setEnabled(other)
+
+    def config_kwargs(self) -> dict:
+        base = self.base_box.currentData()
+        kw = dict(strategy=self.strategy_box.currentData(), unfreeze_blocks=self.blocks.value(),
+                  image_size=self.size.value(), epochs=self.epochs.value(), lr=self.lr.value(),
+                  batch_size=self.batch.value(), augment=self.augment.isChecked(),
+                  balance=self.balance.currentData(), device=self.device.currentText())
+        if base == "other":
+            kw.update(base=f"timm:{self.arch_edit.text().strip()}",
+                      weights_file=self.weights_edit.text().strip() or None)
+        else:
+            kw["base"] = base
+        return kw
+
+    def remember(self) -> None:
+        s = self.wiz.settings
+        for key, value in (("base", self.base_box.currentData()),
+                           ("strategy", self.strategy_box.currentData()),
+                           ("blocks", self.blocks.value()), ("size", self.size.value()),
+                           ("epochs", self.epochs.value()), ("lr", self.lr.value()),
+                           ("batch", self.batch.value()),
+                           ("augment", "true" if self.augment.isChecked() else "false"),
+                           ("arch", self.arch_edit.text()), ("weights", self.weights_edit.text())):
+            s.setValue(f"wizard/{key}", value)
+
+    def preview(self) -> None:
+        """Augmented versions of a few training images, computed in a worker."""
+        r = self.wiz.report
+        if r is None or not r.dataset.samples:
+            return
+        samples = r.dataset.samples[:: max(1, len(r.dataset.samples) // 8)][:8]
+        size = min(self.size.value(), 160)
+        kw = self.config_kwargs()
+
+        def job(token):
+            import torch
+
+            from medview.imaging.model_input import display_grey, resize_grey
+            from medview.io import load
+            from medview.training.engine import TrainConfig, augment_batch
+
+            imgs = []
+            for s in samples:
+                token.raise_if_cancelled()
+                v = load([s.path]).volumes[0]
+                imgs.append(resize_grey(display_grey(v, v.default_index), (size, size)))
+            yield Progress(1, 2, "augmenting")
+            batch = torch.from_numpy(np.stack(imgs))
+            cfg = TrainConfig(**{k: v for k, v in kw.items() if k in ("augment",)})
+            out = augment_batch(batch, cfg, torch.Generator().manual_seed(
+                int(np.random.SeedSequence().entropy % 2**31)))
+            return out.round().clamp(0, 255).to(torch.uint8).numpy()
+
+        j = self.wiz.jobs.start("preview", job)
+        j.succeeded.connect(self._show_preview)
+
+    def _show_preview(self, arr: np.ndarray) -> None:
+        for lab, img in zip(self.preview_labels, arr, strict=False):
+            img = np.ascontiguousarray(img)
+            h, w = img.shape
+            q = QImage(img.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
+            lab.setPixmap(QPixmap.fromImage(q).scaled(84, 84, Qt.AspectRatioMode.KeepAspectRatio))
+        self.wiz.preview_done.emit()
+
+    def validatePage(self) -> bool:
+        self.remember()
+        if self.base_box.currentData() == "other" and not self.arch_edit.text().strip():
+            QMessageBox.warning(self, "Model", "Enter a timm architecture name.")
+            return False
+        return True
+
+
+class TrainPage(QWizardPage):
+    def __init__(self, wiz: TrainingWizard) -> None:
+        super().__init__()
+        self.wiz = wiz
+        self.setTitle("4. Training")
+        self.setSubTitle("Curves update after every epoch. Cancel stops within a batch and "
+                         "writes nothing.")
+        self.status = _plain()
+        self.progress = QProgressBar()
+        self.cancel_button = QPushButton("Cancel training")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.loss_plot = pg.PlotWidget(title="Training loss")
+        self.loss_plot.setBackground("w")
+        self.loss_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#2f7fd1", width=2),
+                                              symbol="o")
+        self.metric_plot = pg.PlotWidget(title="Validation AUC (blue) and accuracy (orange)")
+        self.metric_plot.setBackground("w")
+        self.metric_plot.setYRange(0, 1)
+        self.auc_curve = self.metric_plot.plot([], [], pen=pg.mkPen("#2f7fd1", width=2),
+                                               symbol="o")
+        self.acc_curve = self.metric_plot.plot([], [], pen=pg.mkPen("#e07b00", width=2),
+                                               symbol="t")
+        lay = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        lay.addWidget(self.status)
+        plots = QHBoxLayout()
+        plots.addWidget(self.loss_plot)
+        plots.addWidget(self.metric_plot)
+        lay.addLayout(plots, 1)
+        self.history: list[dict] = []
+        self.job = None
+        self._running = False
+
+    def initializePage(self) -> None:
+        self.wiz.result = None
+        self.history = []
+        self.loss_curve.setData([], [])
+        self.auc_curve.setData([], [])
+        self.acc_curve.setData([], [])
+        self.start()
+
+    def start(self) -> None:
+        from medview.training.engine import TrainConfig, train
+
+        r = self.wiz.report
+        kw = self.wiz.model_page.config_kwargs()
+        cfg = TrainConfig(data=r.dataset.source, split_fractions=self.wiz.split_page.fractions(),
+                          min_per_class=self.wiz.min_per_class,
+                          n_bootstrap=self.wiz.n_bootstrap, **kw)
+        self.status.setText("Starting...")
+        self.cancel_button.setEnabled(True)
+        self._running = True
+        self.job = self.wiz.jobs.start("train", lambda tok: train(cfg, tok))
+        self.job.progress.connect(self._on_event)
+        self.job.succeeded.connect(lambda res, j=self.job: self._on_done(j, res))
+        self.job.failed.connect(lambda exc, j=self.job: self._on_failed(j, exc))
+        self.job.cancelled.connect(lambda j=self.job: self._on_cancelled(j))
+        self.completeChanged.emit()
+
+    def _on_event(self, ev) -> None:
+        eta = f", about {ev.eta_s / 60:.1f} min left" if ev.eta_s else ""
+        if ev.stage == "load":
+            self.progress.setRange(0, ev.steps)
+            self.progress.setValue(ev.step)
+            self.status.setText(f"Reading images {ev.step}/{ev.steps}")
+        elif ev.stage == "train":
+            self.progress.setRange(0, ev.steps * ev.epochs)
+            self.progress.setValue((ev.epoch - 1) * ev.steps + ev.step)
+            self.status.setText(f"Epoch {ev.epoch}/{ev.epochs}, batch {ev.step}/{ev.steps}, "
+                                f"loss {ev.loss:.4f}{eta}")
+        elif ev.stage == "epoch":
+            self.history.append(ev.metrics)
+            x = [h["epoch"] for h in self.history]
+            self.loss_curve.setData(x, [h["loss"] for h in self.history])
+            self.auc_curve.setData(x, [h["val_auc"] for h in self.history])
+            self.acc_curve.setData(x, [h["val_accuracy"] for h in self.history])
+            self.wiz.epoch_done.emit(ev.metrics)
+        elif ev.stage in ("early_stop", "features", "evaluate"):
+            self.status.setText(ev.message[:1].upper() + ev.message[1:])
+
+    def cancel(self) -> None:
+        if self._running and self.job is not None:
+            self.status.setText("Cancelling...")
+            self.job.cancel()
+
+    def running(self) -> bool:
+        return self._running
+
+    def stop_and_wait(self, timeout_ms: int = 10000) -> None:
+        if self._running and self.job is not None:
+            self.job.cancel()
+            self.job.wait(timeout_ms)
+
+    def _on_done(self, job, result) -> None:
+        if job is not self.job:
+            return
+        self._running = False
+        self.wiz.result = result
+        self.cancel_button.setEnabled(False)
+        best = result.card["training"]["best_epoch"]
+        self.status.setText(f"Finished. Best epoch: {best} (its weights are kept).")
+        self.completeChanged.emit()
+        self.wiz.training_finished.emit(result)
+
+    def _on_failed(self, job, exc) -> None:
+        if job is self.job:
+            self._running = False
+            self.cancel_button.setEnabled(False)
+            self.status.setText(f"Training failed: {exc}")
+            self.wiz.training_failed.emit(str(exc))
+
+    def _on_cancelled(self, job) -> None:
+        if job is self.job:
+            self._running = False
+            self.cancel_button.setEnabled(False)
+            self.status.setText("Cancelled. Nothing was written.")
+            self.wiz.training_failed.emit("cancelled")
+
+    def isComplete(self) -> bool:
+        return self.wiz.result is not None
+
+
+class ResultsPage(QWizardPage):
+    def __init__(self, wiz: TrainingWizard) -> None:
+        super().__init__()
+        self.wiz = wiz
+        self.setTitle("5. Results")
+        self.setSubTitle("Validation data picks the threshold; test data only reports. "
+                         "Locally trained models are not clinically validated.")
+        self.metrics = QTableWidget(0, 3)
+        self.metrics.setHorizontalHeaderLabels(["Metric (test)", "Value", "95% CI"])
+        self.metrics.horizontalHeader().setStretchLastSection(True)
+        self.confusion = QTableWidget(0, 0)
+        self.roc = pg.PlotWidget(title="ROC (test)")
+        self.roc.setBackground("w")
+        self.roc.setXRange(0, 1)
+        self.roc.setYRange(0, 1)
+        self.calib = pg.PlotWidget(title="Calibration (test)")
+        self.calib.setBackground("w")
+        self.threshold = QSlider(Qt.Orientation.Horizontal)
+        self.threshold.setRange(1, 99)
+        self.threshold.valueChanged.connect(self._on_threshold)
+        self.threshold_label = _plain()
+        self.warn = _plain()
+        self.warn.setStyleSheet("color: #b36b00;")
+        self.name_edit = QLineEdit()
+        self.save_button = QPushButton("Save model")
+        self.save_button.clicked.connect(self.save)
+        self.saved_label = _plain()
+        grid = QGridLayout(self)
+        grid.addWidget(self.metrics, 0, 0)
+        grid.addWidget(self.confusion, 0, 1)
+        grid.addWidget(self.roc, 1, 0)
+        grid.addWidget(self.calib, 1, 1)
+        thr = QHBoxLayout()
+        thr.addWidget(QLabel("Threshold"))
+        thr.addWidget(self.threshold, 1)
+        grid.addLayout(thr, 2, 0, 1, 2)
+        grid.addWidget(self.threshold_label, 3, 0, 1, 2)
+        grid.addWidget(self.warn, 4, 0, 1, 2)
+        save = QHBoxLayout()
+        save.addWidget(QLabel("Name"))
+        save.addWidget(self.name_edit, 1)
+        save.addWidget(self.save_button)
+        grid.addLayout(save, 5, 0, 1, 2)
+        grid.addWidget(self.saved_label, 6, 0, 1, 2)
+        self.saved_folder: str | None = None
+
+    def initializePage(self) -> None:
+        from medview.training import metrics as M
+
+        res = self.wiz.result
+        card = res.card
+        test = card["metrics"].get("test") or card["metrics"]["validation"]
+        rows = [(k, test[k]) for k in ("auc", "sensitivity", "specificity", "accuracy", "f1",
+                                       "ece")]
+        rows += [(k, v) for k, v in test.items() if k.startswith("auc_") and k != "auc_macro"]
+        self.metrics.setRowCount(len(rows))
+        for r, (k, v) in enumerate(rows):
+            self.metrics.setItem(r, 0, QTableWidgetItem(k))
+            self.metrics.setItem(r, 1, QTableWidgetItem(str(v["value"])))
+            self.metrics.setItem(r, 2, QTableWidgetItem(f"{v['ci95'][0]} - {v['ci95'][1]}"))
+        cm = test["confusion_matrix"]
+        classes = res.classes
+        self.confusion.setRowCount(len(classes))
+        self.confusion.setColumnCount(len(classes))
+        self.confusion.setHorizontalHeaderLabels([f"pred {c}" for c in classes])
+        self.confusion.setVerticalHeaderLabels([f"true {c}" for c in classes])
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                self.confusion.setItem(i, j, QTableWidgetItem(str(cm[i][j])))
+        self.roc.clear()
+        self.calib.clear()
+        self.roc.plot([0, 1], [0, 1], pen=pg.mkPen("#999999", style=Qt.PenStyle.DashLine))
+        self.calib.plot([0, 1], [0, 1], pen=pg.mkPen("#999999", style=Qt.PenStyle.DashLine))
+        colors = ["#2f7fd1", "#e07b00", "#2a9d3a", "#b00020"]
+        probs, y = (res.test_probs, res.test_y) if len(res.test_y) else (res.val_probs, res.val_y)
+        for k, c in enumerate(classes):
+            if len(classes) == 2 and k == 0:
+                continue
+            fpr, tpr, _ = M.roc_curve(y == k, probs[:, k])
+            self.roc.plot(fpr, tpr, pen=pg.mkPen(colors[k % 4], width=2), name=c)
+            pred, obs, _ = M.calibration_curve(probs[:, k], y == k)
+            self.calib.plot(pred, obs, pen=pg.mkPen(colors[k % 4], width=2), symbol="o")
+        thr = card["thresholds"]
+        pos = card["decision"].get("positive_class")
+        self.threshold.setEnabled(bool(thr))
+        if thr:
+            self.threshold.setValue(round(100 * next(iter(thr.values()))))
+        self._on_threshold()
+        self.warn.setText("\n".join(f"Warning: {w}" for w in res.warnings))
+        self.name_edit.setText(card["name"])
+        self.saved_label.setText("")
+        self.saved_folder = None
+        if pos:
+            self.threshold.setToolTip(f"Threshold on p({pos})")
+
+    def current_threshold(self) -> float:
+        return self.threshold.value() / 100.0
+
+    def _on_threshold(self) -> None:
+        from medview.training import metrics as M
+
+        res = self.wiz.result
+        if res is None:
+            return
+        pos = res.card["decision"].get("positive_class")
+        if not pos:
+            self.threshold_label.setText("Multi-class model: the label is the most probable "
+                                         "class.")
+            return
+        k = res.classes.index(pos)
+        t = self.current_threshold()
+        b = M.binary_at(res.val_y == k, res.val_probs[:, k], t)
+        self.threshold_label.setText(
+            f"At threshold {t:.2f} on p({pos}), validation sensitivity {b['sensitivity']:.3f}, "
+            f"specificity {b['specificity']:.3f} ({b['tp']} TP, {b['fn']} FN, {b['fp']} FP, "
+            f"{b['tn']} TN).")
+
+    def save(self) -> str | None:
+        from medview.models.registry import user_models_dir
+        from medview.training import metrics as M
+        from medview.training.engine import _slug
+        from medview.training.export import export_model
+
+        res = self.wiz.result
+        name = self.name_edit.text().strip() or res.card["name"]
+        card = dict(res.card)
+        card["name"] = name
+        card["id"] = _slug(name)
+        pos = card["decision"].get("positive_class")
+        if pos:
+            k = res.classes.index(pos)
+            t = self.current_threshold()
+            if abs(t - card["thresholds"][pos]) > 1e-9:
+                card["thresholds"] = {pos: t}
+                card["decision"] = {**card["decision"],
+                                    "rule": f"{pos} when its calibrated probability >= {t:.2f}, "
+                                            "a threshold the user chose on validation data"}
+                groups_test = np.array([res.dataset.samples[i].patient or f"i{i}"
+                                        for i in res.splits["test"]])
+                metrics = dict(card["metrics"])
+                if len(res.test_y):
+                    metrics["test"] = M.evaluate(res.test_y, res.test_probs, res.classes, k, t,
+                                                 groups_test, self.wiz.n_bootstrap)
+                card["metrics"] = metrics
+        out = self.wiz.models_dir or user_models_dir()
+        try:
+            folder = export_model(res.model, card, out)
+        except (FileExistsError, OSError) as exc:
+            self.saved_label.setText(f"Not saved: {exc}")
+            return None
+        self.saved_folder = folder
+        self.saved_label.setText(f"Saved as '{card['id']}'. It is now selectable in the AI "
+                                 "model panel.")
+        self.wiz.model_saved.emit(card["id"])
+        self.completeChanged.emit()
+        return folder
+
+    def isComplete(self) -> bool:
+        return self.saved_folder is not None
+
+
+class TrainingWizard(QWizard):
+    """The five-page fine-tuning wizard."""
+
+    scan_done = Signal(object)
+    preview_done = Signal()
+    epoch_done = Signal(object)
+    training_finished = Signal(object)
+    training_failed = Signal(str)
+    model_saved = Signal(str)
+
+    def __init__(self, jobs: JobRunner | None = None, settings: QSettings | None = None,
+                 models_dir: str | None = None, parent=None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Fine-tune a model")
+        self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
+        self.resize(980, 760)
+        self.jobs = jobs or JobRunner(self)
+        self.settings = settings or QSettings("medview", "medview")
+        self.models_dir = models_dir
+        self.min_per_class = 10
+        self.n_bootstrap = 1000
+        self.report: ScanReport | None = None
+        self.result = None
+        self.data_page = DataPage(self)
+        self.split_page = SplitPage(self)
+        self.model_page = ModelPage(self)
+        self.train_page = TrainPage(self)
+        self.results_page = ResultsPage(self)
+        for p in (self.data_page, self.split_page, self.model_page, self.train_page,
+                  self.results_page):
+            self.addPage(p)
+
+    def training_running(self) -> bool:
+        return self.train_page.running()
+
+    def confirm_stop(self) -> bool:
+        """Ask before abandoning a running training; cancel it cleanly if confirmed."""
+        if not self.training_running():
+            return True
+        answer = QMessageBox.question(
+            self, "Training is running",
+            "Stop the training? Nothing will be saved and your existing models are untouched.")
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        self.train_page.stop_and_wait()
+        return True
+
+    def reject(self) -> None:
+        if self.confirm_stop():
+            super().reject()
+
+    def closeEvent(self, ev) -> None:
+        if self.confirm_stop():
+            ev.accept()
+        else:
+            ev.ignore()

@@ -1,0 +1,197 @@
+"""The fine-tuning wizard end to end on a small synthetic labelled folder."""
+
+import os
+import shutil
+
+import pytest
+
+from medview.training.export import TMP_PREFIX
+from tests.tiny import write_patch_dataset
+
+
+@pytest.fixture
+def app_window(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtCore import QSettings
+
+    from medview.gui.app import create_app
+    from medview.gui.main_window import MainWindow
+
+    models = tmp_path / "user-models"
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", str(models))
+    create_app()
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    win.show()
+    yield win, models
+    if getattr(win, "wizard", None) is not None:
+        win.wizard.train_page.stop_and_wait()
+    win.jobs.shutdown()
+    win.close()
+
+
+def _wizard(win):
+    wiz = win.open_wizard()
+    wiz.min_per_class = 5
+    wiz.n_bootstrap = 50
+    wiz.model_page.add_base_option("Tiny test network", "timm:test_efficientnet")
+    return wiz
+
+
+def _scan(qtbot, wiz, path):
+    wiz.data_page.path_edit.setText(str(path))
+    with qtbot.waitSignal(wiz.scan_done, timeout=30000) as got:
+        wiz.data_page.scan_button.click()
+    return got.args[0]
+
+
+def _configure(wiz, epochs):
+    mp = wiz.model_page
+    mp.base_box.setCurrentIndex(mp.base_box.findData("timm:test_efficientnet"))
+    mp.strategy_box.setCurrentIndex(mp.strategy_box.findData("full"))
+    mp.size.setValue(64)
+    mp.epochs.setValue(epochs)
+    mp.batch.setValue(8)
+    mp.lr.setValue(0.002)
+    mp.augment.setChecked(False)
+
+
+def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path):
+    win, models = app_window
+    data = write_patch_dataset(str(tmp_path / "data"), n_per_class=48)
+    wiz = _wizard(win)
+    report = _scan(qtbot, wiz, data)
+    assert report.problems == []
+    text = wiz.data_page.summary.text()
+    assert "96 readable images in 2 classes: patch: 48, plain: 48" in text
+    assert "patient ids from the file names" in text
+    wiz.next()
+    assert wiz.currentPage() is wiz.split_page
+    assert "train:" in wiz.split_page.counts.text()
+    wiz.next()
+    _configure(wiz, epochs=6)
+    with qtbot.waitSignal(wiz.preview_done, timeout=30000):
+        wiz.model_page.preview_button.click()
+    assert not wiz.model_page.preview_labels[0].pixmap().isNull()
+    with qtbot.waitSignal(wiz.training_finished, timeout=300000):
+        wiz.next()
+    page = wiz.train_page
+    assert len(page.history) >= 1 and page.auc_curve.getData()[0] is not None
+    wiz.next()
+    results = wiz.results_page
+    assert results.metrics.rowCount() >= 6 and results.confusion.rowCount() == 2
+    assert "validation sensitivity" in results.threshold_label.text()
+    results.name_edit.setText("Wizard patch model")
+    with qtbot.waitSignal(wiz.model_saved, timeout=30000) as saved:
+        results.save_button.click()
+    assert saved.args[0] == "wizard-patch-model"
+    assert os.listdir(models) == ["wizard-patch-model"]
+    panel = win.model_panel
+    assert panel.current_card().id == "wizard-patch-model"
+    # the new model predicts the right class
+    from medview.inference.predictor import Predictor
+    from medview.io import load
+
+    pred = Predictor(panel.current_card(), "cpu")
+    for cls in ("patch", "plain"):
+        f = sorted(os.listdir(os.path.join(data, cls)))[-1]
+        vol = load([os.path.join(data, cls, f)]).volumes[0]
+        assert pred.predict(vol, 0).label == cls
+    # the wizard remembers its settings
+    assert win.settings.value("wizard/epochs") in (6, "6")
+    assert win.settings.value("wizard/data") == data
+
+
+def test_cancel_mid_epoch_writes_nothing(qtbot, app_window, tmp_path):
+    win, models = app_window
+    data = write_patch_dataset(str(tmp_path / "data"), n_per_class=24)
+    wiz = _wizard(win)
+    _scan(qtbot, wiz, data)
+    wiz.next()
+    wiz.next()
+    _configure(wiz, epochs=50)
+    started = []
+
+    def on_event(ev):
+        if ev.stage == "train" and not started:
+            started.append(ev)
+            wiz.train_page.cancel_button.click()
+
+    with qtbot.waitSignal(wiz.training_failed, timeout=120000) as failed:
+        wiz.next()
+        wiz.train_page.job.progress.connect(on_event)
+    assert failed.args[0] == "cancelled"
+    assert started and started[0].epoch == 1
+    assert "Nothing was written" in wiz.train_page.status.text()
+    assert not models.exists() or [n for n in os.listdir(models)
+                                   if not n.startswith(TMP_PREFIX)] == []
+    assert not wiz.train_page.isComplete()
+
+
+def test_bad_folders_get_their_messages(qtbot, app_window, tmp_path):
+    win, _ = app_window
+    wiz = _wizard(win)
+    # one class only
+    one = write_patch_dataset(str(tmp_path / "one"), n_per_class=8)
+    shutil.rmtree(os.path.join(one, "plain"))
+    report = _scan(qtbot, wiz, one)
+    assert any("at least 2 are needed" in p for p in report.problems)
+    assert "at least 2" in wiz.data_page.message.text()
+    assert not wiz.data_page.isComplete()
+    # too few per class, plus unreadable files listed with reasons
+    few = write_patch_dataset(str(tmp_path / "few"), n_per_class=3)
+    with open(os.path.join(few, "plain", "broken.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n broken")
+    report = _scan(qtbot, wiz, few)
+    assert any("too few images per class" in p and "plain: 3" in p for p in report.problems)
+    assert wiz.data_page.skipped.rowCount() == 1
+    assert wiz.data_page.skipped.item(0, 0).text() == "broken.png"
+    # strong imbalance warns but does not block
+    imb = write_patch_dataset(str(tmp_path / "imb"), n_per_class=24)
+    for name in sorted(os.listdir(os.path.join(imb, "plain")))[6:]:
+        os.remove(os.path.join(imb, "plain", name))
+    report = _scan(qtbot, wiz, imb)
+    assert report.problems == [] and "imbalance" in wiz.data_page.warn.text()
+    # the same patient in train and validation (a manifest's own split column)
+    data = write_patch_dataset(str(tmp_path / "m"), n_per_class=8)
+    rows = ["path,label,patient_id,split"]
+    for cls in ("patch", "plain"):
+        for k, name in enumerate(sorted(os.listdir(os.path.join(data, cls)))):
+            split = ["train", "train", "train", "train", "val", "val", "test", "test"][k]
+            rows.append(f"{cls}/{name},{cls},{cls}-{min(k, 4)},{split}")
+    manifest = os.path.join(data, "manifest.csv")
+    with open(manifest, "w") as f:
+        f.write("\n".join(rows))
+    _scan(qtbot, wiz, manifest)
+    wiz.next()
+    assert "patient(s) appear in more than one split" in wiz.split_page.note.text()
+
+
+def test_closing_app_during_training_asks_then_cancels(qtbot, app_window, tmp_path,
+                                                       monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    win, models = app_window
+    data = write_patch_dataset(str(tmp_path / "data"), n_per_class=24)
+    wiz = _wizard(win)
+    _scan(qtbot, wiz, data)
+    wiz.next()
+    wiz.next()
+    _configure(wiz, epochs=50)
+    with qtbot.waitSignal(wiz.epoch_done, timeout=120000):
+        wiz.next()
+    asked = []
+
+    def answer(*args, **kwargs):
+        asked.append(args[1])
+        return answer.reply
+
+    monkeypatch.setattr(QMessageBox, "question", answer)
+    answer.reply = QMessageBox.StandardButton.No
+    assert not win.close()  # the user said no: still training, window stays
+    assert wiz.training_running() and asked
+    answer.reply = QMessageBox.StandardButton.Yes
+    assert win.close()
+    assert not wiz.train_page.job.isRunning()
+    assert not models.exists() or [n for n in os.listdir(models)
+                                   if not n.startswith(TMP_PREFIX)] == []
