@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("info", "models", "train", "predict", "explain")
+SUBCOMMANDS = ("info", "models", "train", "predict", "explain", "selftest")
 
 
 def _finite(x: float) -> float | None:
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opacity", type=float, default=0.6)
     ex.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     ex.set_defaults(func=cmd_explain)
+    st = sub.add_parser("selftest", help="check models, decoders, inference and saliency")
+    st.set_defaults(func=lambda _a: __import__("medview.selftest", fromlist=["x"])
+                    .run_selftest())
     return parser
 
 

@@ -145,3 +145,19 @@ def test_models_cli_lists_sha_and_intended_use(model_copy, monkeypatch, capsys):
     card = _card(model_copy)
     assert card["weights"]["sha256"] in out and "intended use" in out
     assert os.path.basename(str(model_copy)) in out
+
+
+def test_selftest_passes_and_fails_honestly(model_copy, monkeypatch):
+    from medview.selftest import run_selftest
+
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", str(model_copy.parent))
+    lines = []
+    assert run_selftest(lines.append) == 0
+    assert any("[PASS] model tiny-patch" in x for x in lines)
+    assert lines[-1].endswith(" passed, 0 failed")
+    card = _card(model_copy)
+    card["weights"]["sha256"] = "1" * 64
+    _write(model_copy, card)
+    lines.clear()
+    assert run_selftest(lines.append) == 1
+    assert any("[FAIL] model tiny-patch" in x and "does not match" in x for x in lines)

@@ -297,9 +297,10 @@ class ModelPage(QWizardPage):
         self.weights_edit = QLineEdit(s.value("wizard/weights", "", str))
         self.weights_edit.setPlaceholderText("weights.safetensors")
         self.strategy_box = QComboBox()
-        for key in ("feature", "partial", "full", "gradual", "scratch"):
-            self.strategy_box.addItem(key.capitalize() if key != "partial" else
-                                      "Fine-tune last blocks", key)
+        for key, label in (("feature", "Feature extraction"), ("partial", "Fine-tune last blocks"),
+                           ("full", "Full fine-tuning"), ("gradual", "Gradual unfreezing"),
+                           ("scratch", "From scratch (baseline)")):
+            self.strategy_box.addItem(label, key)
         self.strategy_help = _plain()
         self.strategy_box.currentIndexChanged.connect(
             lambda: self.strategy_help.setText(STRATEGY_TEXT[self.strategy_box.currentData()]))
@@ -613,6 +614,8 @@ class ResultsPage(QWizardPage):
         save.addWidget(self.save_button)
         grid.addLayout(save, 5, 0, 1, 2)
         grid.addWidget(self.saved_label, 6, 0, 1, 2)
+        grid.setRowStretch(0, 2)
+        grid.setRowStretch(1, 3)
         self.saved_folder: str | None = None
 
     def initializePage(self) -> None:
@@ -638,6 +641,8 @@ class ResultsPage(QWizardPage):
         for i in range(len(classes)):
             for j in range(len(classes)):
                 self.confusion.setItem(i, j, QTableWidgetItem(str(cm[i][j])))
+        self.confusion.resizeColumnsToContents()
+        self.metrics.resizeColumnsToContents()
         self.roc.clear()
         self.calib.clear()
         self.roc.plot([0, 1], [0, 1], pen=pg.mkPen("#999999", style=Qt.PenStyle.DashLine))
