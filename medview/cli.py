@@ -103,6 +103,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from medview.core.errors import CancelledError, MedviewError
+    from medview.core.progress import drain
     from medview.models.registry import user_models_dir
     from medview.training.engine import TrainConfig, train
     from medview.training.export import export_model
@@ -116,14 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not cfg.data:
             print("error: no DATA given (argument or config 'data')", file=sys.stderr)
             return 2
-        gen = train(cfg)
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            _print_event(ev)
+        result = drain(train(cfg), _print_event)
         out = cfg.out or user_models_dir()
         folder = export_model(result.model, result.card, out)
     except (MedviewError, FileExistsError) as exc:

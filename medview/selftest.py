@@ -34,14 +34,15 @@ def run_selftest(out=print) -> int:
     def imports() -> str:
         import captum
         import pydicom
-        import PySide6
         import SimpleITK
         import timm
         import torch
 
+        from medview.gui.app import qt_version
+
         return (f"torch {torch.__version__}, timm {timm.__version__}, captum "
-                f"{captum.__version__}, pydicom {pydicom.__version__}, PySide6 "
-                f"{PySide6.__version__}, SimpleITK {SimpleITK.Version_VersionString()}")
+                f"{captum.__version__}, pydicom {pydicom.__version__}, Qt {qt_version()}, "
+                f"SimpleITK {SimpleITK.Version_VersionString()}")
 
     def dicom() -> str:
         from pydicom.data import get_testdata_file

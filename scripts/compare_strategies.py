@@ -19,22 +19,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from medview.core.progress import drain
 from medview.training.engine import STRATEGIES, TrainConfig, train
 
 
 def run_one(cfg: TrainConfig) -> dict:
     t0 = time.monotonic()
-    gen = train(cfg)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    def show(ev) -> None:
         if ev.stage == "epoch":
             m = ev.metrics
             print(f"  [{cfg.strategy}] epoch {ev.epoch}: loss {m['loss']:.4f} "
                   f"val AUC {m['val_auc']:.4f} {m['epoch_seconds']}s", flush=True)
+
+    result = drain(train(cfg), show)
     hist = result.history
     test = result.card["metrics"].get("test", {})
     val = result.card["metrics"]["validation"]

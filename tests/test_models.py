@@ -112,7 +112,7 @@ def test_truncated_weights_are_refused(model_copy):
 
 
 def test_wrong_shapes_are_refused(model_copy):
-    from medview.models.pretrained import file_sha256
+    from medview.core.progress import file_sha256
 
     card = _card(model_copy)
     card["architecture"]["args"]["num_classes"] = 2

@@ -39,6 +39,7 @@ def write_patch_dataset(root: str, n_per_class: int = 24, size: int = 64, seed: 
 
 def train_tiny(data: str, out: str, model_id: str = "tiny-patch", **kw) -> str:
     """Train the tiny timm test network on ``data`` and export it into ``out``."""
+    from medview.core.progress import drain
     from medview.training.engine import TrainConfig, train
     from medview.training.export import export_model
 
@@ -46,11 +47,5 @@ def train_tiny(data: str, out: str, model_id: str = "tiny-patch", **kw) -> str:
                 image_size=64, batch_size=8, lr=2e-3, augment=False, n_bootstrap=50,
                 min_per_class=5, id=model_id, patience=6)
     args.update(kw)
-    gen = train(TrainConfig(**args))
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = drain(train(TrainConfig(**args)))
     return export_model(result.model, result.card, out)

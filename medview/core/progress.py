@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from medview.core.errors import CancelledError
 
@@ -37,3 +40,27 @@ class CancelToken:
     def raise_if_cancelled(self) -> None:
         if self._event.is_set():
             raise CancelledError("cancelled by the user")
+
+
+T = TypeVar("T")
+
+
+def drain(gen: Generator[Any, None, T], on_event: Callable[[Any], None] | None = None) -> T:
+    """Run a progress generator to the end, passing each event to ``on_event``; return
+    the generator's result."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

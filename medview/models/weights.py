@@ -12,7 +12,7 @@ import os
 import struct
 
 from medview.core.errors import MedviewError
-from medview.models.pretrained import file_sha256
+from medview.core.progress import file_sha256
 
 MAX_HEADER = 100 * 1024 * 1024
 

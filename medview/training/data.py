@@ -8,7 +8,6 @@ reports any patient or identical image found in two splits.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 from collections import Counter, defaultdict
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medview.core.errors import MedviewError
-from medview.core.progress import CancelToken, Progress
+from medview.core.progress import CancelToken, Progress, file_sha256
 from medview.core.volume import SkippedFile
 from medview.imaging.model_input import display_grey, resize_grey
 from medview.io import load
@@ -53,14 +52,6 @@ class Dataset:
         picked = self.samples if indices is None else [self.samples[i] for i in indices]
         c = Counter(s.label for s in picked)
         return {k: int(c.get(k, 0)) for k in self.classes}
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _patient_from_name(path: str, pattern: str | None) -> str | None:
@@ -153,7 +144,7 @@ def load_images(ds: Dataset, size: tuple[int, int], interpolation: str = "biline
             index = vol.n_slices // 2
             images.append(resize_grey(display_grey(vol, index), size, interpolation))
             if not s.sha256:
-                s.sha256 = _file_sha256(s.path)
+                s.sha256 = file_sha256(s.path)
             kept.append(s)
         if k % 16 == 0 or k == n - 1:
             yield Progress(k + 1, n, "reading images")

@@ -184,7 +184,7 @@ def _load_local_weights(model, arch: str, path: str):
     """
     from safetensors.torch import load_file
 
-    from medview.models.pretrained import file_sha256
+    from medview.core.progress import file_sha256
     from medview.models.weights import WeightsError, check_safetensors_file
 
     check_safetensors_file(path)
