@@ -50,3 +50,19 @@ def test_only_gui_imports_qt():
         if "PySide6" in text or "pyqtgraph" in text:
             offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+def test_failed_jobs_log_no_paths(qtbot, caplog):
+    """A failing background job logs the error type, never its message (which can hold
+    file paths or other identifying text)."""
+    from medview.core.errors import LoadError
+    from medview.gui.workers import JobRunner
+
+    def job(token):
+        yield from ()
+        raise LoadError("/data/Doe^John/1.dcm", "bad")
+
+    runner = JobRunner()
+    with qtbot.waitSignal(runner.start("x", job).failed, timeout=5000):
+        pass
+    assert "LoadError" in caplog.text and "Doe" not in caplog.text

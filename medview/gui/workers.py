@@ -63,7 +63,8 @@ class JobThread(QThread):
         except CancelledError:
             self.cancelled.emit()
         except Exception as exc:
-            log.exception("background job failed")
+            # the type only: messages can name files, which must not reach the logs
+            log.error("background job failed: %s", type(exc).__name__)
             self.failed.emit(exc)
 
 
