@@ -35,6 +35,9 @@ def find_target_layer(model, input_size: tuple[int, int] = (64, 64)):
     """
     import torch
 
+    cached = getattr(model, "_medview_cam_layer", None)
+    if cached is not None:
+        return cached
     if not hasattr(model, "forward_features"):
         convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
         if not convs:
@@ -58,6 +61,8 @@ def find_target_layer(model, input_size: tuple[int, int] = (64, 64)):
     final = [m for m, shape in seen if shape == tuple(feats.shape)]
     if not final:
         raise ValueError("could not find the layer producing the final feature map")
+    # found once per model (the search costs a forward pass)
+    object.__setattr__(model, "_medview_cam_layer", final[-1])
     return final[-1]
 
 
@@ -107,7 +112,9 @@ def explain(model, tensor: np.ndarray, target: int, method: str, *, black: np.nd
         raise ValueError(f"unknown saliency method {method!r}; use one of {', '.join(METHODS)}")
     model.eval()
     device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(tensor))[None].to(device).requires_grad_(True)
+    x = torch.from_numpy(np.ascontiguousarray(tensor))[None].to(device)
+    if method != "gradcam":  # Grad-CAM needs gradients at the layer only, not the input
+        x.requires_grad_(True)
     c = x.shape[1]
     base_vals = torch.zeros(c) if black is None else torch.as_tensor(black, dtype=torch.float32)
     baseline = base_vals.view(1, c, 1, 1).expand_as(x).to(device).contiguous()

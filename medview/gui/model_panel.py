@@ -417,10 +417,16 @@ class ModelPanel(QWidget):
         self._emit_overlay()
         self.saliency_ready.emit(sal)
 
+    #: the overlay is drawn from a strided view of at most this many pixels per side, then
+    #: stretched over the image; saliency maps are smooth, and colouring a full-size film
+    #: on the GUI thread would stall it
+    OVERLAY_MAX_SIDE = 640
+
     def overlay_rgba(self) -> np.ndarray | None:
         if self._saliency is None or not self.show_overlay.isChecked():
             return None
-        return heatmap_rgba(self._saliency, self.cmap_box.currentText(),
+        step = max(1, -(-max(self._saliency.shape) // self.OVERLAY_MAX_SIDE))
+        return heatmap_rgba(self._saliency[::step, ::step], self.cmap_box.currentText(),
                             self.opacity.value() / 100.0)
 
     def _emit_overlay(self, *_args) -> None:

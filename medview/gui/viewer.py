@@ -225,11 +225,15 @@ class SliceView(QWidget):
 
     # ----------------------------------------------------------------- overlay
     def set_overlay(self, rgba: np.ndarray | None) -> None:
-        """Show an RGBA uint8 overlay aligned pixel-for-pixel with the slice (or hide it)."""
-        if rgba is None:
+        """Show an RGBA uint8 overlay over the whole slice (or hide it). A smaller overlay
+        is stretched to cover the slice exactly, so it stays aligned with the image."""
+        if rgba is None or self.volume is None:
             self.overlay_item.setVisible(False)
             return
         self.overlay_item.setImage(rgba, autoLevels=False, levels=(0, 255))
+        stretch = pg.QtGui.QTransform()
+        stretch.scale(self.volume.cols / rgba.shape[1], self.volume.rows / rgba.shape[0])
+        self.overlay_item.setTransform(stretch * self.image_item.transform())
         self.overlay_item.setVisible(True)
 
     # ----------------------------------------------------------------- read-outs

@@ -62,8 +62,8 @@ def apply_voi_lut_table(stored: np.ndarray, lut: VoiLut) -> np.ndarray:
 
 
 def invert(display: np.ndarray) -> np.ndarray:
-    """Invert display values in [0, 1] (MONOCHROME1, or the user's invert)."""
-    return np.float32(1.0) - display
+    """Invert display values in [0, 1] in place (MONOCHROME1, or the user's invert)."""
+    return np.subtract(np.float32(1.0), display, out=display)
 
 
 def palette_to_rgb(

@@ -57,9 +57,15 @@ def test_select_run_see_bars_and_overlay(qtbot, ai_window):
     # the overlay is shown on the main view, aligned with the displayed image
     overlay = win.view.overlay_item
     assert overlay.isVisible()
-    assert overlay.image.shape[:2] == win.view.displayed.shape[:2]
     alpha = overlay.image[..., 3].astype(float)
     assert alpha[PATCH].mean() > 1.5 * alpha.mean()
+    # the overlay covers exactly the displayed image, also when drawn from a smaller map
+    for max_side in (1000, 20):
+        panel.OVERLAY_MAX_SIDE = max_side
+        panel._emit_overlay()
+        rect = overlay.mapRectToItem(win.view.image_item, overlay.boundingRect())
+        assert (rect.width(), rect.height()) == pytest.approx(win.view.displayed.shape[::-1])
+    assert overlay.image.shape[:2] == (16, 16)
     # hide and show
     panel.show_overlay.setChecked(False)
     assert not overlay.isVisible()
