@@ -230,3 +230,27 @@ def test_cli_train_and_models(tmp_path, capsys, monkeypatch):
     doc = json.loads(capsys.readouterr().out)
     ids = [m["id"] for m in doc["models"]]
     assert "cli-test" in ids
+
+
+def test_dicom_patient_id_groups_splits_and_is_only_kept_hashed(tmp_path):
+    from tests.factory import make_dataset, write
+
+    rng = np.random.default_rng(0)
+    for cls in ("A", "B"):
+        os.makedirs(tmp_path / cls)
+        for p in range(6):
+            for k in range(3):
+                ds = make_dataset(rng.integers(0, 200, (16, 16)).astype(np.int16),
+                                  modality="DX")
+                ds.PatientID = f"MRN-{cls}-{p}"
+                write(ds, tmp_path / cls / f"img{p}{k}.dcm")
+    ds = tdata.from_folder(str(tmp_path))
+    assert ds.patient_source == "none"
+    from medview.core.progress import drain
+
+    drain(tdata.load_images(ds, (16, 16)))
+    assert ds.patient_source == "DICOM Patient ID"
+    assert all(s.patient.startswith("dicom-") and "MRN" not in s.patient for s in ds.samples)
+    splits = tdata.assign_splits(ds, (0.5, 0.25, 0.25), seed=0)
+    assert tdata.leakage_report(ds, splits) == []
+    assert len({s.patient for s in ds.samples}) == 12

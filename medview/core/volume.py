@@ -66,6 +66,8 @@ class ImageVolume:
     warnings: list[str] = field(default_factory=list)
     multiframe: bool = False
     incomplete: bool = False
+    #: a one-way hash of the DICOM Patient ID (for grouping splits; never the ID itself)
+    patient_key: str = ""
 
     def __post_init__(self) -> None:
         if self.pixels.ndim not in (3, 4):

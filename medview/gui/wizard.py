@@ -87,6 +87,8 @@ def scan_dataset(path: str, min_per_class: int, label_column: str = "label", can
         result = load([s.path])
         if result.volumes:
             v = result.volumes[0]
+            if not s.patient and v.patient_key:
+                s.patient = v.patient_key
             report.sizes[f"{v.rows}x{v.cols}"] += 1
             report.modalities[v.modality] += 1
             s.sha256 = file_sha256(s.path)
@@ -97,6 +99,8 @@ def scan_dataset(path: str, min_per_class: int, label_column: str = "label", can
         if k % 8 == 0 or k == len(ds.samples) - 1:
             yield Progress(k + 1, len(ds.samples), "scanning")
     ds.samples = kept
+    if ds.patient_source == "none" and any(s.patient for s in kept):
+        ds.patient_source = "DICOM Patient ID"
     ds.classes = sorted({s.label for s in kept}) if kept else ds.classes
     report.duplicates = tdata.duplicate_count(ds)
     report.problems, report.warnings = tdata.check_dataset(ds, min_per_class)
@@ -191,8 +195,9 @@ class DataPage(QWizardPage):
         sizes = ", ".join(f"{k} ({n})" for k, n in report.sizes.most_common(4))
         mods = ", ".join(f"{k} ({n})" for k, n in report.modalities.most_common())
         grouping = {"manifest": "patient ids from the manifest", "file names":
-                    "patient ids from the file names", "none": "no patient ids found"}[
-            ds.patient_source]
+                    "patient ids from the file names", "DICOM Patient ID":
+                    "patient ids from DICOM Patient ID (hashed)", "none":
+                    "no patient ids found"}[ds.patient_source]
         self.summary.setText(
             f"{len(ds.samples)} readable images in {len(ds.classes)} classes: "
             + ", ".join(f"{c}: {n}" for c, n in counts.items())

@@ -220,6 +220,12 @@ def iter_build_volume(
             spacing = (z, spacing[1], spacing[2])
             warnings = [w for w in warnings if not w.startswith(("gap at", "irregular"))]
             warnings.extend(gap_warnings)
+    patient_key = ""
+    patient_id = str(h0.ds.get("PatientID", "") or "").strip()
+    if patient_id:
+        import hashlib
+
+        patient_key = "dicom-" + hashlib.sha256(patient_id.encode("utf-8")).hexdigest()[:16]
     origin = None
     if h0.position is not None:
         origin = tuple(float(v) for v in plan.headers[0].position)
@@ -243,5 +249,6 @@ def iter_build_volume(
         warnings=warnings,
         multiframe=plan.multiframe,
         incomplete=incomplete,
+        patient_key=patient_key,
     )
     return volume, skipped

@@ -141,6 +141,8 @@ def load_images(ds: Dataset, size: tuple[int, int], interpolation: str = "biline
             ds.skipped.append(SkippedFile(s.path, reason))
         else:
             vol = result.volumes[0]
+            if not s.patient and vol.patient_key:
+                s.patient = vol.patient_key  # DICOM Patient ID, hashed
             index = vol.n_slices // 2
             images.append(resize_grey(display_grey(vol, index), size, interpolation))
             if not s.sha256:
@@ -149,6 +151,8 @@ def load_images(ds: Dataset, size: tuple[int, int], interpolation: str = "biline
         if k % 16 == 0 or k == n - 1:
             yield Progress(k + 1, n, "reading images")
     ds.samples = kept
+    if ds.patient_source == "none" and any(s.patient for s in kept):
+        ds.patient_source = "DICOM Patient ID"
     if not images:
         return np.zeros((0, *size), np.uint8)
     return np.stack(images)
