@@ -26,7 +26,7 @@ from medview.gui.model_panel import ModelPanel
 from medview.gui.panels import SeriesBrowser, SkippedPanel, TagBrowser
 from medview.gui.viewer import SliceView
 from medview.gui.workers import JobRunner
-from medview.imaging import modality_slice, window_presets
+from medview.imaging import window_presets
 from medview.io import iter_load
 
 log = logging.getLogger(__name__)
@@ -271,8 +271,8 @@ class MainWindow(QMainWindow):
         self.volume_shown.emit(index)
 
     def _fill_presets(self, volume: ImageVolume) -> None:
-        values = modality_slice(volume, self.view.index)
-        self._presets = window_presets(volume, values)
+        # the view already computed the opening slice's modality values: no second pass
+        self._presets = window_presets(volume, self.view.opening_values)
         self.preset_box.blockSignals(True)
         self.preset_box.clear()
         for p in self._presets:

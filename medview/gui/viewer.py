@@ -55,6 +55,7 @@ class SliceView(QWidget):
         self.user_invert = False
         self.use_voi_lut = False
         self.displayed: np.ndarray | None = None
+        self.opening_values: np.ndarray | None = None
 
         self.graphics = pg.GraphicsView()
         self.graphics.setBackground("k")
@@ -109,12 +110,15 @@ class SliceView(QWidget):
         if volume is None:
             self.image_item.clear()
             self.displayed = None
+            self.opening_values = None
             self.slider.setMaximum(0)
             self._update_labels()
             return
         middle = volume.default_index
         self.index = middle
-        self.window = default_window(volume, modality_slice(volume, middle))
+        #: modality values of the opening slice (reused for the window presets)
+        self.opening_values = modality_slice(volume, middle)
+        self.window = default_window(volume, self.opening_values)
         if volume.frame_time_ms:
             self.cine_fps = 1000.0 / volume.frame_time_ms
         self.slider.blockSignals(True)

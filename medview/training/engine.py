@@ -294,7 +294,8 @@ def _device_of(model):
     return next(model.parameters()).device
 
 
-def _predict_logits(model, images_u8, mean, std, batch: int, cancel=None) -> np.ndarray:
+def _batched(model, images_u8, mean, std, batch: int, fn, cancel=None) -> list:
+    """``fn(model, x)`` over ``images_u8`` in batches, in eval and inference mode."""
     import torch
 
     model.eval()
@@ -304,22 +305,21 @@ def _predict_logits(model, images_u8, mean, std, batch: int, cancel=None) -> np.
             if cancel is not None:
                 cancel.raise_if_cancelled()
             x = _to_input(images_u8[i:i + batch], mean, std).to(_device_of(model))
-            out.append(model(x).float().cpu().numpy())
+            out.append(fn(model, x))
+    return out
+
+
+def _predict_logits(model, images_u8, mean, std, batch: int, cancel=None) -> np.ndarray:
+    out = _batched(model, images_u8, mean, std, batch,
+                   lambda m, x: m(x).float().cpu().numpy(), cancel)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def _features(model, images_u8, mean, std, batch: int, cancel=None):
     import torch
 
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images_u8), batch):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            x = _to_input(images_u8[i:i + batch], mean, std).to(_device_of(model))
-            f = model.forward_features(x)
-            out.append(model.forward_head(f, pre_logits=True))
+    out = _batched(model, images_u8, mean, std, batch,
+                   lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True), cancel)
     return torch.cat(out) if out else torch.zeros(0)
 
 
