@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint package clean
+.PHONY: run test bench lint package package-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,14 +16,22 @@ run: $(STAMP)
 	$(VENV)/bin/medview --sample
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check medview tests benchmarks scripts
+	$(VENV)/bin/ruff check medview tests benchmarks scripts packaging
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check medview tests benchmarks scripts
+	$(VENV)/bin/ruff check medview tests benchmarks scripts packaging
+
+# The desktop app: a one-folder PyInstaller bundle in dist/medview/ (see packaging/README.md).
+package: $(STAMP)
+	PYTHON=$(PY) bash packaging/build.sh
+
+# Build the bundle and run it offline in an empty environment (slow; not part of `make test`).
+package-smoke: $(STAMP)
+	PYTHON=$(PY) bash packaging/smoke_test.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -7,6 +7,8 @@ prints a short report. Exit status 0 only if every check passed.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -24,6 +26,23 @@ def _check(name: str, fn: Callable[[], str], report: list[tuple[str, bool, str]]
         traceback.print_exc()
         ok = False
     report.append((name, ok, f"{detail} ({(time.perf_counter() - t) * 1000:.0f} ms)"))
+
+
+def foreign_modules(root: str, modules: dict) -> list[str]:
+    """Loaded modules whose file lies outside ``root`` (for a bundle: code it did not ship).
+
+    Modules with no file or a relative one (built-in, or embedded in a library such as
+    shiboken's signature support) were not read from disk and do not count.
+    """
+    root = os.path.normcase(os.path.realpath(root)).rstrip(os.sep) + os.sep
+    out = []
+    for name, module in list(modules.items()):
+        path = getattr(module, "__file__", None)
+        if not path or not os.path.isabs(path):
+            continue
+        if not os.path.normcase(os.path.realpath(path)).startswith(root):
+            out.append(name)
+    return sorted(out)
 
 
 def run_selftest(out=print) -> int:
@@ -91,6 +110,17 @@ def run_selftest(out=print) -> int:
                     f"Grad-CAM ok")
 
         _check(f"model {card.id} {card.version}", model_check, report)
+
+    bundle = getattr(sys, "_MEIPASS", None)
+    if getattr(sys, "frozen", False) and bundle:
+        def self_contained() -> str:
+            outside = foreign_modules(bundle, sys.modules)
+            if outside:
+                raise RuntimeError("modules loaded from outside the bundle: " + ", ".join(
+                    f"{n} ({sys.modules[n].__file__})" for n in outside[:3]))
+            return f"{len(sys.modules)} modules, all from the bundle"
+
+        _check("app bundle", self_contained, report)
     out(f"medview {__version__} selftest")
     for name, ok, detail in report:
         out(f"  [{'PASS' if ok else 'FAIL'}] {name}: {detail}")

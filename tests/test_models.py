@@ -161,3 +161,29 @@ def test_selftest_passes_and_fails_honestly(model_copy, monkeypatch):
     lines.clear()
     assert run_selftest(lines.append) == 1
     assert any("[FAIL] model tiny-patch" in x and "does not match" in x for x in lines)
+
+
+def test_selftest_in_a_bundle_checks_every_module_came_from_it(model_copy, monkeypatch,
+                                                                tmp_path):
+    import sys
+
+    from medview.selftest import foreign_modules, run_selftest
+
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", str(model_copy.parent))
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    # a bundle folder that holds none of the loaded code: reported, and the run fails
+    monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)
+    lines = []
+    assert run_selftest(lines.append) == 1
+    assert any("[FAIL] app bundle" in x and "outside the bundle" in x for x in lines)
+    # every file under the bundle root: passes
+    root = os.path.dirname(os.path.dirname(os.__file__))
+    monkeypatch.setattr(sys, "_MEIPASS", "/", raising=False)
+    lines.clear()
+    assert run_selftest(lines.append) == 0
+    assert any("[PASS] app bundle" in x for x in lines)
+    assert "os" not in foreign_modules(root, {"os": os})
+    embedded = type(os)("embedded")
+    embedded.__file__ = "shibokensupport/__init__.py"  # in memory, not read from disk
+    assert foreign_modules(str(tmp_path), {"os": os, "nofile": sys,
+                                           "embedded": embedded}) == ["os"]

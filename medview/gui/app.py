@@ -1,11 +1,22 @@
-"""GUI entry point: ``medview [PATH...]`` or ``medview --sample [NAME]``."""
+"""GUI entry point: ``medview [PATH...] [--model ID]`` or ``medview --sample [NAME]``.
+
+Files reach the window from the command line (the desktop entry's ``%F``, a file dropped on
+the app icon on Linux and Windows), from drag-and-drop onto the window, and from the
+operating system's "open with" requests (macOS Finder and Dock send them as
+``QFileOpenEvent``, also before the window exists).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
+
+ENV_LAUNCH_T0 = "MEDVIEW_LAUNCH_T0"  # epoch seconds when the launcher started the app
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders to open")
     p.add_argument("--sample", nargs="?", const="cr-chest", default=None,
                    help="open a sample study shipped with medview (default: cr-chest)")
+    p.add_argument("--model", metavar="ID", default=None,
+                   help="select this model and run it on every image shown")
     p.add_argument("--screenshot", metavar="PNG", default=None, help=argparse.SUPPRESS)
+    # Prints how long the first window, image and prediction took, as JSON, then quits.
+    p.add_argument("--startup-report", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -25,30 +40,147 @@ def qt_version() -> str:
     return f"PySide6 {PySide6.__version__} (Qt {qVersion()})"
 
 
+def icon_path() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "medview.svg")
+
+
 def create_app(argv: Sequence[str] = ()):
     """The QApplication with medview's global pyqtgraph settings (row-major images)."""
     import pyqtgraph as pg
+    from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
     app = QApplication.instance() or QApplication(["medview", *argv])
     app.setApplicationName("medview")
     app.setOrganizationName("medview")
+    app.setDesktopFileName("medview")
+    if os.path.isfile(icon_path()):
+        app.setWindowIcon(QIcon(icon_path()))
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app()
+def _file_open_filter_class():
+    from PySide6.QtCore import QEvent, QObject
+
+    class FileOpenFilter(QObject):
+        """Routes the system's file-open requests to a window; holds them until one is set."""
+
+        def __init__(self, parent=None) -> None:
+            super().__init__(parent)
+            self.pending: list[str] = []
+            self.window = None
+
+        def set_window(self, window) -> None:
+            self.window = window
+            if self.pending:
+                paths, self.pending = self.pending, []
+                window.open_paths(paths)
+
+        def eventFilter(self, obj, event) -> bool:
+            if event.type() == QEvent.Type.FileOpen:
+                path = event.file() or event.url().toLocalFile()
+                if path:
+                    if self.window is None:
+                        self.pending.append(path)
+                    else:
+                        self.window.open_paths([path])
+                return True
+            return False
+
+    return FileOpenFilter
+
+
+def install_file_open_filter(app):
+    """Install (once) and return the application's file-open request router."""
+    existing = getattr(app, "_medview_file_open", None)
+    if existing is not None:
+        return existing
+    router = _file_open_filter_class()(app)
+    app.installEventFilter(router)
+    app._medview_file_open = router
+    return router
+
+
+def launch_t0() -> float:
+    """When this launch began: the launcher's stamp if given, else this process's start."""
+    stamp = os.environ.get(ENV_LAUNCH_T0)
+    if stamp:
+        try:
+            return float(stamp)
+        except ValueError:
+            pass
+    try:  # Linux: the process start time, so interpreter and import time count too
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+class StartupReport:
+    """Seconds from launch to the first painted window, first image and first prediction."""
+
+    def __init__(self, window, t0: float, last: str, done) -> None:
+        from PySide6.QtCore import QEvent, QObject
+
+        self.t0 = t0
+        self.times: dict[str, float] = {}
+        self.last = last  # "first_window_s", "first_image_s" or "first_prediction_s"
+        self.done = done
+        report = self
+
+        class PaintWatch(QObject):
+            def eventFilter(self, obj, event) -> bool:
+                if event.type() == QEvent.Type.Paint:
+                    report.mark("first_window_s")
+                    obj.removeEventFilter(self)
+                return False
+
+        self._paint = PaintWatch(window)
+        window.installEventFilter(self._paint)
+        window.volume_shown.connect(lambda _i: self.mark("first_image_s"))
+        window.model_panel.prediction_ready.connect(lambda _p: self.mark("first_prediction_s"))
+        window.load_failed.connect(lambda msg: self.finish(error=msg))
+        window.model_panel.failed.connect(lambda msg: self.finish(error=msg))
+
+    def mark(self, name: str) -> None:
+        if name in self.times:
+            return
+        self.times[name] = round(time.time() - self.t0, 3)
+        if self.last in self.times and "first_window_s" in self.times:
+            self.finish()
+
+    def finish(self, error: str | None = None) -> None:
+        if self.done is None:
+            return
+        doc = dict(self.times)
+        if error:
+            doc["error"] = error
+        print(json.dumps(doc), flush=True)
+        done, self.done = self.done, None
+        done(0 if error is None else 1)
+
+
+def launch(args: argparse.Namespace, app, settings=None):
+    """Create and show the main window for parsed arguments; returns the window."""
     from medview.gui.main_window import MainWindow
 
-    window = MainWindow()
+    router = install_file_open_filter(app)
+    window = MainWindow(settings=settings)
     paths = list(args.paths)
     if args.sample:
         from medview.io.samples import sample_path
 
         paths.append(sample_path(args.sample))
+    model_ok = bool(args.model) and select_model(window, args.model)
+    if args.startup_report:
+        last = ("first_prediction_s" if paths and model_ok else
+                "first_image_s" if paths else "first_window_s")
+        window._startup_report = StartupReport(window, launch_t0(), last,
+                                               lambda code: app.exit(code))
     window.show()
     if args.screenshot:
         from PySide6.QtCore import QTimer
@@ -56,12 +188,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         def grab(_result=None) -> None:
             QTimer.singleShot(500, lambda: (window.grab().save(args.screenshot), app.quit()))
 
-        if paths:
+        panel = window.model_panel
+        if model_ok and paths:
+            (panel.saliency_ready if panel.show_overlay.isChecked()
+             else panel.prediction_ready).connect(grab)
+        elif paths:
             window.load_finished.connect(grab)
         else:
             grab()
     if paths:
         window.open_paths(paths)
+    router.set_window(window)
+    return window
+
+
+def select_model(window, model_id: str) -> bool:
+    """Pick a model in the AI panel and run it on each image shown; False if unknown."""
+    panel = window.model_panel
+    ids = [c.id for c in panel.cards]
+    if model_id not in ids:
+        msg = f"no model {model_id!r}; installed: {', '.join(ids) or 'none'}"
+        logging.getLogger(__name__).warning(msg)
+        panel.status.setText(msg.capitalize())
+        return False
+    panel.auto_run.setChecked(True)
+    # not warmed up here: the model loads when the study arrives, which it does in well
+    # under a second; loading both at once only delayed the first image (GIL)
+    panel.model_box.setCurrentIndex(ids.index(model_id))
+    window.model_dock.raise_()
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    window = launch(args, app)  # noqa: F841 (kept alive while the event loop runs)
     return app.exec()
 
 

@@ -120,6 +120,7 @@ class ModelPanel(QWidget):
 
         self.model_box = QComboBox()
         self.model_box.currentIndexChanged.connect(self._on_model)
+        self.model_box.activated.connect(lambda _i: self.warm_up())  # a user's choice
         self.card_button = QPushButton("Model card...")
         self.card_button.clicked.connect(self.show_card)
         self.summary = _plain_label()
@@ -316,6 +317,22 @@ class ModelPanel(QWidget):
         self.overlay_changed.emit(None)
 
     # ------------------------------------------------------------------ workers
+    def warm_up(self) -> None:
+        """Load the chosen model in the background now (torch, timm, weights check), so
+        the first Run on an image does not wait for it. Errors surface on Run."""
+        card = self.current_card()
+        if card is None:
+            return
+        device = self.device_box.currentText()
+        if (card.id, device) in self._predictors:
+            return
+
+        def job(_token):
+            yield Progress(0, 1, "loading model")
+            self.predictor_for(card, device)
+
+        self.jobs.start("warm-up", job)
+
     def predictor_for(self, card, device: str):
         """Load (once) and cache the predictor; called in worker threads."""
         from medview.inference.predictor import Predictor

@@ -113,3 +113,22 @@ def test_worklist_runs_on_all_series_and_exports_csv(qtbot, ai_window, tmp_path)
     assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "warnings"]
     assert sorted(r[2] for r in rows[1:]) == ["patch", "patch", "plain", "plain"]
     assert all(np.isclose(float(r[3]) + float(r[4]), 1.0) for r in rows[1:])
+
+
+def test_choosing_a_model_loads_it_in_the_background(qtbot, ai_window):
+    win, data = ai_window
+    panel = win.model_panel
+    ids = [c.id for c in panel.cards]
+    panel.model_box.setCurrentIndex(ids.index("tiny-patch"))
+    assert panel._predictors == {}  # a programmatic change loads nothing
+    panel.model_box.activated.emit(ids.index("tiny-patch"))  # as when a user picks it
+    job = win.jobs.current("warm-up")
+    assert job is not None
+    with qtbot.waitSignal(job.succeeded, timeout=60000):
+        pass
+    loaded = panel._predictors[("tiny-patch", panel.device_box.currentText())]
+    # the first run on an image uses the loaded model
+    _open(qtbot, win, _files(data, "patch", 1))
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
+        panel.run_button.click()
+    assert list(panel._predictors.values()) == [loaded]

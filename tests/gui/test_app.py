@@ -1,0 +1,124 @@
+"""The GUI entry point: command-line studies and model, the system's file-open requests,
+the start-up timing report."""
+
+import json
+import os
+import time
+
+import pytest
+from PySide6.QtCore import QSettings, QUrl
+from PySide6.QtGui import QFileOpenEvent
+from PySide6.QtWidgets import QApplication
+
+from medview.gui import app as gui_app
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture(autouse=True)
+def quiet_app(monkeypatch):
+    """The report's quit request is recorded, not acted on (pytest-qt owns the loops);
+    the application-wide file-open router forgets the test's window afterwards."""
+    app = gui_app.create_app()
+    codes = []
+    monkeypatch.setattr(app, "exit", codes.append, raising=False)
+    yield codes
+    router = getattr(app, "_medview_file_open", None)
+    if router is not None:
+        router.window = None
+        router.pending = []
+
+
+@pytest.fixture
+def models_dir(tiny_model, monkeypatch):
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", os.path.dirname(tiny_model[0]))
+    return tiny_model
+
+
+def _patch_image(data):
+    folder = os.path.join(data, "patch")
+    return os.path.join(folder, sorted(os.listdir(folder))[0])
+
+
+def test_study_and_model_from_command_line_give_a_prediction(qtbot, models_dir, settings,
+                                                             capsys, quiet_app):
+    path = _patch_image(models_dir[1])
+    app = gui_app.create_app()
+    args = gui_app.build_parser().parse_args([path, "--model", "tiny-patch",
+                                              "--startup-report"])
+    win = gui_app.launch(args, app, settings=settings)
+    qtbot.addWidget(win)
+    panel = win.model_panel
+    assert panel.current_card().id == "tiny-patch"
+    assert panel.auto_run.isChecked()
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
+        pass  # the study is loading and the model runs on it by itself
+    assert got.args[0].label == "patch"
+    # the timing report is printed once everything it waits for has happened
+    qtbot.waitUntil(lambda: win._startup_report.done is None, timeout=10000)
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report) == {"first_window_s", "first_image_s", "first_prediction_s"}
+    assert 0 <= report["first_window_s"] <= report["first_prediction_s"]
+    assert report["first_image_s"] <= report["first_prediction_s"]
+    assert quiet_app == [0]  # then it asked the app to quit, successfully
+    win.close()
+
+
+def test_unknown_model_is_reported_and_viewer_still_opens(qtbot, models_dir, settings):
+    path = _patch_image(models_dir[1])
+    app = gui_app.create_app()
+    args = gui_app.build_parser().parse_args([path, "--model", "no-such-model"])
+    win = gui_app.launch(args, app, settings=settings)
+    qtbot.addWidget(win)
+    status = win.model_panel.status.text()
+    assert "no-such-model" in status and "tiny-patch" in status
+    assert not win.model_panel.auto_run.isChecked()
+    qtbot.waitUntil(lambda: win.view.volume is not None, timeout=20000)
+    win.close()
+
+
+def test_file_open_requests_before_and_after_the_window(qtbot, models_dir, settings):
+    app = gui_app.create_app()
+    router = gui_app.install_file_open_filter(app)
+    assert gui_app.install_file_open_filter(app) is router  # installed once
+    first = _patch_image(models_dir[1])
+    folder = os.path.join(models_dir[1], "plain")
+    second = os.path.join(folder, sorted(os.listdir(folder))[0])
+    # macOS sends the files a user opened the app with before any window exists
+    QApplication.sendEvent(app, QFileOpenEvent(first))
+    assert router.pending == [first]
+    args = gui_app.build_parser().parse_args([])
+    win = gui_app.launch(args, app, settings=settings)
+    qtbot.addWidget(win)
+    qtbot.waitUntil(lambda: len(win.volumes) == 1, timeout=20000)
+    assert router.pending == []
+    assert win.volumes[0].source_paths[0] == first
+    # later requests (a file dropped on the Dock icon) go straight to the window
+    with qtbot.waitSignal(win.load_finished, timeout=20000):
+        QApplication.sendEvent(app, QFileOpenEvent(QUrl.fromLocalFile(second)))
+    assert len(win.volumes) == 2
+    win.close()
+
+
+def test_launch_time_origin(monkeypatch):
+    monkeypatch.setenv(gui_app.ENV_LAUNCH_T0, "1234.5")
+    assert gui_app.launch_t0() == 1234.5
+    monkeypatch.delenv(gui_app.ENV_LAUNCH_T0)
+    t0 = gui_app.launch_t0()
+    # this process started before now, and not days ago
+    assert time.time() - 24 * 3600 < t0 <= time.time()
+
+
+def test_app_icon_ships_and_renders():
+    from PySide6.QtGui import QIcon
+
+    gui_app.create_app()
+    icon = QIcon(gui_app.icon_path())
+    assert not icon.isNull()
+    img = icon.pixmap(64, 64).toImage()
+    assert img.width() == 64
+    # not blank: the icon's centre differs from its corner
+    assert img.pixelColor(32, 40) != img.pixelColor(1, 1)
