@@ -141,6 +141,54 @@ def run_launch() -> list[tuple[str, str, str, str]]:
     ]
 
 
+WARM_UP_CODE = """
+import os, sys, tempfile, time
+from medview.gui.app import create_app
+app = create_app()
+from PySide6.QtCore import QSettings, QTimer
+from medview.gui.main_window import MainWindow
+s = QSettings(os.path.join(tempfile.mkdtemp(), "s.ini"), QSettings.Format.IniFormat)
+w = MainWindow(settings=s); w.show(); p = w.model_panel
+i = [c.id for c in p.cards].index("cxr-pneumonia")
+p.model_box.setCurrentIndex(i); p.auto_run.setChecked(True); p.show_overlay.setChecked(False)
+worst = [0.0]; last = [time.perf_counter()]; t = {}
+def tick():
+    now = time.perf_counter(); worst[0] = max(worst[0], now - last[0] - 0.01); last[0] = now
+timer = QTimer(); timer.timeout.connect(tick); timer.start(10)
+def warmed(_r):
+    t["warm"] = time.perf_counter() - t["pick"]; t["stall"] = worst[0]
+    t["open"] = time.perf_counter(); w.open_paths([sys.argv[1]])
+def done(_p):
+    print(t["warm"], t["stall"], time.perf_counter() - t["open"]); app.quit()
+p.prediction_ready.connect(done)
+def pick():
+    t["pick"] = time.perf_counter(); worst[0] = 0.0; last[0] = time.perf_counter()
+    p.model_box.activated.emit(i)  # as when a user picks the model
+    w.jobs.current("warm-up").succeeded.connect(warmed)
+QTimer.singleShot(500, pick)
+app.exec()
+"""
+
+
+def run_warm_up() -> list[tuple[str, str, str, str]]:
+    """A user picks a model first, then opens a study: the model loads in the background."""
+    if _card() is None:
+        return []
+    from medview.io.samples import sample_path
+
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", WARM_UP_CODE, sample_path("cr-chest")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    warm, stall, first = (float(v) for v in out.stdout.split()[-3:])
+    return [
+        ("model picked -> loaded in the background", f"{warm:.2f} s", "(reported)", ""),
+        ("worst GUI stall meanwhile (torch import)", f"{stall * 1000:.0f} ms", "(reported)",
+         ""),
+        ("then study opened -> first prediction", f"{first:.2f} s", "target < 3 s",
+         "PASS" if first < 3 else "FAIL"),
+    ]
+
+
 def run_saliency_stall() -> list[tuple[str, str, str, str]]:
     """Worst GUI stall while inference and Grad-CAM run in the real window."""
     if _card() is None:
@@ -193,4 +241,4 @@ def run_saliency_stall() -> list[tuple[str, str, str, str]]:
 
 if __name__ == "__main__":
     print_table("Inference and saliency (CPU)", run_latency() + run_launch()
-                + run_saliency_stall())
+                + run_warm_up() + run_saliency_stall())

@@ -28,6 +28,13 @@ def _check(name: str, fn: Callable[[], str], report: list[tuple[str, bool, str]]
     report.append((name, ok, f"{detail} ({(time.perf_counter() - t) * 1000:.0f} ms)"))
 
 
+# Compressed DICOMs from pydicom's test files that the selftest decodes (one per decoder);
+# the app bundle ships them (packaging/medview.spec).
+COMPRESSED_SAMPLES = {"JPEG 2000": "MR_small_jp2klossless.dcm",
+                      "JPEG-LS": "MR_small_jpeg_ls_lossless.dcm",
+                      "RLE": "MR_small_RLE.dcm", "JPEG baseline": "SC_rgb_jpeg_dcmd.dcm"}
+
+
 def foreign_modules(root: str, modules: dict) -> list[str]:
     """Loaded modules whose file lies outside ``root`` (for a bundle: code it did not ship).
 
@@ -68,11 +75,8 @@ def run_selftest(out=print) -> int:
 
         from medview.io import load
 
-        names = {"JPEG 2000": "MR_small_jp2klossless.dcm",
-                 "JPEG-LS": "MR_small_jpeg_ls_lossless.dcm",
-                 "RLE": "MR_small_RLE.dcm", "JPEG baseline": "SC_rgb_jpeg_dcmd.dcm"}
         done = []
-        for syntax, name in names.items():
+        for syntax, name in COMPRESSED_SAMPLES.items():
             result = load([get_testdata_file(name)])
             if not result.volumes:
                 raise RuntimeError(f"{syntax}: {result.skipped[0].reason}")

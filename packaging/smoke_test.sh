@@ -74,16 +74,17 @@ predict() {
     offline predict "$SAMPLE" --model cxr-pneumonia --csv "$OUT/home/worklist.csv" &&
         head -n 2 "$OUT/home/worklist.csv" | tee /dev/stderr | grep -q "cxr-pneumonia"
 }
-gui_run() {  # gui_run LOG ARGS...: the real window, under Xvfb when there is one
+gui_cmd() {  # gui_cmd LOG COMMAND...: a GUI command, under Xvfb when there is one
     local log="$1"; shift
     if command -v xvfb-run >/dev/null; then
         run timeout 300 /usr/bin/xvfb-run -a -s "-screen 0 1600x1000x24" \
-            env MEDVIEW_LAUNCH_T0="$(date +%s.%N)" "$EXE" "$@" >"$log" 2>"$log.err"
+            env MEDVIEW_LAUNCH_T0="$(date +%s.%N)" "$@" >"$log" 2>"$log.err"
     else
         run timeout 300 env QT_QPA_PLATFORM=offscreen MEDVIEW_LAUNCH_T0="$(date +%s.%N)" \
-            "$EXE" "$@" >"$log" 2>"$log.err"
+            "$@" >"$log" 2>"$log.err"
     fi
 }
+gui_run() { local log="$1"; shift; gui_cmd "$log" "$EXE" "$@"; }
 gui() {
     for k in 1 2 3; do
         gui_run "$OUT/startup-$k.json" "$SAMPLE" --model cxr-pneumonia \
@@ -97,11 +98,22 @@ screenshot() {
         --screenshot "$OUT/home/bundle.png" && cp "$OUT/home/bundle.png" "$OUT/bundle.png" &&
         [ -s "$OUT/bundle.png" ]
 }
-desktop() {
-    grep -q "^Exec=medview %F" "$DIST/medview.desktop" || return 1
+desktop() {  # install the menu entry, then open a file the way a launcher does (%F)
+    local xdg="$OUT/xdg" entry exec_line
+    XDG_DATA_HOME="$xdg" "$DIST/install-desktop-entry.sh" || return 1
+    entry="$xdg/applications/medview.desktop"
     if command -v desktop-file-validate >/dev/null; then
-        desktop-file-validate "$DIST/medview.desktop"
+        desktop-file-validate "$entry" || return 1
     fi
+    grep -q "^MimeType=application/dicom;" "$entry" || return 1
+    exec_line="$(sed -n 's/^Exec=//p' "$entry")"
+    eval "set -- ${exec_line/\%F/\"\$SAMPLE\"}"
+    [ "$1" = "$EXE" ] || return 1
+    gui_cmd "$OUT/desktop-open.json" "$@" --startup-report || return 1
+    cat "$OUT/desktop-open.json"
+    grep -q first_image_s "$OUT/desktop-open.json" &&
+        XDG_DATA_HOME="$xdg" "$DIST/install-desktop-entry.sh" --uninstall &&
+        [ ! -e "$entry" ]
 }
 
 isolated() {  # inside: no usable Python, no network
