@@ -14,3 +14,11 @@ def tiny_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     data = write_patch_dataset(str(root / "data"), n_per_class=48)
     return train_tiny(data, str(root / "models")), data
+
+
+@pytest.fixture(scope="session")
+def qapp_cls():
+    """pytest-qt creates medview's own QApplication (it handles file-open events)."""
+    from medview.gui.app import application_class
+
+    return application_class()

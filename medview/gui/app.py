@@ -9,6 +9,7 @@ operating system's "open with" requests (macOS Finder and Dock send them as
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,49 @@ def icon_path() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "medview.svg")
 
 
+class FileOpenRouter:
+    """Routes the system's file-open requests to a window; holds them until one is set."""
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+        self.window = None
+
+    def set_window(self, window) -> None:
+        self.window = window
+        if self.pending:
+            paths, self.pending = self.pending, []
+            window.open_paths(paths)
+
+    def receive(self, path: str) -> None:
+        if not path:
+            return
+        if self.window is None:
+            self.pending.append(path)
+        else:
+            self.window.open_paths([path])
+
+
+@functools.cache
+def application_class():
+    """medview's QApplication: it takes the file-open events sent to the application
+    object itself, so no application-wide event filter sees every other event."""
+    from PySide6.QtCore import QEvent
+    from PySide6.QtWidgets import QApplication
+
+    class MedviewApplication(QApplication):
+        def __init__(self, argv) -> None:
+            super().__init__(argv)
+            self.file_router = FileOpenRouter()
+
+        def event(self, event) -> bool:
+            if event.type() == QEvent.Type.FileOpen:
+                self.file_router.receive(event.file() or event.url().toLocalFile())
+                return True
+            return super().event(event)
+
+    return MedviewApplication
+
+
 def create_app(argv: Sequence[str] = ()):
     """The QApplication with medview's global pyqtgraph settings (row-major images)."""
     import pyqtgraph as pg
@@ -51,7 +95,7 @@ def create_app(argv: Sequence[str] = ()):
     from PySide6.QtWidgets import QApplication
 
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
-    app = QApplication.instance() or QApplication(["medview", *argv])
+    app = QApplication.instance() or application_class()(["medview", *argv])
     app.setApplicationName("medview")
     app.setOrganizationName("medview")
     app.setDesktopFileName("medview")
@@ -60,45 +104,12 @@ def create_app(argv: Sequence[str] = ()):
     return app
 
 
-def _file_open_filter_class():
-    from PySide6.QtCore import QEvent, QObject
-
-    class FileOpenFilter(QObject):
-        """Routes the system's file-open requests to a window; holds them until one is set."""
-
-        def __init__(self, parent=None) -> None:
-            super().__init__(parent)
-            self.pending: list[str] = []
-            self.window = None
-
-        def set_window(self, window) -> None:
-            self.window = window
-            if self.pending:
-                paths, self.pending = self.pending, []
-                window.open_paths(paths)
-
-        def eventFilter(self, obj, event) -> bool:
-            if event.type() == QEvent.Type.FileOpen:
-                path = event.file() or event.url().toLocalFile()
-                if path:
-                    if self.window is None:
-                        self.pending.append(path)
-                    else:
-                        self.window.open_paths([path])
-                return True
-            return False
-
-    return FileOpenFilter
-
-
-def install_file_open_filter(app):
-    """Install (once) and return the application's file-open request router."""
-    existing = getattr(app, "_medview_file_open", None)
-    if existing is not None:
-        return existing
-    router = _file_open_filter_class()(app)
-    app.installEventFilter(router)
-    app._medview_file_open = router
+def install_file_open_filter(app) -> FileOpenRouter:
+    """The application's file-open request router (an application that medview did not
+    create gets one too, but no file-open events reach it)."""
+    router = getattr(app, "file_router", None)
+    if router is None:
+        router = app.file_router = FileOpenRouter()
     return router
 
 

@@ -26,7 +26,7 @@ def quiet_app(monkeypatch):
     codes = []
     monkeypatch.setattr(app, "exit", codes.append, raising=False)
     yield codes
-    router = getattr(app, "_medview_file_open", None)
+    router = getattr(app, "file_router", None)
     if router is not None:
         router.window = None
         router.pending = []
