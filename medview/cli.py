@@ -149,22 +149,24 @@ def _print_event(ev) -> None:
 
 
 def _predictor(model: str, device: str):
+    """The Predictor for a model id or folder, or None after printing why it can't load."""
+    from medview.core.errors import MedviewError
     from medview.inference.predictor import Predictor
     from medview.models.registry import discover_models
 
-    card = discover_models().get(model)
-    return Predictor(card, device)
+    try:
+        return Predictor(discover_models().get(model), device)
+    except (KeyError, ValueError, MedviewError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from medview.core.errors import MedviewError
     from medview.io import load
     from medview.reports.files import prediction_header, prediction_row, write_predictions_csv
 
-    try:
-        predictor = _predictor(args.model, args.device)
-    except (KeyError, ValueError, MedviewError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    predictor = _predictor(args.model, args.device)
+    if predictor is None:
         return 2
     result = load(args.paths)
     rows = []
@@ -204,17 +206,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from medview.core.errors import MedviewError
     from medview.explain import saliency_for_slice
     from medview.imaging import render_slice
     from medview.imaging.overlay import blend, heatmap_rgba
     from medview.io import load
     from medview.reports.files import atomic_write_bytes
 
-    try:
-        predictor = _predictor(args.model, args.device)
-    except (KeyError, ValueError, MedviewError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    predictor = _predictor(args.model, args.device)
+    if predictor is None:
         return 2
     result = load([args.path])
     if not result.volumes:

@@ -3,15 +3,29 @@ from PySide6.QtCore import QSettings
 
 
 @pytest.fixture
-def window(qtbot, tmp_path_factory):
+def make_window(qtbot, tmp_path_factory):
+    """Shown main windows with their own settings file; closed after the test. Set
+    MEDVIEW_MODELS_DIR before making one: the AI panel reads the models when it is built."""
     from medview.gui.app import create_app
     from medview.gui.main_window import MainWindow
 
-    create_app()
-    settings = QSettings(str(tmp_path_factory.mktemp("settings") / "settings.ini"),
-                         QSettings.Format.IniFormat)
-    win = MainWindow(settings=settings)
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.close()
+    made = []
+
+    def make():
+        create_app()
+        settings = QSettings(str(tmp_path_factory.mktemp("settings") / "settings.ini"),
+                             QSettings.Format.IniFormat)
+        win = MainWindow(settings=settings)
+        qtbot.addWidget(win)
+        win.show()
+        made.append(win)
+        return win
+
+    yield make
+    for win in made:
+        win.close()
+
+
+@pytest.fixture
+def window(make_window):
+    return make_window()

@@ -11,21 +11,9 @@ from tests.tiny import PATCH
 
 
 @pytest.fixture
-def ai_window(qtbot, tiny_model, monkeypatch, tmp_path_factory):
-    from PySide6.QtCore import QSettings
-
-    from medview.gui.app import create_app
-    from medview.gui.main_window import MainWindow
-
+def ai_window(make_window, tiny_model, monkeypatch):
     monkeypatch.setenv("MEDVIEW_MODELS_DIR", os.path.dirname(tiny_model[0]))
-    create_app()
-    settings = QSettings(str(tmp_path_factory.mktemp("s") / "s.ini"),
-                         QSettings.Format.IniFormat)
-    win = MainWindow(settings=settings)
-    qtbot.addWidget(win)
-    win.show()
-    yield win, tiny_model[1]
-    win.close()
+    return make_window(), tiny_model[1]
 
 
 def _open(qtbot, win, paths):

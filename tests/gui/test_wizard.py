@@ -10,24 +10,14 @@ from tests.tiny import write_patch_dataset
 
 
 @pytest.fixture
-def app_window(qtbot, tmp_path, monkeypatch):
-    from PySide6.QtCore import QSettings
-
-    from medview.gui.app import create_app
-    from medview.gui.main_window import MainWindow
-
+def app_window(make_window, tmp_path, monkeypatch):
     models = tmp_path / "user-models"
     monkeypatch.setenv("MEDVIEW_MODELS_DIR", str(models))
-    create_app()
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(settings=settings)
-    qtbot.addWidget(win)
-    win.show()
+    win = make_window()
     yield win, models
     if getattr(win, "wizard", None) is not None:
         win.wizard.train_page.stop_and_wait()
     win.jobs.shutdown()
-    win.close()
 
 
 def _wizard(win):
@@ -54,6 +44,17 @@ def _configure(wiz, epochs):
     mp.batch.setValue(8)
     mp.lr.setValue(0.002)
     mp.augment.setChecked(False)
+
+
+def _ready_to_train(qtbot, win, tmp_path, epochs=50):
+    """The wizard on its training page's doorstep: a scanned folder, split, configured."""
+    data = write_patch_dataset(str(tmp_path / "data"), n_per_class=24)
+    wiz = _wizard(win)
+    _scan(qtbot, wiz, data)
+    wiz.next()
+    wiz.next()
+    _configure(wiz, epochs=epochs)
+    return wiz
 
 
 def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path):
@@ -104,12 +105,7 @@ def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path
 
 def test_cancel_mid_epoch_writes_nothing(qtbot, app_window, tmp_path):
     win, models = app_window
-    data = write_patch_dataset(str(tmp_path / "data"), n_per_class=24)
-    wiz = _wizard(win)
-    _scan(qtbot, wiz, data)
-    wiz.next()
-    wiz.next()
-    _configure(wiz, epochs=50)
+    wiz = _ready_to_train(qtbot, win, tmp_path)
     started = []
 
     def on_event(ev):
@@ -172,12 +168,7 @@ def test_closing_app_during_training_asks_then_cancels(qtbot, app_window, tmp_pa
     from PySide6.QtWidgets import QMessageBox
 
     win, models = app_window
-    data = write_patch_dataset(str(tmp_path / "data"), n_per_class=24)
-    wiz = _wizard(win)
-    _scan(qtbot, wiz, data)
-    wiz.next()
-    wiz.next()
-    _configure(wiz, epochs=50)
+    wiz = _ready_to_train(qtbot, win, tmp_path)
     with qtbot.waitSignal(wiz.epoch_done, timeout=120000):
         wiz.next()
     asked = []
