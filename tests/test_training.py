@@ -139,8 +139,10 @@ def test_failed_export_leaves_nothing_and_previous_model_intact(tmp_path, tiny_m
         export_model(model, {**card.data, "id": "new-one"}, str(out))
     assert sorted(os.listdir(out)) == ["keep-me"]
     assert read_card(first).id == "keep-me"
-    # a leftover from a killed process is cleaned at the next export
+    # a leftover from a killed process (its lock file held by nobody) is cleaned at the
+    # next export
     os.makedirs(out / f"{TMP_PREFIX}stale")
+    (out / f"{TMP_PREFIX}stale" / ".lock").write_bytes(b"")
     monkeypatch.undo()
     export_model(model, {**card.data, "id": "third"}, str(out))
     assert sorted(os.listdir(out)) == ["keep-me", "third"]
@@ -254,3 +256,40 @@ def test_dicom_patient_id_groups_splits_and_is_only_kept_hashed(tmp_path):
     splits = tdata.assign_splits(ds, (0.5, 0.25, 0.25), seed=0)
     assert tdata.leakage_report(ds, splits) == []
     assert len({s.patient for s in ds.samples}) == 12
+
+
+def test_export_cleanup_never_deletes_another_exports_work(tmp_path):
+    """Two exports into one folder: one run's clean-up must not delete the other's staging
+    folder while that export still runs (it holds the lock); a killed one's is removed."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from medview.models.staging import clean_stale_exports, staging_folder
+
+    out = tmp_path / "models"
+    out.mkdir()
+    holder = out / f"{TMP_PREFIX}other-process"
+    holder.mkdir()
+    (holder / ".lock").write_bytes(b"")
+    code = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(holder / ".lock")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        young_unlocked = out / f"{TMP_PREFIX}just-created"
+        young_unlocked.mkdir()  # made a moment ago, lock not taken yet
+        with staging_folder(str(out)) as mine:
+            assert clean_stale_exports(str(out)) == 0
+            assert holder.is_dir() and young_unlocked.is_dir() and os.path.isdir(mine)
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+    # the other process has ended, and our own block ended without renaming its folder
+    assert clean_stale_exports(str(out)) == 2
+    assert not holder.exists() and not os.path.exists(mine) and young_unlocked.is_dir()
+    assert fcntl is not None

@@ -55,3 +55,25 @@ class UnsupportedTransferSyntaxError(LoadError):
 
 class TooLargeError(LoadError):
     """The header implies more memory than medview will allocate."""
+
+
+def must_propagate(exc: BaseException) -> bool:
+    """Exceptions a per-file guard must never swallow: the user's interrupt or cancel, and
+    interpreter shutdown. Everything else (including ``BaseException`` subclasses raised
+    by native decoder plug-ins, such as a Rust ``PanicException``) becomes a skipped file."""
+    return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, CancelledError))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A plain-text reason for an unexpected failure while reading one file."""
+    if isinstance(exc, LoadError):
+        return exc.reason
+    if isinstance(exc, MemoryError):
+        return "not enough memory to read this file"
+    if isinstance(exc, RecursionError):
+        return "structure nested too deeply to read"
+    detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+    kind = type(exc).__name__
+    if not isinstance(exc, Exception):
+        return f"the decoder crashed ({kind}); file skipped"
+    return f"unexpected error while reading ({kind}{': ' + detail if detail else ''})"

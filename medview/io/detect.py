@@ -7,6 +7,7 @@ import os
 import struct
 
 from medview.core.errors import LoadError, NotAnImageError
+from medview.core.safeio import open_regular
 
 # Executable signatures that must never sit in a DICOM preamble (PS3.10 7.5 allows any
 # bytes there, which "polyglot" malware abuses).
@@ -39,9 +40,11 @@ def detect_format(path: str) -> str:
     accepted later if it parses as a real image dataset.
     """
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never blocks: a FIFO or device is refused
+            size = os.fstat(f.fileno()).st_size
             head = f.read(352)
+    except LoadError:
+        raise
     except FileNotFoundError as exc:
         raise LoadError(path, "file not found (deleted or moved during the scan?)") from exc
     except PermissionError as exc:
@@ -64,7 +67,7 @@ def detect_format(path: str) -> str:
     if head.startswith(b"\x1f\x8b"):
         if lower.endswith((".nii.gz", ".nii")):
             try:
-                with gzip.open(path, "rb") as g:
+                with open_regular(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as g:
                     inner = g.read(352)
             except (OSError, EOFError) as exc:
                 raise LoadError(path, f"corrupt gzip stream: {exc}") from exc
@@ -95,7 +98,7 @@ def _looks_like_raw_dicom(head: bytes) -> bool:
 
 def preamble_warning(path: str) -> str | None:
     """A warning if the 128-byte DICOM preamble starts with an executable header."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         pre = f.read(128)
     for sig in EXECUTABLE_SIGNATURES:
         if pre.startswith(sig):

@@ -30,14 +30,23 @@ from medview.core.errors import (
     NotAnImageError,
     TooLargeError,
     UnsupportedTransferSyntaxError,
+    must_propagate,
 )
+from medview.core.limits import COPIES_COMPRESSED_DICOM, COPIES_NATIVE_DICOM, check_budget
 from medview.core.volume import VoiLut, WindowPreset
 from medview.imaging.lut import palette_to_rgb, ybr_full_to_rgb
+from medview.io.codestream import check_frames
 
 log = logging.getLogger(__name__)
 
-#: Refuse any single image object whose pixels would need more than this many bytes.
-MAX_IMAGE_BYTES = 4 * 1024**3
+#: Distances (mm) and times (ms) outside these bounds are treated as unknown, with a warning.
+MAX_SPACING_MM = 10_000.0
+MIN_SPACING_MM = 1e-6
+MAX_POSITION_MM = 1e7
+#: Modality values must stay far inside float32 (3.4e38) so that windowing stays exact.
+MAX_MODALITY_VALUE = 1e30
+MIN_ABS_SLOPE = 1e-12
+MAX_WINDOW_VALUE = 1e9
 #: Elements larger than this are not read until needed (Pixel Data, huge private tags).
 DEFER_SIZE = 64 * 1024
 
@@ -218,15 +227,15 @@ def _functional_item(ds: Dataset, frame: int | None, seq: str, item_seq: str):
     return None
 
 
-def _vector(value, n: int) -> np.ndarray | None:
+def _vector(value, n: int, bound: float = MAX_POSITION_MM) -> np.ndarray | None:
     vals = _multi(value)
     if len(vals) != n:
         return None
     try:
         arr = np.array([float(v) for v in vals])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return arr if np.all(np.isfinite(arr)) else None
+    return arr if np.all(np.isfinite(arr)) and np.all(np.abs(arr) <= bound) else None
 
 
 def read_header(path: str, *, raw: bool = False) -> DicomHeader:
@@ -342,15 +351,24 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
         warns.append(f"no Photometric Interpretation; assumed {photometric}")
     if photometric not in _PHOTOMETRICS:
         raise InvalidPixelTagError(path, "PhotometricInterpretation", repr(photometric))
+    need_samples = 1 if photometric in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR") else 3
+    if samples != need_samples:
+        raise InvalidPixelTagError(
+            path, "SamplesPerPixel",
+            f"{samples}, but Photometric Interpretation {photometric} needs {need_samples}")
     planar = _int_tag(ds, path, "PlanarConfiguration", 0) if samples == 3 else 0
+    if planar not in (0, 1):
+        raise InvalidPixelTagError(path, "PlanarConfiguration", f"{planar} (must be 0 or 1)")
 
-    nbytes = rows * cols * frames * samples * max(bits_allocated, 8) // 8
-    if nbytes > MAX_IMAGE_BYTES:
-        raise TooLargeError(
-            path,
-            f"header implies {nbytes / 1024**3:.1f} GiB of pixels "
-            f"({rows}x{cols}x{frames} frames); the limit is {MAX_IMAGE_BYTES / 1024**3:.0f} GiB",
-        )
+    decoded = rows * cols * frames * samples * max(bits_allocated, 8) // 8
+    if photometric == "PALETTE COLOR":
+        decoded *= 3  # expanded to RGB
+    try:
+        compressed = str(tsyntax) not in NATIVE_SYNTAXES
+    except Exception:
+        compressed = True
+    check_budget(path, decoded, COPIES_COMPRESSED_DICOM if compressed else COPIES_NATIVE_DICOM,
+                 f"pixels ({rows}x{cols}, {frames} frame(s))")
 
     pixel_offset = pixel_length = None
     elem = ds.get_item("PixelData", keep_deferred=True)
@@ -406,19 +424,23 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
         _check_decoder(path, tsyntax)
 
     modality = _text(ds, "Modality").upper() or "OT"
-    slopes, intercepts = _rescale(ds, frames, modality, warns)
-    windows = _windows(ds, warns)
+    stored_lo, stored_hi = stored_range(bits_stored, pixrep == 1)
+    slopes, intercepts = _rescale(ds, frames, modality, warns, (stored_lo, stored_hi))
+    value_lo = float(np.min([stored_lo * slopes, stored_hi * slopes]) + intercepts.min())
+    value_hi = float(np.max([stored_lo * slopes, stored_hi * slopes]) + intercepts.max())
+    windows = _windows(ds, warns, (value_lo, value_hi))
     voi_lut = _voi_lut(ds, warns)
-    position, orientation, frame_positions = _geometry(ds, frames)
-    spacing = _pixel_spacing(ds)
+    position, orientation, frame_positions = _geometry(ds, frames, warns)
+    spacing = _pixel_spacing(ds, warns)
     thickness = _as_float(ds.get("SliceThickness"))
-    if thickness is not None and not (math.isfinite(thickness) and thickness > 0):
+    if thickness is not None and not (math.isfinite(thickness)
+                                      and MIN_SPACING_MM <= thickness <= MAX_SPACING_MM):
         thickness = None
     frame_time = _as_float(ds.get("FrameTime"))
     if frame_time is None and "CineRate" in ds:
         rate = _as_float(ds.get("CineRate"))
-        frame_time = 1000.0 / rate if rate else None
-    if frame_time is not None and not (math.isfinite(frame_time) and frame_time > 0):
+        frame_time = 1000.0 / rate if rate and math.isfinite(rate) and rate > 0 else None
+    if frame_time is not None and not (math.isfinite(frame_time) and 1.0 <= frame_time <= 1e5):
         frame_time = None
     instance = ds.get("InstanceNumber")
     try:
@@ -479,8 +501,31 @@ def _check_decoder(path: str, tsyntax: str) -> None:
         )
 
 
+def stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
+    """The smallest and largest stored value ``bits_stored`` bits can hold."""
+    if signed:
+        return -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
+    return 0, (1 << bits_stored) - 1
+
+
+def rescale_is_usable(slope: float, intercept: float, lo: float, hi: float) -> bool:
+    """Whether ``stored * slope + intercept`` over ``[lo, hi]`` is finite, far inside float32,
+    and still tells the stored values apart in float32 (else the image would be blank)."""
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+        return False
+    if abs(slope) < MIN_ABS_SLOPE:
+        return False
+    ends = (lo * slope + intercept, hi * slope + intercept)
+    biggest = max(abs(ends[0]), abs(ends[1]))
+    if not math.isfinite(biggest) or biggest > MAX_MODALITY_VALUE:
+        return False
+    span = abs(slope) * max(hi - lo, 1)
+    return span > biggest * 1e-6  # float32 keeps ~7 significant digits
+
+
 def _rescale(
-    ds: Dataset, frames: int, modality: str, warns: list[str]
+    ds: Dataset, frames: int, modality: str, warns: list[str],
+    stored: tuple[int, int] = (0, 65535),
 ) -> tuple[np.ndarray, np.ndarray]:
     slopes = np.ones(frames)
     intercepts = np.zeros(frames)
@@ -496,7 +541,7 @@ def _rescale(
             continue
         s = _as_float(src.get("RescaleSlope", 1.0), math.nan)
         b = _as_float(src.get("RescaleIntercept", 0.0), math.nan)
-        if not (math.isfinite(s) and math.isfinite(b)) or s == 0:
+        if not rescale_is_usable(s, b, *stored):
             bad = True
             continue
         if per_frame:
@@ -505,15 +550,16 @@ def _rescale(
             slopes[:], intercepts[:] = s, b
     if bad:
         warns.append(
-            "Rescale Slope/Intercept invalid (NaN, infinite or zero); stored values shown "
-            "unscaled"
+            "Rescale Slope/Intercept invalid (NaN, infinite, zero, or so large or small that "
+            "the image would be lost in rounding); stored values shown unscaled"
         )
     elif missing and modality == "CT":
         warns.append("no Rescale Slope/Intercept in a CT image; values may not be HU")
     return slopes, intercepts
 
 
-def _windows(ds: Dataset, warns: list[str]) -> list[WindowPreset]:
+def _windows(ds: Dataset, warns: list[str],
+             value_range: tuple[float, float] = (-math.inf, math.inf)) -> list[WindowPreset]:
     src: Dataset = ds
     if "WindowCenter" not in ds:
         item = _functional_item(ds, 0, "FrameVOILUTSequence", "WindowCenter")
@@ -528,13 +574,16 @@ def _windows(ds: Dataset, warns: list[str]) -> list[WindowPreset]:
     invalid = 0
     for k, (c, w) in enumerate(zip(centers, widths, strict=False)):
         cf, wf = _as_float(c, math.nan), _as_float(w, math.nan)
-        if not (math.isfinite(cf) and math.isfinite(wf)) or wf < 1:
-            invalid += 1
+        if (not (math.isfinite(cf) and math.isfinite(wf)) or wf < 1
+                or abs(cf) > MAX_WINDOW_VALUE or wf > MAX_WINDOW_VALUE
+                or cf + wf / 2 < value_range[0] or cf - wf / 2 > value_range[1]):
+            invalid += 1  # NaN, absurd, or entirely outside the values the image can hold
             continue
         label = "".join(ch for ch in str(names[k]) if ch.isprintable()) if k < len(names) else ""
         out.append(WindowPreset(f"File: {label}" if label else f"File window {k + 1}", cf, wf))
     if invalid or len(centers) != len(widths):
-        warns.append("some Window Center/Width values are invalid; an automatic window is used")
+        warns.append("some Window Center/Width values are invalid or outside the image's "
+                     "value range; an automatic window is used instead of them")
     return out
 
 
@@ -560,7 +609,7 @@ def _voi_lut(ds: Dataset, warns: list[str]) -> VoiLut | None:
     return VoiLut(first_mapped=first, bits=bits, table=table, explanation=explanation)
 
 
-def _geometry(ds: Dataset, frames: int):
+def _geometry(ds: Dataset, frames: int, warns: list[str] | None = None):
     orientation = _vector(ds.get("ImageOrientationPatient"), 6)
     position = _vector(ds.get("ImagePositionPatient"), 3)
     frame_positions = None
@@ -581,12 +630,16 @@ def _geometry(ds: Dataset, frames: int):
             position = frame_positions[0]
     if orientation is not None:
         r, c = orientation[:3], orientation[3:]
-        if abs(np.linalg.norm(r) - 1) > 0.05 or abs(np.linalg.norm(c) - 1) > 0.05:
-            orientation = None
+        if (abs(np.linalg.norm(r) - 1) > 0.05 or abs(np.linalg.norm(c) - 1) > 0.05
+                or abs(float(np.dot(r, c))) > 0.05):
+            orientation = None  # not two unit vectors at right angles
+            if warns is not None:
+                warns.append("Image Orientation (Patient) is invalid (row and column vectors "
+                             "not perpendicular unit vectors); orientation unknown")
     return position, orientation, frame_positions
 
 
-def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+def _pixel_spacing(ds: Dataset, warns: list[str] | None = None) -> tuple[float, float] | None:
     vec = _vector(ds.get("PixelSpacing"), 2)
     if vec is None:
         item = _functional_item(ds, 0, "PixelMeasuresSequence", "PixelSpacing")
@@ -594,7 +647,12 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
             vec = _vector(item.PixelSpacing, 2)
     if vec is None:
         vec = _vector(ds.get("ImagerPixelSpacing"), 2)
-    if vec is None or np.any(vec <= 0):
+    if vec is None:
+        return None
+    if np.any(vec < MIN_SPACING_MM) or np.any(vec > MAX_SPACING_MM):
+        if warns is not None:
+            warns.append("Pixel Spacing is zero, negative or implausible; distances are in "
+                         "pixels")
         return None
     return float(vec[0]), float(vec[1])
 
@@ -646,10 +704,20 @@ def _pydicom_pixels(h: DicomHeader) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
+        if h.compressed:
+            # the decoders size their buffers from each frame's own header: check those
+            # against the DICOM header first, so no decoder is asked for more memory than
+            # the budget already allowed
+            check_frames(h.path, h.ds, h.transfer_syntax, h.rows, h.cols, h.frames,
+                         h.samples)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = pixel_array(h.ds)
-    except Exception as exc:
+    except LoadError:
+        raise
+    except BaseException as exc:  # native plug-ins may raise BaseException (Rust panics)
+        if must_propagate(exc):
+            raise
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if h.compressed:
             raise UnsupportedTransferSyntaxError(
@@ -661,6 +729,9 @@ def _pydicom_pixels(h: DicomHeader) -> np.ndarray:
         # The encoded bytes were read into the dataset; the decoded array is all we keep.
         if "PixelData" in h.ds:
             del h.ds.PixelData
+    if arr.size != h.frames * h.rows * h.cols * h.samples:
+        raise CorruptFileError(h.path, f"decoded pixel data has {arr.size} values, the header "
+                                       f"describes {h.frames * h.rows * h.cols * h.samples}")
     if h.samples == 1:
         arr = arr.reshape(h.frames, h.rows, h.cols)
     else:

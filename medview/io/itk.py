@@ -17,21 +17,36 @@ import zlib
 import numpy as np
 import SimpleITK as sitk
 
-from medview.core.errors import CorruptFileError, LoadError, TooLargeError
+from medview.core.errors import CorruptFileError, LoadError
+from medview.core.limits import COPIES_ITK, check_budget
+from medview.core.safeio import inside, is_regular_file, open_regular
 from medview.core.volume import ImageVolume
 
-#: Refuse any image whose pixels would need more than this many bytes.
-MAX_IMAGE_BYTES = 4 * 1024**3
+#: Spacings outside these bounds (mm) are treated as unknown.
+MAX_SPACING_MM = 10_000.0
+MIN_SPACING_MM = 1e-6
+#: Bytes per component of SimpleITK's pixel types (the largest, 8, when unknown).
+_ITK_COMPONENT_BYTES = {
+    "8-bit unsigned integer": 1, "8-bit signed integer": 1, "16-bit unsigned integer": 2,
+    "16-bit signed integer": 2, "32-bit unsigned integer": 4, "32-bit signed integer": 4,
+    "64-bit unsigned integer": 8, "64-bit signed integer": 8, "32-bit float": 4,
+    "64-bit float": 8,
+}
 
 _NIFTI_BITPIX = {2: 8, 4: 16, 8: 32, 16: 32, 64: 64, 256: 8, 512: 16, 768: 32, 128: 24,
                  1024: 64, 1280: 64, 2304: 32}
 
 
 def _nifti_header(path: str, gz: bool) -> dict:
-    opener = gzip.open if gz else open
     try:
-        with opener(path, "rb") as f:
-            head = f.read(352)
+        with open_regular(path) as raw:
+            if gz:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                    head = f.read(352)
+            else:
+                head = raw.read(352)
+    except LoadError:
+        raise
     except (OSError, EOFError, zlib.error) as exc:
         raise CorruptFileError(path, f"unreadable NIfTI header: {exc}") from exc
     if len(head) < 348:
@@ -50,11 +65,16 @@ def _nifti_header(path: str, gz: bool) -> dict:
     bits = bitpix or _NIFTI_BITPIX.get(datatype, 0)
     if bits <= 0:
         raise CorruptFileError(path, f"NIfTI datatype {datatype} has no known size")
+    if not (math.isfinite(vox_offset) and 0 <= vox_offset < 2**40):
+        raise CorruptFileError(path, f"NIfTI vox_offset is {vox_offset} (must be a finite, "
+                                     "non-negative byte offset)")
     return {
         "sizes": sizes,
         "spacing": pixdim[1 : min(ndim, 3) + 1],
         "nbytes": int(np.prod(sizes, dtype=np.int64)) * bits // 8,
         "offset": max(int(vox_offset), 352),
+        "vox_offset": int(vox_offset),
+        "pair": head[344:348] == b"ni1\x00",
     }
 
 
@@ -62,12 +82,14 @@ def _count_gzip_bytes(path: str, limit: int) -> int:
     """Decompressed size of a gzip file, reading at most ``limit + 1`` bytes."""
     total = 0
     try:
-        with gzip.open(path, "rb") as g:
+        with open_regular(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as g:
             while total <= limit:
                 chunk = g.read(min(1 << 22, limit + 1 - total))
                 if not chunk:
                     break
                 total += len(chunk)
+    except LoadError:
+        raise
     except (OSError, EOFError, zlib.error) as exc:
         raise CorruptFileError(path, f"compressed data is corrupt or cut off: {exc}") from exc
     return total
@@ -76,7 +98,7 @@ def _count_gzip_bytes(path: str, limit: int) -> int:
 def text_header(path: str) -> dict[str, str]:
     """Key/value lines of a NRRD or MetaImage header (up to the data)."""
     fields: dict[str, str] = {}
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for _ in range(200):
             line = f.readline(4096)
             if not line or line in (b"\n", b"\r\n"):
@@ -92,24 +114,76 @@ def text_header(path: str) -> dict[str, str]:
     return fields
 
 
+def _data_file_reference(path: str, fmt: str) -> str | None:
+    """The detached data file a header names (relative to its folder), or None."""
+    if fmt == "meta":
+        value = text_header(path).get("elementdatafile", "")
+        return None if not value or value.upper() == "LOCAL" else value
+    if fmt == "nrrd":
+        fields = text_header(path)
+        value = fields.get("data file", fields.get("datafile", ""))
+        return value or None
+    if fmt == "nifti" and _nifti_header(path, False)["pair"]:
+        base, ext = os.path.splitext(path)
+        return os.path.basename(base) + (".IMG" if ext.isupper() else ".img")
+    return None
+
+
+def detached_data_files(path: str, fmt: str) -> list[str]:
+    """The data files a NRRD / MetaImage / NIfTI-pair header points to, each checked.
+
+    A header may name its pixel data in another file (NRRD ``data file:``, MetaImage
+    ``ElementDataFile``, the ``.img`` of a NIfTI pair). That file must be a regular file
+    inside the header's own folder: ``../../etc/passwd``, absolute paths, links out of the
+    folder, FIFOs and devices are refused before the reader can open them. File lists and
+    numbered patterns are not supported.
+
+    Raises
+    ------
+    LoadError
+        Naming the header and what was wrong with its data file.
+    """
+    ref = _data_file_reference(path, fmt)
+    if ref is None:
+        return []
+    if ref.upper().startswith("LIST") or "%" in ref or " " in ref.strip():
+        raise LoadError(path, "pixel data split over a list or pattern of files is not "
+                              "supported")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isabs(ref) or os.path.splitdrive(ref)[0]:
+        raise LoadError(path, "the header names a data file by absolute path; only files "
+                              "in the header's own folder are read")
+    target = os.path.normpath(os.path.join(folder, ref))
+    if not inside(target, folder):
+        raise LoadError(path, "the header's data file lies outside its folder; refused")
+    if not os.path.lexists(target):
+        raise CorruptFileError(path, "the header's data file is missing")
+    if not is_regular_file(target):
+        raise LoadError(path, "the header's data file is not a regular file (FIFO, device "
+                              "or socket?); refused")
+    return [target]
+
+
 def read_itk(path: str, fmt: str) -> ImageVolume:
     """Read a NIfTI / NRRD / MetaImage file into an LPS-oriented :class:`ImageVolume`."""
     warns: list[str] = []
     spacing_known = [True, True, True]
+    data_files = detached_data_files(path, fmt)
     if fmt in ("nifti", "nifti-gz"):
         info = _nifti_header(path, fmt == "nifti-gz")
-        if info["nbytes"] > MAX_IMAGE_BYTES:
-            raise TooLargeError(
-                path, f"header implies {info['nbytes'] / 1024**3:.1f} GiB of voxels"
-            )
-        need = info["offset"] + info["nbytes"]
-        have = os.path.getsize(path) if fmt == "nifti" else _count_gzip_bytes(path, need)
+        check_budget(path, info["nbytes"], COPIES_ITK, "voxels")
+        if data_files:  # a .hdr/.img pair: the voxels start at the .img's first byte
+            need = info["vox_offset"] + info["nbytes"]
+            have = os.path.getsize(data_files[0])
+        else:
+            need = info["offset"] + info["nbytes"]
+            have = os.path.getsize(path) if fmt == "nifti" else _count_gzip_bytes(path, need)
         if have < need:
             raise CorruptFileError(
                 path, f"file is shorter than its header implies ({have} of {need} bytes)"
             )
         for k, s in enumerate(info["spacing"]):
-            if not (math.isfinite(s) and s > 0):
+            if not (math.isfinite(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM):
                 spacing_known[k] = False
     else:
         fields = text_header(path)
@@ -129,11 +203,12 @@ def read_itk(path: str, fmt: str) -> ImageVolume:
     if any(s <= 0 for s in size):
         raise CorruptFileError(path, f"dimensions must be positive, got {list(size)}")
     comps = reader.GetNumberOfComponents()
-    nbytes = int(np.prod(size, dtype=np.int64)) * comps * 8
-    if nbytes > MAX_IMAGE_BYTES * 2:
-        raise TooLargeError(path, f"header implies {nbytes / 1024**3:.1f} GiB of voxels")
+    component = _ITK_COMPONENT_BYTES.get(sitk.GetPixelIDValueAsString(reader.GetPixelID())
+                                         .replace("vector of ", ""), 8)
+    nbytes = int(np.prod(size, dtype=np.int64)) * max(comps, 1) * component
+    check_budget(path, nbytes, COPIES_ITK, "voxels")
     for k, s in enumerate(reader.GetSpacing()[:3]):
-        if not (math.isfinite(s) and s > 0):
+        if not (math.isfinite(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM):
             spacing_known[k] = False
     try:
         image = reader.Execute()

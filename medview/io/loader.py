@@ -11,23 +11,20 @@ import logging
 import os
 from collections.abc import Generator, Iterable
 
-from medview.core.errors import LoadError
+from medview.core.errors import failure_reason, must_propagate
 from medview.core.progress import CancelToken, Progress, drain
+from medview.core.safeio import inside as _inside
+from medview.core.safeio import is_regular_file
 from medview.core.volume import LoadResult, SkippedFile
 from medview.io.detect import detect_format, preamble_warning
 from medview.io.dicom import DicomHeader, read_header
-from medview.io.itk import read_itk, text_header
+from medview.io.itk import detached_data_files, read_itk
 from medview.io.raster import read_raster
 from medview.io.series import iter_build_volume, plan_series
 
 log = logging.getLogger(__name__)
 
-
-def _inside(path: str, root: str) -> bool:
-    try:
-        return os.path.commonpath([os.path.realpath(path), root]) == root
-    except ValueError:
-        return False
+NOT_REGULAR = "not a regular file (FIFO, device or socket); not opened"
 
 
 def discover(paths: Iterable[str]) -> tuple[list[str], list[SkippedFile]]:
@@ -55,11 +52,14 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[SkippedFile]]:
                             SkippedFile(full, "link points outside the chosen folder; ignored")
                         )
                         continue
+                    if not is_regular_file(full):
+                        skipped.append(SkippedFile(full, NOT_REGULAR))
+                        continue
                     files.append(full)
-        elif os.path.isfile(path):
+        elif is_regular_file(path):
             files.append(path)
         elif os.path.lexists(path):
-            skipped.append(SkippedFile(path, "not a regular file"))
+            skipped.append(SkippedFile(path, NOT_REGULAR))
         else:
             skipped.append(SkippedFile(path, "file not found"))
     return files, skipped
@@ -89,18 +89,18 @@ def iter_load(
             elif fmt == "raster":
                 result.volumes.append(read_raster(path))
             else:
-                if fmt == "meta" and path.lower().endswith(".mhd"):
-                    data = text_header(path).get("elementdatafile", "")
-                    if data and data.upper() != "LOCAL":
-                        companions.add(os.path.join(os.path.dirname(path), data))
+                data_files = detached_data_files(path, fmt)  # checked: inside, regular
+                companions.update(os.path.normpath(p) for p in data_files)
                 result.volumes.append(read_itk(path, fmt))
-        except LoadError as exc:
-            result.skipped.append(SkippedFile(exc.path, exc.reason))
-        except MemoryError:
-            result.skipped.append(SkippedFile(path, "not enough memory to read this file"))
+        except BaseException as exc:  # one hostile file never costs the rest of the study
+            if must_propagate(exc):
+                raise
+            result.skipped.append(SkippedFile(getattr(exc, "path", path) or path,
+                                              failure_reason(exc)))
         yield Progress(k + 1, total + len(headers), "scanning files")
     if companions:
-        result.skipped = [s for s in result.skipped if s.path not in companions]
+        result.skipped = [s for s in result.skipped
+                          if os.path.normpath(s.path) not in companions]
     plans, dup_skipped = plan_series(headers)
     result.skipped.extend(dup_skipped)
     done = total
@@ -115,8 +115,11 @@ def iter_load(
                     volume, bad = stop.value
                     break
                 yield Progress(done + step.done, grand_total, "reading images")
-        except LoadError as exc:
-            result.skipped.append(SkippedFile(exc.path, exc.reason))
+        except BaseException as exc:  # a series that cannot be built costs only itself
+            if must_propagate(exc):
+                raise
+            reason = failure_reason(exc)
+            result.skipped.extend(SkippedFile(h.path, reason) for h in plan.headers)
             done += len(plan.headers)
             continue
         done += len(plan.headers)

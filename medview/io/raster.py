@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medview.core.errors import CorruptFileError, LoadError, NotAnImageError, TooLargeError
+from medview.core.limits import COPIES_RASTER, check_budget
+from medview.core.safeio import open_regular
 from medview.core.volume import ImageVolume
 
 #: Refuse images with more pixels than this (decompression bombs); checked on the header.
@@ -48,11 +50,29 @@ def _to_array(img: Image.Image, path: str, warns: list[str]) -> tuple[np.ndarray
 
 def read_raster(path: str) -> ImageVolume:
     """Read a PNG/JPEG/TIFF/BMP file (all pages of a multi-page TIFF of equal size)."""
+    with open_regular(path) as fh:
+        return _read_open_raster(path, fh)
+
+
+def _band_bytes(mode: str) -> int:
+    """Bytes per pixel of a Pillow mode once decoded (all bands)."""
+    if mode.startswith("I;16"):
+        return 2
+    if mode in ("I", "F"):
+        return 4
+    if mode == "1":
+        return 1
+    if mode in ("P", "PA"):
+        return 4  # expanded to RGB(A) on conversion
+    return max(Image.getmodebands(mode), 1) if mode in Image.MODES else 4
+
+
+def _read_open_raster(path: str, fh) -> ImageVolume:
     warns: list[str] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(fh)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLargeError(path, f"image too large to open safely: {exc}") from exc
     except UnidentifiedImageError as exc:
@@ -68,6 +88,10 @@ def read_raster(path: str) -> ImageVolume:
             raise TooLargeError(
                 path, f"{w}x{h} pixels x {n_frames} page(s) exceeds the limit of {MAX_PIXELS}"
             )
+        # decoded size from the header, times the copies made on the way (decode, mode
+        # conversion, numpy, stacking), before a pixel is decoded
+        check_budget(path, w * h * max(n_frames, 1) * _band_bytes(img.mode), COPIES_RASTER,
+                     f"pixels ({w}x{h}, {img.mode}, {n_frames} page(s))")
         frames: list[np.ndarray] = []
         photometric = "MONOCHROME2"
         try:

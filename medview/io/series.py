@@ -9,14 +9,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medview.core.errors import LoadError, TooLargeError
+from medview.core.errors import failure_reason, must_propagate
+from medview.core.limits import COPIES_NATIVE_DICOM, check_budget
 from medview.core.progress import CancelToken, Progress
 from medview.core.volume import ImageVolume, SkippedFile
 from medview.imaging.geometry import slice_normal, spacing_report
 from medview.io.dicom import DicomHeader, read_pixels
-
-#: Refuse a series whose pixels would need more than this many bytes in memory.
-MAX_SERIES_BYTES = 12 * 1024**3
 
 
 @dataclass
@@ -53,45 +51,62 @@ def plan_series(headers: list[DicomHeader]) -> tuple[list[SeriesPlan], list[Skip
         by_series[h.series_uid or f"no-uid:{h.path}"].append(h)
     plans: list[SeriesPlan] = []
     for uid, group in by_series.items():
-        seen: dict[str, DicomHeader] = {}
-        unique: list[DicomHeader] = []
-        for h in sorted(group, key=lambda x: x.path):
-            if h.sop_uid and h.sop_uid in seen:
-                skipped.append(
-                    SkippedFile(h.path, "duplicate SOP Instance UID: same image as another file")
-                )
-                continue
-            seen[h.sop_uid] = h
-            unique.append(h)
-        dup_warning = (
-            [f"{len(group) - len(unique)} duplicate file(s) skipped"]
-            if len(unique) < len(group)
-            else []
-        )
-        single = [h for h in unique if h.frames == 1]
-        multi = [h for h in unique if h.frames > 1]
-        parts: dict[tuple, list[DicomHeader]] = defaultdict(list)
-        for h in single:
-            key = (h.rows, h.cols, h.samples, h.out_photometric, h.orientation_key)
-            parts[key].append(h)
-        n_parts = len(parts) + len(multi)
-        k = 0
-        for part in parts.values():
-            k += 1
-            plan = _plan_single_frames(uid, part)
-            if n_parts > 1:
-                plan.description = f"{plan.description} (part {k} of {n_parts})".strip()
-                plan.warnings.insert(
-                    0, "series split: its images differ in size, colour or orientation"
-                )
-            plan.warnings[:0] = dup_warning
-            plans.append(plan)
-        for h in multi:
-            k += 1
-            plan = _plan_multiframe(uid, h)
-            if n_parts > 1:
-                plan.description = f"{plan.description} (part {k} of {n_parts})".strip()
-            plans.append(plan)
+        try:
+            group_plans, group_skipped = _plan_group(uid, group)
+        except BaseException as exc:  # one series that cannot be planned costs only itself
+            if must_propagate(exc):
+                raise
+            reason = failure_reason(exc)
+            skipped.extend(SkippedFile(h.path, reason) for h in group)
+            continue
+        plans.extend(group_plans)
+        skipped.extend(group_skipped)
+    return plans, skipped
+
+
+def _plan_group(uid: str, group: list[DicomHeader]) -> tuple[list[SeriesPlan],
+                                                                list[SkippedFile]]:
+    skipped: list[SkippedFile] = []
+    plans: list[SeriesPlan] = []
+    seen: dict[str, DicomHeader] = {}
+    unique: list[DicomHeader] = []
+    for h in sorted(group, key=lambda x: x.path):
+        if h.sop_uid and h.sop_uid in seen:
+            skipped.append(
+                SkippedFile(h.path, "duplicate SOP Instance UID: same image as another file")
+            )
+            continue
+        seen[h.sop_uid] = h
+        unique.append(h)
+    dup_warning = (
+        [f"{len(group) - len(unique)} duplicate file(s) skipped"]
+        if len(unique) < len(group)
+        else []
+    )
+    single = [h for h in unique if h.frames == 1]
+    multi = [h for h in unique if h.frames > 1]
+    parts: dict[tuple, list[DicomHeader]] = defaultdict(list)
+    for h in single:
+        key = (h.rows, h.cols, h.samples, h.out_photometric, h.orientation_key)
+        parts[key].append(h)
+    n_parts = len(parts) + len(multi)
+    k = 0
+    for part in parts.values():
+        k += 1
+        plan = _plan_single_frames(uid, part)
+        if n_parts > 1:
+            plan.description = f"{plan.description} (part {k} of {n_parts})".strip()
+            plan.warnings.insert(
+                0, "series split: its images differ in size, colour or orientation"
+            )
+        plan.warnings[:0] = dup_warning
+        plans.append(plan)
+    for h in multi:
+        k += 1
+        plan = _plan_multiframe(uid, h)
+        if n_parts > 1:
+            plan.description = f"{plan.description} (part {k} of {n_parts})".strip()
+        plans.append(plan)
     return plans, skipped
 
 
@@ -174,13 +189,10 @@ def iter_build_volume(
     n = plan.n_images
     dtype = np.result_type(*{h.out_dtype for h in plan.headers})
     shape = (n, h0.rows, h0.cols) + ((3,) if h0.out_photometric == "RGB" else ())
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if nbytes > MAX_SERIES_BYTES:
-        raise TooLargeError(
-            h0.path,
-            f"series would need {nbytes / 1024**3:.1f} GiB; the limit is "
-            f"{MAX_SERIES_BYTES / 1024**3:.0f} GiB",
-        )
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # the series array plus one file's decoding on the way
+    largest = max(h.expected_bytes for h in plan.headers)
+    check_budget(h0.path, nbytes + largest * (COPIES_NATIVE_DICOM - 1), 1, "series")
     pixels = np.empty(shape, dtype=dtype)
     keep = np.ones(n, dtype=bool)
     skipped: list[SkippedFile] = []
@@ -194,9 +206,12 @@ def iter_build_volume(
         try:
             arr = read_pixels(h)
             pixels[i : i + h.frames] = arr
-        except LoadError as exc:
+            del arr
+        except BaseException as exc:  # one bad file: the rest of the series still loads
+            if must_propagate(exc):
+                raise
             keep[i : i + h.frames] = False
-            skipped.append(SkippedFile(h.path, exc.reason))
+            skipped.append(SkippedFile(h.path, failure_reason(exc)))
         slopes[i : i + h.frames] = h.slopes
         intercepts[i : i + h.frames] = h.intercepts
         paths.extend([h.path] * h.frames)

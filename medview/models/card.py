@@ -10,16 +10,39 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from medview.core.errors import MedviewError
 from medview.core.modeling import Preprocessing
+from medview.core.safeio import UnsafeFileError, read_capped
 
 SCHEMA_VERSION = 1
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
 README_FILE = "README.md"
+#: A card is a few kB; anything far larger is refused unread.
+MAX_CARD_BYTES = 1024 * 1024
+MAX_README_BYTES = 1024 * 1024
+#: The largest model input side accepted (a 1024x1024x3 float32 input is 12 MiB).
+MAX_INPUT_SIDE = 1024
+
+#: An architecture is a plain name from timm's local registry: letters, digits and
+#: underscores. No ``hf-hub:``/``local-dir:`` prefixes, no pretrained tags, no paths.
+ARCH_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+#: The only architecture arguments a card may pass to the model constructor, with the
+#: check each value must pass. Anything else (``checkpoint_path``, ``pretrained_cfg``,
+#: ``pretrained_cfg_overlay``, ...) could make the library read files or the network.
+ARCH_ARGS: dict[str, Any] = {
+    "num_classes": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 1000,
+    "in_chans": lambda v: v in (1, 3) and not isinstance(v, bool),
+    "drop_rate": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    and 0.0 <= v < 1.0,
+    "drop_path_rate": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    and 0.0 <= v < 1.0,
+    "global_pool": lambda v: v in ("avg", "max", "avgmax", "catavgmax"),
+}
 
 
 class CardError(MedviewError):
@@ -91,8 +114,17 @@ def validate_card(card: Any, where: str = "card.json") -> dict:
     if not card["id"] or any(c in card["id"] for c in "/\\:") or card["id"].startswith("."):
         raise CardError(where, "id must be a plain name (no slashes)")
     arch = card["architecture"]
-    _require(arch, "architecture.", "name", str, where)
-    _require(arch, "architecture.", "args", dict, where)
+    arch_name = _require(arch, "architecture.", "name", str, where)
+    if not ARCH_NAME.fullmatch(arch_name):
+        raise CardError(where, "architecture.name must be a plain timm model name (letters, "
+                               "digits, underscores; no hub or folder prefixes)")
+    for key, value in _require(arch, "architecture.", "args", dict, where).items():
+        check = ARCH_ARGS.get(key)
+        if check is None:
+            raise CardError(where, f"architecture.args.{key} is not allowed (allowed: "
+                                   f"{', '.join(ARCH_ARGS)})")
+        if not check(value):
+            raise CardError(where, f"architecture.args.{key} has an invalid value {value!r}")
     classes = card["classes"]
     if len(classes) < 2:
         raise CardError(where, "a classifier needs at least two classes")
@@ -123,8 +155,10 @@ def validate_card(card: Any, where: str = "card.json") -> dict:
         raise CardError(where, "calibration.temperature must be positive")
     pre = card["preprocessing"]
     size = _require(pre, "preprocessing.", "size", list, where)
-    if len(size) != 2 or not all(isinstance(s, int) and 8 <= s <= 4096 for s in size):
-        raise CardError(where, "preprocessing.size must be [height, width] in pixels")
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool)
+                                 and 8 <= s <= MAX_INPUT_SIDE for s in size):
+        raise CardError(where, f"preprocessing.size must be [height, width], each 8 to "
+                               f"{MAX_INPUT_SIDE} pixels")
     channels = _require(pre, "preprocessing.", "channels", int, where)
     if channels not in (1, 3):
         raise CardError(where, "preprocessing.channels must be 1 or 3")
@@ -229,10 +263,12 @@ def read_card(folder: str, source: str = "bundled") -> ModelCard:
     path = os.path.join(folder, CARD_FILE)
     where = os.path.join(os.path.basename(os.path.normpath(folder)), CARD_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_capped(path, MAX_CARD_BYTES, root=folder).decode("utf-8"))
     except FileNotFoundError as exc:
         raise CardError(where, "no card.json in the model folder") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CardError(where, f"unreadable card: {exc}") from exc
+    except UnsafeFileError as exc:
+        raise CardError(where, f"refused: {exc.reason}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise CardError(where, f"unreadable card: {reason}") from exc
     return ModelCard(validate_card(data, where), os.path.abspath(folder), source)

@@ -12,7 +12,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from medview.core.errors import must_propagate
 from medview.models.card import CARD_FILE, CardError, ModelCard, read_card
+from medview.models.staging import clean_stale_exports
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +72,29 @@ class Registry:
 def _scan(folder: str | None, source: str, reg: Registry, seen: set[str]) -> None:
     if not folder or not os.path.isdir(folder):
         return
-    for name in sorted(os.listdir(folder)):
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        reg.errors.append(CardError(os.path.basename(folder), f"models folder unreadable: "
+                                                              f"{exc.strerror or exc}"))
+        return
+    for name in names:
         path = os.path.join(folder, name)
         if name.startswith(".") or not os.path.isdir(path):
             continue  # hidden temp folders of an export in progress are ignored
-        if not os.path.exists(os.path.join(path, CARD_FILE)):
+        if not os.path.lexists(os.path.join(path, CARD_FILE)):
             continue
         try:
             card = read_card(path, source)
         except CardError as exc:
             log.warning("model card refused: %s", exc.reason)
             reg.errors.append(exc)
+            continue
+        except BaseException as exc:  # one broken folder never hides the others
+            if must_propagate(exc):
+                raise
+            log.warning("model card refused: %s", type(exc).__name__)
+            reg.errors.append(CardError(name, f"unreadable model folder ({type(exc).__name__})"))
             continue
         if card.id in seen:
             reg.errors.append(CardError(name, f"duplicate model id {card.id!r}; ignored"))
@@ -94,7 +108,9 @@ def discover_models(extra_dirs: list[str] | None = None) -> Registry:
     reg = Registry()
     seen: set[str] = set()
     _scan(bundled_models_dir(), "bundled", reg, seen)
-    _scan(user_models_dir(), "user", reg, seen)
+    user = user_models_dir()
+    clean_stale_exports(user)  # leftovers of an export that was killed
+    _scan(user, "user", reg, seen)
     for d in extra_dirs or []:
         _scan(d, "user", reg, seen)
     return reg

@@ -7,68 +7,134 @@ unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
 
 from medview.core.errors import MedviewError
-from medview.core.progress import file_sha256
+from medview.core.safeio import UnsafeFileError, open_regular
 
-MAX_HEADER = 100 * 1024 * 1024
+MAX_HEADER = 16 * 1024 * 1024
+#: Bundled models are ~14 MB; a model folder's weights may not exceed this.
+MAX_WEIGHTS_BYTES = 4 * 1024**3
+ALLOWED_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 
 
 class WeightsError(MedviewError):
     """Weights were refused; the message says why."""
 
 
-def check_safetensors_file(path: str) -> None:
-    """Refuse anything that is not a complete safetensors file, by content."""
+def _parse_header(f, size: int) -> dict:
+    """The validated JSON header of an open safetensors file of ``size`` bytes."""
+    head = f.read(16)
+    if head[:2] == b"PK":
+        raise WeightsError("refused: a ZIP/TorchScript archive, not safetensors")
+    if head[:1] == b"\x80":
+        raise WeightsError("refused: a Python pickle, not safetensors")
+    if len(head) < 8:
+        raise WeightsError("refused: the file is empty or truncated")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n <= 1 or n > MAX_HEADER or 8 + n > size:
+        raise WeightsError("refused: not a safetensors file, or truncated")
+    f.seek(8)
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(16)
-            if head[:2] == b"PK":
-                raise WeightsError("refused: a ZIP/TorchScript archive, not safetensors")
-            if head[:1] == b"\x80":
-                raise WeightsError("refused: a Python pickle, not safetensors")
-            if len(head) < 8:
-                raise WeightsError("refused: the file is empty or truncated")
-            (n,) = struct.unpack("<Q", head[:8])
-            if n <= 1 or n > MAX_HEADER or 8 + n > size:
-                raise WeightsError("refused: not a safetensors file, or truncated")
-            f.seek(8)
-            header = json.loads(f.read(n))
-    except FileNotFoundError as exc:
-        raise WeightsError("the weights file is missing") from exc
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"refused: unreadable safetensors header ({exc})") from exc
+        header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise WeightsError("refused: unreadable safetensors header") from exc
+    if not isinstance(header, dict):
+        raise WeightsError("refused: unreadable safetensors header")
     end = 0
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         try:
-            end = max(end, int(entry["data_offsets"][1]))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            start, stop = (int(v) for v in entry["data_offsets"])
+            shape = [int(d) for d in entry["shape"]]
+            dtype = str(entry["dtype"])
+        except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"refused: malformed entry for tensor {name!r}") from exc
+        if dtype not in ALLOWED_DTYPES or not 0 <= start <= stop or any(d < 0 for d in shape):
+            raise WeightsError(f"refused: malformed entry for tensor {name!r}")
+        end = max(end, stop)
     if 8 + n + end != size:
         raise WeightsError(
             f"refused: the file is truncated or padded ({size} bytes, header says {8 + n + end})"
         )
+    return header
 
 
-def load_verified_state_dict(path: str, expected_sha256: str) -> dict:
-    """The tensors of a safetensors file whose sha256 matches the card."""
-    from safetensors.torch import load_file
+def _open(path: str, root: str | None):
+    try:
+        return open_regular(path, max_bytes=MAX_WEIGHTS_BYTES, root=root)
+    except UnsafeFileError as exc:
+        raise WeightsError(f"refused: {exc.reason}") from exc
 
-    check_safetensors_file(path)
-    actual = file_sha256(path)
+
+def check_safetensors_file(path: str, root: str | None = None) -> dict:
+    """Refuse anything that is not a complete safetensors file, by content; return its
+    header. With ``root``, a file (or link) leading outside that folder is refused."""
+    try:
+        with _open(path, root) as f:
+            return _parse_header(f, os.fstat(f.fileno()).st_size)
+    except FileNotFoundError as exc:
+        raise WeightsError("the weights file is missing") from exc
+    except UnsafeFileError as exc:
+        raise WeightsError(f"refused: {exc.reason}") from exc
+    except OSError as exc:
+        raise WeightsError(f"refused: unreadable weights file ({exc.strerror or exc})") from exc
+
+
+def check_shapes(header: dict, expected: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a header whose tensor names or shapes differ from ``expected``."""
+    have = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items()
+            if k != "__metadata__"}
+    missing = [k for k in expected if k not in have]
+    unexpected = [k for k in have if k not in expected]
+    wrong = [f"{k} {have[k]} vs {tuple(expected[k])}" for k in expected
+             if k in have and have[k] != tuple(expected[k])]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("wrong shapes: " + "; ".join(wrong[:3]))
+        if missing:
+            parts.append(f"{len(missing)} missing tensor(s) e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) e.g. {unexpected[0]}")
+        raise WeightsError("refused: weights do not fit the architecture: " + ", ".join(parts))
+
+
+def load_verified_state_dict(path: str, expected_sha256: str,
+                             expected_shapes: dict[str, tuple[int, ...]] | None = None,
+                             root: str | None = None) -> dict:
+    """The tensors of a safetensors file whose sha256 matches the card.
+
+    Order of checks, cheapest first: a regular file inside ``root``; the header (size,
+    offsets, dtypes); the tensor names and shapes against ``expected_shapes`` (so a huge
+    or sparse file is refused in milliseconds); then the sha256 of the bytes that are then
+    parsed (read once: no window between hashing and loading).
+    """
+    from safetensors.torch import load as load_bytes
+
+    try:
+        with _open(path, root) as f:
+            header = _parse_header(f, os.fstat(f.fileno()).st_size)
+            if expected_shapes is not None:
+                check_shapes(header, expected_shapes)
+            f.seek(0)
+            data = f.read()
+    except FileNotFoundError as exc:
+        raise WeightsError("the weights file is missing") from exc
+    except OSError as exc:
+        raise WeightsError(f"refused: unreadable weights file ({exc.strerror or exc})") from exc
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise WeightsError(
             f"refused: weights sha256 {actual[:12]}... does not match the card's "
             f"{expected_sha256[:12]}... (file changed or corrupted)"
         )
     try:
-        return load_file(path, device="cpu")
+        return load_bytes(data)
     except Exception as exc:
         raise WeightsError(f"refused: unreadable safetensors data ({exc})") from exc
 
@@ -96,9 +162,13 @@ def load_into(model, state: dict) -> None:
 
 
 def save_weights(model, path: str, metadata: dict[str, str] | None = None) -> str:
-    """Write a model's state dict as safetensors; return the file's sha256."""
-    from safetensors.torch import save_file
+    """Write a model's state dict as safetensors (flushed to disk); return its sha256."""
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, path, metadata=metadata or {})
-    return file_sha256(path)
+    data = save(state, metadata=metadata or {})
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()

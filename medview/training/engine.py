@@ -156,7 +156,11 @@ def build_base(cfg: TrainConfig, n_classes: int, classes: list[str]):
                   "license": info["license"]}
         return model, parent, info["mean"], info["std"]
     if cfg.base.startswith("timm:"):
+        from medview.models.card import ARCH_NAME
+
         arch = cfg.base.split(":", 1)[1]
+        if not ARCH_NAME.fullmatch(arch) or not timm.is_model(arch):
+            raise TrainingError(f"unknown timm architecture {arch!r} (built-in names only)")
         model = timm.create_model(arch, pretrained=False, num_classes=n_classes)
         if cfg.weights_file and cfg.strategy != "scratch":
             return model, *_load_local_weights(model, arch, cfg.weights_file)
@@ -187,7 +191,7 @@ def _load_local_weights(model, arch: str, path: str):
     from medview.core.progress import file_sha256
     from medview.models.weights import WeightsError, check_safetensors_file
 
-    check_safetensors_file(path)
+    check_safetensors_file(path)  # a regular, complete safetensors file; never a pickle
     state = load_file(path, device="cpu")
     target = model.state_dict()
     head = {f"{n}.weight" for n, _ in [(model.default_cfg.get("classifier", "classifier"), 0)]}
@@ -200,7 +204,7 @@ def _load_local_weights(model, arch: str, path: str):
                            f"missing or of another shape, e.g. {missing[0]}")
     model.load_state_dict(usable, strict=False)
     cfg = model.pretrained_cfg
-    parent = {"kind": "local-file", "id": os.path.basename(path),
+    parent = {"kind": "local-file", "id": None,
               "weights_sha256": file_sha256(path), "architecture": arch}
     return parent, list(cfg.get("mean", (0.485, 0.456, 0.406))), list(
         cfg.get("std", (0.229, 0.224, 0.225)))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
+from medview.core.safeio import fsync_dir
 from medview.models.card import CARD_FILE, README_FILE, WEIGHTS_FILE, validate_card
+from medview.models.staging import LOCK_FILE, TMP_PREFIX, clean_stale_exports, staging_folder
 from medview.models.weights import save_weights
 
-TMP_PREFIX = ".medview-export-"
+__all__ = ["TMP_PREFIX", "clean_stale_exports", "export_model", "json_safe", "render_readme"]
 
 
 def json_safe(value):
@@ -29,18 +29,6 @@ def json_safe(value):
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return None
     return value
-
-
-def clean_stale_exports(out_dir: str) -> int:
-    """Remove temporary folders of interrupted exports; returns how many were removed."""
-    if not os.path.isdir(out_dir):
-        return 0
-    n = 0
-    for name in os.listdir(out_dir):
-        if name.startswith(TMP_PREFIX):
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-            n += 1
-    return n
 
 
 def render_readme(card: dict) -> str:
@@ -95,23 +83,24 @@ def export_model(model, card: dict, out_dir: str, extra_readme: str = "") -> str
     final = os.path.join(out_dir, card["id"])
     if os.path.exists(final):
         raise FileExistsError(f"a model named {card['id']!r} already exists in {out_dir}")
-    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir)
-    try:
+    with staging_folder(out_dir) as tmp:
         # one metadata key only: safetensors writes several in random order, which would
         # change the file's hash from run to run
         sha = save_weights(model, os.path.join(tmp, WEIGHTS_FILE),
                            metadata={"medview_model": f"{card['id']} {card['version']}"})
         card = json_safe({**card, "weights": {"file": WEIGHTS_FILE, "sha256": sha}})
         validate_card(card, f"{card['id']}/{CARD_FILE}")
-        with open(os.path.join(tmp, CARD_FILE), "w", encoding="utf-8") as f:
-            json.dump(card, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        with open(os.path.join(tmp, README_FILE), "w", encoding="utf-8") as f:
-            f.write(render_readme(card) + extra_readme)
+        _write_synced(os.path.join(tmp, CARD_FILE),
+                      json.dumps(card, indent=2, allow_nan=False) + "\n")
+        _write_synced(os.path.join(tmp, README_FILE), render_readme(card) + extra_readme)
+        os.remove(os.path.join(tmp, LOCK_FILE))
         os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fsync_dir(out_dir)
     return final
+
+
+def _write_synced(path: str, text: str) -> None:
+    with open(path, "x", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
