@@ -110,7 +110,7 @@ def run_launch() -> list[tuple[str, str, str, str]]:
         "from medview.gui.main_window import MainWindow;"
         "from PySide6.QtCore import QTimer, QSettings; import tempfile, os;"
         "s = QSettings(os.path.join(tempfile.mkdtemp(), 's.ini'), QSettings.Format.IniFormat);"
-        "w = MainWindow(settings=s); w.show(); p = w.model_panel;"
+        "w = MainWindow(settings=s); w.show(); p = w.model_panel; p.wait_for_models();"
         "ids = [c.id for c in p.cards]; p.model_box.setCurrentIndex(ids.index('cxr-pneumonia'));"
         "p.show_overlay.setChecked(False); p.auto_run.setChecked(True); times = [];"
         "worst = [0.0]; last = [time.perf_counter()]\n"
@@ -148,7 +148,7 @@ app = create_app()
 from PySide6.QtCore import QSettings, QTimer
 from medview.gui.main_window import MainWindow
 s = QSettings(os.path.join(tempfile.mkdtemp(), "s.ini"), QSettings.Format.IniFormat)
-w = MainWindow(settings=s); w.show(); p = w.model_panel
+w = MainWindow(settings=s); w.show(); p = w.model_panel; p.wait_for_models()
 i = [c.id for c in p.cards].index("cxr-pneumonia")
 p.model_box.setCurrentIndex(i); p.auto_run.setChecked(True); p.show_overlay.setChecked(False)
 worst = [0.0]; last = [time.perf_counter()]; t = {}
@@ -209,6 +209,7 @@ def run_saliency_stall() -> list[tuple[str, str, str, str]]:
     win.open_paths([sample_path("cr-chest")])
     loop.exec()
     panel = win.model_panel
+    panel.wait_for_models()
     panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("cxr-pneumonia"))
     panel.show_overlay.setChecked(True)
     worst = 0.0

@@ -155,6 +155,9 @@ class StartupReport:
         window.volume_shown.connect(lambda _i: self.mark("first_image_s"))
         window.model_panel.prediction_ready.connect(lambda _p: self.mark("first_prediction_s"))
         window.load_failed.connect(lambda msg: self.finish(error=msg))
+        window.load_finished.connect(
+            lambda result: None if result.volumes else self.finish(error="nothing could be "
+                                                                          "loaded"))
         window.model_panel.failed.connect(lambda msg: self.finish(error=msg))
 
     def mark(self, name: str) -> None:
@@ -186,7 +189,7 @@ def launch(args: argparse.Namespace, app, settings=None):
         from medview.io.samples import sample_path
 
         paths.append(sample_path(args.sample))
-    model_ok = bool(args.model) and select_model(window, args.model)
+    model_ok = bool(args.model)  # until the model folders are read (in the background)
     if args.startup_report:
         last = ("first_prediction_s" if paths and model_ok else
                 "first_image_s" if paths else "first_window_s")
@@ -207,6 +210,19 @@ def launch(args: argparse.Namespace, app, settings=None):
             window.load_finished.connect(grab)
         else:
             grab()
+    if args.model:
+        def choose() -> None:
+            if select_model(window, args.model):
+                return
+            if args.screenshot and paths:
+                grab()  # the unknown model is named in the panel
+            if args.startup_report:
+                report = window._startup_report
+                report.last = "first_image_s" if paths else "first_window_s"
+                if report.last in report.times and "first_window_s" in report.times:
+                    report.finish()
+
+        window.model_panel.when_models_ready(choose)
     if paths:
         window.open_paths(paths)
     router.set_window(window)
@@ -225,7 +241,11 @@ def select_model(window, model_id: str) -> bool:
     panel.auto_run.setChecked(True)
     # not warmed up here: the model loads when the study arrives, which it does in well
     # under a second; loading both at once only delayed the first image (GIL)
-    panel.model_box.setCurrentIndex(ids.index(model_id))
+    k = ids.index(model_id)
+    if panel.model_box.currentIndex() != k:
+        panel.model_box.setCurrentIndex(k)  # runs on the image in view, if any
+    elif panel.volume is not None:
+        panel.run()  # the study arrived before the model list was read
     window.model_dock.raise_()
     return True
 

@@ -367,10 +367,21 @@ class MainWindow(QMainWindow):
         for entry in self.recent():
             paths = entry.split(os.pathsep)
             label = ", ".join(os.path.basename(p.rstrip("/\\")) or p for p in paths)
-            act = QAction(label, self)
+            act = QAction(label.replace("&", "&&"), self)
             act.triggered.connect(lambda _=False, p=paths: self.open_paths(p))
             self.recent_menu.addAction(act)
+        if self.recent():
+            self.recent_menu.addSeparator()
+            self.act_clear_recent = QAction("Clear recent studies", self,
+                                            triggered=self.clear_recent)
+            self.recent_menu.addAction(self.act_clear_recent)
         self.recent_menu.setEnabled(bool(self.recent()))
+
+    def clear_recent(self) -> None:
+        """Forget the recent-study paths (they persist in medview's QSettings file)."""
+        self.settings.remove("recent")
+        self.settings.sync()
+        self._refresh_recent()
 
     # ------------------------------------------------------------------ drag and drop
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:

@@ -45,6 +45,23 @@ METHOD_NAMES = {"gradcam": "Grad-CAM", "ig": "Integrated Gradients", "smoothgrad
                 "occlusion": "Occlusion"}
 
 
+def card_readme(card) -> str:
+    """A model folder's README as text: a regular file inside the folder, at most 1 MiB
+    (a FIFO or a link to a device never blocks the window)."""
+    from medview.core.safeio import read_capped
+    from medview.models.card import MAX_README_BYTES, README_FILE
+
+    try:
+        data = read_capped(os.path.join(card.folder, README_FILE), MAX_README_BYTES,
+                           root=card.folder)
+    except FileNotFoundError:
+        return ""
+    except Exception as exc:  # UnsafeFileError (FIFO, device, too large, outside), OSError
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        return f"(README not shown: {reason})"
+    return data.decode("utf-8", errors="replace")
+
+
 def _plain_label(text: str = "", wrap: bool = True) -> QLabel:
     lab = QLabel(text)
     lab.setTextFormat(Qt.TextFormat.PlainText)
@@ -103,12 +120,14 @@ class ModelPanel(QWidget):
     saliency_ready = Signal(object)  # (rows, cols) map
     batch_finished = Signal(object)  # list of (description, path, Prediction)
     failed = Signal(str)
+    models_ready = Signal()  # the model list was (re)read
 
     def __init__(self, jobs: JobRunner, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.jobs = jobs
         self.registry = None
         self.cards = []
+        self.models_loaded = False
         self.volume: ImageVolume | None = None
         self.index = 0
         self.volumes_provider = lambda: []
@@ -225,9 +244,52 @@ class ModelPanel(QWidget):
 
     # ------------------------------------------------------------------ models
     def refresh_models(self, select: str | None = None) -> None:
+        """Re-read the model folders in a worker thread (a model folder on a slow share, or
+        a hostile one, never freezes the window); the list updates when they are read."""
         from medview.models.registry import discover_models
 
-        self.registry = discover_models()
+        def job(_token):
+            yield Progress(0, 1, "reading model folders")
+            return discover_models()
+
+        if not self.cards:
+            self.summary.setText("Reading the model folders...")
+            for w in (self.run_button, self.explain_button, self.batch_button,
+                      self.card_button):
+                w.setEnabled(False)
+        handle = self.jobs.start("models", job)
+        handle.succeeded.connect(lambda reg, j=handle: self._apply_registry(j, reg, select))
+        handle.failed.connect(lambda exc: self.status.setText(
+            f"Model folders could not be read ({type(exc).__name__})"))
+
+    def when_models_ready(self, callback) -> None:
+        """Call ``callback()`` once the model list has been read (now, if it has)."""
+        if self.models_loaded:
+            callback()
+            return
+
+        def once() -> None:
+            self.models_ready.disconnect(once)
+            callback()
+
+        self.models_ready.connect(once)
+
+    def wait_for_models(self, timeout_ms: int = 30000) -> None:
+        """Block in a local event loop until the model list is read (scripts, benchmarks)."""
+        if self.models_loaded:
+            return
+        from PySide6.QtCore import QEventLoop, QTimer
+
+        loop = QEventLoop()
+        self.models_ready.connect(loop.quit)
+        QTimer.singleShot(timeout_ms, loop.quit)
+        loop.exec()
+        self.models_ready.disconnect(loop.quit)
+
+    def _apply_registry(self, job, registry, select: str | None) -> None:
+        if not self.jobs.is_current(job):
+            return
+        self.registry = registry
         self.cards = list(self.registry.models)
         current = select or (self.current_card().id if self.current_card() else None)
         self.model_box.blockSignals(True)
@@ -242,6 +304,8 @@ class ModelPanel(QWidget):
         if self.registry.errors:
             self.status.setText("Refused model(s): " + "; ".join(
                 f"{e.where}: {e.reason}" for e in self.registry.errors))
+        self.models_loaded = True
+        self.models_ready.emit()
 
     def current_card(self):
         k = self.model_box.currentIndex() if hasattr(self, "model_box") else -1
@@ -281,11 +345,7 @@ class ModelPanel(QWidget):
         dlg.setWindowTitle(f"Model card: {card.name}")
         text = QPlainTextEdit()
         text.setReadOnly(True)
-        readme = os.path.join(card.folder, "README.md")
-        body = ""
-        if os.path.isfile(readme):
-            with open(readme, encoding="utf-8", errors="replace") as f:
-                body = f.read()
+        body = card_readme(card)
         text.setPlainText(body + "\n\n--- card.json ---\n" + json.dumps(card.data, indent=2))
         lay = QVBoxLayout(dlg)
         lay.addWidget(text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QImage, QPixmap
@@ -22,6 +24,12 @@ from medview.core.volume import ImageVolume, SkippedFile
 from medview.imaging import render_slice
 
 THUMB = 72
+
+
+def plain_tooltip(text: str) -> str:
+    """Tooltip markup that shows ``text`` literally: Qt renders a tooltip as rich text
+    whenever it looks like HTML, so DICOM strings and file names are escaped first."""
+    return "<p style='white-space:pre'>" + html.escape(text) + "</p>"
 
 
 def thumbnail(volume: ImageVolume) -> QPixmap:
@@ -66,7 +74,7 @@ class SeriesBrowser(QListWidget):
         warn = f"  ({len(volume.warnings)} warning(s))" if volume.warnings else ""
         text = f"{desc}\n{volume.modality} · {volume.n_slices} {kind}{flag}{warn}"
         item = QListWidgetItem(QIcon(thumbnail(volume)), text)
-        item.setToolTip("\n".join(volume.warnings) or desc)
+        item.setToolTip(plain_tooltip("\n".join(volume.warnings) or desc))
         self.addItem(item)
 
     def _on_row(self, row: int) -> None:
@@ -152,7 +160,7 @@ class SkippedPanel(QTableWidget):
         self.setRowCount(start + len(skipped))
         for k, s in enumerate(skipped):
             item = QTableWidgetItem(s.path.replace("\\", "/").rsplit("/", 1)[-1])
-            item.setToolTip(s.path)
+            item.setToolTip(plain_tooltip(s.path))
             self.setItem(start + k, 0, item)
             self.setItem(start + k, 1, QTableWidgetItem(s.reason))
         self.resizeColumnToContents(0)

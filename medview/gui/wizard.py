@@ -291,9 +291,14 @@ class ModelPage(QWizardPage):
                            ("efficientnet-lite1", "EfficientNet-Lite1 (ImageNet, 240 px)"),
                            ("efficientnet-lite2", "EfficientNet-Lite2 (ImageNet, 260 px)")):
             self.base_box.addItem(label, bid)
-        from medview.models.registry import discover_models
+        panel = getattr(wiz.parent(), "model_panel", None)
+        if panel is not None and panel.models_loaded:  # read in the background already
+            cards = panel.cards
+        else:
+            from medview.models.registry import discover_models
 
-        for card in discover_models().models:
+            cards = discover_models().models
+        for card in cards:
             self.base_box.addItem(f"Model: {card.name} ({card.version})", card.id)
         self.base_box.addItem("Other timm architecture with a local weights file...", "other")
         self.base_box.currentIndexChanged.connect(self._on_base)

@@ -15,7 +15,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
-from medview.core.errors import CancelledError
+from medview.core.errors import CancelledError, must_propagate
 from medview.core.progress import CancelToken, Progress
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class JobThread(QThread):
                 self.succeeded.emit(result)
         except CancelledError:
             self.cancelled.emit()
-        except Exception as exc:
+        except BaseException as exc:  # native plug-ins may raise BaseException (Rust panics)
+            if must_propagate(exc):
+                raise
             # the type only: messages can name files, which must not reach the logs
             log.error("background job failed: %s", type(exc).__name__)
             self.failed.emit(exc)

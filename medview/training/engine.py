@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import time
+from collections import Counter
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field, fields
 
@@ -559,19 +560,22 @@ def _versions() -> dict[str, str]:
 def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds, rule,
                positive, metrics, history, best_epoch, warns, seconds, model) -> dict:
     arch = model.pretrained_cfg["architecture"]
-    model_id = cfg.id or _slug(cfg.name or f"{os.path.basename(os.path.normpath(cfg.data))}-"
-                                             f"{cfg.strategy}")
+    # Default names never come from paths: a training folder may be named after a patient,
+    # and the id, name, README and weights metadata travel with a shared model.
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = parent.get("id") or arch
+    model_id = cfg.id or _slug(cfg.name or f"{base}-{cfg.strategy}-{stamp}")
     card_over = dict(cfg.card)
     class_desc = card_over.pop("class_descriptions", {})
     recipe = {k: v for k, v in asdict(cfg).items()
-              if k not in ("data", "out", "card", "name", "id", "version", "device",
+              if k not in ("data", "out", "card", "name", "id", "version", "device", "weights_file",
                            "num_threads")}
     recipe.update(best_epoch=best_epoch, history=history,
                   training_seconds=round(seconds, 1), library_versions=_versions())
     card = {
         "schema_version": 1,
         "id": model_id,
-        "name": cfg.name or model_id,
+        "name": cfg.name or f"{base} fine-tuned ({cfg.strategy}), {stamp[:8]}",
         "version": cfg.version,
         "parent": parent,
         "architecture": {"name": arch, "args": {"num_classes": len(classes)}},
@@ -589,7 +593,8 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
                           "std": list(std)},
         "metrics": metrics,
         "training_data": {
-            "source": _data_name(cfg.data),
+            "source": data_source(ds),
+            "content_sha256": data_content_sha256(ds),
             "counts": {sp: ds.counts(idx) for sp, idx in splits.items()},
             "patients": {sp: len({ds.samples[i].patient for i in idx if ds.samples[i].patient})
                          for sp, idx in splits.items()},
@@ -617,11 +622,22 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
     return card
 
 
-def _data_name(path: str) -> str:
-    """The dataset's name for the card: its folder name, never a full path."""
-    if os.path.isfile(path):
-        return os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return os.path.basename(os.path.normpath(path))
+def data_content_sha256(ds) -> str:
+    """One hash of the training data's content: the sorted (label, file sha256) pairs.
+    It identifies the data without naming a file, folder or patient."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for label, sha in sorted((s.label, s.sha256) for s in ds.samples):
+        h.update(f"{label}\t{sha}\n".encode())
+    return h.hexdigest()
+
+
+def data_source(ds) -> str:
+    """The data source for the card as counts only (never a path or folder name)."""
+    counts = Counter(s.label for s in ds.samples)
+    return (f"a local labelled collection of {len(ds.samples)} images in {len(counts)} "
+            f"classes (identified by its content hash, not by name)")
 
 
 def _slug(text: str) -> str:

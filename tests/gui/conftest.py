@@ -19,6 +19,9 @@ def make_window(qtbot, tmp_path_factory):
         qtbot.addWidget(win)
         win.show()
         made.append(win)
+        if not win.model_panel.models_loaded:  # the model folders are read in a worker
+            with qtbot.waitSignal(win.model_panel.models_ready, timeout=30000):
+                pass
         return win
 
     yield make

@@ -52,6 +52,8 @@ def test_study_and_model_from_command_line_give_a_prediction(qtbot, models_dir, 
     win = gui_app.launch(args, app, settings=settings)
     qtbot.addWidget(win)
     panel = win.model_panel
+    with qtbot.waitSignal(panel.models_ready, timeout=30000):
+        pass  # the model folders are read in a worker thread
     assert panel.current_card().id == "tiny-patch"
     assert panel.auto_run.isChecked()
     with qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
@@ -73,6 +75,8 @@ def test_unknown_model_is_reported_and_viewer_still_opens(qtbot, models_dir, set
     args = gui_app.build_parser().parse_args([path, "--model", "no-such-model"])
     win = gui_app.launch(args, app, settings=settings)
     qtbot.addWidget(win)
+    with qtbot.waitSignal(win.model_panel.models_ready, timeout=30000):
+        pass
     status = win.model_panel.status.text()
     assert "no-such-model" in status and "tiny-patch" in status
     assert not win.model_panel.auto_run.isChecked()

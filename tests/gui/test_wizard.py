@@ -83,11 +83,12 @@ def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path
     assert results.metrics.rowCount() >= 6 and results.confusion.rowCount() == 2
     assert "validation sensitivity" in results.threshold_label.text()
     results.name_edit.setText("Wizard patch model")
-    with qtbot.waitSignal(wiz.model_saved, timeout=30000) as saved:
-        results.save_button.click()
+    panel = win.model_panel
+    with qtbot.waitSignal(wiz.model_saved, timeout=30000) as saved, \
+            qtbot.waitSignal(panel.models_ready, timeout=30000):
+        results.save_button.click()  # then the panel re-reads the models in a worker
     assert saved.args[0] == "wizard-patch-model"
     assert os.listdir(models) == ["wizard-patch-model"]
-    panel = win.model_panel
     assert panel.current_card().id == "wizard-patch-model"
     # the new model predicts the right class
     from medview.inference.predictor import Predictor
