@@ -15,6 +15,14 @@ from collections.abc import Sequence
 SUBCOMMANDS = ("info", "models", "train", "predict", "explain", "selftest")
 
 
+def _show(text: str) -> str:
+    """A file name or file-derived string as safe terminal text (no escape sequences,
+    undecodable bytes as \\xNN)."""
+    from medview.core.safeio import plain_text
+
+    return plain_text(str(text))
+
+
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
@@ -45,7 +53,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         doc = {
             "series": [_series_dict(v) for v in result.volumes],
-            "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped],
+            "skipped": [{"path": _show(s.path), "reason": s.reason} for s in result.skipped],
         }
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -56,17 +64,17 @@ def cmd_info(args: argparse.Namespace) -> int:
             kind = "frames" if v.multiframe else "images"
             dims = "x".join(str(d) for d in v.shape[1:])
             out.write(
-                f"\n[{k}] {v.modality}  {v.description or '(no description)'}\n"
+                f"\n[{k}] {_show(v.modality)}  {_show(v.description) or '(no description)'}\n"
                 f"    {v.n_slices} {kind} of {dims}  {v.photometric}\n"
                 f"    spacing (slice x row x col): {_fmt_spacing(v.spacing)}\n"
-                f"    uid: {v.series_uid}\n"
+                f"    uid: {_show(v.series_uid)}\n"
             )
             for w in v.warnings:
                 out.write(f"    warning: {w}\n")
         if result.skipped:
             out.write("\nSkipped files:\n")
             for s in result.skipped:
-                out.write(f"  {s.path}: {s.reason}\n")
+                out.write(f"  {_show(s.path)}: {_show(s.reason)}\n")
     return 0 if result.volumes else 2
 
 
@@ -97,7 +105,7 @@ def cmd_models(args: argparse.Namespace) -> int:
               f"    intended use: {s['intended_use']}\n    {perf}\n"
               f"    weights sha256: {s['weights_sha256']}")
     for e in reg.errors:
-        print(f"refused {e.where}: {e.reason}")
+        print(f"refused {_show(e.where)}: {_show(e.reason)}")
     return 0
 
 
@@ -180,8 +188,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         doc = {"model": {"id": predictor.card.id, "version": predictor.card.version,
                          "weights_sha256": predictor.card.weights_sha256},
-               "predictions": [{"path": path, **_pred_dict(p)} for path, p in rows],
-               "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped]}
+               "predictions": [{"path": _show(path), **_pred_dict(p)} for path, p in rows],
+               "skipped": [{"path": _show(s.path), "reason": s.reason}
+                           for s in result.skipped]}
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif not args.csv:
@@ -189,7 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for path, p in rows:
             print(",".join(prediction_row(path, p)))
     for s in result.skipped if not args.json else []:
-        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+        print(f"skipped {_show(s.path)}: {_show(s.reason)}", file=sys.stderr)
     return 0 if rows else 2
 
 
@@ -218,7 +227,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     result = load([args.path])
     if not result.volumes:
         for s in result.skipped:
-            print(f"error: {s.path}: {s.reason}", file=sys.stderr)
+            print(f"error: {_show(s.path)}: {_show(s.reason)}", file=sys.stderr)
         return 2
     v = result.volumes[0]
     index = v.default_index
@@ -238,7 +247,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     buf = _io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     atomic_write_bytes(args.out, buf.getvalue())
-    print(f"{pred.decision}\nsaliency ({args.method}) for {target} written to {args.out}")
+    print(f"{pred.decision}\nsaliency ({args.method}) for {target} written to "
+          f"{_show(args.out)}")
     for w in pred.warnings:
         print(f"warning: {w}")
     return 0
@@ -305,7 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(__version__)
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as exc:  # unwritable --out/--csv, a full disk, an unreadable --config
+        where = f": {_show(exc.filename)}" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -719,6 +719,8 @@ def _pydicom_pixels(h: DicomHeader) -> np.ndarray:
         if must_propagate(exc):
             raise
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, Exception):  # e.g. a Rust panic inside the decoder
+            detail = f"the decoder crashed: {type(exc).__name__}: {detail}"
         if h.compressed:
             raise UnsupportedTransferSyntaxError(
                 h.path, syntax_name(h.transfer_syntax), h.transfer_syntax,

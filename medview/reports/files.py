@@ -10,6 +10,18 @@ import tempfile
 from collections.abc import Iterable
 
 from medview.core.modeling import Prediction
+from medview.core.safeio import plain_text
+
+#: A spreadsheet treats a cell starting with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell that is safe to open in a spreadsheet and valid UTF-8: control
+    characters and undecodable file-name bytes are escaped, and a leading formula
+    character is neutralised with an apostrophe (OWASP's CSV-injection rule)."""
+    text = plain_text(text)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -33,8 +45,8 @@ def prediction_header(classes: list[str]) -> list[str]:
 
 
 def prediction_row(path: str, p: Prediction) -> list[str]:
-    return [path, p.model_id, p.label, *[f"{v:.6f}" for v in p.probabilities],
-            "; ".join(p.warnings)]
+    return [csv_text(path), csv_text(p.model_id), csv_text(p.label),
+            *[f"{v:.6f}" for v in p.probabilities], csv_text("; ".join(p.warnings))]
 
 
 def predictions_csv(rows: Iterable[tuple[str, Prediction]], classes: list[str]) -> str:

@@ -81,8 +81,14 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str, **overrides) -> TrainConfig:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        from medview.core.safeio import read_capped
+
+        try:
+            raw = json.loads(read_capped(path, 1024 * 1024).decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors
+            raise TrainingError("the config file is not valid JSON") from exc
+        if not isinstance(raw, dict):
+            raise TrainingError("the config file must hold a JSON object")
         names = {f.name for f in fields(cls)}
         unknown = set(raw) - names
         if unknown:

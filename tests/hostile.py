@@ -1,0 +1,167 @@
+"""Builders of hostile study files, one per class found by the security and fault probe.
+
+Each builder writes its file(s) into a folder and returns the name the loader must list
+as skipped (or None when the file must load with a warning instead).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from tests.factory import make_dataset, write
+
+REGRESSIONS = os.path.join(os.path.dirname(__file__), "data", "regressions")
+
+
+def fifo(folder) -> str:
+    os.mkfifo(os.path.join(folder, "pipe.dcm"))
+    return "pipe.dcm"
+
+
+def parallel_orientation(folder) -> None:
+    """Row and column vectors parallel: the image loads, orientation unknown, warned."""
+    ds = make_dataset(np.ones((8, 8), np.int16), orientation=(1, 0, 0, 1, 0, 0))
+    write(ds, os.path.join(folder, "parallel.dcm"))
+
+
+def rgb_one_sample(folder) -> str:
+    ds = make_dataset(np.ones((8, 8), np.uint8), modality="OT")
+    ds.PhotometricInterpretation = "RGB"
+    write(ds, os.path.join(folder, "rgb1.dcm"))
+    return "rgb1.dcm"
+
+
+def rle_panic(folder) -> str:
+    """A bit-flipped RLE file that makes the Rust decoder raise ``PanicException``."""
+    with open(os.path.join(REGRESSIONS, "rle-bitflip-rust-panic.dcm"), "rb") as f:
+        data = f.read()
+    with open(os.path.join(folder, "rle-panic.dcm"), "wb") as f:
+        f.write(data)
+    return "rle-panic.dcm"
+
+
+def nifti(folder, name="vol.nii", *, vox_offset=352.0, dims=(4, 4, 2), datatype=4, bitpix=16,
+          data: bytes | None = None, magic=b"n+1\0", gz=False) -> str:
+    hdr = bytearray(352)
+    struct.pack_into("<i", hdr, 0, 348)
+    struct.pack_into("<8h", hdr, 40, len(dims), *dims, *([1] * (7 - len(dims))))
+    struct.pack_into("<hh", hdr, 70, datatype, bitpix)
+    struct.pack_into("<8f", hdr, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", hdr, 108, vox_offset)
+    struct.pack_into("<f", hdr, 112, 1.0)
+    hdr[344:348] = magic
+    n = int(np.prod(dims)) * bitpix // 8
+    body = bytes(hdr) + (data if data is not None else bytes(n))
+    path = os.path.join(folder, name)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(body) if gz else body)
+    return name
+
+
+def nifti_nan_offset(folder) -> str:
+    return nifti(folder, "nan-offset.nii", vox_offset=float("nan"))
+
+
+def rle_bomb(folder) -> str:
+    """7 KB of RLE declaring 46000 x 46000 pixels."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    ds = make_dataset(np.zeros((8, 8), np.uint8), modality="OT")
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.Rows = ds.Columns = 46000
+    header = struct.pack("<16I", 1, 64, *([0] * 14))
+    ds.PixelData = encapsulate([header + b"\x81\x00" * 3000])
+    ds["PixelData"].VR = "OB"
+    write(ds, os.path.join(folder, "rle-bomb.dcm"))
+    return "rle-bomb.dcm"
+
+
+def png_bomb(folder) -> str:
+    """A PNG header declaring 15000 x 15000 RGBA (under the 250 Mpx cap, 900 MB decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", 15000, 15000, 8, 6, 0, 0, 0)
+    row = b"\0" + b"\0" * 15000 * 4
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(200)) + comp.flush()
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND",
+                                                                                     b"")
+    with open(os.path.join(folder, "bomb.png"), "wb") as f:
+        f.write(png)
+    return "bomb.png"
+
+
+def nrrd_gzip_bomb(folder) -> str:
+    """A 2 MB-class gzip NRRD whose header declares 5.5 GB of voxels."""
+    head = (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 2000 2000 700\n"
+            b"spacings: 1 1 1\nendian: little\nencoding: gzip\n\n")
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    body = comp.compress(bytes(1 << 20)) + comp.flush()
+    with open(os.path.join(folder, "bomb.nrrd"), "wb") as f:
+        f.write(head + body)
+    return "bomb.nrrd"
+
+
+def mhd(folder, name: str, data_file: str) -> str:
+    text = (f"ObjectType = Image\nNDims = 2\nDimSize = 64 64\nElementType = MET_UCHAR\n"
+            f"ElementSpacing = 1 1\nElementDataFile = {data_file}\n")
+    with open(os.path.join(folder, name), "w") as f:
+        f.write(text)
+    return name
+
+
+def nrrd_detached(folder, name: str, data_file: str) -> str:
+    text = (f"NRRD0004\ntype: uchar\ndimension: 2\nsizes: 64 64\nencoding: raw\n"
+            f"data file: {data_file}\n\n")
+    with open(os.path.join(folder, name), "w") as f:
+        f.write(text)
+    return name
+
+
+def numeric_nonsense(folder) -> list[str]:
+    """Files that load, with a warning, and never show a blank image."""
+    names = []
+    ramp = (np.arange(16 * 16).reshape(16, 16) % 200).astype(np.int16)
+    for tag, kwargs in (("slope-1e308", {"slope": "1e308"}),
+                        ("intercept-1e38", {"slope": 1.0, "intercept": "1e38"}),
+                        ("slope-denormal", {"slope": "1e-320"}),
+                        ("window-1e308", {"window": ("1e308", "1e308")}),
+                        ("spacing-1e308", {"spacing": None})):
+        ds = make_dataset(ramp, **kwargs)
+        if tag == "spacing-1e308":
+            ds.PixelSpacing = ["1e308", "1e308"]
+        write(ds, os.path.join(folder, f"{tag}.dcm"))
+        names.append(f"{tag}.dcm")
+    return names
+
+
+def every_class(folder) -> dict[str, str]:
+    """All hostile study classes in one folder; returns {file name: class}."""
+    os.makedirs(folder, exist_ok=True)
+    out = {
+        fifo(folder): "FIFO",
+        rgb_one_sample(folder): "RGB with one sample",
+        rle_panic(folder): "RLE decoder panic",
+        nifti_nan_offset(folder): "NIfTI vox_offset NaN",
+        rle_bomb(folder): "RLE size bomb",
+        png_bomb(folder): "PNG size bomb",
+        nrrd_gzip_bomb(folder): "gzip NRRD bomb",
+        mhd(folder, "zero.mhd", "/dev/zero"): "MHD reading /dev/zero",
+        mhd(folder, "passwd.mhd", "../../../../../../etc/passwd"): "MHD path escape",
+        nrrd_detached(folder, "passwd.nhdr", "../../../../../../etc/passwd"):
+            "NRRD path escape",
+    }
+    os.mkfifo(os.path.join(folder, "fifo.raw"))
+    out[mhd(folder, "fifo.mhd", "fifo.raw")] = "MHD data file is a FIFO"
+    out["fifo.raw"] = "FIFO"
+    parallel_orientation(folder)
+    numeric_nonsense(folder)
+    return out
