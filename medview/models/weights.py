@@ -65,10 +65,7 @@ def _parse_header(f, size: int) -> dict:
 
 
 def _open(path: str, root: str | None):
-    try:
-        return open_regular(path, max_bytes=MAX_WEIGHTS_BYTES, root=root)
-    except UnsafeFileError as exc:
-        raise WeightsError(f"refused: {exc.reason}") from exc
+    return open_regular(path, max_bytes=MAX_WEIGHTS_BYTES, root=root)
 
 
 def check_safetensors_file(path: str, root: str | None = None) -> dict:
@@ -125,6 +122,8 @@ def load_verified_state_dict(path: str, expected_sha256: str,
             data = f.read()
     except FileNotFoundError as exc:
         raise WeightsError("the weights file is missing") from exc
+    except UnsafeFileError as exc:
+        raise WeightsError(f"refused: {exc.reason}") from exc
     except OSError as exc:
         raise WeightsError(f"refused: unreadable weights file ({exc.strerror or exc})") from exc
     actual = hashlib.sha256(data).hexdigest()

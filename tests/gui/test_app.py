@@ -126,3 +126,20 @@ def test_app_icon_ships_and_renders():
     assert img.width() == 64
     # not blank: the icon's centre differs from its corner
     assert img.pixelColor(32, 40) != img.pixelColor(1, 1)
+
+
+def test_startup_report_exits_when_the_only_file_cannot_be_loaded(qtbot, settings, tmp_path,
+                                                                   capsys, quiet_app):
+    bad = tmp_path / "notes.dcm"
+    bad.write_text("not an image")
+    app = gui_app.create_app()
+    args = gui_app.build_parser().parse_args([str(bad), "--startup-report"])
+    win = gui_app.launch(args, app, settings=settings)
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.load_finished, timeout=20000):
+        pass
+    qtbot.waitUntil(lambda: win._startup_report.done is None, timeout=10000)
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["error"] == "nothing could be loaded"
+    assert quiet_app == [1]
+    win.close()

@@ -182,3 +182,33 @@ def test_orientation_labels_on_axial_ct(qtbot, window, tmp_path):
     _open(qtbot, window, [tmp_path])
     labels = {k: v.text() for k, v in window.view._labels.items()}
     assert labels == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
+
+
+def test_file_strings_in_tooltips_are_plain_text(qtbot, window, tmp_path):
+    from medview.core.volume import SkippedFile
+    from medview.gui.panels import plain_tooltip
+    from tests.factory import make_dataset, write
+
+    write(make_dataset(np.ones((8, 8), np.int16), description="<b>bold</b><img src='x'>"),
+          tmp_path / "a.dcm")
+    with qtbot.waitSignal(window.load_finished, timeout=20000):
+        window.open_paths([str(tmp_path / "a.dcm")])
+    tip = window.series.item(0).toolTip()
+    assert "&lt;b&gt;bold&lt;/b&gt;&lt;img" in tip and "<b>" not in tip
+    window.skipped.add([SkippedFile("<i>x</i>.dcm", "r")])
+    assert "&lt;i&gt;" in window.skipped.item(window.skipped.rowCount() - 1, 0).toolTip()
+    assert plain_tooltip("a & b") == "<p style='white-space:pre'>a &amp; b</p>"
+
+
+def test_clear_recent_studies(qtbot, window, tmp_path):
+    from tests.factory import write_series
+
+    write_series(tmp_path, n=2)
+    with qtbot.waitSignal(window.load_finished, timeout=20000):
+        window.open_paths([str(tmp_path)])
+    assert window.recent() == [str(tmp_path)]
+    labels = [a.text() for a in window.recent_menu.actions()]
+    assert "Clear recent studies" in labels
+    window.act_clear_recent.trigger()
+    assert window.recent() == [] and window.settings.value("recent") is None
+    assert not window.recent_menu.isEnabled()

@@ -1,0 +1,81 @@
+"""The command line with hostile file names and unwritable outputs."""
+
+import csv
+import os
+
+from PIL import Image
+
+from medview.cli import main
+from medview.reports.files import csv_text
+
+
+def _film(path):
+    Image.fromarray(
+        __import__("numpy").random.default_rng(0).integers(0, 255, (64, 64), dtype="uint8")
+    ).save(path, format="PNG")
+    return path
+
+
+def test_predict_csv_survives_undecodable_names_escapes_and_formulas(tiny_model, tmp_path,
+                                                                    capsys, monkeypatch):
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", os.path.dirname(tiny_model[0]))
+    study = tmp_path / "study"
+    study.mkdir()
+    raw = os.fsencode(str(study)) + b"/bad\xff\xfe.png"  # not valid UTF-8
+    _film(os.fsdecode(raw))
+    _film(study / "esc\x1b[31mred\x07.png")
+    _film(study / "=HYPERLINK(1).png")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(study), "--model", "tiny-patch", "--csv", str(out)]) == 0
+    rows = list(csv.reader(out.open(encoding="utf-8")))
+    assert len(rows) == 4
+    paths = [r[0] for r in rows[1:]]
+    assert any("bad\\xff\\xfe.png" in p for p in paths)
+    assert not any("\x1b" in p or "\x07" in p for p in paths)
+    # without --csv the rows go to the terminal: no escape sequence reaches it
+    assert main(["predict", str(study), "--model", "tiny-patch"]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed and "bad\\xff\\xfe" in printed
+
+
+def test_csv_cells_that_start_a_formula_are_neutralised():
+    for bad in ("=1+1", "+1", "-1", "@SUM(A1)"):
+        assert csv_text(bad).startswith("'")
+    assert csv_text("\t=1") == "?=1"  # control characters never reach the file
+    assert csv_text("NORMAL") == "NORMAL"
+    assert csv_text("a\x1b[2Jb") == "a?[2Jb"
+
+
+def test_relative_names_starting_with_a_formula_are_neutralised(tiny_model, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", os.path.dirname(tiny_model[0]))
+    monkeypatch.chdir(tmp_path)
+    _film(tmp_path / "=cmd.png")
+    assert main(["predict", "=cmd.png", "--model", "tiny-patch", "--csv", "o.csv"]) == 0
+    rows = list(csv.reader(open("o.csv", encoding="utf-8")))
+    assert rows[1][0] == "'=cmd.png"
+
+
+def test_unwritable_outputs_give_one_line_errors(tiny_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", os.path.dirname(tiny_model[0]))
+    film = _film(tmp_path / "a.png")
+    missing = tmp_path / "no-such-folder" / "out.csv"
+    assert main(["predict", str(film), "--model", "tiny-patch", "--csv", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    assert main(["explain", str(film), "--model", "tiny-patch", "--out",
+                 str(missing.with_suffix(".png"))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_config_that_is_a_fifo_or_not_json_never_hangs(tmp_path, capsys):
+    os.mkfifo(tmp_path / "fifo.json")
+    assert main(["train", "--config", str(tmp_path / "fifo.json")]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{nope")
+    assert main(["train", "--config", str(tmp_path / "bad.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err

@@ -1,0 +1,212 @@
+"""Hostile model folders and outputs: nothing runs, nothing hangs, nothing escapes."""
+
+import json
+import os
+import pickle
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from importlib.metadata import version
+
+import pytest
+
+from medview.models.card import CardError, read_card
+from medview.models.loading import load_model
+from medview.models.registry import discover_models
+from medview.models.weights import WeightsError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def folder(tiny_model, tmp_path):
+    dst = tmp_path / "models" / "tiny-patch"
+    shutil.copytree(tiny_model[0], dst)
+    return dst
+
+
+def _card(folder):
+    return json.loads((folder / "card.json").read_text())
+
+
+def _write(folder, card):
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def _finishes(fn, seconds=20.0):
+    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it blocks."""
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:
+            out["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "blocked"
+    return out
+
+
+class Exploit:
+    """Unpickling this creates a marker file (as os.system would run a command)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_path_in_card_never_unpickles(folder, tmp_path):
+    marker = tmp_path / "pwned"
+    with open(folder / "evil.pth", "wb") as f:
+        pickle.dump(Exploit(str(marker)), f)
+    card = _card(folder)
+    card["architecture"]["args"]["checkpoint_path"] = str(folder / "evil.pth")
+    _write(folder, card)
+    with pytest.raises(CardError, match="checkpoint_path is not allowed"):
+        read_card(str(folder))
+    # defence in depth: a card object built around validation is refused by the loader
+    from medview.models.card import ModelCard
+
+    forged = ModelCard(card, str(folder))
+    with pytest.raises(WeightsError, match="not allowed"):
+        load_model(forged)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["hf-hub:timm/resnet18.a1_in1k", "local-dir:/etc",
+                                  "resnet18.a1_in1k", "../x", "timm/resnet18"])
+def test_architecture_names_come_from_the_local_registry_only(folder, monkeypatch, name):
+    def no_network(*_a, **_k):
+        raise AssertionError("medview tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    card = _card(folder)
+    card["architecture"]["name"] = name
+    _write(folder, card)
+    with pytest.raises(CardError, match="plain timm model name"):
+        read_card(str(folder))
+    from medview.models.card import ModelCard
+
+    with pytest.raises(WeightsError, match="unknown or unsupported architecture"):
+        load_model(ModelCard(card, str(folder)))
+
+
+def test_timm_is_pinned_past_the_pickle_loading_releases():
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    assert '"timm>=1.0.26"' in text
+    assert tuple(int(p) for p in version("timm").split(".")[:3]) >= (1, 0, 26)
+
+
+@pytest.mark.parametrize("size", [[100000, 100000], [2048, 2048], [224, 0]])
+def test_input_size_is_capped(folder, size):
+    card = _card(folder)
+    card["preprocessing"]["size"] = size
+    _write(folder, card)
+    with pytest.raises(CardError, match="preprocessing.size"):
+        read_card(str(folder))
+
+
+def test_fifo_card_or_card_to_dev_zero_never_hangs_and_hides_no_other_model(folder,
+                                                                          monkeypatch):
+    models = folder.parent
+    shutil.copytree(folder, models / "fifo-card")
+    shutil.copytree(folder, models / "zero-card")
+    os.remove(models / "fifo-card" / "card.json")
+    os.mkfifo(models / "fifo-card" / "card.json")
+    os.remove(models / "zero-card" / "card.json")
+    os.symlink("/dev/zero", models / "zero-card" / "card.json")
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", str(models))
+    reg = _finishes(discover_models, 10)["value"]
+    assert "tiny-patch" in [m.id for m in reg.models]
+    reasons = " ".join(e.reason for e in reg.errors)
+    assert reasons.count("refused") >= 2
+    # the command line, in a process of its own, finishes too
+    proc = subprocess.run([sys.executable, "-m", "medview", "models"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT, MEDVIEW_MODELS_DIR=str(models)))
+    assert proc.returncode == 0 and "tiny-patch" in proc.stdout
+    assert proc.stdout.count("refused") >= 2
+
+
+def test_fifo_weights_never_hang(folder):
+    os.remove(folder / "weights.safetensors")
+    os.mkfifo(folder / "weights.safetensors")
+    out = _finishes(lambda: load_model(read_card(str(folder))))
+    assert isinstance(out["error"], WeightsError)
+    assert "not a regular file" in str(out["error"])
+
+
+def test_weights_link_out_of_the_folder_is_refused(folder, tmp_path):
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.move(folder / "weights.safetensors", outside)
+    os.symlink(outside, folder / "weights.safetensors")
+    with pytest.raises(WeightsError, match="outside its folder"):
+        load_model(read_card(str(folder)))
+
+
+def test_huge_sparse_weights_are_refused_in_milliseconds_before_hashing(folder, monkeypatch):
+    import medview.models.weights as weights
+
+    def no_hashing(*_a, **_k):
+        raise AssertionError("hashed a file whose shapes were already wrong")
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [768 * 1024 * 1024],
+                               "data_offsets": [0, 3 * 1024**3]}}).encode()
+    path = folder / "weights.safetensors"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + 3 * 1024**3)  # sparse: 3 GiB, no disk used
+    monkeypatch.setattr(weights.hashlib, "sha256", no_hashing)
+    t = time.perf_counter()
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_model(read_card(str(folder)))
+    assert time.perf_counter() - t < 1.0
+
+
+def test_export_fsyncs_files_and_folder(folder, tmp_path, monkeypatch):
+    import medview.training.export as ex
+
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    card = read_card(str(folder))
+    model = load_model(card)
+    out = tmp_path / "out"
+    final = ex.export_model(model, {**card.data, "id": "synced"}, str(out))
+    names = {os.path.basename(p) for p in synced}
+    assert {"weights.safetensors", "card.json", "README.md", "out"} <= names
+    assert read_card(final).id == "synced"
+
+
+def test_default_names_never_come_from_the_data_folder(tmp_path):
+    from medview.core.progress import drain
+    from medview.training.engine import TrainConfig, train
+    from tests.tiny import write_patch_dataset
+
+    data = write_patch_dataset(str(tmp_path / "Doe_John_1962"), n_per_class=12)
+    result = drain(train(TrainConfig(data=data, base="timm:test_efficientnet",
+                                     strategy="full", epochs=1, image_size=64, batch_size=8,
+                                     augment=False, n_bootstrap=20, min_per_class=5)))
+    from medview.training.export import export_model
+
+    final = export_model(result.model, result.card, str(tmp_path / "models"))
+    everything = b"".join(open(os.path.join(final, n), "rb").read()
+                          for n in os.listdir(final))
+    assert b"Doe" not in everything and b"1962" not in everything
+    assert "Doe" not in final
+    td = result.card["training_data"]
+    assert len(td["content_sha256"]) == 64 and "24 images" in td["source"]
