@@ -52,7 +52,8 @@ def test_relative_names_starting_with_a_formula_are_neutralised(tiny_model, tmp_
     monkeypatch.chdir(tmp_path)
     _film(tmp_path / "=cmd.png")
     assert main(["predict", "=cmd.png", "--model", "tiny-patch", "--csv", "o.csv"]) == 0
-    rows = list(csv.reader(open("o.csv", encoding="utf-8")))
+    with open("o.csv", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
     assert rows[1][0] == "'=cmd.png"
 
 

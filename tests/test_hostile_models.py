@@ -101,7 +101,8 @@ def test_architecture_names_come_from_the_local_registry_only(folder, monkeypatc
 
 
 def test_timm_is_pinned_past_the_pickle_loading_releases():
-    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        text = f.read()
     assert '"timm>=1.0.26"' in text
     assert tuple(int(p) for p in version("timm").split(".")[:3]) >= (1, 0, 26)
 
@@ -111,7 +112,7 @@ def test_input_size_is_capped(folder, size):
     card = _card(folder)
     card["preprocessing"]["size"] = size
     _write(folder, card)
-    with pytest.raises(CardError, match="preprocessing.size"):
+    with pytest.raises(CardError, match=r"preprocessing\.size"):
         read_card(str(folder))
 
 
@@ -204,7 +205,7 @@ def test_default_names_never_come_from_the_data_folder(tmp_path):
     from medview.training.export import export_model
 
     final = export_model(result.model, result.card, str(tmp_path / "models"))
-    everything = b"".join(open(os.path.join(final, n), "rb").read()
+    everything = b"".join((tmp_path / "models" / os.path.basename(final) / n).read_bytes()
                           for n in os.listdir(final))
     assert b"Doe" not in everything and b"1962" not in everything
     assert "Doe" not in final
