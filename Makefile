@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint package package-smoke clean
+.PHONY: run test bench fuzz lint package package-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/run_all.py
+
+# Mutation fuzzing of the readers; crashing or hanging inputs are kept in tests/data/regressions.
+SECONDS ?= 600
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz --seconds $(SECONDS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medview tests benchmarks scripts packaging

@@ -7,11 +7,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import bench_gui_stall, bench_inference, bench_load, bench_training
+from benchmarks import (
+    bench_gui_stall,
+    bench_hardening,
+    bench_inference,
+    bench_load,
+    bench_training,
+)
 from benchmarks.common import print_table
 
 if __name__ == "__main__":
     print_table("Series loading (300 x 512 x 512 int16 CT, best of 3)", bench_load.run())
+    print_table("Hardening: frame pre-check cost, a folder of hostile files",
+                bench_hardening.run_precheck() + bench_hardening.run_hostile_folder())
     print_table("GUI responsiveness while loading (real window, offscreen)",
                 bench_gui_stall.run())
     print_table("Inference and saliency (CPU)", bench_inference.run_latency()

@@ -164,10 +164,62 @@ def detached_data_files(path: str, fmt: str) -> list[str]:
     return [target]
 
 
+_NRRD_ENCODINGS = {"raw", "gzip", "gz", "bzip2", "bz2", "ascii", "text", "txt", "hex"}
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split()]
+    except ValueError:
+        return []
+
+
+def check_text_header(path: str, fmt: str) -> None:
+    """Validate a NRRD or MetaImage header's dimensions and encoding ourselves before
+    SimpleITK parses it: its MetaImage reader loops forever on ``NDims = -1``, for one.
+
+    Raises
+    ------
+    CorruptFileError
+        Naming the field that is missing or impossible.
+    """
+    fields = text_header(path)
+    if fmt == "meta":
+        ndims = _ints(fields.get("ndims", ""))
+        sizes = _ints(fields.get("dimsize", ""))
+        if len(ndims) != 1 or not 1 <= ndims[0] <= 4:
+            raise CorruptFileError(path, "MetaImage NDims must be 1 to 4")
+        if "elementdatafile" not in fields:
+            raise CorruptFileError(path, "MetaImage header has no ElementDataFile line")
+        channels = _ints(fields.get("elementnumberofchannels", "1"))
+        if len(channels) != 1 or not 1 <= channels[0] <= 4:
+            raise CorruptFileError(path, "MetaImage ElementNumberOfChannels must be 1 to 4")
+        header_size = fields.get("headersize")
+        if header_size is not None and (len(_ints(header_size)) != 1
+                                        or _ints(header_size)[0] < -1):
+            raise CorruptFileError(path, "MetaImage HeaderSize is invalid")
+        n = ndims[0]
+    else:
+        ndims = _ints(fields.get("dimension", ""))
+        sizes = _ints(fields.get("sizes", ""))
+        if len(ndims) != 1 or not 1 <= ndims[0] <= 5:
+            raise CorruptFileError(path, "NRRD dimension must be 1 to 5")
+        encoding = fields.get("encoding", "").lower()
+        if encoding not in _NRRD_ENCODINGS:
+            raise CorruptFileError(path, f"NRRD encoding {encoding[:20]!r} is not supported")
+        if not fields.get("type"):
+            raise CorruptFileError(path, "NRRD header has no type")
+        n = ndims[0]
+    if len(sizes) != n or any(not 0 < v < 2**31 for v in sizes):
+        raise CorruptFileError(path, f"image sizes must be {n} positive numbers")
+
+
 def read_itk(path: str, fmt: str) -> ImageVolume:
     """Read a NIfTI / NRRD / MetaImage file into an LPS-oriented :class:`ImageVolume`."""
     warns: list[str] = []
     spacing_known = [True, True, True]
+    if fmt in ("meta", "nrrd"):
+        check_text_header(path, fmt)
     data_files = detached_data_files(path, fmt)
     if fmt in ("nifti", "nifti-gz"):
         info = _nifti_header(path, fmt == "nifti-gz")

@@ -1,0 +1,1 @@
+"""A mutation fuzzer over the file readers (``make fuzz SECONDS=N``)."""
