@@ -77,7 +77,7 @@ def run_selftest(out=print) -> int:
 
         done = []
         for syntax, name in COMPRESSED_SAMPLES.items():
-            result = load([get_testdata_file(name)])
+            result = load([get_testdata_file(name, download=False)])
             if not result.volumes:
                 raise RuntimeError(f"{syntax}: {result.skipped[0].reason}")
             done.append(syntax)

@@ -2,7 +2,25 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import socket
+
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """The suite runs offline, as medview does on an air-gapped workstation: any attempt
+    to connect anywhere but this machine fails the test at once instead of hanging."""
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and (host.startswith("127.") or host in ("::1", "localhost")
+                                      or self.family == socket.AF_UNIX):
+            return real_connect(self, address)
+        raise AssertionError(f"test tried to reach the network ({host})")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 @pytest.fixture(scope="session")

@@ -120,14 +120,15 @@ def test_06_executable_preamble_is_flagged(tmp_path):
 
 def test_07_compressed_without_decoder_names_syntax_and_package(monkeypatch):
     import pydicom.pixels
-    from pydicom.data import get_testdata_file
+
+    from tests.testdata import local_file
 
     class _Missing:
         is_available = False
 
     monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: _Missing())
     with pytest.raises(UnsupportedTransferSyntaxError) as info:
-        read_header(get_testdata_file("MR_small_jp2klossless.dcm"))
+        read_header(local_file("MR_small_jp2klossless.dcm"))
     assert "JPEG 2000" in str(info.value) and "pylibjpeg-openjpeg" in str(info.value)
 
 

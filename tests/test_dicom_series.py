@@ -177,10 +177,10 @@ def test_windows_from_tags_including_multiple_values(tmp_path):
      "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_expb.dcm"],
 )
 def test_compressed_and_other_syntaxes_match_reference(name):
-    from pydicom.data import get_testdata_file
+    from tests.testdata import local_file
 
-    ref = load([get_testdata_file("MR_small.dcm")]).volumes[0]
-    result = load([get_testdata_file(name)])
+    ref = load([local_file("MR_small.dcm")]).volumes[0]
+    result = load([local_file(name)])
     assert result.skipped == [], result.skipped
     np.testing.assert_array_equal(result.volumes[0].pixels, ref.pixels)
 
@@ -201,9 +201,10 @@ def test_dicomdir_tree_never_leaves_the_chosen_folder(tmp_path):
 
 def test_deflated_transfer_syntax_loads():
     from pydicom import dcmread
-    from pydicom.data import get_testdata_file
 
-    path = get_testdata_file("image_dfl.dcm")
+    from tests.testdata import local_file
+
+    path = local_file("image_dfl.dcm")
     assert dcmread(path).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
     result = load([path])
     assert result.skipped == []

@@ -235,11 +235,11 @@ def test_memory_budget_is_configurable(tmp_path, monkeypatch):
 def test_compressed_frame_that_disagrees_with_the_header_is_refused_before_decoding(
         tmp_path, monkeypatch):
     import pydicom
-    from pydicom.data import get_testdata_file
 
     import medview.io.dicom as dicom
+    from tests.testdata import local_file
 
-    path = get_testdata_file("MR_small_jp2klossless.dcm")  # shipped inside pydicom
+    path = local_file("MR_small_jp2klossless.dcm")  # shipped inside pydicom
     ds = pydicom.dcmread(path)
     ds.Rows = ds.Rows // 2
     ds.save_as(tmp_path / "lie.dcm")

@@ -76,12 +76,13 @@ def test_render_uses_voi_lut_when_asked():
 
 def test_palette_to_rgb_matches_pydicom():
     from pydicom import dcmread
-    from pydicom.data import get_testdata_file
     from pydicom.dataset import FileMetaDataset
     from pydicom.pixels import apply_color_lut
     from pydicom.uid import ImplicitVRLittleEndian
 
-    ds = dcmread(get_testdata_file("OT-PAL-8-face.dcm"), force=True)
+    from tests.testdata import local_file
+
+    ds = dcmread(local_file("OT-PAL-8-face.dcm"), force=True)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     arr = ds.pixel_array

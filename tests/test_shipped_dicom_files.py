@@ -4,12 +4,12 @@ import os
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file, get_testdata_files
 
 from medview.io import load
 from medview.io.dicom import DECODER_PACKAGES
+from tests.testdata import local_file, local_files
 
-FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
+FILES = sorted(f for f in local_files() if os.path.isfile(f))
 
 # Files that pydicom itself cannot decode (broken on purpose) or that are not images.
 KNOWN_UNDECODABLE = {"JPEG-lossy.dcm", "JPEG2000-embedded-sequence-delimiter.dcm"}
@@ -78,5 +78,5 @@ def test_cr_chest_sample_is_monochrome1_and_displays_lungs_dark():
 
 
 def test_multiframe_ultrasound_loads_all_frames():
-    (vol,) = load([get_testdata_file("color3d_jpeg_baseline.dcm")]).volumes
+    (vol,) = load([local_file("color3d_jpeg_baseline.dcm")]).volumes
     assert vol.multiframe and vol.n_slices == 120 and vol.is_rgb
