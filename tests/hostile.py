@@ -165,3 +165,36 @@ def every_class(folder) -> dict[str, str]:
     parallel_orientation(folder)
     numeric_nonsense(folder)
     return out
+
+
+def deflate_bomb(folder, inflated_bytes: int) -> str:
+    """A Deflated Explicit VR Little Endian file whose dataset inflates to
+    ``inflated_bytes`` (a private OB element of zeros): megabytes on disk."""
+    import io
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = make_dataset(np.zeros((8, 8), np.int16))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    # the meta group ends where the deflated stream starts: re-deflate the dataset with a
+    # huge private element after it
+    meta_len = int.from_bytes(data[140:144], "little")
+    start = 144 + meta_len
+    body = zlib.decompress(data[start:], -zlib.MAX_WBITS)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    n = inflated_bytes - inflated_bytes % 2
+    # after Pixel Data (7FE0,0010), a private group 7FE1 keeps the tags in order
+    parts = [data[:start], comp.compress(body),
+             comp.compress(b"\xe1\x7f\x10\x00LO\x02\x00X "),
+             comp.compress(b"\xe1\x7f\x00\x10OB\x00\x00" + n.to_bytes(4, "little"))]
+    chunk = bytes(1 << 20)
+    for _ in range(n // len(chunk)):
+        parts.append(comp.compress(chunk))
+    parts.append(comp.compress(bytes(n % len(chunk))))
+    parts.append(comp.flush())
+    with open(os.path.join(folder, "deflate-bomb.dcm"), "wb") as f:
+        f.write(b"".join(parts))
+    return "deflate-bomb.dcm"

@@ -267,3 +267,27 @@ def test_numeric_nonsense_warns_and_never_shows_a_blank_image(tmp_path):
     assert all(np.isnan(by_name["spacing-1e308.dcm"].spacing[1:]))
     assert any("Window" in w for w in by_name["window-1e308.dcm"].warnings)
     assert any("Rescale" in w for w in by_name["slope-denormal.dcm"].warnings)
+
+
+def test_deflated_dataset_bomb_is_refused_before_pydicom_inflates_it(good, monkeypatch):
+    monkeypatch.setenv("MEDVIEW_MAX_IMAGE_MEMORY", "64M")
+    name = hostile.deflate_bomb(str(good), 100 * 1024**2)  # 100 MiB of zeros in ~100 kB
+    assert os.path.getsize(good / name) < 1024**2
+
+    def never(*_a, **_k):
+        raise AssertionError("pydicom must not inflate the bomb")
+
+    import medview.io.dicom as dicom
+
+    real = dicom.pydicom.dcmread
+    monkeypatch.setattr(dicom.pydicom, "dcmread",
+                        lambda p, *a, **k: never() if p.endswith(name) else real(p, *a, **k))
+    result = load([str(good)])
+    assert "memory limit" in _reason(result, name)
+    _good_loads(result)
+
+
+def test_small_deflated_file_still_loads(tmp_path):
+    name = hostile.deflate_bomb(str(tmp_path), 1024)
+    (vol,) = load([str(tmp_path / name)]).volumes
+    assert vol.shape == (1, 8, 8)

@@ -238,6 +238,70 @@ def _vector(value, n: int, bound: float = MAX_POSITION_MM) -> np.ndarray | None:
     return arr if np.all(np.isfinite(arr)) and np.all(np.abs(arr) <= bound) else None
 
 
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+              b"UT", b"UV"}
+
+
+def _meta_syntax_and_end(f) -> tuple[str, int]:
+    """The Transfer Syntax UID of a Part 10 file's meta group and where the dataset
+    starts, read element by element (explicit VR little endian, PS3.10 7.1)."""
+    f.seek(132)
+    syntax = ""
+    for _ in range(64):
+        head = f.read(8)
+        if len(head) < 8 or head[:2] != b"\x02\x00":
+            break
+        element = int.from_bytes(head[2:4], "little")
+        vr = head[4:6]
+        if vr in _LONG_VRS:
+            extra = f.read(4)
+            if len(extra) < 4:
+                break
+            length = int.from_bytes(extra, "little")
+        else:
+            length = int.from_bytes(head[6:8], "little")
+        if length > 1 << 16:
+            break
+        value = f.read(length)
+        if element == 0x0010:
+            syntax = value.rstrip(b"\x00 ").decode("ascii", "replace")
+    else:
+        return syntax, f.tell()
+    return syntax, f.tell() - 8
+
+
+def check_deflated_size(path: str) -> None:
+    """Refuse a Deflated Explicit VR Little Endian file that would inflate beyond the
+    memory budget. pydicom inflates the whole dataset in memory before reading a tag, so
+    a few megabytes of zeros could become gigabytes; the stream is inflated here first
+    in bounded chunks, only counting."""
+    import zlib
+
+    from medview.core.limits import memory_budget
+    from medview.core.safeio import open_regular
+
+    with open_regular(path) as f:
+        syntax, start = _meta_syntax_and_end(f)
+        if syntax != DEFLATED:
+            return
+        f.seek(start)
+        budget = memory_budget() // COPIES_NATIVE_DICOM
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        try:
+            while True:
+                chunk = inflater.unconsumed_tail or f.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(inflater.decompress(chunk, 1 << 22))
+                if total > budget:
+                    check_budget(path, total, COPIES_NATIVE_DICOM, "deflated dataset")
+                if inflater.eof:
+                    break
+        except zlib.error:
+            return  # not a valid stream: pydicom's own read reports it
+
+
 def read_header(path: str, *, raw: bool = False) -> DicomHeader:
     """Read and validate a DICOM file's header; pixels are deferred.
 
@@ -254,6 +318,8 @@ def read_header(path: str, *, raw: bool = False) -> DicomHeader:
     LoadError
         A subclass naming the file and the reason (see :mod:`medview.core.errors`).
     """
+    if not raw:
+        check_deflated_size(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
