@@ -734,7 +734,9 @@ def _native_pixels(h: DicomHeader) -> np.ndarray:
     dtype = np.dtype(order + base)
     count = h.rows * h.cols * h.frames * h.samples
     if h.pixel_offset is not None:
-        with open(h.path, "rb") as f:
+        from medview.core.safeio import open_regular
+
+        with open_regular(h.path) as f:
             f.seek(h.pixel_offset)
             arr = np.fromfile(f, dtype=dtype, count=count)
         if arr.size != count:
@@ -864,10 +866,16 @@ def tag_rows(path: str, max_value_chars: int = 256) -> list[tuple[str, str, str,
     are summarised by their length. Control characters are removed, so nothing in a file
     can inject markup into the viewer.
     """
+    from medview.core.safeio import UnsafeFileError, is_regular_file
+
+    if not is_regular_file(path):  # the tag browser runs on the GUI thread: never block
+        raise UnsafeFileError(path, "not a regular file (FIFO, device or socket?)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=True)
+    except LoadError:
+        raise
     except Exception as exc:
         raise CorruptFileError(path, f"unreadable DICOM header: {exc}") from exc
     rows: list[tuple[str, str, str, str]] = []
