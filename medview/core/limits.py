@@ -58,7 +58,7 @@ def fmt_bytes(n: float) -> str:
     return f"{int(n)} bytes"
 
 
-def check_budget(path: str, decoded_bytes: int, copies: int, what: str = "image") -> None:
+def check_budget(path: str, decoded_bytes: int, copies: int, what: str = "the image") -> None:
     """Raise :class:`TooLargeError` when decoding ``decoded_bytes`` with ``copies`` full-size
     copies would exceed the budget."""
     budget = memory_budget()
@@ -66,7 +66,7 @@ def check_budget(path: str, decoded_bytes: int, copies: int, what: str = "image"
     if cost > budget:
         raise TooLargeError(
             path,
-            f"the header implies {fmt_bytes(decoded_bytes)} of decoded {what} "
-            f"({fmt_bytes(cost)} to decode); the memory limit is {fmt_bytes(budget)} "
+            f"{what} would take {fmt_bytes(decoded_bytes)} decoded ({fmt_bytes(cost)} while "
+            f"decoding); refused before decoding: the memory limit is {fmt_bytes(budget)} "
             f"(set {ENV_VAR} to change it)",
         )

@@ -295,7 +295,7 @@ def check_deflated_size(path: str) -> None:
                     break
                 total += len(inflater.decompress(chunk, 1 << 22))
                 if total > budget:
-                    check_budget(path, total, COPIES_NATIVE_DICOM, "deflated dataset")
+                    check_budget(path, total, COPIES_NATIVE_DICOM, "the inflated dataset")
                 if inflater.eof:
                     break
         except zlib.error:
@@ -434,7 +434,7 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
     except Exception:
         compressed = True
     check_budget(path, decoded, COPIES_COMPRESSED_DICOM if compressed else COPIES_NATIVE_DICOM,
-                 f"pixels ({rows}x{cols}, {frames} frame(s))")
+                 f"the pixel data ({rows}x{cols}, {frames} frame(s))")
 
     pixel_offset = pixel_length = None
     elem = ds.get_item("PixelData", keep_deferred=True)

@@ -223,7 +223,7 @@ def read_itk(path: str, fmt: str) -> ImageVolume:
     data_files = detached_data_files(path, fmt)
     if fmt in ("nifti", "nifti-gz"):
         info = _nifti_header(path, fmt == "nifti-gz")
-        check_budget(path, info["nbytes"], COPIES_ITK, "voxels")
+        check_budget(path, info["nbytes"], COPIES_ITK, "the voxels")
         if data_files:  # a .hdr/.img pair: the voxels start at the .img's first byte
             need = info["vox_offset"] + info["nbytes"]
             have = os.path.getsize(data_files[0])
@@ -258,7 +258,7 @@ def read_itk(path: str, fmt: str) -> ImageVolume:
     component = _ITK_COMPONENT_BYTES.get(sitk.GetPixelIDValueAsString(reader.GetPixelID())
                                          .replace("vector of ", ""), 8)
     nbytes = int(np.prod(size, dtype=np.int64)) * max(comps, 1) * component
-    check_budget(path, nbytes, COPIES_ITK, "voxels")
+    check_budget(path, nbytes, COPIES_ITK, "the voxels")
     for k, s in enumerate(reader.GetSpacing()[:3]):
         if not (math.isfinite(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM):
             spacing_known[k] = False
