@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import struct
 import zlib
 
@@ -56,6 +57,16 @@ def _nifti_header(path: str, gz: bool) -> dict:
     datatype, bitpix = struct.unpack(endian + "hh", head[70:74])
     pixdim = struct.unpack(endian + "8f", head[76:108])
     vox_offset = struct.unpack(endian + "f", head[108:112])[0]
+    qform_code, sform_code = struct.unpack(endian + "hh", head[252:256])
+    quatern = struct.unpack(endian + "6f", head[256:280])
+    srow = struct.unpack(endian + "12f", head[280:328])
+    # NaN or huge values in the orientation make SimpleITK's NIfTI reader loop forever
+    # (found by the fuzzer): refuse them before it sees the file
+    geometry = (list(quatern) + list(pixdim[:4]) if qform_code > 0 else []) + (
+        list(srow) if sform_code > 0 else [])
+    if not all(math.isfinite(v) and abs(v) < 1e12 for v in geometry):
+        raise CorruptFileError(path, "NIfTI orientation (qform/sform) holds NaN, infinite "
+                                     "or absurd values")
     ndim = dim[0]
     if not 1 <= ndim <= 7:
         raise CorruptFileError(path, f"NIfTI dim[0] is {ndim} (must be 1 to 7)")
@@ -164,6 +175,11 @@ def detached_data_files(path: str, fmt: str) -> list[str]:
     return [target]
 
 
+#: Geometry fields of NRRD and MetaImage headers; their numbers must be finite.
+_GEOMETRY_KEYS = ("space directions", "spacings", "space origin", "thicknesses", "axis mins",
+                  "axis maxs", "elementspacing", "elementsize", "offset", "origin", "position",
+                  "transformmatrix", "rotation", "orientation", "centerofrotation")
+_NUMBER = re.compile(r"(?i)[-+]?(?:nan|inf(?:inity)?|(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)")
 _NRRD_ENCODINGS = {"raw", "gzip", "gz", "bzip2", "bz2", "ascii", "text", "txt", "hex"}
 
 
@@ -212,6 +228,12 @@ def check_text_header(path: str, fmt: str) -> None:
         n = ndims[0]
     if len(sizes) != n or any(not 0 < v < 2**31 for v in sizes):
         raise CorruptFileError(path, f"image sizes must be {n} positive numbers")
+    for key in _GEOMETRY_KEYS:
+        for token in _NUMBER.findall(fields.get(key, "")):
+            value = float(token)
+            if not (math.isfinite(value) and abs(value) < 1e12):
+                raise CorruptFileError(path, f"header field {key!r} holds NaN, infinite or "
+                                             "absurd values")
 
 
 def read_itk(path: str, fmt: str) -> ImageVolume:

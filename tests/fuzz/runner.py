@@ -3,7 +3,8 @@ limit, and fuzzing campaigns built on that.
 
 Outcomes: ``ok`` (the child finished: the file loaded or was skipped with a reason),
 ``crash`` (an exception escaped, or the child died from a signal such as SIGABRT from a
-native allocator or SIGSEGV), ``hang`` (still running at the time limit; killed).
+native allocator or SIGSEGV), ``hang`` (still running at the time limit; killed),
+``memory`` (finished, but its peak RSS passed 1.5 GiB: something decoded past the budget).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ REGRESSIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "
 TIME_LIMIT_S = 10.0
 ADDRESS_SPACE = 3 * 1024**3  # the interpreter with numpy, pydicom and SimpleITK is ~0.5 GiB
 CHILD_BUDGET = "1G"  # medview's own decode budget inside the child
+#: a child whose peak RSS passes this has decoded past its budget: kept as a finding
+RSS_LIMIT_KIB = int(1.5 * 1024**2)
 
 
 @dataclass
@@ -118,6 +121,8 @@ def run_one(path: str, target: Callable[[str], None] = info_path,
             status, detail = "crash", message or f"exit code {os.WEXITSTATUS(wstatus)}"
         else:
             status = "ok"
+    if status == "ok" and rusage is not None and rusage.ru_maxrss > RSS_LIMIT_KIB:
+        status, detail = "memory", f"peak RSS {rusage.ru_maxrss / 1024:.0f} MiB"
     return Outcome(status, detail, rusage.ru_maxrss if rusage else 0,
                    time.perf_counter() - t0)
 
@@ -176,6 +181,7 @@ def campaign(seconds: float, seed: int = 0, save_dir: str | None = None) -> dict
     return {"seconds": seconds, "seed": seed, "seeds": len(pool), "inputs": inputs,
             "inputs_per_second": round(inputs / max(seconds, 1e-9), 1),
             "ok": counts["ok"], "crashes": counts["crash"], "hangs": counts["hang"],
+            "over_memory": counts["memory"],
             "peak_rss_mib": round(peak / 1024, 1), "per_format": dict(per_kind),
             "findings": findings}
 
