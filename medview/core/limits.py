@@ -25,6 +25,9 @@ COPIES_NATIVE_DICOM = 2  # read from the file, copied into the series array
 COPIES_COMPRESSED_DICOM = 3  # decoder's output buffer, pydicom's array, the series array
 COPIES_RASTER = 4  # Pillow's image, a mode conversion, numpy's view copy, the stacked pages
 COPIES_ITK = 4  # ITK's buffer, reorientation, numpy's copy, a float check
+#: Showing (or scoring) one slice makes float32 copies of it: modality values, the
+#: windowed image, an inversion; bytes per sample of the slice.
+DISPLAY_BYTES_PER_SAMPLE = 12
 
 
 def parse_size(text: str) -> int:
@@ -58,11 +61,14 @@ def fmt_bytes(n: float) -> str:
     return f"{int(n)} bytes"
 
 
-def check_budget(path: str, decoded_bytes: int, copies: int, what: str = "the image") -> None:
+def check_budget(path: str, decoded_bytes: int, copies: int, what: str = "the image",
+                 slice_samples: int = 0) -> None:
     """Raise :class:`TooLargeError` when decoding ``decoded_bytes`` with ``copies`` full-size
-    copies would exceed the budget."""
+    copies, and then showing one slice of ``slice_samples`` samples, would exceed the
+    budget."""
     budget = memory_budget()
-    cost = int(decoded_bytes) * max(int(copies), 1)
+    cost = (int(decoded_bytes) * max(int(copies), 1)
+            + int(slice_samples) * DISPLAY_BYTES_PER_SAMPLE)
     if cost > budget:
         raise TooLargeError(
             path,

@@ -378,8 +378,10 @@ class MainWindow(QMainWindow):
         self.recent_menu.setEnabled(bool(self.recent()))
 
     def clear_recent(self) -> None:
-        """Forget the recent-study paths (they persist in medview's QSettings file)."""
+        """Forget the recent-study paths and the wizard's last data folder (both persist in
+        medview's QSettings file)."""
         self.settings.remove("recent")
+        self.settings.remove("wizard/data")
         self.settings.sync()
         self._refresh_recent()
 

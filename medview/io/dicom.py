@@ -434,7 +434,7 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
     except Exception:
         compressed = True
     check_budget(path, decoded, COPIES_COMPRESSED_DICOM if compressed else COPIES_NATIVE_DICOM,
-                 f"the pixel data ({rows}x{cols}, {frames} frame(s))")
+                 f"the pixel data ({rows}x{cols}, {frames} frame(s))", rows * cols * samples)
 
     pixel_offset = pixel_length = None
     elem = ds.get_item("PixelData", keep_deferred=True)

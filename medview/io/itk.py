@@ -245,7 +245,9 @@ def read_itk(path: str, fmt: str) -> ImageVolume:
     data_files = detached_data_files(path, fmt)
     if fmt in ("nifti", "nifti-gz"):
         info = _nifti_header(path, fmt == "nifti-gz")
-        check_budget(path, info["nbytes"], COPIES_ITK, "the voxels")
+        sizes = info["sizes"]
+        check_budget(path, info["nbytes"], COPIES_ITK, "the voxels",
+                     int(sizes[0]) * int(sizes[1] if len(sizes) > 1 else 1))
         if data_files:  # a .hdr/.img pair: the voxels start at the .img's first byte
             need = info["vox_offset"] + info["nbytes"]
             have = os.path.getsize(data_files[0])
@@ -280,7 +282,8 @@ def read_itk(path: str, fmt: str) -> ImageVolume:
     component = _ITK_COMPONENT_BYTES.get(sitk.GetPixelIDValueAsString(reader.GetPixelID())
                                          .replace("vector of ", ""), 8)
     nbytes = int(np.prod(size, dtype=np.int64)) * max(comps, 1) * component
-    check_budget(path, nbytes, COPIES_ITK, "the voxels")
+    check_budget(path, nbytes, COPIES_ITK, "the voxels",
+                 int(size[0]) * int(size[1] if len(size) > 1 else 1) * max(comps, 1))
     for k, s in enumerate(reader.GetSpacing()[:3]):
         if not (math.isfinite(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM):
             spacing_known[k] = False

@@ -91,7 +91,7 @@ def _read_open_raster(path: str, fh) -> ImageVolume:
         # decoded size from the header, times the copies made on the way (decode, mode
         # conversion, numpy, stacking), before a pixel is decoded
         check_budget(path, w * h * max(n_frames, 1) * _band_bytes(img.mode), COPIES_RASTER,
-                     f"the pixels ({w}x{h}, {img.mode}, {n_frames} page(s))")
+                     f"the pixels ({w}x{h}, {img.mode}, {n_frames} page(s))", w * h * 3)
         frames: list[np.ndarray] = []
         photometric = "MONOCHROME2"
         try:

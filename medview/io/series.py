@@ -192,7 +192,8 @@ def iter_build_volume(
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     # the series array plus one file's decoding on the way
     largest = max(h.expected_bytes for h in plan.headers)
-    check_budget(h0.path, nbytes + largest * (COPIES_NATIVE_DICOM - 1), 1, "the series")
+    check_budget(h0.path, nbytes + largest * (COPIES_NATIVE_DICOM - 1), 1, "the series",
+                 h0.rows * h0.cols * (3 if h0.out_photometric == "RGB" else 1))
     pixels = np.empty(shape, dtype=dtype)
     keep = np.ones(n, dtype=bool)
     skipped: list[SkippedFile] = []

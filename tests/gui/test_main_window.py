@@ -207,8 +207,10 @@ def test_clear_recent_studies(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.load_finished, timeout=20000):
         window.open_paths([str(tmp_path)])
     assert window.recent() == [str(tmp_path)]
+    window.settings.setValue("wizard/data", str(tmp_path))
     labels = [a.text() for a in window.recent_menu.actions()]
     assert "Clear recent studies" in labels
     window.act_clear_recent.trigger()
     assert window.recent() == [] and window.settings.value("recent") is None
+    assert window.settings.value("wizard/data") is None
     assert not window.recent_menu.isEnabled()
