@@ -110,20 +110,23 @@ def nrrd_gzip_bomb(folder) -> str:
     return "bomb.nrrd"
 
 
-def mhd(folder, name: str, data_file: str) -> str:
-    text = (f"ObjectType = Image\nNDims = 2\nDimSize = 64 64\nElementType = MET_UCHAR\n"
-            f"ElementSpacing = 1 1\nElementDataFile = {data_file}\n")
+def _text_file(folder, name: str, text: str) -> str:
     with open(os.path.join(folder, name), "w") as f:
         f.write(text)
     return name
+
+
+def mhd(folder, name: str, data_file: str) -> str:
+    """A 64x64 MetaImage header whose pixels are in ``data_file``."""
+    return _text_file(folder, name, "ObjectType = Image\nNDims = 2\nDimSize = 64 64\n"
+                      "ElementType = MET_UCHAR\nElementSpacing = 1 1\n"
+                      f"ElementDataFile = {data_file}\n")
 
 
 def nrrd_detached(folder, name: str, data_file: str) -> str:
-    text = (f"NRRD0004\ntype: uchar\ndimension: 2\nsizes: 64 64\nencoding: raw\n"
-            f"data file: {data_file}\n\n")
-    with open(os.path.join(folder, name), "w") as f:
-        f.write(text)
-    return name
+    """A 64x64 NRRD header whose pixels are in ``data_file``."""
+    return _text_file(folder, name, "NRRD0004\ntype: uchar\ndimension: 2\nsizes: 64 64\n"
+                      f"encoding: raw\ndata file: {data_file}\n\n")
 
 
 def numeric_nonsense(folder) -> list[str]:

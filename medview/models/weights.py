@@ -64,16 +64,19 @@ def _parse_header(f, size: int) -> dict:
     return header
 
 
-def _open(path: str, root: str | None):
-    return open_regular(path, max_bytes=MAX_WEIGHTS_BYTES, root=root)
-
-
-def check_safetensors_file(path: str, root: str | None = None) -> dict:
-    """Refuse anything that is not a complete safetensors file, by content; return its
-    header. With ``root``, a file (or link) leading outside that folder is refused."""
+def _read(path: str, root: str | None, expected_shapes=None, whole: bool = False
+          ) -> tuple[dict, bytes]:
+    """The checked header (and with ``whole`` the file's bytes) of a weights file that is
+    a regular file inside ``root``; every failure is a :class:`WeightsError`."""
     try:
-        with _open(path, root) as f:
-            return _parse_header(f, os.fstat(f.fileno()).st_size)
+        with open_regular(path, max_bytes=MAX_WEIGHTS_BYTES, root=root) as f:
+            header = _parse_header(f, os.fstat(f.fileno()).st_size)
+            if expected_shapes is not None:
+                check_shapes(header, expected_shapes)
+            if not whole:
+                return header, b""
+            f.seek(0)
+            return header, f.read()
     except FileNotFoundError as exc:
         raise WeightsError("the weights file is missing") from exc
     except UnsafeFileError as exc:
@@ -82,8 +85,15 @@ def check_safetensors_file(path: str, root: str | None = None) -> dict:
         raise WeightsError(f"refused: unreadable weights file ({exc.strerror or exc})") from exc
 
 
+def check_safetensors_file(path: str, root: str | None = None) -> dict:
+    """Refuse anything that is not a complete safetensors file, by content; return its
+    header. With ``root``, a file (or link) leading outside that folder is refused."""
+    return _read(path, root)[0]
+
+
 def check_shapes(header: dict, expected: dict[str, tuple[int, ...]]) -> None:
-    """Refuse a header whose tensor names or shapes differ from ``expected``."""
+    """Refuse tensors (a safetensors header: name -> {"shape": [...]}) whose names or shapes
+    differ from ``expected``."""
     have = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items()
             if k != "__metadata__"}
     missing = [k for k in expected if k not in have]
@@ -113,19 +123,7 @@ def load_verified_state_dict(path: str, expected_sha256: str,
     """
     from safetensors.torch import load as load_bytes
 
-    try:
-        with _open(path, root) as f:
-            header = _parse_header(f, os.fstat(f.fileno()).st_size)
-            if expected_shapes is not None:
-                check_shapes(header, expected_shapes)
-            f.seek(0)
-            data = f.read()
-    except FileNotFoundError as exc:
-        raise WeightsError("the weights file is missing") from exc
-    except UnsafeFileError as exc:
-        raise WeightsError(f"refused: {exc.reason}") from exc
-    except OSError as exc:
-        raise WeightsError(f"refused: unreadable weights file ({exc.strerror or exc})") from exc
+    _, data = _read(path, root, expected_shapes, whole=True)
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise WeightsError(
@@ -140,23 +138,8 @@ def load_verified_state_dict(path: str, expected_sha256: str,
 
 def load_into(model, state: dict) -> None:
     """Load ``state`` strictly into ``model``, with a clear message on any mismatch."""
-    target = model.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
-        for k in target
-        if k in state and tuple(state[k].shape) != tuple(target[k].shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append("wrong shapes: " + "; ".join(wrong[:3]))
-        if missing:
-            parts.append(f"{len(missing)} missing tensor(s) e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensor(s) e.g. {unexpected[0]}")
-        raise WeightsError("refused: weights do not fit the architecture: " + ", ".join(parts))
+    check_shapes({k: {"shape": list(v.shape)} for k, v in state.items()},
+                 {k: tuple(v.shape) for k, v in model.state_dict().items()})
     model.load_state_dict(state, strict=True)
 
 
