@@ -54,6 +54,9 @@ def read_raster(path: str) -> ImageVolume:
         return _read_open_raster(path, fh)
 
 
+_GREY_MODES = ("1", "L", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
 def _band_bytes(mode: str) -> int:
     """Bytes per pixel of a Pillow mode once decoded (all bands)."""
     if mode.startswith("I;16"):
@@ -91,7 +94,8 @@ def _read_open_raster(path: str, fh) -> ImageVolume:
         # decoded size from the header, times the copies made on the way (decode, mode
         # conversion, numpy, stacking), before a pixel is decoded
         check_budget(path, w * h * max(n_frames, 1) * _band_bytes(img.mode), COPIES_RASTER,
-                     f"the pixels ({w}x{h}, {img.mode}, {n_frames} page(s))", w * h * 3)
+                     f"the pixels ({w}x{h}, {img.mode}, {n_frames} page(s))",
+                     w * h * (1 if img.mode in _GREY_MODES else 3))
         frames: list[np.ndarray] = []
         photometric = "MONOCHROME2"
         try:
