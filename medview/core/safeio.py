@@ -64,7 +64,7 @@ def open_regular(path: str, *, max_bytes: int | None = None,
         The ordinary errors of ``open`` (missing file, permission denied, ...).
     """
     if root is not None and not inside(path, root):
-        raise UnsafeFileError(path, "the path leads outside its folder (link?); refused")
+        raise UnsafeFileError(path, "the path leads outside its folder (link?)")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags)
     try:

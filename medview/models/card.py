@@ -267,7 +267,7 @@ def read_card(folder: str, source: str = "bundled") -> ModelCard:
     except FileNotFoundError as exc:
         raise CardError(where, "no card.json in the model folder") from exc
     except UnsafeFileError as exc:
-        raise CardError(where, f"refused: {exc.reason}") from exc
+        raise CardError(where, exc.reason) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise CardError(where, f"unreadable card: {reason}") from exc
