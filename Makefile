@@ -17,6 +17,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check medview tests benchmarks scripts packaging
+	$(VENV)/bin/lint-imports
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
@@ -29,6 +30,7 @@ fuzz: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medview tests benchmarks scripts packaging
+	$(VENV)/bin/lint-imports
 
 # The desktop app: a one-folder PyInstaller bundle in dist/medview/ (see packaging/README.md).
 package: $(STAMP)

@@ -49,11 +49,14 @@ class JobThread(QThread):
                 except StopIteration as stop:
                     result = stop.value
                     break
+                if self.token.cancelled:  # every yield is a cancel point
+                    gen.close()
+                    self.cancelled.emit()
+                    return
                 now = time.monotonic()
-                # frequent step events are thinned to ~20 per second; milestones (an
-                # epoch's end, early stopping, ...) are always delivered
-                milestone = getattr(step, "stage", "") not in ("", "load", "train")
-                if milestone or now - last > 0.05:
+                # frequent step events are thinned to ~20 per second; events that say
+                # they are milestones are always delivered
+                if getattr(step, "milestone", False) or now - last > 0.05:
                     last = now
                     self.progress.emit(step)
             if self.token.cancelled:

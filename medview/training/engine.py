@@ -125,6 +125,12 @@ class TrainEvent:
     eta_s: float | None = None
     message: str = ""
 
+    @property
+    def milestone(self) -> bool:
+        """An event every listener must see (an epoch's end, early stopping, ...), as
+        opposed to the frequent per-step ones that may be thinned."""
+        return self.stage not in ("load", "train")
+
 
 @dataclass
 class TrainResult:

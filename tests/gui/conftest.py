@@ -1,5 +1,29 @@
+import weakref
+
 import pytest
 from PySide6.QtCore import QSettings
+
+
+@pytest.fixture(autouse=True)
+def no_dangling_worker_threads(monkeypatch):
+    """Fail any test that leaves a worker thread running (napari's dangling-QThread
+    guard): every job must have ended, or been cancelled and joined, by the end."""
+    from medview.gui import workers
+
+    made = []
+    real_init = workers.JobThread.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(workers.JobThread, "__init__", init)
+    yield
+    running = [t for ref in made if (t := ref()) is not None and t.isRunning()]
+    for t in running:  # stop them so later tests are not disturbed, then fail
+        t.cancel()
+        t.wait(10000)
+    assert not running, f"{len(running)} worker thread(s) still running after the test"
 
 
 @pytest.fixture
