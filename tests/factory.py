@@ -99,8 +99,10 @@ def write_series(
 ) -> tuple[list[str], np.ndarray]:
     """Write an axial CT series; slice k holds the value ``k * 10`` everywhere (+ a ramp).
 
-    Returns the file paths (in writing order) and the expected stored volume in
-    increasing-z order (without the skipped slices).
+    With ``shuffle`` the slices are written in a random order and the files are named by
+    that order (and Instance Numbers run against z), so only Image Position (Patient)
+    gives the slice order. Returns the file paths (in writing order) and the expected
+    stored volume in increasing-z order (without the skipped slices).
     """
     os.makedirs(folder, exist_ok=True)
     uid = series_uid or generate_uid()
@@ -113,7 +115,7 @@ def write_series(
         if k in skip:
             continue
         vol.append((ramp + k * 10).astype(np.int16))
-    for idx in order:
+    for j, idx in enumerate(order):
         k = int(idx)
         if k in skip:
             continue
@@ -125,5 +127,8 @@ def write_series(
             instance=n - k,  # deliberately opposite to z order
             description=description,
         )
-        paths.append(write(ds, os.path.join(folder, f"{prefix}{k:03d}.dcm")))
+        # named by writing order, so neither file names nor instance numbers follow z:
+        # only the positions give the slice order
+        name = f"{prefix}{j if shuffle else k:03d}.dcm"
+        paths.append(write(ds, os.path.join(folder, name)))
     return paths, np.stack(vol)
