@@ -293,3 +293,47 @@ def test_export_cleanup_never_deletes_another_exports_work(tmp_path):
     assert clean_stale_exports(str(out)) == 2
     assert not holder.exists() and not os.path.exists(mine) and young_unlocked.is_dir()
     assert fcntl is not None
+
+
+def test_the_best_epochs_weights_are_the_ones_exported(tmp_path, monkeypatch):
+    """Validation AUC is best at epoch 1 and worse after it: the model that comes out of
+    training, and the exported weights, are epoch 1's, not the last epoch's."""
+    import copy
+
+    import torch
+
+    import medview.training.engine as engine
+    from medview.core.progress import drain
+    from medview.models.loading import load_model
+
+    data = write_patch_dataset(str(tmp_path / "data"), n_per_class=16)
+    snapshots = []  # the weights each epoch was validated with
+    real_predict, real_metrics = engine._predict_logits, M.point_metrics
+    scripted_auc = iter([0.9, 0.6, 0.5])
+
+    def predict(model, *args, **kwargs):
+        snapshots.append(copy.deepcopy(model.state_dict()))
+        return real_predict(model, *args, **kwargs)
+
+    def metrics(*args, **kwargs):
+        out = real_metrics(*args, **kwargs)
+        auc = next(scripted_auc, None)  # the three epochs' validations come first
+        if auc is not None:
+            out["auc_macro"] = auc
+        return out
+
+    monkeypatch.setattr(engine, "_predict_logits", predict)
+    monkeypatch.setattr(M, "point_metrics", metrics)
+    cfg = TrainConfig(data=data, base="timm:test_efficientnet", strategy="full", epochs=3,
+                      image_size=64, batch_size=8, lr=5e-3, augment=False, n_bootstrap=20,
+                      min_per_class=5, patience=10, id="best-epoch")
+    result = drain(train(cfg))
+    assert result.card["training"]["best_epoch"] == 1
+    epoch1, epoch3 = snapshots[0], snapshots[2]
+    weight = "conv_stem.weight"
+    assert not torch.equal(epoch1[weight], epoch3[weight])  # training did change them
+    final = result.model.state_dict()
+    assert all(torch.equal(final[k], epoch1[k]) for k in epoch1)
+    exported = load_model(read_card(export_model(result.model, result.card,
+                                                 str(tmp_path / "models")))).state_dict()
+    assert all(torch.equal(exported[k], epoch1[k]) for k in epoch1)
