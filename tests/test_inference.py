@@ -40,20 +40,83 @@ def test_prediction_is_calibrated_and_recorded(predictor, tiny_model):
     np.testing.assert_allclose(p.probabilities, expected, rtol=1e-5, atol=1e-12)
 
 
-def test_threshold_decides_binary_label(predictor):
-    predictor_threshold = predictor.threshold
-    assert predictor.card.positive_class == "plain" and predictor_threshold is not None
-    label, words = predictor.decide(np.array([0.2, 0.8]))
-    assert label == ("plain" if predictor_threshold <= 0.8 else "patch")
-    assert "threshold" in words
+def test_threshold_decides_binary_label(predictor, monkeypatch):
+    assert predictor.card.positive_class == "plain"  # classes: patch, plain
+    probs = np.array([0.75, 0.25])  # p(plain) = 0.25
+    for threshold, expected in ((0.5, "patch"), (0.25, "plain"), (0.1, "plain"),
+                                (0.26, "patch")):
+        monkeypatch.setattr(predictor, "threshold", threshold)
+        label, words = predictor.decide(probs)
+        assert label == expected, threshold
+        assert f"{threshold:.2f}" in words
+    monkeypatch.setattr(predictor, "threshold", None)  # no operating point: argmax
+    monkeypatch.setattr(predictor, "positive", None)
+    assert predictor.decide(probs)[0] == "patch"
 
 
 def test_preprocessing_comes_from_the_card(predictor, tiny_model):
     vol = _first(tiny_model[1], "plain")
     prep = predictor.prepare(vol, 0)
     assert prep.tensor.shape == (3, *predictor.card.preprocessing.size)
-    mean, std = predictor.card.preprocessing.mean[0], predictor.card.preprocessing.std[0]
-    np.testing.assert_allclose(prep.tensor[0], (prep.seen / 255.0 - mean) / std, atol=1e-6)
+
+
+@pytest.mark.parametrize(("mean", "std", "white", "black"),
+                         [((0.5,) * 3, (0.5,) * 3, 1.0, -1.0),
+                          ((0.25,) * 3, (2.0,) * 3, 0.375, -0.125),
+                          ((0.0, 0.5, 1.0), (1.0, 0.25, 0.5), (1.0, 2.0, 0.0),
+                           (0.0, -2.0, -2.0))])
+def test_card_mean_and_std_give_known_values(mean, std, white, black):
+    from medview.core.modeling import Preprocessing
+    from medview.imaging.model_input import prepare
+
+    spec = Preprocessing(size=(8, 8), channels=3, mean=mean, std=std)
+    px = np.zeros((1, 8, 16), np.uint8)
+    px[0, :, 8:] = 255  # left half black, right half white, full-scale 8-bit
+    tensor, _ = prepare(ImageVolume(px), 0, Preprocessing(**{**spec.__dict__,
+                                                                 "size": (8, 16)}))
+    np.testing.assert_allclose(tensor[:, :, 12], np.broadcast_to(
+        np.reshape(white, (-1, 1)), (3, 8)), atol=1e-6)
+    np.testing.assert_allclose(tensor[:, :, 2], np.broadcast_to(
+        np.reshape(black, (-1, 1)), (3, 8)), atol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "area"])
+def test_card_interpolation_is_the_filter_used(tiny_model, interpolation):
+    """Each filter the card may name is the one applied: the result equals Pillow's resize
+    with that filter, and differs from every other filter's."""
+    import json
+
+    from PIL import Image
+
+    from medview.imaging.model_input import display_grey, prepare
+    from medview.models.card import ModelCard
+
+    filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+               "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
+    with open(os.path.join(tiny_model[0], "card.json")) as f:
+        data = json.load(f)
+    rng = np.random.default_rng(3)
+    vol = ImageVolume(rng.integers(0, 256, (1, 157, 131), dtype=np.uint8))  # downscaled
+    seen = {}
+    for name in filters:
+        data["preprocessing"]["interpolation"] = name
+        spec = ModelCard(data, tiny_model[0]).preprocessing
+        seen[name] = prepare(vol, 0, spec)[1]
+    h, w = data["preprocessing"]["size"]
+    expected = np.asarray(Image.fromarray(display_grey(vol, 0)).resize(
+        (w, h), filters[interpolation]))
+    np.testing.assert_array_equal(seen[interpolation], expected)
+    others = [n for n in filters if n != interpolation]
+    assert all(not np.array_equal(seen[interpolation], seen[n]) for n in others)
+
+
+def test_preprocessing_window_is_read():
+    from medview.core.modeling import Preprocessing
+    from medview.imaging.model_input import prepare
+
+    vol = ImageVolume(np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="window"):
+        prepare(vol, 0, Preprocessing(size=(8, 8), window="raw"))
 
 
 def test_contract_warnings(predictor):
@@ -93,9 +156,18 @@ def test_gpu_out_of_memory_retries_smaller_then_cpu(predictor, monkeypatch):
     predictor.notices.clear()
 
 
-def test_device_choice():
-    assert choose_device("auto") in ("cuda", "mps", "cpu")
-    assert choose_device("cpu") == "cpu"
+def test_device_choice(monkeypatch):
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None:
+        monkeypatch.setattr(mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device("auto") == "cuda" and choose_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device("auto") == "cpu" and choose_device("") == "cpu"
+    with pytest.raises(ValueError, match="not available"):
+        choose_device("cuda")
     with pytest.raises(ValueError, match="not available"):
         choose_device("tpu")
 

@@ -54,7 +54,13 @@ def normalise(resized: np.ndarray, spec: Preprocessing) -> np.ndarray:
 
 
 def prepare(volume: ImageVolume, index: int, spec: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """The model input for one slice: ``(tensor (C, H, W) float32, resized uint8 (H, W))``."""
+    """The model input for one slice: ``(tensor (C, H, W) float32, resized uint8 (H, W))``.
+
+    ``spec.window`` must be ``"display"``: the pixels are the ones the viewer shows by
+    default (the only kind of input medview's models are trained on)."""
+    if spec.window != "display":
+        raise ValueError(f"preprocessing window {spec.window!r} is not supported "
+                         "(only 'display')")
     resized = resize_grey(display_grey(volume, index), spec.size, spec.interpolation)
     return normalise(resized, spec), resized
 
