@@ -156,38 +156,40 @@ def _print_event(ev) -> None:
         print(ev.message, flush=True)
 
 
-def _predictor(model: str, device: str):
-    """The Predictor for a model id or folder, or None after printing why it can't load."""
+def _session(model: str, device: str):
+    """(session, card) with the model loaded, or None after printing why it can't load."""
     from medview.core.errors import MedviewError
-    from medview.inference.predictor import Predictor
+    from medview.inference.session import InferenceSession
     from medview.models.registry import discover_models
 
+    session = InferenceSession()
     try:
-        return Predictor(discover_models().get(model), device)
+        card = discover_models().get(model)
+        session.predictor(card, device)
     except (KeyError, ValueError, MedviewError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+    return session, card
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from medview.core.progress import drain
     from medview.io import load
     from medview.reports.files import prediction_header, prediction_row, write_predictions_csv
 
-    predictor = _predictor(args.model, args.device)
-    if predictor is None:
+    loaded = _session(args.model, args.device)
+    if loaded is None:
         return 2
+    session, card = loaded
     result = load(args.paths)
-    rows = []
-    for v in result.volumes:
-        index = v.default_index
-        p = predictor.predict(v, index)
-        rows.append((v.source_of(index), p))
-    classes = predictor.card.classes
+    scored = drain(session.batch(card, result.volumes, args.device))
+    rows = [(item.path, item.prediction) for item in scored]
+    classes = card.classes
     if args.csv:
         write_predictions_csv(args.csv, rows, classes)
     if args.json:
-        doc = {"model": {"id": predictor.card.id, "version": predictor.card.version,
-                         "weights_sha256": predictor.card.weights_sha256},
+        doc = {"model": {"id": card.id, "version": card.version,
+                         "weights_sha256": card.weights_sha256},
                "predictions": [{"path": _show(path), **_pred_dict(p)} for path, p in rows],
                "skipped": [{"path": _show(s.path), "reason": s.reason}
                            for s in result.skipped]}
@@ -215,15 +217,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from medview.explain import saliency_for_slice
+    from medview.core.progress import drain
     from medview.imaging import render_slice
     from medview.imaging.overlay import blend, heatmap_rgba
     from medview.io import load
     from medview.reports.files import atomic_write_bytes
 
-    predictor = _predictor(args.model, args.device)
-    if predictor is None:
+    loaded = _session(args.model, args.device)
+    if loaded is None:
         return 2
+    session, card = loaded
     result = load([args.path])
     if not result.volumes:
         for s in result.skipped:
@@ -231,18 +234,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     v = result.volumes[0]
     index = v.default_index
-    prep = predictor.prepare(v, index)
-    pred = predictor.predict_prepared(prep)
-    classes = predictor.card.classes
+    pred, prep = drain(session.predict(card, v, index, args.device))
     target = args.target or pred.label
-    if target not in classes:
-        print(f"error: unknown class {target!r}; classes: {', '.join(classes)}", file=sys.stderr)
+    if target not in card.classes:
+        print(f"error: unknown class {target!r}; classes: {', '.join(card.classes)}",
+              file=sys.stderr)
         return 2
-    spec = predictor.card.preprocessing
-    black = [(0.0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)]
-    with predictor.lock:
-        sal = saliency_for_slice(predictor.model, prep.tensor, classes.index(target),
-                                 args.method, (v.rows, v.cols), black=black)
+    sal = drain(session.explain(card, v, index, args.method, target, args.device, prep))
     image = blend(render_slice(v, index, None), heatmap_rgba(sal, args.colormap, args.opacity))
     buf = _io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 
 import numpy as np
 from PySide6.QtCore import QRectF, Qt, Signal
@@ -131,8 +129,9 @@ class ModelPanel(QWidget):
         self.volume: ImageVolume | None = None
         self.index = 0
         self.volumes_provider = lambda: []
-        self._predictors: dict[tuple[str, str], object] = {}
-        self._predictors_lock = threading.Lock()
+        from medview.inference.session import InferenceSession
+
+        self.session = InferenceSession()  # the same session the command line uses
         self._saliency: np.ndarray | None = None
         self._last: Prediction | None = None
         self._worklist: list[tuple[str, str, Prediction]] = []
@@ -384,7 +383,7 @@ class ModelPanel(QWidget):
         if card is None:
             return
         device = self.device_box.currentText()
-        if (card.id, device) in self._predictors:
+        if self.session.is_loaded(card, device):
             return
 
         def job(_token):
@@ -395,15 +394,7 @@ class ModelPanel(QWidget):
 
     def predictor_for(self, card, device: str):
         """Load (once) and cache the predictor; called in worker threads."""
-        from medview.inference.predictor import Predictor
-
-        key = (card.id, device)
-        with self._predictors_lock:
-            pred = self._predictors.get(key)
-            if pred is None:
-                pred = Predictor(card, device)
-                self._predictors[key] = pred
-            return pred
+        return self.session.predictor(card, device)
 
     def run(self) -> None:
         card = self.current_card()
@@ -415,19 +406,7 @@ class ModelPanel(QWidget):
         self.status.setText("Running...")
 
         def job(token):
-            t0 = time.perf_counter()
-            yield Progress(0, 3, "loading model")
-            pred = self.predictor_for(card, device)
-            token.raise_if_cancelled()
-            yield Progress(1, 3, "preparing")
-            t1 = time.perf_counter()
-            prep = pred.prepare(volume, index)
-            prep_ms = (time.perf_counter() - t1) * 1000
-            token.raise_if_cancelled()
-            yield Progress(2, 3, "inference")
-            result = pred.predict_prepared(prep, prep_ms)
-            result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
-            return result, prep
+            return (yield from self.session.predict(card, volume, index, device, token))
 
         j = self.jobs.start("predict", job)
         j.succeeded.connect(lambda r, jj=j: self._on_prediction(jj, r, want_saliency))
@@ -470,17 +449,8 @@ class ModelPanel(QWidget):
         self.status.setText(f"Computing {METHOD_NAMES[method]}...")
 
         def job(token):
-            from medview.explain import saliency_for_slice
-
-            pred = self.predictor_for(card, device)
-            p = prep if prep is not None else pred.prepare(volume, index)
-            token.raise_if_cancelled()
-            yield Progress(1, 2, "saliency")
-            spec = card.preprocessing
-            black = [(0.0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)]
-            with pred.lock:
-                return saliency_for_slice(pred.model, p.tensor, card.classes.index(target),
-                                          method, (volume.rows, volume.cols), black=black)
+            return (yield from self.session.explain(card, volume, index, method, target,
+                                                    device, prep, token))
 
         j = self.jobs.start("saliency", job)
         j.succeeded.connect(lambda m, jj=j: self._on_saliency(jj, m, method, target))
@@ -524,15 +494,9 @@ class ModelPanel(QWidget):
         device = self.device_box.currentText()
 
         def job(token):
-            pred = self.predictor_for(card, device)
-            rows = []
-            for k, v in enumerate(volumes):
-                token.raise_if_cancelled()
-                i = v.default_index
-                rows.append((v.description or os.path.basename(v.source_of(i)), v.source_of(i),
-                             pred.predict(v, i)))
-                yield Progress(k + 1, len(volumes), "scoring")
-            return rows
+            scored = yield from self.session.batch(card, volumes, device, token)
+            return [(it.volume.description or os.path.basename(it.path), it.path,
+                     it.prediction) for it in scored]
 
         self.status.setText(f"Scoring {len(volumes)} series...")
         j = self.jobs.start("batch", job)

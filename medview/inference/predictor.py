@@ -196,20 +196,3 @@ class Predictor:
             timings_ms={"preprocess": round(prep_ms, 2), "inference": round(infer_ms, 2)},
             warnings=list(prep.warnings) + list(self.notices),
         )
-
-    def predict_many(self, items: list[tuple[ImageVolume, int]], batch_size: int = 16
-                     ) -> list[Prediction]:
-        """Score many slices in batches (OOM: smaller batches, then CPU)."""
-        preps = [self.prepare(v, i) for v, i in items]
-        if not preps:
-            return []
-        logits = self.logits(np.stack([p.tensor for p in preps]), batch_size)
-        out = []
-        for prep, lg in zip(preps, logits, strict=True):
-            probs = self.probabilities(lg[np.newaxis])[0]
-            label, decision = self.decide(probs)
-            out.append(Prediction(self.card.id, self.card.version, self.card.weights_sha256,
-                                  self.card.classes, [float(p) for p in probs], label, decision,
-                                  self.threshold, prep.input_sha256, self.device, {},
-                                  list(prep.warnings) + list(self.notices)))
-        return out

@@ -108,15 +108,37 @@ def test_choosing_a_model_loads_it_in_the_background(qtbot, ai_window):
     panel = win.model_panel
     ids = [c.id for c in panel.cards]
     panel.model_box.setCurrentIndex(ids.index("tiny-patch"))
-    assert panel._predictors == {}  # a programmatic change loads nothing
+    assert panel.session.loaded() == []  # a programmatic change loads nothing
     panel.model_box.activated.emit(ids.index("tiny-patch"))  # as when a user picks it
     job = win.jobs.current("warm-up")
     assert job is not None
     with qtbot.waitSignal(job.succeeded, timeout=60000):
         pass
-    loaded = panel._predictors[("tiny-patch", panel.device_box.currentText())]
+    (loaded,) = panel.session.loaded()
+    assert loaded.card.id == "tiny-patch"
     # the first run on an image uses the loaded model
     _open(qtbot, win, _files(data, "patch", 1))
     with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
         panel.run_button.click()
-    assert list(panel._predictors.values()) == [loaded]
+    assert panel.session.loaded() == [loaded]
+
+
+def test_the_panel_runs_through_the_shared_session(qtbot, ai_window, monkeypatch):
+    from medview.inference.session import InferenceSession
+
+    win, data = ai_window
+    panel = win.model_panel
+    assert isinstance(panel.session, InferenceSession)
+    calls = []
+    real = InferenceSession.predict
+
+    def predict(self, *args, **kwargs):
+        calls.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(InferenceSession, "predict", predict)
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    _open(qtbot, win, _files(data, "patch", 1))
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
+        panel.run_button.click()
+    assert calls == [panel.session]

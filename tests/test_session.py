@@ -1,0 +1,91 @@
+"""The one inference session: cached models, predict/explain/batch as cancellable
+generators, used by both the command line and the AI panel."""
+
+import numpy as np
+import pytest
+
+from medview.core.errors import CancelledError
+from medview.core.progress import CancelToken, Progress, drain
+from medview.core.volume import ImageVolume
+from medview.inference.session import InferenceSession
+from medview.models.card import read_card
+
+
+@pytest.fixture(scope="module")
+def session_card(tiny_model):
+    session = InferenceSession()
+    card = read_card(tiny_model[0])
+    return session, card
+
+
+def _image(seed=0):
+    return ImageVolume(np.random.default_rng(seed).integers(0, 256, (1, 64, 64), np.uint8))
+
+
+def test_a_model_is_loaded_once_per_device(session_card):
+    session, card = session_card
+    first = session.predictor(card, "cpu")
+    assert session.predictor(card, "cpu") is first and session.is_loaded(card, "cpu")
+    pred, prep = drain(session.predict(card, _image(), 0, "cpu"))
+    assert session.loaded() == [first]
+    assert pred.timings_ms["total"] > 0 and prep.tensor.shape == (3, 64, 64)
+
+
+def test_each_step_of_a_batch_is_progress_and_a_cancel_point(session_card):
+    session, card = session_card
+    token = CancelToken()
+    gen = session.batch(card, [_image(k) for k in range(5)], "cpu", token)
+    steps = []
+    with pytest.raises(CancelledError):
+        while True:
+            step = next(gen)
+            steps.append(step)
+            if step.done == 2:
+                token.cancel()
+    assert [s.done for s in steps] == [0, 1, 2]
+    assert all(isinstance(s, Progress) for s in steps)
+    rows = drain(session.batch(card, [_image(k) for k in range(3)], "cpu"))
+    assert [r.prediction.model_id for r in rows] == ["tiny-patch"] * 3
+
+
+@pytest.mark.parametrize("method", ["occlusion", "ig", "smoothgrad"])
+def test_saliency_stops_within_one_forward_step_when_cancelled(session_card, method):
+    session, card = session_card
+    pred = session.predictor(card, "cpu")
+    calls = []
+    handle = pred.model.register_forward_hook(lambda *_a: calls.append(1))
+    try:
+        drain(session.explain(card, _image(), 0, method, "patch", "cpu"))
+        full = len(calls)
+        calls.clear()
+        token = CancelToken()
+        cancel_after = pred.model.register_forward_hook(
+            lambda *_a: token.cancel() if len(calls) >= 1 else None)
+        try:
+            with pytest.raises(CancelledError):
+                drain(session.explain(card, _image(), 0, method, "patch", "cpu",
+                                      cancel=token))
+        finally:
+            cancel_after.remove()
+    finally:
+        handle.remove()
+    assert len(calls) == 1 < full  # it stopped at the forward after the cancel
+    assert pred.lock.acquire(timeout=1)  # and let go of the model
+    pred.lock.release()
+    assert not pred.model._forward_pre_hooks  # the cancel points are removed again
+
+
+def test_the_command_line_loads_models_through_the_session(monkeypatch, tiny_model):
+    import medview.cli as cli
+    from medview.inference import session as session_module
+
+    made = []
+    real = session_module.InferenceSession.predictor
+
+    def predictor(self, card, device="auto"):
+        made.append((self, card.id))
+        return real(self, card, device)
+
+    monkeypatch.setattr(session_module.InferenceSession, "predictor", predictor)
+    session, card = cli._session(tiny_model[0], "cpu")
+    assert isinstance(session, InferenceSession) and made == [(session, card.id)]
