@@ -92,7 +92,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("no models found")
     for m in reg.models:
         s = m.summary()
-        test = m.data["metrics"].get("test", {})
+        test = m.card.metrics.get("test", {})
         auc = test.get("auc", {})
         perf = (f"test AUC {auc.get('value')} (95% CI {auc.get('ci95', [None, None])[0]}-"
                 f"{auc.get('ci95', [None, None])[1]}, n={test.get('n')})" if auc else
@@ -134,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (CancelledError, KeyboardInterrupt):
         print("cancelled: nothing was written", file=sys.stderr)
         return 130
-    test = result.card["metrics"].get("test") or result.card["metrics"]["validation"]
+    test = result.card.headline_metrics
     print(f"saved {folder}")
     for key in ("auc", "sensitivity", "specificity", "accuracy", "ece"):
         v = test[key]

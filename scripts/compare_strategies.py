@@ -33,8 +33,8 @@ def run_one(cfg: TrainConfig) -> dict:
 
     result = drain(train(cfg), show)
     hist = result.history
-    test = result.card["metrics"].get("test", {})
-    val = result.card["metrics"]["validation"]
+    test = result.card.metrics.get("test", {})
+    val = result.card.metrics["validation"]
     return {
         "strategy": cfg.strategy,
         "val_auc": val["auc"],

@@ -64,19 +64,30 @@ class Exploit:
         return (open, (self.marker, "w"))
 
 
+def _forged(folder, architecture):
+    """A card object made around validation (dataclasses.replace does not validate)."""
+    from dataclasses import replace
+
+    from medview.models.card import ModelCard
+
+    good = read_card(str(folder))
+    return ModelCard(replace(good.card, architecture=architecture), str(folder))
+
+
 def test_checkpoint_path_in_card_never_unpickles(folder, tmp_path):
+    from medview.models.card import Architecture
+
     marker = tmp_path / "pwned"
     with open(folder / "evil.pth", "wb") as f:
         pickle.dump(Exploit(str(marker)), f)
     card = _card(folder)
+    forged = _forged(folder, Architecture(card["architecture"]["name"], {
+        **card["architecture"]["args"], "checkpoint_path": str(folder / "evil.pth")}))
     card["architecture"]["args"]["checkpoint_path"] = str(folder / "evil.pth")
     _write(folder, card)
     with pytest.raises(CardError, match="checkpoint_path is not allowed"):
         read_card(str(folder))
     # defence in depth: a card object built around validation is refused by the loader
-    from medview.models.card import ModelCard
-
-    forged = ModelCard(card, str(folder))
     with pytest.raises(WeightsError, match="not allowed"):
         load_model(forged)
     assert not marker.exists()
@@ -88,16 +99,17 @@ def test_architecture_names_come_from_the_local_registry_only(folder, monkeypatc
     def no_network(*_a, **_k):
         raise AssertionError("medview tried to reach the network")
 
+    from medview.models.card import Architecture
+
     monkeypatch.setattr(socket.socket, "connect", no_network)
     card = _card(folder)
+    forged = _forged(folder, Architecture(name, card["architecture"]["args"]))
     card["architecture"]["name"] = name
     _write(folder, card)
     with pytest.raises(CardError, match="plain timm model name"):
         read_card(str(folder))
-    from medview.models.card import ModelCard
-
     with pytest.raises(WeightsError, match="unknown or unsupported architecture"):
-        load_model(ModelCard(card, str(folder)))
+        load_model(forged)
 
 
 def test_timm_is_pinned_past_the_pickle_loading_releases():
@@ -210,5 +222,5 @@ def test_default_names_never_come_from_the_data_folder(tmp_path):
                           for n in os.listdir(final))
     assert b"Doe" not in everything and b"1962" not in everything
     assert "Doe" not in final
-    td = result.card["training_data"]
+    td = result.card.training_data
     assert len(td["content_sha256"]) == 64 and "24 images" in td["source"]

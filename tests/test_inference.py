@@ -89,7 +89,7 @@ def test_card_interpolation_is_the_filter_used(tiny_model, interpolation):
     from PIL import Image
 
     from medview.imaging.model_input import display_grey, prepare
-    from medview.models.card import ModelCard
+    from medview.models.card import Card, ModelCard
 
     filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
@@ -100,7 +100,7 @@ def test_card_interpolation_is_the_filter_used(tiny_model, interpolation):
     seen = {}
     for name in filters:
         data["preprocessing"]["interpolation"] = name
-        spec = ModelCard(data, tiny_model[0]).preprocessing
+        spec = ModelCard(Card.from_dict(data), tiny_model[0]).preprocessing
         seen[name] = prepare(vol, 0, spec)[1]
     h, w = data["preprocessing"]["size"]
     expected = np.asarray(Image.fromarray(display_grey(vol, 0)).resize(

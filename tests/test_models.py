@@ -214,3 +214,40 @@ def test_every_bundled_model_loads_and_runs(folder):
     p = predictor.predict(ImageVolume(rng.integers(0, 256, (1, 300, 260), np.uint8)), 0)
     assert p.classes == card.classes and abs(sum(p.probabilities) - 1) < 1e-6
     assert all(np.isfinite(p.probabilities))
+
+
+def test_card_json_schema_is_generated_from_the_typed_card_and_checked_in():
+    from medview.models.card import card_json_schema
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "medview", "models", "card.schema.json")
+    with open(path) as f:
+        assert json.load(f) == card_json_schema(), (
+            "regenerate medview/models/card.schema.json from medview.models.card")
+
+
+@pytest.mark.parametrize("folder", BUNDLED, ids=os.path.basename)
+def test_bundled_cards_validate_against_the_json_schema_and_round_trip(folder):
+    import jsonschema
+
+    from medview.models.card import Card, card_json_schema
+
+    with open(os.path.join(folder, "card.json")) as f:
+        data = json.load(f)
+    jsonschema.validate(data, card_json_schema())
+    assert Card.from_dict(data).to_dict() == data
+    bad = {**data, "architecture": {**data["architecture"], "extra": 1}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, card_json_schema())
+    with pytest.raises(CardError, match="unknown field"):
+        Card.from_dict(bad)
+
+
+def test_card_replace_validates_like_a_card_from_disk(tiny_model):
+    card = read_card(tiny_model[0]).card
+    renamed = card.replace(name="Renamed", id="renamed")
+    assert (renamed.name, renamed.id, card.name) == ("Renamed", "renamed", card.name)
+    with pytest.raises(CardError, match="plain name"):
+        card.replace(id="../escape")
+    with pytest.raises(CardError, match="threshold"):
+        card.replace(thresholds={card.classes[0].name: 1.5})

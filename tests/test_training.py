@@ -197,8 +197,8 @@ def test_every_strategy_runs(tmp_path, strategy):
     assert {"load", "epoch", "evaluate", "done"} <= stages
     if strategy == "feature":
         assert "features" in stages
-    assert result.card["training"]["strategy"] == strategy
-    assert set(result.card["metrics"]) == {"validation", "test"}
+    assert result.card.training["strategy"] == strategy
+    assert set(result.card.metrics) == {"validation", "test"}
 
 
 def test_partial_strategy_freezes_lower_layers(tmp_path):
@@ -328,7 +328,7 @@ def test_the_best_epochs_weights_are_the_ones_exported(tmp_path, monkeypatch):
                       image_size=64, batch_size=8, lr=5e-3, augment=False, n_bootstrap=20,
                       min_per_class=5, patience=10, id="best-epoch")
     result = drain(train(cfg))
-    assert result.card["training"]["best_epoch"] == 1
+    assert result.card.training["best_epoch"] == 1
     epoch1, epoch3 = snapshots[0], snapshots[2]
     weight = "conv_stem.weight"
     assert not torch.equal(epoch1[weight], epoch3[weight])  # training did change them

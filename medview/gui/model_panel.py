@@ -320,14 +320,14 @@ class ModelPanel(QWidget):
             self.summary.setText("No model installed. Train one with the fine-tuning wizard "
                                  "or `medview train`.")
             return
-        d = card.data
-        test = d["metrics"].get("test") or {}
+        d = card.card
+        test = d.metrics.get("test") or {}
         auc = test.get("auc") or {}
         perf = (f"Test AUC {auc.get('value')} (95% CI {auc['ci95'][0]}-{auc['ci95'][1]}), "
                 f"n={test.get('n')}" if auc.get("value") is not None else "No test metrics.")
-        flags = "; ".join(d.get("flags", []))
+        flags = "; ".join(d.flags or [])
         self.summary.setText(
-            f"{', '.join(card.classes)}\nIntended use: {d['intended_use']}\n{perf}"
+            f"{', '.join(card.classes)}\nIntended use: {d.intended_use}\n{perf}"
             + (f"\n{flags}" if flags else ""))
         self.class_box.blockSignals(True)
         self.class_box.clear()

@@ -557,7 +557,7 @@ class TrainPage(QWizardPage):
         self._running = False
         self.wiz.result = result
         self.cancel_button.setEnabled(False)
-        best = result.card["training"]["best_epoch"]
+        best = result.card.training["best_epoch"]
         self.status.setText(f"Finished. Best epoch: {best} (its weights are kept).")
         self.completeChanged.emit()
         self.wiz.training_finished.emit(result)
@@ -633,7 +633,7 @@ class ResultsPage(QWizardPage):
 
         res = self.wiz.result
         card = res.card
-        test = card["metrics"].get("test") or card["metrics"]["validation"]
+        test = card.headline_metrics
         rows = [(k, test[k]) for k in ("auc", "sensitivity", "specificity", "accuracy", "f1",
                                        "ece")]
         rows += [(k, v) for k, v in test.items() if k.startswith("auc_") and k != "auc_macro"]
@@ -666,14 +666,14 @@ class ResultsPage(QWizardPage):
             self.roc.plot(fpr, tpr, pen=pg.mkPen(colors[k % 4], width=2), name=c)
             pred, obs, _ = M.calibration_curve(probs[:, k], y == k)
             self.calib.plot(pred, obs, pen=pg.mkPen(colors[k % 4], width=2), symbol="o")
-        thr = card["thresholds"]
-        pos = card["decision"].get("positive_class")
+        thr = card.thresholds
+        pos = card.decision.positive_class
         self.threshold.setEnabled(bool(thr))
         if thr:
             self.threshold.setValue(round(100 * next(iter(thr.values()))))
         self._on_threshold()
         self.warn.setText("\n".join(f"Warning: {w}" for w in res.warnings))
-        self.name_edit.setText(card["name"])
+        self.name_edit.setText(card.name)
         self.saved_label.setText("")
         self.saved_folder = None
         if pos:
@@ -688,7 +688,7 @@ class ResultsPage(QWizardPage):
         res = self.wiz.result
         if res is None:
             return
-        pos = res.card["decision"].get("positive_class")
+        pos = res.card.decision.positive_class
         if not pos:
             self.threshold_label.setText("Multi-class model: the label is the most probable "
                                          "class.")
@@ -702,32 +702,33 @@ class ResultsPage(QWizardPage):
             f"{b['tn']} TN).")
 
     def save(self) -> str | None:
+        from dataclasses import replace
+
+        from medview.models.card import json_safe
         from medview.models.registry import user_models_dir
         from medview.training import metrics as M
         from medview.training.engine import _slug
         from medview.training.export import export_model
 
         res = self.wiz.result
-        name = self.name_edit.text().strip() or res.card["name"]
-        card = dict(res.card)
-        card["name"] = name
-        card["id"] = _slug(name)
-        pos = card["decision"].get("positive_class")
+        name = self.name_edit.text().strip() or res.card.name
+        card = res.card.replace(name=name, id=_slug(name))
+        pos = card.decision.positive_class
         if pos:
             k = res.classes.index(pos)
             t = self.current_threshold()
-            if abs(t - card["thresholds"][pos]) > 1e-9:
-                card["thresholds"] = {pos: t}
-                card["decision"] = {**card["decision"],
-                                    "rule": f"{pos} when its calibrated probability >= {t:.2f}, "
-                                            "a threshold the user chose on validation data"}
+            if abs(t - card.thresholds[pos]) > 1e-9:
                 groups_test = np.array([res.dataset.samples[i].patient or f"i{i}"
                                         for i in res.splits["test"]])
-                metrics = dict(card["metrics"])
+                metrics = dict(card.metrics)
                 if len(res.test_y):
                     metrics["test"] = M.evaluate(res.test_y, res.test_probs, res.classes, k, t,
                                                  groups_test, self.wiz.n_bootstrap)
-                card["metrics"] = metrics
+                card = card.replace(
+                    thresholds={pos: t}, metrics=json_safe(metrics),
+                    decision=replace(card.decision,
+                                     rule=f"{pos} when its calibrated probability >= {t:.2f}, "
+                                          "a threshold the user chose on validation data"))
         out = self.wiz.models_dir or user_models_dir()
         try:
             folder = export_model(res.model, card, out)
@@ -735,9 +736,9 @@ class ResultsPage(QWizardPage):
             self.saved_label.setText(f"Not saved: {exc}")
             return None
         self.saved_folder = folder
-        self.saved_label.setText(f"Saved as '{card['id']}'. It is now selectable in the AI "
+        self.saved_label.setText(f"Saved as '{card.id}'. It is now selectable in the AI "
                                  "model panel.")
-        self.wiz.model_saved.emit(card["id"])
+        self.wiz.model_saved.emit(card.id)
         self.completeChanged.emit()
         return folder
 

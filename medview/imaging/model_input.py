@@ -45,9 +45,11 @@ def resize_grey(grey: np.ndarray, size: tuple[int, int], interpolation: str = "b
 
 
 def normalise(resized: np.ndarray, spec: Preprocessing) -> np.ndarray:
-    """uint8 (H, W) -> float32 (C, H, W), scaled to [0, 1] then (x - mean) / std."""
-    x = resized.astype(np.float32) / np.float32(255.0)
-    out = np.repeat(x[np.newaxis], spec.channels, axis=0)
+    """Grey images with values 0-255 (``(H, W)`` or a batch ``(N, H, W)``) -> float32
+    ``(C, H, W)`` / ``(N, C, H, W)``: scaled to [0, 1], repeated to the card's channels,
+    then ``(x - mean) / std`` per channel. Training and inference both call this."""
+    x = np.asarray(resized, dtype=np.float32) / np.float32(255.0)
+    out = np.repeat(np.expand_dims(x, -3), spec.channels, axis=-3)
     mean = np.asarray(spec.mean, np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(-1, 1, 1)
     return (out - mean) / std

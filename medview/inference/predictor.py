@@ -62,8 +62,8 @@ class PreparedInput:
 def contract_warnings(card: ModelCard, volume: ImageVolume, index: int) -> list[str]:
     """Plain-language warnings when an image is outside the model's input contract."""
     warns: list[str] = []
-    inp = card.data["input"]
-    modalities = [m.upper() for m in inp.get("modalities", [])]
+    inp = card.card.input
+    modalities = [m.upper() for m in inp.modalities]
     if modalities and volume.modality.upper() not in modalities:
         warns.append(f"modality {volume.modality} is not one the model was trained on "
                      f"({', '.join(modalities)})")
@@ -78,10 +78,10 @@ def contract_warnings(card: ModelCard, volume: ImageVolume, index: int) -> list[
     if volume.rows < h / 2 or volume.cols < w / 2:
         warns.append(f"the image ({volume.rows}x{volume.cols}) is far smaller than the model "
                      f"input ({h}x{w}); it is upscaled")
-    if inp.get("dimensionality") == "2D" and volume.n_slices > 1 and not volume.multiframe:
+    if inp.dimensionality == "2D" and volume.n_slices > 1 and not volume.multiframe:
         warns.append(f"a {volume.n_slices}-slice volume: the model expects a 2-D film and "
                      f"scored slice {index + 1} only")
-    elif inp.get("dimensionality") == "2D" and volume.multiframe:
+    elif inp.dimensionality == "2D" and volume.multiframe:
         warns.append(f"a multi-frame image: frame {index + 1} was scored")
     aspect = volume.cols / max(volume.rows, 1)
     if aspect > 1.6 or aspect < 0.6:
@@ -110,7 +110,7 @@ class Predictor:
         classes = card.classes
         pos = card.positive_class
         self.positive = classes.index(pos) if pos in classes else None
-        self.threshold = card.data["thresholds"].get(pos) if pos else None
+        self.threshold = card.card.threshold
 
     # ------------------------------------------------------------------ preparation
     def prepare(self, volume: ImageVolume, index: int) -> PreparedInput:
@@ -152,7 +152,7 @@ class Predictor:
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         z = np.asarray(logits, np.float64) / self.card.temperature
-        if self.card.data["output_activation"] == "sigmoid":
+        if self.card.card.output_activation == "sigmoid":
             return 1.0 / (1.0 + np.exp(-z))
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)

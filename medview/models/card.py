@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from medview.core.errors import MedviewError
@@ -184,37 +184,288 @@ def validate_card(card: Any, where: str = "card.json") -> dict:
     return card
 
 
+def json_safe(value):
+    """NaN/inf become null and numpy scalars plain numbers, so the card is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------- typed card
+# One typed definition of the card. ``validate_card`` checks a JSON document against the
+# rules above; ``Card.from_dict`` builds the typed object from a valid one, ``to_dict``
+# writes it back, and ``card_json_schema`` derives the checked-in JSON Schema
+# (``card.schema.json``) from these classes. New sections go here.
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A timm architecture from the local registry and its whitelisted arguments."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    rule: str
+    positive_class: str | None = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    temperature: float
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    modalities: list[str]
+    dimensionality: str
+    photometric: str = ""
+    value_range: list[float] = field(default_factory=lambda: [0, 1])
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    size: list[int]
+    channels: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str = "bilinear"
+    window: str = "display"
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    file: str
+    sha256: str
+
+
+_SECTIONS = {"architecture": Architecture, "decision": Decision, "calibration": Calibration,
+             "input": InputSpec, "preprocessing": PreprocessingSpec, "weights": WeightsSpec}
+
+
+@dataclass(frozen=True)
+class Card:
+    """Everything a model card says, typed. Free-form reports (metrics per split,
+    training data, recipe, lineage) stay JSON objects."""
+
+    schema_version: int
+    id: str
+    name: str
+    version: str
+    parent: dict[str, Any]
+    architecture: Architecture
+    classes: list[ClassSpec]
+    output_activation: str
+    thresholds: dict[str, float]
+    decision: Decision
+    calibration: Calibration
+    input: InputSpec
+    preprocessing: PreprocessingSpec
+    metrics: dict[str, Any]
+    training_data: dict[str, Any]
+    training: dict[str, Any]
+    intended_use: str
+    out_of_scope: str
+    limitations: list[str]
+    weights: WeightsSpec
+    license: str
+    flags: list[str] | None = None
+    description: str | None = None
+    changelog: list[Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "card.json") -> Card:
+        """The typed card of a JSON document, validated (:class:`CardError` otherwise)."""
+        data = validate_card(data, where)
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            section = _SECTIONS.get(f.name)
+            if section is not None:
+                known = {sf.name for sf in fields(section)}
+                extra = set(value) - known
+                if extra:
+                    raise CardError(where, f"unknown field(s) in {f.name}: "
+                                           f"{', '.join(sorted(extra))}")
+                value = section(**value)
+            elif f.name == "classes":
+                value = [ClassSpec(c["name"], c["description"]) for c in value]
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        """The card as the JSON document it is stored as (optional fields left out when
+        absent)."""
+        out = asdict(self)
+        for key in ("flags", "description", "changelog"):
+            if out[key] is None:
+                del out[key]
+        return out
+
+    def replace(self, **changes) -> Card:
+        """A copy with ``changes``, validated like a card read from disk."""
+        return Card.from_dict({**self.to_dict(), **{
+            k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
+            for k, v in changes.items()}})
+
+    # -------------------------------------------------------------- derived values
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def threshold(self) -> float | None:
+        """The operating threshold of the positive class, if the card has one."""
+        pos = self.decision.positive_class
+        return self.thresholds.get(pos) if pos else None
+
+    @property
+    def headline_metrics(self) -> dict:
+        """The test split's metrics, else the validation split's (``{}`` if neither)."""
+        return self.metrics.get("test") or self.metrics.get("validation") or {}
+
+
+def preprocessing_of(card: Card) -> Preprocessing:
+    """How an image becomes this model's input: the one function that training,
+    inference, the command line and the panel all use to read the card's preprocessing."""
+    p = card.preprocessing
+    return Preprocessing(size=(int(p.size[0]), int(p.size[1])), channels=int(p.channels),
+                         mean=tuple(float(v) for v in p.mean),
+                         std=tuple(float(v) for v in p.std),
+                         interpolation=p.interpolation, window=p.window)
+
+
+def build_card(*, id: str, name: str, version: str, parent: dict, architecture: str,
+               classes: list[tuple[str, str]], thresholds: dict[str, float], rule: str,
+               positive_class: str | None, temperature: float, calibration_method: str,
+               input_spec: dict, preprocessing: Preprocessing, metrics: dict,
+               training_data: dict, training: dict, intended_use: str, out_of_scope: str,
+               limitations: list[str], license: str, flags: list[str] | None = None,
+               arch_args: dict | None = None, weights_sha256: str = "0" * 64,
+               description: str | None = None) -> Card:
+    """The one builder of new cards (the training engine's, the wizard's edits go through
+    :meth:`Card.replace`). The weights hash is filled in when the weights are written."""
+    data = {
+        "schema_version": SCHEMA_VERSION, "id": id, "name": name, "version": version,
+        "parent": parent,
+        "architecture": {"name": architecture,
+                         "args": dict(arch_args or {"num_classes": len(classes)})},
+        "classes": [{"name": n, "description": d} for n, d in classes],
+        "output_activation": "softmax", "thresholds": dict(thresholds),
+        "decision": {"rule": rule, "positive_class": positive_class},
+        "calibration": {"temperature": round(float(temperature), 6),
+                        "method": calibration_method},
+        "input": dict(input_spec),
+        "preprocessing": {"window": preprocessing.window, "size": list(preprocessing.size),
+                          "interpolation": preprocessing.interpolation,
+                          "channels": preprocessing.channels,
+                          "mean": list(preprocessing.mean), "std": list(preprocessing.std)},
+        "metrics": metrics, "training_data": training_data, "training": training,
+        "intended_use": intended_use, "out_of_scope": out_of_scope,
+        "limitations": list(limitations),
+        "weights": {"file": WEIGHTS_FILE, "sha256": weights_sha256}, "license": license,
+    }
+    if flags is not None:
+        data["flags"] = list(flags)
+    if description is not None:
+        data["description"] = description
+    return Card.from_dict(data, f"{id}/{CARD_FILE}")
+
+
+_JSON_TYPES = {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"},
+               bool: {"type": "boolean"}, Any: {}}
+
+
+def _schema_of(tp) -> dict:
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if tp in _JSON_TYPES:
+        return dict(_JSON_TYPES[tp])
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _schema_of(options[0]) if len(options) == 1 else {
+            "anyOf": [_schema_of(a) for a in options]}
+        return {"anyOf": [inner, {"type": "null"}]}
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return {"type": "array", "items": _schema_of(item)}
+    if origin is dict:
+        _key, value = typing.get_args(tp)
+        return {"type": "object", "additionalProperties": _schema_of(value)}
+    if hasattr(tp, "__dataclass_fields__"):
+        hints = typing.get_type_hints(tp)
+        props = {f.name: _schema_of(hints[f.name]) for f in fields(tp)}
+        required = [f.name for f in fields(tp)
+                    if f.default is MISSING and f.default_factory is MISSING]
+        return {"type": "object", "properties": props, "required": required,
+                "additionalProperties": False}
+    raise TypeError(f"no JSON Schema for {tp!r}")
+
+
+def card_json_schema() -> dict:
+    """The JSON Schema of ``card.json``, derived from :class:`Card` (checked in as
+    ``medview/models/card.schema.json``; a test keeps the two equal)."""
+    schema = _schema_of(Card)
+    schema["properties"]["schema_version"] = {"const": SCHEMA_VERSION}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "medview model card", **schema}
+
+
 @dataclass(frozen=True)
 class ModelCard:
-    """A validated card and the folder it lives in."""
+    """A validated, typed card and the folder it lives in."""
 
-    data: dict
+    card: Card
     folder: str
     source: str = "bundled"  # "bundled" or "user"
 
     @property
+    def data(self) -> dict:
+        """The card as a JSON document (a fresh copy)."""
+        return self.card.to_dict()
+
+    @property
     def id(self) -> str:
-        return self.data["id"]
+        return self.card.id
 
     @property
     def name(self) -> str:
-        return self.data["name"]
+        return self.card.name
 
     @property
     def version(self) -> str:
-        return self.data["version"]
+        return self.card.version
 
     @property
     def classes(self) -> list[str]:
-        return [c["name"] for c in self.data["classes"]]
+        return self.card.class_names
 
     @property
     def temperature(self) -> float:
-        return float(self.data["calibration"]["temperature"])
+        return float(self.card.calibration.temperature)
 
     @property
     def weights_sha256(self) -> str:
-        return self.data["weights"]["sha256"]
+        return self.card.weights.sha256
 
     @property
     def weights_path(self) -> str:
@@ -222,36 +473,28 @@ class ModelCard:
 
     @property
     def architecture(self) -> str:
-        return self.data["architecture"]["name"]
+        return self.card.architecture.name
 
     @property
     def positive_class(self) -> str | None:
-        return self.data["decision"].get("positive_class")
+        return self.card.decision.positive_class
 
     @property
     def preprocessing(self) -> Preprocessing:
-        p = self.data["preprocessing"]
-        return Preprocessing(
-            size=(int(p["size"][0]), int(p["size"][1])),
-            channels=int(p["channels"]),
-            mean=tuple(float(v) for v in p["mean"]),
-            std=tuple(float(v) for v in p["std"]),
-            interpolation=p.get("interpolation", "bilinear"),
-            window=p.get("window", "display"),
-        )
+        return preprocessing_of(self.card)
 
     def summary(self) -> dict:
         """The fields ``medview models`` lists."""
-        d = self.data
+        c = self.card
         return {
-            "id": d["id"],
-            "name": d["name"],
-            "version": d["version"],
+            "id": c.id,
+            "name": c.name,
+            "version": c.version,
             "classes": self.classes,
-            "input": {**d["input"], "size": d["preprocessing"]["size"],
-                      "channels": d["preprocessing"]["channels"]},
-            "intended_use": d["intended_use"],
-            "metrics": d["metrics"],
+            "input": {**asdict(c.input), "size": list(c.preprocessing.size),
+                      "channels": c.preprocessing.channels},
+            "intended_use": c.intended_use,
+            "metrics": c.metrics,
             "weights_sha256": self.weights_sha256,
             "source": self.source,
             "folder": self.folder,
@@ -271,4 +514,4 @@ def read_card(folder: str, source: str = "bundled") -> ModelCard:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise CardError(where, f"unreadable card: {reason}") from exc
-    return ModelCard(validate_card(data, where), os.path.abspath(folder), source)
+    return ModelCard(Card.from_dict(data, where), os.path.abspath(folder), source)

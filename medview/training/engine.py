@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from medview.core.errors import MedviewError
+from medview.core.modeling import Preprocessing
 from medview.core.progress import CancelToken, Progress
+from medview.models.card import Card, json_safe
 from medview.training import data as tdata
 from medview.training import metrics as M
 
@@ -137,7 +139,7 @@ class TrainResult:
     model: object
     config: TrainConfig
     classes: list[str]
-    card: dict
+    card: Card
     history: list[dict]
     val_probs: np.ndarray
     val_y: np.ndarray
@@ -187,10 +189,10 @@ def build_base(cfg: TrainConfig, n_classes: int, classes: list[str]):
     model = load_model(card)
     if card.classes != classes:
         model.reset_classifier(n_classes)
-    pre = card.data["preprocessing"]
+    pre = card.preprocessing
     parent = {"kind": "model", "id": card.id, "version": card.version,
               "weights_sha256": card.weights_sha256, "architecture": card.architecture}
-    return model, parent, list(pre["mean"]), list(pre["std"])
+    return model, parent, list(pre.mean), list(pre.std)
 
 
 def _load_local_weights(model, arch: str, path: str):
@@ -269,14 +271,15 @@ def _optimizer(cfg: TrainConfig, groups: list[list], discriminative: bool):
 
 # ----------------------------------------------------------------------------- tensors
 def _to_input(batch_u8, mean, std, channels: int = 3):
+    """A (B, H, W) batch of 0-255 images as the model's input, through the same
+    normalisation as inference (:func:`medview.imaging.model_input.normalise`)."""
     import torch
 
-    x = batch_u8.float().div_(255.0).unsqueeze(1)
-    if channels == 3:
-        x = x.expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
+    from medview.imaging.model_input import normalise
+
+    spec = Preprocessing(size=tuple(batch_u8.shape[-2:]), channels=channels,
+                         mean=tuple(mean), std=tuple(std))
+    return torch.from_numpy(normalise(batch_u8.detach().cpu().numpy(), spec))
 
 
 def augment_batch(batch_u8, cfg: TrainConfig, gen):
@@ -569,69 +572,68 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+#: the card text a config may set (``TrainConfig.card``); anything else is refused
+CARD_TEXT_KEYS = ("class_descriptions", "intended_use", "out_of_scope", "limitations",
+                  "license", "description")
+
+
 def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds, rule,
-               positive, metrics, history, best_epoch, warns, seconds, model) -> dict:
+               positive, metrics, history, best_epoch, warns, seconds, model) -> Card:
+    from medview.models.card import build_card
+
     arch = model.pretrained_cfg["architecture"]
     # Default names never come from paths: a training folder may be named after a patient,
     # and the id, name, README and weights metadata travel with a shared model.
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = parent.get("id") or arch
     model_id = cfg.id or _slug(cfg.name or f"{base}-{cfg.strategy}-{stamp}")
-    card_over = dict(cfg.card)
-    class_desc = card_over.pop("class_descriptions", {})
+    text = dict(cfg.card)
+    unknown = set(text) - set(CARD_TEXT_KEYS)
+    if unknown:
+        raise TrainingError(f"unknown card setting(s): {', '.join(sorted(unknown))}")
+    class_desc = text.get("class_descriptions", {})
     recipe = {k: v for k, v in asdict(cfg).items()
-              if k not in ("data", "out", "card", "name", "id", "version", "device", "weights_file",
-                           "num_threads")}
+              if k not in ("data", "out", "card", "name", "id", "version", "device",
+                           "weights_file", "num_threads")}
     recipe.update(best_epoch=best_epoch, history=history,
                   training_seconds=round(seconds, 1), library_versions=_versions())
-    card = {
-        "schema_version": 1,
-        "id": model_id,
-        "name": cfg.name or f"{base} fine-tuned ({cfg.strategy}), {stamp[:8]}",
-        "version": cfg.version,
-        "parent": parent,
-        "architecture": {"name": arch, "args": {"num_classes": len(classes)}},
-        "classes": [{"name": c, "description": class_desc.get(c, c)} for c in classes],
-        "output_activation": "softmax",
-        "thresholds": thresholds,
-        "decision": {"rule": rule, "positive_class": classes[positive] if positive is not None
-                     else None},
-        "calibration": {"temperature": round(float(temperature), 6),
-                        "method": "temperature scaling fitted on the validation split"},
-        "input": {"modalities": ["CR", "DX", "OT"], "dimensionality": "2D",
-                  "photometric": "grey (MONOCHROME2 after display)", "value_range": [0, 1]},
-        "preprocessing": {"window": "display", "size": [cfg.image_size, cfg.image_size],
-                          "interpolation": "bilinear", "channels": 3, "mean": list(mean),
-                          "std": list(std)},
-        "metrics": metrics,
-        "training_data": {
-            "source": data_source(ds),
-            "content_sha256": data_content_sha256(ds),
-            "counts": {sp: ds.counts(idx) for sp, idx in splits.items()},
-            "patients": {sp: len({ds.samples[i].patient for i in idx if ds.samples[i].patient})
-                         for sp, idx in splits.items()},
-            "split_rule": ("the manifest's own split column" if all(s.split for s in ds.samples)
-                           else f"stratified by class, grouped by patient "
-                                f"({ds.patient_source}), fractions {list(cfg.split_fractions)},"
-                                f" seed {cfg.seed}"),
-            "skipped_files": len(ds.skipped),
-            "warnings": warns,
-        },
-        "training": recipe,
-        "intended_use": card_over.pop("intended_use", "Research and education: a locally "
-                                      "trained classifier whose output is a second look, "
-                                      "never a diagnosis."),
-        "out_of_scope": card_over.pop("out_of_scope", "Clinical decision making; populations, "
-                                      "views or modalities not in the training data."),
-        "limitations": card_over.pop("limitations", [
+    training_data = {
+        "source": data_source(ds),
+        "content_sha256": data_content_sha256(ds),
+        "counts": {sp: ds.counts(idx) for sp, idx in splits.items()},
+        "patients": {sp: len({ds.samples[i].patient for i in idx if ds.samples[i].patient})
+                     for sp, idx in splits.items()},
+        "split_rule": ("the manifest's own split column" if all(s.split for s in ds.samples)
+                       else f"stratified by class, grouped by patient "
+                            f"({ds.patient_source}), fractions {list(cfg.split_fractions)},"
+                            f" seed {cfg.seed}"),
+        "skipped_files": len(ds.skipped),
+        "warnings": warns,
+    }
+    return build_card(
+        id=model_id, name=cfg.name or f"{base} fine-tuned ({cfg.strategy}), {stamp[:8]}",
+        version=cfg.version, parent=parent, architecture=arch,
+        classes=[(c, class_desc.get(c, c)) for c in classes],
+        thresholds=json_safe(thresholds), rule=rule,
+        positive_class=classes[positive] if positive is not None else None,
+        temperature=temperature,
+        calibration_method="temperature scaling fitted on the validation split",
+        input_spec={"modalities": ["CR", "DX", "OT"], "dimensionality": "2D",
+                    "photometric": "grey (MONOCHROME2 after display)", "value_range": [0, 1]},
+        preprocessing=Preprocessing(size=(cfg.image_size, cfg.image_size), channels=3,
+                                    mean=tuple(mean), std=tuple(std)),
+        metrics=json_safe(metrics), training_data=json_safe(training_data),
+        training=json_safe(recipe),
+        intended_use=text.get("intended_use", "Research and education: a locally trained "
+                              "classifier whose output is a second look, never a diagnosis."),
+        out_of_scope=text.get("out_of_scope", "Clinical decision making; populations, views "
+                              "or modalities not in the training data."),
+        limitations=text.get("limitations", [
             "Locally trained, not clinically validated.",
             "Performance outside the training data's population is unknown."]),
-        "weights": {"file": "weights.safetensors", "sha256": "0" * 64},
-        "license": card_over.pop("license", "Apache-2.0"),
-        "flags": ["locally trained, not clinically validated"],
-    }
-    card.update(card_over)
-    return card
+        license=text.get("license", "Apache-2.0"),
+        flags=["locally trained, not clinically validated"],
+        description=text.get("description"))
 
 
 def data_content_sha256(ds) -> str:

@@ -11,42 +11,34 @@ import json
 import os
 
 from medview.core.safeio import fsync_dir
-from medview.models.card import CARD_FILE, README_FILE, WEIGHTS_FILE, validate_card
+from medview.models.card import (
+    CARD_FILE,
+    README_FILE,
+    WEIGHTS_FILE,
+    Card,
+    WeightsSpec,
+    json_safe,
+)
 from medview.models.staging import LOCK_FILE, TMP_PREFIX, clean_stale_exports, staging_folder
 from medview.models.weights import save_weights
 
 __all__ = ["TMP_PREFIX", "clean_stale_exports", "export_model", "json_safe", "render_readme"]
 
 
-def json_safe(value):
-    """NaN/inf become null and numpy scalars plain numbers, so the card is strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    return value
-
-
-def render_readme(card: dict) -> str:
+def render_readme(card: Card) -> str:
     """A human-readable README from the card (metrics with CIs, data, recipe, limits)."""
-    lines = [f"# {card['name']} ({card['id']} {card['version']})", "",
-             "**Research use only - not for diagnostic use.** "
-             + "; ".join(card.get("flags", [])), "",
-             "## Intended use", card["intended_use"], "",
-             "## Out of scope", card["out_of_scope"], "",
+    lines = [f"# {card.name} ({card.id} {card.version})", "",
+             "**Research use only - not for diagnostic use.** " + "; ".join(card.flags or []),
+             "", "## Intended use", card.intended_use, "",
+             "## Out of scope", card.out_of_scope, "",
              "## Classes"]
-    lines += [f"- `{c['name']}`: {c['description']}" for c in card["classes"]]
-    lines += ["", "## Decision", card["decision"]["rule"]]
-    if card["thresholds"]:
-        lines += [f"Threshold: {k} >= {v:.4f}" for k, v in card["thresholds"].items()]
-    lines += ["", f"Calibration: temperature {card['calibration']['temperature']:.3f} "
-              f"({card['calibration']['method']}).", "", "## Metrics (95% bootstrap CIs, "
+    lines += [f"- `{c.name}`: {c.description}" for c in card.classes]
+    lines += ["", "## Decision", card.decision.rule]
+    lines += [f"Threshold: {k} >= {v:.4f}" for k, v in card.thresholds.items()]
+    lines += ["", f"Calibration: temperature {card.calibration.temperature:.3f} "
+              f"({card.calibration.method}).", "", "## Metrics (95% bootstrap CIs, "
               "resampled by patient)"]
-    for split, m in card["metrics"].items():
+    for split, m in card.metrics.items():
         lines += ["", f"### {split} ({m['n']} images, {m['n_patients']} patients; "
                   + ", ".join(f"{k}: {v}" for k, v in m["counts"].items()) + ")", "",
                   "| metric | value | 95% CI |", "|---|---|---|"]
@@ -56,16 +48,16 @@ def render_readme(card: dict) -> str:
                 lines.append(f"| {key} | {v['value']} | {v['ci95'][0]} - {v['ci95'][1]} |")
         lines.append(f"\nConfusion matrix (rows true, columns predicted): "
                      f"{m['confusion_matrix']}")
-    td = card["training_data"]
+    td = card.training_data
     lines += ["", "## Training data", f"Source: {td['source']}. Split rule: {td['split_rule']}.",
               f"Counts: {json.dumps(td['counts'])}"]
-    parent = card["parent"]
+    parent = card.parent
     lines += ["", "## Lineage", f"Parent: {parent.get('kind')} {parent.get('id') or ''} "
               f"(weights sha256 {parent.get('weights_sha256')}).",
-              f"Architecture: {card['architecture']['name']}.",
-              f"Weights sha256: {card['weights']['sha256']}.", "", "## Limitations"]
-    lines += [f"- {x}" for x in card["limitations"]]
-    rec = card["training"]
+              f"Architecture: {card.architecture.name}.",
+              f"Weights sha256: {card.weights.sha256}.", "", "## Limitations"]
+    lines += [f"- {x}" for x in card.limitations]
+    rec = card.training
     lines += ["", "## Training recipe",
               f"Strategy {rec.get('strategy')}, {rec.get('epochs')} epochs (best epoch "
               f"{rec.get('best_epoch')}), image size {rec.get('image_size')}, lr {rec.get('lr')},"
@@ -73,25 +65,27 @@ def render_readme(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_model(model, card: dict, out_dir: str, extra_readme: str = "") -> str:
+def export_model(model, card: Card | dict, out_dir: str, extra_readme: str = "") -> str:
     """Write ``out_dir/<card id>/`` (card.json, weights.safetensors, README.md) atomically.
 
+    ``card`` is a :class:`Card` (or its JSON document); its weights hash is filled in here.
     Refuses to overwrite an existing model folder. Returns the new folder's path.
     """
+    if not isinstance(card, Card):
+        card = Card.from_dict(json_safe(card))
     os.makedirs(out_dir, exist_ok=True)
     clean_stale_exports(out_dir)
-    final = os.path.join(out_dir, card["id"])
+    final = os.path.join(out_dir, card.id)
     if os.path.exists(final):
-        raise FileExistsError(f"a model named {card['id']!r} already exists in {out_dir}")
+        raise FileExistsError(f"a model named {card.id!r} already exists in {out_dir}")
     with staging_folder(out_dir) as tmp:
         # one metadata key only: safetensors writes several in random order, which would
         # change the file's hash from run to run
         sha = save_weights(model, os.path.join(tmp, WEIGHTS_FILE),
-                           metadata={"medview_model": f"{card['id']} {card['version']}"})
-        card = json_safe({**card, "weights": {"file": WEIGHTS_FILE, "sha256": sha}})
-        validate_card(card, f"{card['id']}/{CARD_FILE}")
+                           metadata={"medview_model": f"{card.id} {card.version}"})
+        card = card.replace(weights=WeightsSpec(WEIGHTS_FILE, sha))
         _write_synced(os.path.join(tmp, CARD_FILE),
-                      json.dumps(card, indent=2, allow_nan=False) + "\n")
+                      json.dumps(json_safe(card.to_dict()), indent=2, allow_nan=False) + "\n")
         _write_synced(os.path.join(tmp, README_FILE), render_readme(card) + extra_readme)
         os.remove(os.path.join(tmp, LOCK_FILE))
         os.rename(tmp, final)
