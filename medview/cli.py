@@ -253,6 +253,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medview.core.modeling import DEVICES
+    from medview.explain.saliency import METHODS
+    from medview.imaging.overlay import COLORMAPS
+    from medview.models.pretrained import IMAGENET_BASES
+    from medview.training.strategies import STRATEGIES
+
     parser = argparse.ArgumentParser(
         prog="medview",
         description="Medical image viewer with local AI classifiers (research use only).",
@@ -268,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
     tr = sub.add_parser("train", help="fine-tune a model on a labelled folder or manifest")
     tr.add_argument("data", nargs="?", help="folder of class subfolders, or a CSV manifest")
-    tr.add_argument("--base", help="efficientnet-lite0/1/2, a model id or a model folder")
-    tr.add_argument("--strategy", choices=("feature", "partial", "full", "gradual", "scratch"))
+    tr.add_argument("--base", help=f"{', '.join(IMAGENET_BASES)}, a model id or a model folder")
+    tr.add_argument("--strategy", choices=tuple(STRATEGIES))
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--image-size", type=int, dest="image_size")
     tr.add_argument("--name")
@@ -281,18 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, help="model id or model folder")
     pr.add_argument("--csv", help="write a CSV worklist here")
     pr.add_argument("--json", action="store_true")
-    pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    pr.add_argument("--device", default="auto", choices=DEVICES)
     pr.set_defaults(func=cmd_predict)
     ex = sub.add_parser("explain", help="write a saliency overlay PNG for one image")
     ex.add_argument("path")
     ex.add_argument("--model", required=True)
-    ex.add_argument("--method", default="gradcam",
-                    choices=("gradcam", "ig", "smoothgrad", "occlusion"))
+    ex.add_argument("--method", default="gradcam", choices=tuple(METHODS))
     ex.add_argument("--target", help="class to explain (default: the predicted one)")
     ex.add_argument("--out", required=True, help="PNG file to write")
-    ex.add_argument("--colormap", default="inferno", choices=("inferno", "jet", "hot", "viridis"))
+    ex.add_argument("--colormap", default="inferno", choices=tuple(COLORMAPS))
     ex.add_argument("--opacity", type=float, default=0.6)
-    ex.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ex.add_argument("--device", default="auto", choices=DEVICES)
     ex.set_defaults(func=cmd_explain)
     st = sub.add_parser("selftest", help="check models, decoders, inference and saliency")
     st.set_defaults(func=lambda _a: __import__("medview.selftest", fromlist=["x"])

@@ -204,11 +204,11 @@ def test_every_strategy_runs(tmp_path, strategy):
 def test_partial_strategy_freezes_lower_layers(tmp_path):
     import timm
 
-    from medview.training.engine import _set_trainable, layer_groups
+    from medview.training.strategies import layer_groups, set_trainable
 
     model = timm.create_model("test_efficientnet", num_classes=2)
     groups = layer_groups(model)
-    _set_trainable(model, 2)
+    set_trainable(model, 2)
     assert all(p.requires_grad for m in groups[0] + groups[1] for p in m.parameters())
     assert not any(p.requires_grad for g in groups[2:] for m in g for p in m.parameters())
     assert not model.bn1.training  # frozen batch norm keeps its statistics
@@ -337,3 +337,95 @@ def test_the_best_epochs_weights_are_the_ones_exported(tmp_path, monkeypatch):
     exported = load_model(read_card(export_model(result.model, result.card,
                                                  str(tmp_path / "models")))).state_dict()
     assert all(torch.equal(exported[k], epoch1[k]) for k in epoch1)
+
+
+@pytest.mark.parametrize(("name", "trainable_groups", "lr_ratio", "rebuilt"),
+                         [("partial", [3, 3, 3], 1.0, [True, False, False]),
+                          ("full", [None, None, None], 1.0, [True, False, False]),
+                          ("scratch", [None, None, None], 1.0, [True, False, False]),
+                          ("gradual", [1, 2, 3], 0.5, [True, True, True])])
+def test_each_strategy_freezes_and_schedules_as_documented(name, trainable_groups, lr_ratio,
+                                                           rebuilt):
+    import timm
+
+    from medview.training.strategies import (
+        STRATEGIES,
+        TrainingRun,
+        layer_groups,
+        strategy_for,
+    )
+
+    cfg = TrainConfig(strategy=name, unfreeze_blocks=2, lr=1e-3, lr_decay=0.5)
+    model = timm.create_model("test_efficientnet", num_classes=2)
+    groups = layer_groups(model)
+    run = TrainingRun(cfg, model, None, None, None, "cpu", None, None, None, None)
+    strategy = strategy_for(name)
+    assert strategy.name == name and name in STRATEGIES
+    assert STRATEGIES[name].pretrained == (name != "scratch")
+    assert strategy.early_stopping == (name != "gradual")
+    for epoch, (n, fresh) in enumerate(zip(trainable_groups, rebuilt, strict=True)):
+        before = run.optimizer
+        strategy.start_epoch(run, epoch)
+        assert (run.optimizer is not before) == fresh
+        k = len(groups) if n is None else n
+        on = [any(p.requires_grad for m in g for p in m.parameters()) for g in groups]
+        assert on == [i < k for i in range(len(groups))]
+        lrs = [g["lr"] for g in run.optimizer.param_groups]
+        assert lrs[0] == cfg.lr
+        if len(lrs) > 1:
+            assert lrs[1] == pytest.approx(cfg.lr * lr_ratio)
+
+
+def test_feature_strategy_trains_only_the_head_on_cached_features():
+    import timm
+    import torch
+
+    from medview.core.progress import drain
+    from medview.training.strategies import TrainingRun, strategy_for
+
+    model = timm.create_model("test_efficientnet", num_classes=2)
+    calls = []
+
+    def features(idx):
+        calls.append(len(idx))
+        return torch.randn(len(idx), model.num_features)
+
+    run = TrainingRun(TrainConfig(strategy="feature"), model, None, np.arange(10),
+                      np.arange(4), "cpu", None, None, None, features)
+    strategy = strategy_for("feature")
+    drain(strategy.prepare(run))
+    assert calls == [10, 4]  # computed once, for train and validation
+    head = {id(p) for p in model.get_classifier().parameters()}
+    assert {id(p) for g in run.optimizer.param_groups for p in g["params"]} == head
+    assert all(p.requires_grad == (id(p) in head) for p in model.parameters())
+    strategy.start_epoch(run, 0)
+    assert strategy.train_logits(run, torch.tensor([0, 3])).shape == (2, 2)
+    assert strategy.val_logits(run).shape == (4, 2)
+    assert not strategy.augments
+
+
+def test_final_card_names_and_retunes_only_on_a_real_threshold_change(tmp_path):
+    from medview.core.progress import drain
+    from medview.training.engine import final_card
+
+    data = write_patch_dataset(str(tmp_path / "d"), n_per_class=12)
+    result = drain(train(TrainConfig(data=data, base="timm:test_efficientnet", strategy="full",
+                                     epochs=1, image_size=64, batch_size=8, augment=False,
+                                     n_bootstrap=20, min_per_class=5, positive_class="patch")))
+    pos = result.card.decision.positive_class
+    t0 = result.card.thresholds[pos]
+    same = final_card(result, "My Model", t0, 20)
+    assert (same.id, same.name) == ("my-model", "My Model")
+    assert same.thresholds == result.card.thresholds
+    assert same.decision == result.card.decision and same.metrics == result.card.metrics
+    moved = final_card(result, "My Model", 0.9, 20)
+    assert moved.thresholds == {pos: 0.9}
+    assert "a threshold the user chose" in moved.decision.rule
+    assert moved.metrics["validation"] == result.card.metrics["validation"]
+    # the test split is re-scored at the user's threshold: the confusion matrix is the one
+    # that threshold gives
+    k = result.classes.index(pos)
+    pred = np.where(result.test_probs[:, k] >= 0.9, k, 1 - k)
+    expected = [[int(((result.test_y == a) & (pred == b)).sum()) for b in range(2)]
+                for a in range(2)]
+    assert moved.metrics["test"]["confusion_matrix"] == expected

@@ -33,14 +33,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from medview.core.modeling import Prediction
+from medview.core.modeling import DEVICES, Prediction
 from medview.core.progress import Progress
 from medview.core.volume import ImageVolume
+from medview.explain.saliency import METHODS
 from medview.gui.workers import JobRunner
 from medview.imaging.overlay import COLORMAPS, heatmap_rgba
 
-METHOD_NAMES = {"gradcam": "Grad-CAM", "ig": "Integrated Gradients", "smoothgrad": "SmoothGrad",
-                "occlusion": "Occlusion"}
+METHOD_NAMES = METHODS  # the one list of saliency methods, with their names
 
 
 def card_readme(card) -> str:
@@ -143,7 +143,7 @@ class ModelPanel(QWidget):
         self.card_button.clicked.connect(self.show_card)
         self.summary = _plain_label()
         self.device_box = QComboBox()
-        self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_box.addItems(list(DEVICES))
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
         self.auto_run = QCheckBox("Auto-run on image change")

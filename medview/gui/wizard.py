@@ -9,8 +9,6 @@ lists it at once). The last settings are remembered.
 from __future__ import annotations
 
 import os
-from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyqtgraph as pg
@@ -38,21 +36,16 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from medview.core.progress import Progress, file_sha256
 from medview.gui.workers import JobRunner
+from medview.models.pretrained import IMAGENET_BASES
 from medview.training import data as tdata
+from medview.training.engine import TrainConfig
+from medview.training.preview import ScanReport, scan_dataset
+from medview.training.strategies import STRATEGIES
 
-STRATEGY_TEXT = {
-    "feature": "Feature extraction: keep the ImageNet network frozen, train only a new "
-               "output layer (fast, small data).",
-    "partial": "Fine-tune the last blocks: adapt the top of the network, keep early "
-               "layers (good default).",
-    "full": "Full fine-tuning: adapt every layer (most data and time; best when data is "
-            "plentiful).",
-    "gradual": "Gradual unfreezing: start with the output layer, unfreeze one block per "
-               "epoch, lower learning rates deeper down.",
-    "scratch": "From scratch: no pretrained weights (baseline only; needs far more data).",
-}
+#: the wizard's starting values are the engine's defaults
+DEFAULTS = TrainConfig()
+
 
 
 def _plain(text: str = "") -> QLabel:
@@ -60,53 +53,6 @@ def _plain(text: str = "") -> QLabel:
     lab.setTextFormat(Qt.TextFormat.PlainText)
     lab.setWordWrap(True)
     return lab
-
-
-@dataclass
-class ScanReport:
-    """What the data page found (all counts; no patient data)."""
-
-    dataset: tdata.Dataset
-    sizes: Counter = field(default_factory=Counter)
-    modalities: Counter = field(default_factory=Counter)
-    duplicates: int = 0
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-def scan_dataset(path: str, min_per_class: int, label_column: str = "label", cancel=None):
-    """Generator job: read every file header/pixels once and summarise the dataset."""
-    from medview.io import load
-
-    ds = tdata.open_dataset(path, label_column)
-    report = ScanReport(ds)
-    kept = []
-    for k, s in enumerate(ds.samples):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        result = load([s.path])
-        if result.volumes:
-            v = result.volumes[0]
-            if not s.patient and v.patient_key:
-                s.patient = v.patient_key
-            report.sizes[f"{v.rows}x{v.cols}"] += 1
-            report.modalities[v.modality] += 1
-            s.sha256 = file_sha256(s.path)
-            kept.append(s)
-        else:
-            reason = result.skipped[0].reason if result.skipped else "no image"
-            ds.skipped.append(tdata.SkippedFile(s.path, reason))
-        if k % 8 == 0 or k == len(ds.samples) - 1:
-            yield Progress(k + 1, len(ds.samples), "scanning")
-    ds.samples = kept
-    if ds.patient_source == "none" and any(s.patient for s in kept):
-        ds.patient_source = "DICOM Patient ID"
-    ds.classes = sorted({s.label for s in kept}) if kept else ds.classes
-    report.duplicates = tdata.duplicate_count(ds)
-    report.problems, report.warnings = tdata.check_dataset(ds, min_per_class)
-    if report.duplicates:
-        report.warnings.append(f"{report.duplicates} exact duplicate image(s)")
-    return report
 
 
 class DataPage(QWizardPage):
@@ -287,10 +233,8 @@ class ModelPage(QWizardPage):
         self.setTitle("3. Model")
         self.setSubTitle("Start from an ImageNet network or from one of your models.")
         self.base_box = QComboBox()
-        for bid, label in (("efficientnet-lite0", "EfficientNet-Lite0 (ImageNet, 224 px)"),
-                           ("efficientnet-lite1", "EfficientNet-Lite1 (ImageNet, 240 px)"),
-                           ("efficientnet-lite2", "EfficientNet-Lite2 (ImageNet, 260 px)")):
-            self.base_box.addItem(label, bid)
+        for base in IMAGENET_BASES.values():
+            self.base_box.addItem(base.label, base.id)
         panel = getattr(wiz.parent(), "model_panel", None)
         if panel is not None and panel.models_loaded:  # read in the background already
             cards = panel.cards
@@ -307,31 +251,28 @@ class ModelPage(QWizardPage):
         self.weights_edit = QLineEdit(s.value("wizard/weights", "", str))
         self.weights_edit.setPlaceholderText("weights.safetensors")
         self.strategy_box = QComboBox()
-        for key, label in (("feature", "Feature extraction"), ("partial", "Fine-tune last blocks"),
-                           ("full", "Full fine-tuning"), ("gradual", "Gradual unfreezing"),
-                           ("scratch", "From scratch (baseline)")):
-            self.strategy_box.addItem(label, key)
+        for strategy in STRATEGIES.values():
+            self.strategy_box.addItem(strategy.label, strategy.name)
         self.strategy_help = _plain()
-        self.strategy_box.currentIndexChanged.connect(
-            lambda: self.strategy_help.setText(STRATEGY_TEXT[self.strategy_box.currentData()]))
+        self.strategy_box.currentIndexChanged.connect(self._on_strategy)
         self.blocks = QSpinBox()
         self.blocks.setRange(1, 7)
-        self.blocks.setValue(int(s.value("wizard/blocks", 2)))
+        self.blocks.setValue(int(s.value("wizard/blocks", DEFAULTS.unfreeze_blocks)))
         self.size = QSpinBox()
         self.size.setRange(32, 512)
         self.size.setSingleStep(16)
-        self.size.setValue(int(s.value("wizard/size", 224)))
+        self.size.setValue(int(s.value("wizard/size", DEFAULTS.image_size)))
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 200)
-        self.epochs.setValue(int(s.value("wizard/epochs", 8)))
+        self.epochs.setValue(int(s.value("wizard/epochs", DEFAULTS.epochs)))
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(5)
         self.lr.setRange(1e-5, 1.0)
         self.lr.setSingleStep(1e-4)
-        self.lr.setValue(float(s.value("wizard/lr", 1e-3)))
+        self.lr.setValue(float(s.value("wizard/lr", DEFAULTS.lr)))
         self.batch = QSpinBox()
         self.batch.setRange(1, 512)
-        self.batch.setValue(int(s.value("wizard/batch", 32)))
+        self.batch.setValue(int(s.value("wizard/batch", DEFAULTS.batch_size)))
         self.augment = QCheckBox("Augment (small rotation, scale, shift, brightness/contrast; "
                                  "no flips)")
         self.augment.setChecked(s.value("wizard/augment", "true") in ("true", True))
@@ -368,12 +309,15 @@ class ModelPage(QWizardPage):
         form.addRow(self.preview_button)
         form.addRow(self.preview_grid)
         self.setLayout(form)
-        strategy = s.value("wizard/strategy", "partial", str)
+        strategy = s.value("wizard/strategy", DEFAULTS.strategy, str)
         self.strategy_box.setCurrentIndex(max(0, self.strategy_box.findData(strategy)))
-        self.strategy_help.setText(STRATEGY_TEXT[self.strategy_box.currentData()])
-        base = s.value("wizard/base", "efficientnet-lite0", str)
+        self._on_strategy()
+        base = s.value("wizard/base", DEFAULTS.base, str)
         self.base_box.setCurrentIndex(max(0, self.base_box.findData(base)))
         self._on_base()
+
+    def _on_strategy(self, *_args) -> None:
+        self.strategy_help.setText(STRATEGIES[self.strategy_box.currentData()].description)
 
     def add_base_option(self, label: str, base_id: str) -> None:
         """Offer another base (used for small test networks)."""
@@ -418,23 +362,10 @@ class ModelPage(QWizardPage):
         kw = self.config_kwargs()
 
         def job(token):
-            import torch
+            from medview.training.preview import augmentation_preview
 
-            from medview.imaging.model_input import display_grey, resize_grey
-            from medview.io import load
-            from medview.training.engine import TrainConfig, augment_batch
-
-            imgs = []
-            for s in samples:
-                token.raise_if_cancelled()
-                v = load([s.path]).volumes[0]
-                imgs.append(resize_grey(display_grey(v, v.default_index), (size, size)))
-            yield Progress(1, 2, "augmenting")
-            batch = torch.from_numpy(np.stack(imgs))
-            cfg = TrainConfig(**{k: v for k, v in kw.items() if k in ("augment",)})
-            out = augment_batch(batch, cfg, torch.Generator().manual_seed(
-                int(np.random.SeedSequence().entropy % 2**31)))
-            return out.round().clamp(0, 255).to(torch.uint8).numpy()
+            return (yield from augmentation_preview([s.path for s in samples], size,
+                                                    kw.get("augment", True), token))
 
         j = self.wiz.jobs.start("preview", job)
         j.succeeded.connect(self._show_preview)
@@ -702,33 +633,14 @@ class ResultsPage(QWizardPage):
             f"{b['tn']} TN).")
 
     def save(self) -> str | None:
-        from dataclasses import replace
-
-        from medview.models.card import json_safe
         from medview.models.registry import user_models_dir
-        from medview.training import metrics as M
-        from medview.training.engine import _slug
+        from medview.training.engine import final_card
         from medview.training.export import export_model
 
         res = self.wiz.result
-        name = self.name_edit.text().strip() or res.card.name
-        card = res.card.replace(name=name, id=_slug(name))
-        pos = card.decision.positive_class
-        if pos:
-            k = res.classes.index(pos)
-            t = self.current_threshold()
-            if abs(t - card.thresholds[pos]) > 1e-9:
-                groups_test = np.array([res.dataset.samples[i].patient or f"i{i}"
-                                        for i in res.splits["test"]])
-                metrics = dict(card.metrics)
-                if len(res.test_y):
-                    metrics["test"] = M.evaluate(res.test_y, res.test_probs, res.classes, k, t,
-                                                 groups_test, self.wiz.n_bootstrap)
-                card = card.replace(
-                    thresholds={pos: t}, metrics=json_safe(metrics),
-                    decision=replace(card.decision,
-                                     rule=f"{pos} when its calibrated probability >= {t:.2f}, "
-                                          "a threshold the user chose on validation data"))
+        threshold = self.current_threshold() if res.card.decision.positive_class else None
+        card = final_card(res, self.name_edit.text().strip() or res.card.name, threshold,
+                          self.wiz.n_bootstrap)
         out = self.wiz.models_dir or user_models_dir()
         try:
             folder = export_model(res.model, card, out)

@@ -38,6 +38,12 @@ class ImageNetBase:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     license: str = "Apache-2.0"
 
+    @property
+    def label(self) -> str:
+        """How the base is offered, e.g. "EfficientNet-Lite0 (ImageNet, 224 px)"."""
+        return (f"{self.id.replace('efficientnet', 'EfficientNet').replace('lite', 'Lite')} "
+                f"(ImageNet, {self.input_size} px)")
+
     def weights_path(self) -> str:
         try:
             module = importlib.import_module(self.package)

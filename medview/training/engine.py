@@ -1,16 +1,10 @@
 """Transfer-learning engine: a generator of progress events with a cancel check.
 
-Strategies (``TrainConfig.strategy``):
-
-- ``feature``: frozen backbone; pooled features are computed once and cached, then only
-  the new classifier head trains (later epochs cost seconds). No augmentation (cached).
-- ``partial``: the head plus the last ``unfreeze_blocks`` block groups train.
-- ``full``: every layer trains.
-- ``gradual``: the head trains first; each epoch unfreezes the next block group from the
-  top, with discriminative learning rates (``lr * lr_decay ** depth``).
-- ``scratch``: random initialisation, everything trains (baseline).
-
-Frozen batch-norm layers stay in eval mode. Runs are seeded: same seed, same data and
+Training is split into a config (:class:`TrainConfig`), data preparation (reading,
+checks, patient-level splits), a strategy object per transfer-learning type
+(:mod:`medview.training.strategies`: what is frozen when, which parameter groups train,
+with which learning rates), one epoch of training, evaluation and calibration, and the
+card (:func:`medview.models.card.build_card`). Runs are seeded: same seed, same data and
 same machine give the same weights.
 """
 
@@ -34,8 +28,10 @@ from medview.core.progress import CancelToken, Progress
 from medview.models.card import Card, json_safe
 from medview.training import data as tdata
 from medview.training import metrics as M
+from medview.training.strategies import STRATEGIES as _STRATEGY_OBJECTS
+from medview.training.strategies import TrainingRun, strategy_for
 
-STRATEGIES = ("feature", "partial", "full", "gradual", "scratch")
+STRATEGIES = tuple(_STRATEGY_OBJECTS)  # names, in the order they are offered
 
 
 class TrainingError(MedviewError):
@@ -158,7 +154,7 @@ def build_base(cfg: TrainConfig, n_classes: int, classes: list[str]):
     from medview.models.pretrained import IMAGENET_BASES, load_imagenet_base
 
     if cfg.base in IMAGENET_BASES:
-        if cfg.strategy == "scratch":
+        if not _STRATEGY_OBJECTS[cfg.strategy].pretrained:
             base = IMAGENET_BASES[cfg.base]
             model = timm.create_model(base.architecture, pretrained=False,
                                       num_classes=n_classes)
@@ -177,7 +173,7 @@ def build_base(cfg: TrainConfig, n_classes: int, classes: list[str]):
         if not ARCH_NAME.fullmatch(arch) or not timm.is_model(arch):
             raise TrainingError(f"unknown timm architecture {arch!r} (built-in names only)")
         model = timm.create_model(arch, pretrained=False, num_classes=n_classes)
-        if cfg.weights_file and cfg.strategy != "scratch":
+        if cfg.weights_file and _STRATEGY_OBJECTS[cfg.strategy].pretrained:
             return model, *_load_local_weights(model, arch, cfg.weights_file)
         parent = {"kind": "none", "id": None, "weights_sha256": None,
                   "note": f"random initialisation of {arch}"}
@@ -223,50 +219,6 @@ def _load_local_weights(model, arch: str, path: str):
               "weights_sha256": file_sha256(path), "architecture": arch}
     return parent, list(cfg.get("mean", (0.485, 0.456, 0.406))), list(
         cfg.get("std", (0.229, 0.224, 0.225)))
-
-
-def layer_groups(model) -> list[list]:
-    """Parameter-holding modules from the top (head first) to the stem."""
-    head = model.get_classifier()
-    if hasattr(model, "blocks") and hasattr(model, "conv_head"):
-        blocks = list(model.blocks)
-        groups = [[head], [model.conv_head, model.bn2, blocks[-1]]]
-        groups += [[b] for b in reversed(blocks[1:-1])]
-        groups.append([blocks[0], model.conv_stem, model.bn1])
-        return groups
-    rest = [m for _, m in model.named_children() if m is not head]
-    return [[head]] + [[m] for m in reversed(rest)]
-
-
-def _set_trainable(model, n_groups: int | None) -> list[list]:
-    """Make the top ``n_groups`` groups trainable (all when None); freeze the rest."""
-    import torch
-
-    groups = layer_groups(model)
-    k = len(groups) if n_groups is None else min(n_groups, len(groups))
-    model.train()
-    for i, g in enumerate(groups):
-        on = i < k
-        for mod in g:
-            for p in mod.parameters():
-                p.requires_grad_(on)
-            if not on:
-                for sub in mod.modules():
-                    if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
-                        sub.eval()
-    return groups[:k]
-
-
-def _optimizer(cfg: TrainConfig, groups: list[list], discriminative: bool):
-    import torch
-
-    param_groups = []
-    for depth, g in enumerate(groups):
-        params = [p for mod in g for p in mod.parameters() if p.requires_grad]
-        if params:
-            lr = cfg.lr * (cfg.lr_decay ** depth if discriminative else 1.0)
-            param_groups.append({"params": params, "lr": lr, "base_lr": lr})
-    return torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -344,6 +296,31 @@ def _features(model, images_u8, mean, std, batch: int, cancel=None):
 
 
 # ----------------------------------------------------------------------------- train
+def _train_one_epoch(run: TrainingRun, strategy, loss_fn, y_t, order, epoch: int,
+                     steps: int, cancel: CancelToken):
+    """One pass over the training split; yields progress, returns (summed loss, images)."""
+    cfg = run.cfg
+    total_loss, seen = 0.0, 0
+    t_epoch = time.monotonic()
+    for step in range(steps):
+        cancel.raise_if_cancelled()
+        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        logits = strategy.train_logits(run, idx)
+        target = y_t[run.train_idx[idx.numpy()]].to(run.device)
+        loss = loss_fn(logits, target)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        total_loss += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        per_step = (time.monotonic() - t_epoch) / (step + 1)
+        remaining = per_step * (steps - step - 1) + per_step * steps * (cfg.epochs - epoch - 1)
+        if step % 5 == 0 or step == steps - 1:
+            yield TrainEvent("train", epoch + 1, cfg.epochs, step + 1, steps,
+                             total_loss / seen, eta_s=remaining)
+    return total_loss, seen
+
+
 def train(cfg: TrainConfig, cancel: CancelToken | None = None
           ) -> Generator[TrainEvent, None, TrainResult]:
     """Train per ``cfg``; yields :class:`TrainEvent`, returns a :class:`TrainResult`.
@@ -424,79 +401,31 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
             return torch.multinomial(torch.tensor(w), n, replacement=True, generator=gen)
         return torch.randperm(n, generator=gen)
 
-    feat_cache = None
-    if cfg.strategy == "feature":
-        yield TrainEvent("features", message="computing backbone features once")
-        t0 = time.monotonic()
-        feat_train = _features(model, images_t[train_idx], mean, std, cfg.batch_size, cancel)
-        feat_val = _features(model, images_t[val_idx], mean, std, cfg.batch_size, cancel)
-        feat_cache = (feat_train, feat_val, time.monotonic() - t0)
-        head = model.get_classifier()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in head.parameters():
-            p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr,
-                                      weight_decay=cfg.weight_decay)
-    elif cfg.strategy in ("full", "scratch"):
-        groups = _set_trainable(model, None)
-        optimizer = _optimizer(cfg, groups, discriminative=False)
-    elif cfg.strategy == "partial":
-        groups = _set_trainable(model, 1 + cfg.unfreeze_blocks)
-        optimizer = _optimizer(cfg, groups, discriminative=False)
-    else:  # gradual
-        groups = _set_trainable(model, 1)
-        optimizer = _optimizer(cfg, groups, discriminative=True)
+    strategy = strategy_for(cfg.strategy)
+    run = TrainingRun(
+        cfg=cfg, model=model, images=images_t, train_idx=train_idx, val_idx=val_idx,
+        device=device, to_input=lambda b: _to_input(b, mean, std),
+        augment=lambda b: augment_batch(b, cfg, gen),
+        predict_logits=lambda idx: _predict_logits(model, images_t[idx], mean, std,
+                                                   cfg.batch_size, cancel),
+        features=lambda idx: _features(model, images_t[idx], mean, std, cfg.batch_size,
+                                       cancel))
+    yield from strategy.prepare(run)
 
     n_train = len(train_idx)
     steps = math.ceil(n_train / cfg.batch_size)
     for epoch in range(cfg.epochs):
         cancel.raise_if_cancelled()
-        if cfg.strategy != "feature":
-            n_groups = {"full": None, "scratch": None, "partial": 1 + cfg.unfreeze_blocks,
-                        "gradual": 1 + epoch}[cfg.strategy]
-            groups = _set_trainable(model, n_groups)  # also restores train mode
-            if cfg.strategy == "gradual" and epoch > 0:
-                optimizer = _optimizer(cfg, groups, discriminative=True)
+        strategy.start_epoch(run, epoch)
         factor = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
-        for g in optimizer.param_groups:
+        for g in run.optimizer.param_groups:
             g["lr"] = g.get("base_lr", cfg.lr) * factor
         t_epoch = time.monotonic()
-        order = epoch_order(n_train)
-        total_loss, seen = 0.0, 0
-        for step in range(steps):
-            cancel.raise_if_cancelled()
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            if cfg.strategy == "feature":
-                head.train()
-                logits = head(feat_cache[0][idx.to(feat_cache[0].device)])
-                target = y_t[train_idx[idx.numpy()]].to(device)
-            else:
-                batch = images_t[train_idx[idx.numpy()]]
-                if cfg.augment:
-                    batch = augment_batch(batch, cfg, gen)
-                logits = model(_to_input(batch, mean, std).to(device))
-                target = y_t[train_idx[idx.numpy()]].to(device)
-            loss = loss_fn(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            elapsed = time.monotonic() - t_epoch
-            per_step = elapsed / (step + 1)
-            remaining = per_step * (steps - step - 1) + per_step * steps * (cfg.epochs - epoch - 1)
-            if step % 5 == 0 or step == steps - 1:
-                yield TrainEvent("train", epoch + 1, cfg.epochs, step + 1, steps,
-                                 total_loss / seen, eta_s=remaining)
+        total_loss, seen = yield from _train_one_epoch(run, strategy, loss_fn, y_t,
+                                                       epoch_order(n_train), epoch, steps,
+                                                       cancel)
         epoch_s = time.monotonic() - t_epoch
-        if cfg.strategy == "feature":
-            head.eval()
-            with torch.inference_mode():
-                val_logits = head(feat_cache[1]).float().cpu().numpy()
-        else:
-            val_logits = _predict_logits(model, images_t[val_idx], mean, std, cfg.batch_size,
-                                         cancel)
+        val_logits = strategy.val_logits(run)
         val_probs = M.softmax(val_logits)
         pm = M.point_metrics(val_y, val_probs, classes, None, None)
         val_nll = float(-np.mean(np.log(np.clip(val_probs[np.arange(len(val_y)), val_y],
@@ -517,7 +446,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
             stale += 1
         yield TrainEvent("epoch", epoch + 1, cfg.epochs, steps, steps, record["loss"],
                          metrics=record, message="best so far" if improved else "")
-        if stale >= cfg.patience and cfg.strategy != "gradual":
+        if stale >= cfg.patience and strategy.early_stopping:
             yield TrainEvent("early_stop", epoch + 1, cfg.epochs,
                              message=f"early stop: no validation AUC gain for {stale} epochs")
             break
@@ -551,8 +480,8 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
     for name, m in metrics.items():
         if m["n"] < 100:
             warns.append(f"small {name} set ({m['n']} images): wide confidence intervals")
-    if feat_cache is not None:
-        history[0]["feature_cache_seconds"] = round(feat_cache[2], 2)
+    if run.feature_seconds is not None:
+        history[0]["feature_cache_seconds"] = round(run.feature_seconds, 2)
     card = _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds,
                       rule, positive, metrics, history, best_epoch, warns,
                       time.monotonic() - started, model)
@@ -634,6 +563,32 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
         license=text.get("license", "Apache-2.0"),
         flags=["locally trained, not clinically validated"],
         description=text.get("description"))
+
+
+def final_card(result: TrainResult, name: str, threshold: float | None = None,
+               n_bootstrap: int = 1000) -> Card:
+    """The card to save for a training result under ``name`` (its id is derived from it).
+
+    A ``threshold`` that differs from the engine's validation-chosen one is a user's
+    choice: the decision rule says so and the test metrics are re-evaluated at it."""
+    from dataclasses import replace
+
+    card = result.card.replace(name=name, id=_slug(name))
+    pos = card.decision.positive_class
+    if not pos or threshold is None or abs(threshold - card.thresholds[pos]) <= 1e-9:
+        return card
+    k = result.classes.index(pos)
+    metrics = dict(card.metrics)
+    if len(result.test_y):
+        groups = np.array([result.dataset.samples[i].patient or f"i{i}"
+                           for i in result.splits["test"]])
+        metrics["test"] = M.evaluate(result.test_y, result.test_probs, result.classes, k,
+                                     threshold, groups, n_bootstrap)
+    return card.replace(
+        thresholds={pos: threshold}, metrics=json_safe(metrics),
+        decision=replace(card.decision,
+                         rule=f"{pos} when its calibrated probability >= {threshold:.2f}, "
+                              "a threshold the user chose on validation data"))
 
 
 def data_content_sha256(ds) -> str:
