@@ -57,6 +57,15 @@ class TooLargeError(LoadError):
     """The header implies more memory than medview will allocate."""
 
 
+def load_error_from_os(path: str, exc: OSError) -> LoadError:
+    """The plain-language :class:`LoadError` for an operating-system error on ``path``."""
+    if isinstance(exc, FileNotFoundError):
+        return LoadError(path, "file not found (deleted or moved during the scan?)")
+    if isinstance(exc, PermissionError):
+        return LoadError(path, "permission denied")
+    return LoadError(path, f"cannot read the file: {exc.strerror or exc}")
+
+
 def must_propagate(exc: BaseException) -> bool:
     """Exceptions a per-file guard must never swallow: the user's interrupt or cancel, and
     interpreter shutdown. Everything else (including ``BaseException`` subclasses raised

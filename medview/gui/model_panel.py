@@ -396,21 +396,32 @@ class ModelPanel(QWidget):
         """Load (once) and cache the predictor; called in worker threads."""
         return self.session.predictor(card, device)
 
-    def run(self) -> None:
+    def _start(self, kind: str, job, on_success) -> None:
+        """Run ``job`` in a worker; ``on_success(job, result)`` only if it is still the
+        newest of its kind, failures shown in the panel."""
+        j = self.jobs.start(kind, job)
+        j.succeeded.connect(lambda result, jj=j: on_success(jj, result))
+        j.failed.connect(lambda exc, jj=j: self._on_failed(jj, exc))
+
+    def _subject(self):
+        """(card, volume, slice index, device) of the image in view, or None."""
         card = self.current_card()
-        volume, index = self.volume, self.index
-        if card is None or volume is None:
+        if card is None or self.volume is None:
+            return None
+        return card, self.volume, self.index, self.device_box.currentText()
+
+    def run(self) -> None:
+        subject = self._subject()
+        if subject is None:
             return
-        device = self.device_box.currentText()
+        card, volume, index, device = subject
         want_saliency = self.show_overlay.isChecked()
         self.status.setText("Running...")
 
         def job(token):
             return (yield from self.session.predict(card, volume, index, device, token))
 
-        j = self.jobs.start("predict", job)
-        j.succeeded.connect(lambda r, jj=j: self._on_prediction(jj, r, want_saliency))
-        j.failed.connect(lambda exc, jj=j: self._on_failed(jj, exc))
+        self._start("predict", job, lambda j, r: self._on_prediction(j, r, want_saliency))
 
     def _on_prediction(self, job, result, want_saliency: bool) -> None:
         if not self.jobs.is_current(job):
@@ -439,11 +450,10 @@ class ModelPanel(QWidget):
             self.explain(prep=prep)
 
     def explain(self, _checked: bool = False, prep=None) -> None:
-        card = self.current_card()
-        volume, index = self.volume, self.index
-        if card is None or volume is None:
+        subject = self._subject()
+        if subject is None:
             return
-        device = self.device_box.currentText()
+        card, volume, index, device = subject
         method = self.method_box.currentData()
         target = self.class_box.currentText() or card.classes[0]
         self.status.setText(f"Computing {METHOD_NAMES[method]}...")
@@ -452,9 +462,7 @@ class ModelPanel(QWidget):
             return (yield from self.session.explain(card, volume, index, method, target,
                                                     device, prep, token))
 
-        j = self.jobs.start("saliency", job)
-        j.succeeded.connect(lambda m, jj=j: self._on_saliency(jj, m, method, target))
-        j.failed.connect(lambda exc, jj=j: self._on_failed(jj, exc))
+        self._start("saliency", job, lambda j, m: self._on_saliency(j, m, method, target))
 
     def _on_saliency(self, job, sal, method: str, target: str) -> None:
         if not self.jobs.is_current(job):
@@ -499,9 +507,7 @@ class ModelPanel(QWidget):
                      it.prediction) for it in scored]
 
         self.status.setText(f"Scoring {len(volumes)} series...")
-        j = self.jobs.start("batch", job)
-        j.succeeded.connect(lambda rows, jj=j: self._on_batch(jj, rows, card.classes))
-        j.failed.connect(lambda exc, jj=j: self._on_failed(jj, exc))
+        self._start("batch", job, lambda j, rows: self._on_batch(j, rows, card.classes))
 
     def _on_batch(self, job, rows, classes) -> None:
         if not self.jobs.is_current(job):

@@ -6,7 +6,7 @@ import gzip
 import os
 import struct
 
-from medview.core.errors import LoadError, NotAnImageError
+from medview.core.errors import LoadError, NotAnImageError, load_error_from_os
 from medview.core.safeio import open_regular
 
 # Executable signatures that must never sit in a DICOM preamble (PS3.10 7.5 allows any
@@ -45,12 +45,8 @@ def detect_format(path: str) -> str:
             head = f.read(352)
     except LoadError:
         raise
-    except FileNotFoundError as exc:
-        raise LoadError(path, "file not found (deleted or moved during the scan?)") from exc
-    except PermissionError as exc:
-        raise LoadError(path, "permission denied") from exc
     except OSError as exc:
-        raise LoadError(path, f"cannot read the file: {exc.strerror or exc}") from exc
+        raise load_error_from_os(path, exc) from exc
     if size == 0:
         raise NotAnImageError(path, "empty file")
     if len(head) >= 132 and head[128:132] == b"DICM":

@@ -30,6 +30,7 @@ from medview.core.errors import (
     NotAnImageError,
     TooLargeError,
     UnsupportedTransferSyntaxError,
+    load_error_from_os,
     must_propagate,
 )
 from medview.core.limits import COPIES_COMPRESSED_DICOM, COPIES_NATIVE_DICOM, check_budget
@@ -333,10 +334,8 @@ def read_header(path: str, *, raw: bool = False) -> DicomHeader:
                 if getattr(raw_elem, "value", b"") is None:
                     continue
                 ds[tag]
-    except FileNotFoundError as exc:
-        raise LoadError(path, "file not found (deleted or moved during the scan?)") from exc
-    except PermissionError as exc:
-        raise LoadError(path, "permission denied") from exc
+    except (FileNotFoundError, PermissionError) as exc:
+        raise load_error_from_os(path, exc) from exc
     except RecursionError as exc:
         raise CorruptFileError(path, "sequences nested too deeply to read") from exc
     except MemoryError as exc:
