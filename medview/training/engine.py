@@ -296,6 +296,97 @@ def _features(model, images_u8, mean, std, batch: int, cancel=None):
 
 
 # ----------------------------------------------------------------------------- train
+@dataclass
+class PreparedData:
+    """The images of a labelled folder or manifest, checked and split by patient."""
+
+    dataset: tdata.Dataset
+    images: np.ndarray  # uint8 (N, H, W)
+    classes: list[str]
+    y: np.ndarray  # class index per image
+    splits: dict[str, list[int]]
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    warnings: list[str]
+
+
+def prepare_data(cfg: TrainConfig, cancel: CancelToken
+                 ) -> Generator[TrainEvent, None, PreparedData]:
+    """Read every image once (as the viewer shows it, at the training size), block on
+    unusable data, split by patient, and collect the warnings (leakage, duplicates)."""
+    ds = tdata.open_dataset(cfg.data, cfg.label_column, cfg.label_map)
+    loader = tdata.load_images(ds, (cfg.image_size, cfg.image_size), cancel=cancel)
+    while True:
+        try:
+            p: Progress = next(loader)
+        except StopIteration as stop:
+            images = stop.value
+            break
+        yield TrainEvent("load", step=p.done, steps=p.total, message="reading images")
+    problems, warns = tdata.check_dataset(ds, cfg.min_per_class)
+    if problems:
+        raise TrainingError("; ".join(problems))
+    label_idx = {c: k for k, c in enumerate(ds.classes)}
+    y_all = np.array([label_idx[s.label] for s in ds.samples])
+    splits = tdata.assign_splits(ds, cfg.split_fractions, cfg.seed)
+    for sp in ("train", "val"):
+        if not splits[sp]:
+            raise TrainingError(f"the {sp} split is empty; add images or change the split")
+    warns += tdata.leakage_report(ds, splits)
+    dups = tdata.duplicate_count(ds)
+    if dups:
+        warns.append(f"{dups} exact duplicate image(s) in the data")
+    train_idx = np.array(splits["train"])
+    if cfg.max_train_images and len(train_idx) > cfg.max_train_images:
+        rng = np.random.default_rng(cfg.seed)
+        train_idx = np.sort(rng.choice(train_idx, cfg.max_train_images, replace=False))
+    return PreparedData(ds, images, ds.classes, y_all, splits, train_idx,
+                        np.array(splits["val"]), np.array(splits["test"]), warns)
+
+
+@dataclass
+class Evaluation:
+    temperature: float
+    val_probs: np.ndarray
+    test_probs: np.ndarray
+    thresholds: dict[str, float]
+    rule: str
+    metrics: dict
+    warnings: list[str]
+
+
+def evaluate_and_calibrate(cfg: TrainConfig, data: PreparedData, positive: int | None,
+                           val_logits: np.ndarray, test_logits: np.ndarray) -> Evaluation:
+    """Temperature, operating threshold and decision rule from the validation split only;
+    metrics with patient-level bootstrap CIs on validation and test."""
+    classes, ds, y = data.classes, data.dataset, data.y
+    val_y = y[data.val_idx]
+    warns: list[str] = []
+    temperature = M.fit_temperature(val_logits, val_y)
+    val_probs = M.softmax(val_logits, temperature)
+    test_probs = M.softmax(test_logits, temperature) if len(data.test_idx) else test_logits
+    thresholds, rule = {}, "argmax of the calibrated probabilities"
+    threshold = None
+    if positive is not None:
+        threshold = M.choose_threshold(val_y == positive, val_probs[:, positive],
+                                       cfg.min_sensitivity)
+        thresholds = {classes[positive]: round(threshold, 6)}
+        rule = (f"{classes[positive]} when its calibrated probability >= the threshold, "
+                f"chosen on the validation split as the highest threshold with "
+                f"sensitivity >= {cfg.min_sensitivity:.2f}")
+    groups_val = np.array([ds.samples[i].patient or f"i{i}" for i in data.val_idx])
+    groups_test = np.array([ds.samples[i].patient or f"i{i}" for i in data.test_idx])
+    metrics = {"validation": M.evaluate(val_y, val_probs, classes, positive, threshold,
+                                        groups_val, cfg.n_bootstrap, cfg.seed)}
+    if len(data.test_idx):
+        metrics["test"] = M.evaluate(y[data.test_idx], test_probs, classes, positive,
+                                     threshold, groups_test, cfg.n_bootstrap, cfg.seed)
+    else:
+        warns.append("no test split: metrics are on validation data only")
+    return Evaluation(temperature, val_probs, test_probs, thresholds, rule, metrics, warns)
+
+
 def _train_one_epoch(run: TrainingRun, strategy, loss_fn, y_t, order, epoch: int,
                      steps: int, cancel: CancelToken):
     """One pass over the training split; yields progress, returns (summed loss, images)."""
@@ -337,35 +428,11 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
         torch.set_num_threads(cfg.num_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
-    ds = tdata.open_dataset(cfg.data, cfg.label_column, cfg.label_map)
-    size = (cfg.image_size, cfg.image_size)
-    loader = tdata.load_images(ds, size, cancel=cancel)
-    while True:
-        try:
-            p: Progress = next(loader)
-        except StopIteration as stop:
-            images = stop.value
-            break
-        yield TrainEvent("load", step=p.done, steps=p.total, message="reading images")
-    problems, warns = tdata.check_dataset(ds, cfg.min_per_class)
-    if problems:
-        raise TrainingError("; ".join(problems))
-    classes = ds.classes
+    data = yield from prepare_data(cfg, cancel)
+    ds, images, classes, y_all, splits, warns = (data.dataset, data.images, data.classes,
+                                                 data.y, data.splits, data.warnings)
     label_idx = {c: k for k, c in enumerate(classes)}
-    y_all = np.array([label_idx[s.label] for s in ds.samples])
-    splits = tdata.assign_splits(ds, cfg.split_fractions, cfg.seed)
-    for sp in ("train", "val"):
-        if not splits[sp]:
-            raise TrainingError(f"the {sp} split is empty; add images or change the split")
-    warns += tdata.leakage_report(ds, splits)
-    dups = tdata.duplicate_count(ds)
-    if dups:
-        warns.append(f"{dups} exact duplicate image(s) in the data")
-    train_idx = np.array(splits["train"])
-    if cfg.max_train_images and len(train_idx) > cfg.max_train_images:
-        rng = np.random.default_rng(cfg.seed)
-        train_idx = np.sort(rng.choice(train_idx, cfg.max_train_images, replace=False))
-    val_idx, test_idx = np.array(splits["val"]), np.array(splits["test"])
+    train_idx, val_idx, test_idx = data.train_idx, data.val_idx, data.test_idx
     images_t = torch.from_numpy(images)
     y_t = torch.from_numpy(y_all).long()
 
@@ -456,27 +523,10 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
     val_logits = _predict_logits(model, images_t[val_idx], mean, std, cfg.batch_size, cancel)
     test_logits = (_predict_logits(model, images_t[test_idx], mean, std, cfg.batch_size, cancel)
                    if len(test_idx) else np.zeros((0, len(classes))))
-    temperature = M.fit_temperature(val_logits, val_y)
-    val_probs = M.softmax(val_logits, temperature)
-    test_probs = M.softmax(test_logits, temperature) if len(test_idx) else test_logits
-    thresholds, rule = {}, "argmax of the calibrated probabilities"
-    threshold = None
-    if positive is not None:
-        threshold = M.choose_threshold(val_y == positive, val_probs[:, positive],
-                                       cfg.min_sensitivity)
-        thresholds = {classes[positive]: round(threshold, 6)}
-        rule = (f"{classes[positive]} when its calibrated probability >= the threshold, "
-                f"chosen on the validation split as the highest threshold with "
-                f"sensitivity >= {cfg.min_sensitivity:.2f}")
-    groups_val = np.array([ds.samples[i].patient or f"i{i}" for i in val_idx])
-    groups_test = np.array([ds.samples[i].patient or f"i{i}" for i in test_idx])
-    metrics = {"validation": M.evaluate(val_y, val_probs, classes, positive, threshold,
-                                        groups_val, cfg.n_bootstrap, cfg.seed)}
-    if len(test_idx):
-        metrics["test"] = M.evaluate(y_all[test_idx], test_probs, classes, positive, threshold,
-                                     groups_test, cfg.n_bootstrap, cfg.seed)
-    else:
-        warns.append("no test split: metrics are on validation data only")
+    ev = evaluate_and_calibrate(cfg, data, positive, val_logits, test_logits)
+    temperature, val_probs, test_probs = ev.temperature, ev.val_probs, ev.test_probs
+    thresholds, rule, metrics = ev.thresholds, ev.rule, ev.metrics
+    warns += ev.warnings
     for name, m in metrics.items():
         if m["n"] < 100:
             warns.append(f"small {name} set ({m['n']} images): wide confidence intervals")
