@@ -201,3 +201,32 @@ def deflate_bomb(folder, inflated_bytes: int) -> str:
     with open(os.path.join(folder, "deflate-bomb.dcm"), "wb") as f:
         f.write(b"".join(parts))
     return "deflate-bomb.dcm"
+
+
+_MEASURED_INFO = """
+import sys
+from medview.cli import main
+rc = main(["info", sys.argv[1], "--json"])
+sys.stdout.flush()
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print("PEAK_KIB", hwm, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def run_info_measured(folder: str, root: str, timeout: float = 120):
+    """``medview info FOLDER --json`` in a new process; returns (returncode, stdout,
+    seconds, peak RSS in MiB). The peak is the process's own high-water mark (VmHWM),
+    which, unlike a parent's RUSAGE_CHILDREN, does not count the parent's pages."""
+    import subprocess
+    import sys
+    import time
+
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _MEASURED_INFO, folder], capture_output=True,
+                          text=True, timeout=timeout, cwd=root,
+                          env=dict(os.environ, PYTHONPATH=root))
+    seconds = time.perf_counter() - t
+    peak = [ln for ln in proc.stderr.splitlines() if ln.startswith("PEAK_KIB")]
+    peak_mib = int(peak[-1].split()[1]) / 1024 if peak else float("nan")
+    return proc.returncode, proc.stdout, seconds, peak_mib
