@@ -1,0 +1,81 @@
+"""Out-of-distribution scores for the trust gate, on synthetic embeddings with known
+answers."""
+
+import numpy as np
+import pytest
+
+from medview.inference import scope
+
+
+def _data(seed=0, d=16, n=400):
+    rng = np.random.default_rng(seed)
+    means = np.zeros((2, d))
+    means[0, 0], means[1, 0] = -3, 3
+    labels = rng.integers(0, 2, n)
+    feats = means[labels] + rng.normal(size=(n, d))
+    logits = np.stack([-feats[:, 0], feats[:, 0]], axis=1)
+    return feats, labels, logits
+
+
+def test_mahalanobis_distance_matches_its_definition():
+    feats, labels, _ = _data()
+    stats = scope.fit_mahalanobis(feats, labels, ridge=0.0)
+    x = np.zeros((1, feats.shape[1]))
+    x[0, 0] = 3.0  # exactly at class 1's mean direction
+    cov = np.cov((feats - stats["means"][labels]).T, ddof=2)
+    diff = x[0] - stats["means"][1]
+    expected = np.sqrt(diff @ np.linalg.inv(cov) @ diff)
+    assert scope.mahalanobis_score(stats, x)[0] == pytest.approx(expected, rel=1e-3)
+
+
+def test_knn_distance_is_zero_on_a_training_point_and_grows_away():
+    feats, *_ = _data()
+    stats = scope.fit_knn(feats)
+    assert scope.knn_score(stats, feats[:3], k=1) == pytest.approx(0.0, abs=1e-6)
+    rng = np.random.default_rng(1)
+    fresh = feats[:50] + rng.normal(scale=0.05, size=(50, feats.shape[1]))  # near training
+    far = np.zeros((3, feats.shape[1]))
+    far[:, 5] = 1.0  # a direction the training images do not point in
+    assert scope.knn_score(stats, far).min() > scope.knn_score(stats, fresh).max()
+
+
+def test_energy_is_lower_for_confident_logits():
+    e = scope.energy_score(np.array([[10.0, 0.0], [0.1, 0.0]]))
+    assert e[0] < e[1]
+    assert e[1] == pytest.approx(-np.log(np.exp(0.1) + 1.0))
+
+
+@pytest.mark.parametrize("method", scope.METHODS)
+def test_gate_passes_about_the_percentile_and_withholds_far_images(method):
+    feats, labels, _ = _data(0)
+    vfeats, _, vlogits = _data(1)
+    gate = scope.fit_gate(method, feats, labels, vfeats, vlogits, percentile=95)
+    assert gate.in_distribution_pass_rate == pytest.approx(0.95, abs=0.01)
+    tfeats, _, tlogits = _data(2)
+    assert 0.9 < gate.in_scope(tfeats, tlogits).mean() < 0.99  # unseen, same distribution
+    rng = np.random.default_rng(3)
+    far = rng.normal(size=(200, feats.shape[1])) * 0.2
+    far[:, 5] += 12  # a direction the training images never vary in much
+    far_logits = np.zeros((200, 2))  # an unsure model
+    out = gate.in_scope(far, far_logits).mean()
+    assert out < 0.05
+
+
+def test_statistics_round_trip_as_safetensors_and_are_refused_when_changed():
+    feats, labels, logits = _data()
+    gate = scope.fit_gate("combined", feats, labels, feats, logits)
+    data = gate.to_bytes()
+    back = scope.ScopeGate.from_bytes(data, "combined", gate.limit, gate.sha256())
+    np.testing.assert_allclose(back.score(feats[:5], logits[:5]), gate.score(feats[:5],
+                                                                          logits[:5]))
+    tampered = bytearray(data)
+    tampered[-1] ^= 1
+    with pytest.raises(ValueError, match="does not match"):
+        scope.ScopeGate.from_bytes(bytes(tampered), "combined", gate.limit, gate.sha256())
+
+
+def test_auroc_and_fpr_at_95_tpr():
+    inside = np.arange(100.0)
+    assert scope.auroc(inside, inside + 1000) == 1.0
+    assert scope.auroc(inside, inside) == pytest.approx(0.5)
+    assert scope.fpr_at_tpr(inside, np.array([10.0, 96.0, 200.0])) == pytest.approx(1 / 3)
