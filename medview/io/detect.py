@@ -32,6 +32,11 @@ def _nifti_magic(head: bytes) -> bool:
     return (348 in (size_le, size_be)) and head[344:348] in (b"n+1\x00", b"ni1\x00")
 
 
+#: Bytes read once per file: enough for every magic number, the DICOM preamble and, in
+#: ordinary files, the whole DICOM file meta group (its transfer syntax).
+HEAD_BYTES = 4096
+
+
 def detect_format(path: str) -> str:
     """Return one of ``dicom``, ``dicom-raw``, ``nifti``, ``nifti-gz``, ``nrrd``, ``meta``,
     ``raster``, or raise :class:`NotAnImageError` naming what the file is.
@@ -39,14 +44,24 @@ def detect_format(path: str) -> str:
     ``dicom-raw`` is a file without the 128-byte preamble and ``DICM`` marker; it is only
     accepted later if it parses as a real image dataset.
     """
+    return sniff(path)[0]
+
+
+def sniff(path: str) -> tuple[str, bytes]:
+    """:func:`detect_format` and the file's first :data:`HEAD_BYTES` bytes (one read, so
+    the loader need not open the file again for the preamble or the transfer syntax)."""
     try:
         with open_regular(path) as f:  # never blocks: a FIFO or device is refused
             size = os.fstat(f.fileno()).st_size
-            head = f.read(352)
+            head = f.read(HEAD_BYTES)
     except LoadError:
         raise
     except OSError as exc:
         raise load_error_from_os(path, exc) from exc
+    return _format_of(path, head, size), head
+
+
+def _format_of(path: str, head: bytes, size: int) -> str:
     if size == 0:
         raise NotAnImageError(path, "empty file")
     if len(head) >= 132 and head[128:132] == b"DICM":
@@ -92,10 +107,10 @@ def _looks_like_raw_dicom(head: bytes) -> bool:
     return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
 
 
-def preamble_warning(path: str) -> str | None:
-    """A warning if the 128-byte DICOM preamble starts with an executable header."""
-    with open_regular(path) as f:
-        pre = f.read(128)
+def preamble_warning(head: bytes) -> str | None:
+    """A warning if the 128-byte DICOM preamble (the start of ``head``) begins with an
+    executable header."""
+    pre = head[:128]
     for sig in EXECUTABLE_SIGNATURES:
         if pre.startswith(sig):
             return (

@@ -11,10 +11,12 @@ rescale/window values are all checked explicitly (see BAD_INPUTS.md, items 1-11)
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +35,13 @@ from medview.core.errors import (
     load_error_from_os,
     must_propagate,
 )
-from medview.core.limits import COPIES_COMPRESSED_DICOM, COPIES_NATIVE_DICOM, check_budget
+from medview.core.limits import (
+    COPIES_COMPRESSED_DICOM,
+    COPIES_NATIVE_DICOM,
+    check_budget,
+    memory_budget,
+)
+from medview.core.safeio import UnsafeFileError, is_regular_file, open_regular
 from medview.core.volume import VoiLut, WindowPreset
 from medview.imaging.lut import palette_to_rgb, ybr_full_to_rgb
 from medview.io.codestream import check_frames
@@ -243,14 +251,17 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
               b"UT", b"UV"}
 
 
-def _meta_syntax_and_end(f) -> tuple[str, int]:
-    """The Transfer Syntax UID of a Part 10 file's meta group and where the dataset
-    starts, read element by element (explicit VR little endian, PS3.10 7.1)."""
+def _meta_syntax_and_end(f) -> tuple[str, int, bool]:
+    """The Transfer Syntax UID of a Part 10 file's meta group, where the dataset starts,
+    and whether the group's end was seen, read element by element (explicit VR little
+    endian, PS3.10 7.1)."""
     f.seek(132)
     syntax = ""
     for _ in range(64):
         head = f.read(8)
-        if len(head) < 8 or head[:2] != b"\x02\x00":
+        if len(head) == 8 and head[:2] != b"\x02\x00":
+            return syntax, f.tell() - 8, True
+        if len(head) < 8:
             break
         element = int.from_bytes(head[2:4], "little")
         vr = head[4:6]
@@ -266,23 +277,21 @@ def _meta_syntax_and_end(f) -> tuple[str, int]:
         value = f.read(length)
         if element == 0x0010:
             syntax = value.rstrip(b"\x00 ").decode("ascii", "replace")
-    else:
-        return syntax, f.tell()
-    return syntax, f.tell() - 8
+    return syntax, f.tell(), False
 
 
-def check_deflated_size(path: str) -> None:
+def check_deflated_size(path: str, head: bytes | None = None) -> None:
     """Refuse a Deflated Explicit VR Little Endian file that would inflate beyond the
     memory budget. pydicom inflates the whole dataset in memory before reading a tag, so
     a few megabytes of zeros could become gigabytes; the stream is inflated here first
-    in bounded chunks, only counting."""
-    import zlib
-
-    from medview.core.limits import memory_budget
-    from medview.core.safeio import open_regular
-
+    in bounded chunks, only counting. ``head`` (the file's first bytes, already read by
+    the loader) usually holds the whole meta group: then only deflated files are opened."""
+    if head is not None:
+        syntax, _end, complete = _meta_syntax_and_end(io.BytesIO(head))
+        if complete and syntax != DEFLATED:
+            return
     with open_regular(path) as f:
-        syntax, start = _meta_syntax_and_end(f)
+        syntax, start, _complete = _meta_syntax_and_end(f)
         if syntax != DEFLATED:
             return
         f.seek(start)
@@ -303,7 +312,7 @@ def check_deflated_size(path: str) -> None:
             return  # not a valid stream: pydicom's own read reports it
 
 
-def read_header(path: str, *, raw: bool = False) -> DicomHeader:
+def read_header(path: str, *, raw: bool = False, head: bytes | None = None) -> DicomHeader:
     """Read and validate a DICOM file's header; pixels are deferred.
 
     Parameters
@@ -313,6 +322,8 @@ def read_header(path: str, *, raw: bool = False) -> DicomHeader:
     raw
         True for a file without the preamble and ``DICM`` marker; it is accepted only if it
         parses as an image dataset, and a warning says so.
+    head
+        The file's first bytes if the caller has read them (spares a second open).
 
     Raises
     ------
@@ -320,7 +331,7 @@ def read_header(path: str, *, raw: bool = False) -> DicomHeader:
         A subclass naming the file and the reason (see :mod:`medview.core.errors`).
     """
     if not raw:
-        check_deflated_size(path)
+        check_deflated_size(path, head)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -428,11 +439,8 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
     decoded = rows * cols * frames * samples * max(bits_allocated, 8) // 8
     if photometric == "PALETTE COLOR":
         decoded *= 3  # expanded to RGB
-    try:
-        compressed = str(tsyntax) not in NATIVE_SYNTAXES
-    except Exception:
-        compressed = True
-    check_budget(path, decoded, COPIES_COMPRESSED_DICOM if compressed else COPIES_NATIVE_DICOM,
+    native = tsyntax in NATIVE_SYNTAXES
+    check_budget(path, decoded, COPIES_NATIVE_DICOM if native else COPIES_COMPRESSED_DICOM,
                  f"the pixel data ({rows}x{cols}, {frames} frame(s))", rows * cols * samples)
 
     pixel_offset = pixel_length = None
@@ -733,8 +741,6 @@ def _native_pixels(h: DicomHeader) -> np.ndarray:
     dtype = np.dtype(order + base)
     count = h.rows * h.cols * h.frames * h.samples
     if h.pixel_offset is not None:
-        from medview.core.safeio import open_regular
-
         with open_regular(h.path) as f:
             f.seek(h.pixel_offset)
             arr = np.fromfile(f, dtype=dtype, count=count)
@@ -865,8 +871,6 @@ def tag_rows(path: str, max_value_chars: int = 256) -> list[tuple[str, str, str,
     are summarised by their length. Control characters are removed, so nothing in a file
     can inject markup into the viewer.
     """
-    from medview.core.safeio import UnsafeFileError, is_regular_file
-
     if not is_regular_file(path):  # the tag browser runs on the GUI thread: never block
         raise UnsafeFileError(path, "not a regular file (FIFO, device or socket?)")
     try:

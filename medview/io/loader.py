@@ -16,7 +16,7 @@ from medview.core.progress import CancelToken, Progress, drain
 from medview.core.safeio import inside as _inside
 from medview.core.safeio import is_regular_file
 from medview.core.volume import LoadResult, SkippedFile
-from medview.io.detect import detect_format, preamble_warning
+from medview.io.detect import preamble_warning, sniff
 from medview.io.dicom import DicomHeader, read_header
 from medview.io.itk import detached_data_files, read_itk
 from medview.io.raster import read_raster
@@ -78,11 +78,11 @@ def iter_load(
         if cancel is not None:
             cancel.raise_if_cancelled()
         try:
-            fmt = detect_format(path)
+            fmt, head = sniff(path)
             if fmt in ("dicom", "dicom-raw"):
-                header = read_header(path, raw=fmt == "dicom-raw")
+                header = read_header(path, raw=fmt == "dicom-raw", head=head)
                 if fmt == "dicom":
-                    warning = preamble_warning(path)
+                    warning = preamble_warning(head)
                     if warning:
                         header.warnings.append(warning)
                 headers.append(header)
