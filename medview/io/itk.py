@@ -125,13 +125,12 @@ def text_header(path: str) -> dict[str, str]:
     return fields
 
 
-def _data_file_reference(path: str, fmt: str) -> str | None:
+def _data_file_reference(path: str, fmt: str, fields: dict[str, str]) -> str | None:
     """The detached data file a header names (relative to its folder), or None."""
     if fmt == "meta":
-        value = text_header(path).get("elementdatafile", "")
+        value = fields.get("elementdatafile", "")
         return None if not value or value.upper() == "LOCAL" else value
     if fmt == "nrrd":
-        fields = text_header(path)
         value = fields.get("data file", fields.get("datafile", ""))
         return value or None
     if fmt == "nifti" and _nifti_header(path, False)["pair"]:
@@ -140,21 +139,24 @@ def _data_file_reference(path: str, fmt: str) -> str | None:
     return None
 
 
-def detached_data_files(path: str, fmt: str) -> list[str]:
+def detached_data_files(path: str, fmt: str, fields: dict[str, str] | None = None
+                        ) -> list[str]:
     """The data files a NRRD / MetaImage / NIfTI-pair header points to, each checked.
 
     A header may name its pixel data in another file (NRRD ``data file:``, MetaImage
     ``ElementDataFile``, the ``.img`` of a NIfTI pair). That file must be a regular file
     inside the header's own folder: ``../../etc/passwd``, absolute paths, links out of the
     folder, FIFOs and devices are refused before the reader can open them. File lists and
-    numbered patterns are not supported.
+    numbered patterns are not supported. ``fields``: the text header if already read.
 
     Raises
     ------
     LoadError
         Naming the header and what was wrong with its data file.
     """
-    ref = _data_file_reference(path, fmt)
+    if fields is None:
+        fields = text_header(path) if fmt in ("meta", "nrrd") else {}
+    ref = _data_file_reference(path, fmt, fields)
     if ref is None:
         return []
     if ref.upper().startswith("LIST") or "%" in ref or " " in ref.strip():
@@ -190,7 +192,7 @@ def _ints(text: str) -> list[int]:
         return []
 
 
-def check_text_header(path: str, fmt: str) -> None:
+def check_text_header(path: str, fmt: str, fields: dict[str, str]) -> None:
     """Validate a NRRD or MetaImage header's dimensions and encoding ourselves before
     SimpleITK parses it: its MetaImage reader loops forever on ``NDims = -1``, for one.
 
@@ -199,7 +201,6 @@ def check_text_header(path: str, fmt: str) -> None:
     CorruptFileError
         Naming the field that is missing or impossible.
     """
-    fields = text_header(path)
     if fmt == "meta":
         ndims = _ints(fields.get("ndims", ""))
         sizes = _ints(fields.get("dimsize", ""))
@@ -236,13 +237,18 @@ def check_text_header(path: str, fmt: str) -> None:
                                              "absurd values")
 
 
-def read_itk(path: str, fmt: str) -> ImageVolume:
-    """Read a NIfTI / NRRD / MetaImage file into an LPS-oriented :class:`ImageVolume`."""
+def read_itk(path: str, fmt: str, data_files: list[str] | None = None) -> ImageVolume:
+    """Read a NIfTI / NRRD / MetaImage file into an LPS-oriented :class:`ImageVolume`.
+
+    ``data_files``: the header's checked detached data files, if the caller has them
+    (:func:`detached_data_files`)."""
     warns: list[str] = []
     spacing_known = [True, True, True]
+    fields = text_header(path) if fmt in ("meta", "nrrd") else {}
     if fmt in ("meta", "nrrd"):
-        check_text_header(path, fmt)
-    data_files = detached_data_files(path, fmt)
+        check_text_header(path, fmt, fields)
+    if data_files is None:
+        data_files = detached_data_files(path, fmt, fields)
     if fmt in ("nifti", "nifti-gz"):
         info = _nifti_header(path, fmt == "nifti-gz")
         sizes = info["sizes"]
@@ -262,7 +268,6 @@ def read_itk(path: str, fmt: str) -> ImageVolume:
             if not (math.isfinite(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM):
                 spacing_known[k] = False
     else:
-        fields = text_header(path)
         keys = ("spacings", "space directions") if fmt == "nrrd" else ("elementspacing",
                                                                         "elementsize")
         if not any(k in fields for k in keys):

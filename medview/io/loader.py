@@ -91,7 +91,7 @@ def iter_load(
             else:
                 data_files = detached_data_files(path, fmt)  # checked: inside, regular
                 companions.update(os.path.normpath(p) for p in data_files)
-                result.volumes.append(read_itk(path, fmt))
+                result.volumes.append(read_itk(path, fmt, data_files))
         except BaseException as exc:  # one hostile file never costs the rest of the study
             if must_propagate(exc):
                 raise
