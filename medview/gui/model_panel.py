@@ -39,8 +39,7 @@ from medview.core.volume import ImageVolume
 from medview.explain.saliency import METHODS
 from medview.gui.workers import JobRunner
 from medview.imaging.overlay import COLORMAPS, heatmap_rgba
-
-METHOD_NAMES = METHODS  # the one list of saliency methods, with their names
+from medview.inference.session import InferenceSession
 
 
 def card_readme(card) -> str:
@@ -129,8 +128,6 @@ class ModelPanel(QWidget):
         self.volume: ImageVolume | None = None
         self.index = 0
         self.volumes_provider = lambda: []
-        from medview.inference.session import InferenceSession
-
         self.session = InferenceSession()  # the same session the command line uses
         self._saliency: np.ndarray | None = None
         self._last: Prediction | None = None
@@ -178,7 +175,7 @@ class ModelPanel(QWidget):
         rg.addWidget(self.status)
 
         self.method_box = QComboBox()
-        for key, name in METHOD_NAMES.items():
+        for key, name in METHODS.items():
             self.method_box.addItem(name, key)
         self.class_box = QComboBox()
         self.opacity = QSlider(Qt.Orientation.Horizontal)
@@ -388,13 +385,9 @@ class ModelPanel(QWidget):
 
         def job(_token):
             yield Progress(0, 1, "loading model")
-            self.predictor_for(card, device)
+            self.session.predictor(card, device)
 
         self.jobs.start("warm-up", job)
-
-    def predictor_for(self, card, device: str):
-        """Load (once) and cache the predictor; called in worker threads."""
-        return self.session.predictor(card, device)
 
     def _start(self, kind: str, job, on_success) -> None:
         """Run ``job`` in a worker; ``on_success(job, result)`` only if it is still the
@@ -456,7 +449,7 @@ class ModelPanel(QWidget):
         card, volume, index, device = subject
         method = self.method_box.currentData()
         target = self.class_box.currentText() or card.classes[0]
-        self.status.setText(f"Computing {METHOD_NAMES[method]}...")
+        self.status.setText(f"Computing {METHODS[method]}...")
 
         def job(token):
             return (yield from self.session.explain(card, volume, index, method, target,
@@ -468,7 +461,7 @@ class ModelPanel(QWidget):
         if not self.jobs.is_current(job):
             return
         self._saliency = sal
-        self.status.setText(f"{METHOD_NAMES[method]} for {target}. Not a diagnosis.")
+        self.status.setText(f"{METHODS[method]} for {target}. Not a diagnosis.")
         self._emit_overlay()
         self.saliency_ready.emit(sal)
 
