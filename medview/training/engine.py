@@ -28,10 +28,7 @@ from medview.core.progress import CancelToken, Progress
 from medview.models.card import Card, json_safe
 from medview.training import data as tdata
 from medview.training import metrics as M
-from medview.training.strategies import STRATEGIES as _STRATEGY_OBJECTS
-from medview.training.strategies import TrainingRun, strategy_for
-
-STRATEGIES = tuple(_STRATEGY_OBJECTS)  # names, in the order they are offered
+from medview.training.strategies import STRATEGIES, TrainingRun, strategy_for
 
 
 class TrainingError(MedviewError):
@@ -154,7 +151,7 @@ def build_base(cfg: TrainConfig, n_classes: int, classes: list[str]):
     from medview.models.pretrained import IMAGENET_BASES, load_imagenet_base
 
     if cfg.base in IMAGENET_BASES:
-        if not _STRATEGY_OBJECTS[cfg.strategy].pretrained:
+        if not STRATEGIES[cfg.strategy].pretrained:
             base = IMAGENET_BASES[cfg.base]
             model = timm.create_model(base.architecture, pretrained=False,
                                       num_classes=n_classes)
@@ -173,7 +170,7 @@ def build_base(cfg: TrainConfig, n_classes: int, classes: list[str]):
         if not ARCH_NAME.fullmatch(arch) or not timm.is_model(arch):
             raise TrainingError(f"unknown timm architecture {arch!r} (built-in names only)")
         model = timm.create_model(arch, pretrained=False, num_classes=n_classes)
-        if cfg.weights_file and _STRATEGY_OBJECTS[cfg.strategy].pretrained:
+        if cfg.weights_file and STRATEGIES[cfg.strategy].pretrained:
             return model, *_load_local_weights(model, arch, cfg.weights_file)
         parent = {"kind": "none", "id": None, "weights_sha256": None,
                   "note": f"random initialisation of {arch}"}

@@ -22,7 +22,7 @@ from medview.models.card import (
 from medview.models.staging import LOCK_FILE, TMP_PREFIX, clean_stale_exports, staging_folder
 from medview.models.weights import save_weights
 
-__all__ = ["TMP_PREFIX", "clean_stale_exports", "export_model", "json_safe", "render_readme"]
+__all__ = ["TMP_PREFIX", "clean_stale_exports", "export_model", "render_readme"]
 
 
 def render_readme(card: Card) -> str:
