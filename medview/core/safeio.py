@@ -93,13 +93,6 @@ def read_capped(path: str, max_bytes: int, *, root: str | None = None) -> bytes:
     return data
 
 
-def read_head(path: str, n: int) -> tuple[bytes, int]:
-    """The first ``n`` bytes of a regular file and the file's size."""
-    with open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        return f.read(n), size
-
-
 def fsync_dir(folder: str) -> None:
     """Flush a folder's entries (a rename into it) to disk where the platform allows."""
     try:
@@ -114,7 +107,7 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def plain_text(text: str, max_chars: int | None = None) -> str:
+def plain_text(text: str) -> str:
     """A string that is safe to print on a terminal or put in a CSV/log line.
 
     Control and escape characters (ANSI sequences, carriage returns, bidi controls) are
@@ -130,7 +123,4 @@ def plain_text(text: str, max_chars: int | None = None) -> str:
             out.append("?")
         else:
             out.append(ch)
-    s = "".join(out)
-    if max_chars is not None and len(s) > max_chars:
-        s = s[:max_chars] + "..."
-    return s
+    return "".join(out)
