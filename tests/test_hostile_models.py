@@ -14,6 +14,7 @@ from importlib.metadata import version
 
 import pytest
 
+from medview.inference.predictor import load_gate
 from medview.models.card import CardError, read_card
 from medview.models.loading import load_model
 from medview.models.registry import discover_models
@@ -200,7 +201,8 @@ def test_export_fsyncs_files_and_folder(folder, tmp_path, monkeypatch):
     card = read_card(str(folder))
     model = load_model(card)
     out = tmp_path / "out"
-    final = ex.export_model(model, {**card.data, "id": "synced"}, str(out))
+    final = ex.export_model(model, {**card.data, "id": "synced"}, str(out),
+                            gate=load_gate(card))
     names = {os.path.basename(p) for p in synced}
     assert {"weights.safetensors", "card.json", "README.md", "out"} <= names
     assert read_card(final).id == "synced"
@@ -217,7 +219,7 @@ def test_default_names_never_come_from_the_data_folder(tmp_path):
                                      augment=False, n_bootstrap=20, min_per_class=5)))
     from medview.training.export import export_model
 
-    final = export_model(result.model, result.card, str(tmp_path / "models"))
+    final = export_model(result.model, result.card, str(tmp_path / "models"), gate=result.gate)
     everything = b"".join((tmp_path / "models" / os.path.basename(final) / n).read_bytes()
                           for n in os.listdir(final))
     assert b"Doe" not in everything and b"1962" not in everything

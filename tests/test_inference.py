@@ -119,17 +119,23 @@ def test_preprocessing_window_is_read():
         prepare(vol, 0, Preprocessing(size=(8, 8), window="raw"))
 
 
-def test_contract_warnings(predictor):
+def test_inputs_outside_the_contract_are_withheld_with_reasons(predictor):
     rng = np.random.default_rng(0)
     rgb = ImageVolume(rng.integers(0, 255, (1, 64, 64, 3), dtype=np.uint8), modality="OT",
                       photometric="RGB")
-    assert any("colour image" in w for w in predictor.predict(rgb, 0).warnings)
+    p = predictor.predict(rgb, 0)
+    assert p.withheld and any("colour image" in r for r in p.scope_reasons)
+    assert p.label == "" and "Withheld" in p.decision and p.withheld_label in p.classes
     tiny = ImageVolume(np.zeros((1, 10, 10), np.uint8), modality="OT")
     assert any("far smaller" in w for w in predictor.predict(tiny, 0).warnings)
     ct = ImageVolume(np.zeros((20, 64, 64), np.int16), modality="CT")
-    warns = predictor.predict(ct, 3).warnings
-    assert any("modality CT" in w for w in warns)
-    assert any("20-slice volume" in w and "slice 4" in w for w in warns)
+    p = predictor.predict(ct, 3)
+    assert p.withheld and p.label == ""
+    assert any("modality CT" in r for r in p.scope_reasons)
+    assert any("20-slice volume" in r for r in p.scope_reasons)
+    assert any("slice 4 of 20" in w for w in p.warnings)
+    shown = p.revealed()
+    assert shown.label == p.withheld_label and shown.decision.startswith("OUT OF SCOPE")
 
 
 def test_gpu_out_of_memory_retries_smaller_then_cpu(predictor, monkeypatch):
@@ -206,7 +212,8 @@ def test_cli_predict_csv_and_explain_png(tiny_model, tmp_path, capsys):
     out = tmp_path / "scores.csv"
     assert main(["predict", data, "--model", folder, "--csv", str(out), "--device", "cpu"]) == 0
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "warnings"]
+    assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "in_scope",
+                       "ood_score", "warnings"]
     assert len(rows) == 1 + 96
     correct = sum(r[2] == os.path.basename(os.path.dirname(r[0])) for r in rows[1:])
     assert correct >= 90

@@ -17,6 +17,14 @@ def _data(seed=0, d=16, n=400):
     return feats, labels, logits
 
 
+def _features(feats, logits, stage=None):
+    """The predictor's feature dict; the stage statistics default to a noisy copy of the
+    embedding's first 8 dimensions."""
+    if stage is None:
+        stage = feats[:, :8] + 0.1
+    return {scope.PRE_LOGITS: feats, scope.LOGITS: logits, "blocks.6": stage}
+
+
 def test_mahalanobis_distance_matches_its_definition():
     feats, labels, _ = _data()
     stats = scope.fit_mahalanobis(feats, labels, ridge=0.0)
@@ -47,31 +55,53 @@ def test_energy_is_lower_for_confident_logits():
 
 @pytest.mark.parametrize("method", scope.METHODS)
 def test_gate_passes_about_the_percentile_and_withholds_far_images(method):
-    feats, labels, _ = _data(0)
+    feats, labels, logits = _data(0)
     vfeats, _, vlogits = _data(1)
-    gate = scope.fit_gate(method, feats, labels, vfeats, vlogits, percentile=95)
+    gate = scope.fit_gate(method, _features(feats, logits), labels,
+                          _features(vfeats, vlogits), percentile=95, stages=("blocks.6",))
     assert gate.in_distribution_pass_rate == pytest.approx(0.95, abs=0.01)
     tfeats, _, tlogits = _data(2)
-    assert 0.9 < gate.in_scope(tfeats, tlogits).mean() < 0.99  # unseen, same distribution
+    inside = gate.in_scope(_features(tfeats, tlogits)).mean()
+    assert 0.9 < inside < 0.99  # unseen, same distribution
     rng = np.random.default_rng(3)
     far = rng.normal(size=(200, feats.shape[1])) * 0.2
     far[:, 5] += 12  # a direction the training images never vary in much
     far_logits = np.zeros((200, 2))  # an unsure model
-    out = gate.in_scope(far, far_logits).mean()
+    out = gate.in_scope(_features(far, far_logits)).mean()
     assert out < 0.05
+
+
+def test_multi_depth_catches_what_only_an_early_stage_sees():
+    """An image whose embedding is ordinary but whose stage statistics are not (as an
+    inverted film's are) is withheld by multi_depth, not by the embedding alone."""
+    feats, labels, logits = _data(0)
+    vfeats, _, vlogits = _data(1)
+    train, val = _features(feats, logits), _features(vfeats, vlogits)
+    deep = scope.fit_gate("multi_depth", train, labels, val, 99, stages=("blocks.6",))
+    flat = scope.fit_gate("mahalanobis", train, labels, val, 99)
+    tfeats, _, tlogits = _data(2)
+    odd = _features(tfeats, tlogits, stage=-(tfeats[:, :8] + 0.1) * 3)
+    assert deep.in_scope(odd).mean() < 0.05
+    assert flat.in_scope(odd).mean() > 0.9
 
 
 def test_statistics_round_trip_as_safetensors_and_are_refused_when_changed():
     feats, labels, logits = _data()
-    gate = scope.fit_gate("combined", feats, labels, feats, logits)
+    f = _features(feats, logits)
+    gate = scope.fit_gate("multi_depth", f, labels, f, stages=("blocks.6",))
     data = gate.to_bytes()
-    back = scope.ScopeGate.from_bytes(data, "combined", gate.limit, gate.sha256())
-    np.testing.assert_allclose(back.score(feats[:5], logits[:5]), gate.score(feats[:5],
-                                                                          logits[:5]))
+    back = scope.ScopeGate.from_bytes(data, "multi_depth", gate.limit, gate.sha256(),
+                                      stages=("blocks.6",))
+    some = {k: v[:5] for k, v in f.items()}
+    np.testing.assert_allclose(back.score(some), gate.score(some))
     tampered = bytearray(data)
     tampered[-1] ^= 1
     with pytest.raises(ValueError, match="does not match"):
-        scope.ScopeGate.from_bytes(bytes(tampered), "combined", gate.limit, gate.sha256())
+        scope.ScopeGate.from_bytes(bytes(tampered), "multi_depth", gate.limit, gate.sha256(),
+                                   stages=("blocks.6",))
+    with pytest.raises(ValueError, match="lack"):  # the card names a stage not stored
+        scope.ScopeGate.from_bytes(data, "multi_depth", gate.limit, gate.sha256(),
+                                   stages=("blocks.6", "blocks.4"))
 
 
 def test_auroc_and_fpr_at_95_tpr():

@@ -8,6 +8,7 @@ import pytest
 
 from medview.core.errors import CancelledError
 from medview.core.progress import CancelToken
+from medview.inference.predictor import load_gate
 from medview.models.card import read_card
 from medview.training import data as tdata
 from medview.training import metrics as M
@@ -129,14 +130,14 @@ def test_failed_export_leaves_nothing_and_previous_model_intact(tmp_path, tiny_m
     card = read_card(folder)
     model = load_model(card)
     out = tmp_path / "models"
-    first = export_model(model, {**card.data, "id": "keep-me"}, str(out))
+    first = export_model(model, {**card.data, "id": "keep-me"}, str(out), gate=load_gate(card))
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ex, "save_weights", disk_full)
     with pytest.raises(OSError):
-        export_model(model, {**card.data, "id": "new-one"}, str(out))
+        export_model(model, {**card.data, "id": "new-one"}, str(out), gate=load_gate(card))
     assert sorted(os.listdir(out)) == ["keep-me"]
     assert read_card(first).id == "keep-me"
     # a leftover from a killed process (its lock file held by nobody) is cleaned at the
@@ -144,10 +145,10 @@ def test_failed_export_leaves_nothing_and_previous_model_intact(tmp_path, tiny_m
     os.makedirs(out / f"{TMP_PREFIX}stale")
     (out / f"{TMP_PREFIX}stale" / ".lock").write_bytes(b"")
     monkeypatch.undo()
-    export_model(model, {**card.data, "id": "third"}, str(out))
+    export_model(model, {**card.data, "id": "third"}, str(out), gate=load_gate(card))
     assert sorted(os.listdir(out)) == ["keep-me", "third"]
     with pytest.raises(FileExistsError):
-        export_model(model, {**card.data, "id": "third"}, str(out))
+        export_model(model, {**card.data, "id": "third"}, str(out), gate=load_gate(card))
 
 
 def test_export_round_trips_through_registry_and_predicts(tiny_model, monkeypatch):
@@ -335,7 +336,8 @@ def test_the_best_epochs_weights_are_the_ones_exported(tmp_path, monkeypatch):
     final = result.model.state_dict()
     assert all(torch.equal(final[k], epoch1[k]) for k in epoch1)
     exported = load_model(read_card(export_model(result.model, result.card,
-                                                 str(tmp_path / "models")))).state_dict()
+                                                 str(tmp_path / "models"),
+                                                 gate=result.gate))).state_dict()
     assert all(torch.equal(exported[k], epoch1[k]) for k in epoch1)
 
 

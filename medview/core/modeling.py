@@ -40,6 +40,32 @@ class Prediction:
     device: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: The trust gate: True inside the model's scope, False outside (the label and
+    #: decision are then withheld: empty, kept in ``withheld_label``/``withheld_decision``
+    #: for a deliberate "show anyway"), None when the model has no content gate.
+    in_scope: bool | None = None
+    #: The out-of-distribution score and its limit (score > limit: unlike the training
+    #: images); None without a content gate.
+    ood_score: float | None = None
+    ood_limit: float | None = None
+    #: Why the image is out of scope, in plain words (empty when in scope).
+    scope_reasons: list[str] = field(default_factory=list)
+    withheld_label: str = ""
+    withheld_decision: str = ""
+
+    @property
+    def withheld(self) -> bool:
+        return self.in_scope is False
 
     def probability(self, cls: str) -> float:
         return self.probabilities[self.classes.index(cls)]
+
+    def revealed(self) -> Prediction:
+        """The result of an out-of-scope image, for a user who chose to see it anyway:
+        label and decision restored, the decision marked OUT OF SCOPE."""
+        if not self.withheld:
+            return self
+        from dataclasses import replace
+
+        return replace(self, label=self.withheld_label,
+                       decision=f"OUT OF SCOPE (shown on request): {self.withheld_decision}")

@@ -36,6 +36,16 @@ class VoiLut:
     explanation: str = ""
 
 
+@dataclass(frozen=True)
+class Population:
+    """Who and what an image shows, as far as its header says; empty/None = unknown
+    (PNG/JPEG, or DICOM without the tag). Upper-case DICOM defined terms."""
+
+    body_part: str = ""  # Body Part Examined (0018,0015), e.g. CHEST
+    view_position: str = ""  # View Position (0018,5101): AP, PA, LL, RL, ...
+    age_years: float | None = None  # at the study: Patient's Age, or birth and study dates
+
+
 @dataclass
 class ImageVolume:
     """Pixels of one series and the metadata needed to display and model them.
@@ -68,6 +78,7 @@ class ImageVolume:
     incomplete: bool = False
     #: a one-way hash of the DICOM Patient ID (for grouping splits; never the ID itself)
     patient_key: str = ""
+    population: Population = field(default_factory=Population)
 
     def __post_init__(self) -> None:
         if self.pixels.ndim not in (3, 4):

@@ -11,8 +11,21 @@ validation split, and the statistics stored as safetensors. Three published scor
 - ``energy``: ``-T * logsumexp(logits / T)`` (Liu et al., NeurIPS 2020); needs no fitting.
 
 ``combined`` normalises each score by its validation mean and spread and takes the
-largest, so that what one score misses another can catch. Higher always means "less
-like the training images". Pure numpy (the embeddings come from the predictor).
+largest, so that what one score misses another can catch.
+
+``multi_depth`` (the default, chosen on measured numbers: see the README) applies the
+Mahalanobis score at several depths of the same forward pass, as Lee et al. do: the
+pre-logit embedding (class-conditional), the channel means and standard deviations of
+the last two feature stages, and an 8 x 8 thumbnail of the input (one Gaussian each),
+each normalised by its validation mean and spread, and takes the largest. The stage
+statistics see what the pre-logit embedding is trained to ignore (borders, framing,
+acquisition), so zoomed-out films and lateral-like crops are caught; the thumbnail sees
+the grey-level layout, so inverted films are; the earliest stages are left out because
+they also react to JPEG compression and resampling of genuine films.
+
+Features are passed as a dict: ``"pre_logits"`` (N, D), ``"logits"`` (N, K) and one
+(N, 2C) array per stage name (channel means then standard deviations). Higher always
+means "less like the training images". Pure numpy (the predictor supplies the features).
 """
 
 from __future__ import annotations
@@ -22,7 +35,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-METHODS = ("mahalanobis", "knn", "energy", "combined")
+METHODS = ("mahalanobis", "knn", "energy", "combined", "multi_depth")
+DEFAULT_METHOD = "multi_depth"
+#: The limit: this percentile of the validation images' scores (see ``fit_gate``).
+DEFAULT_PERCENTILE = 99.0
+#: How many of the last feature stages ``multi_depth`` uses besides the pre-logits.
+STAGES_USED = 2
+PRE_LOGITS = "pre_logits"
+#: A pseudo-stage: the model input average-pooled to THUMBNAIL x THUMBNAIL (first channel).
+INPUT_STAGE = "input"
+THUMBNAIL = 8
+LOGITS = "logits"
 
 
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
@@ -30,7 +53,7 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_mahalanobis(feats: np.ndarray, labels: np.ndarray, ridge: float = 1e-3) -> dict:
+def fit_mahalanobis(feats: np.ndarray, labels: np.ndarray, ridge: float = 1e-2) -> dict:
     """Class means and the precision of the pooled (shared) covariance, with a ridge of
     ``ridge`` times the mean variance so that it is invertible for few images."""
     feats = np.asarray(feats, np.float64)
@@ -81,37 +104,48 @@ class ScopeGate:
     method: str
     stats: dict[str, np.ndarray] = field(default_factory=dict)
     limit: float = float("inf")
-    percentile: float = 97.5
+    percentile: float = DEFAULT_PERCENTILE
     in_distribution_pass_rate: float = float("nan")
     k: int = 10
+    #: feature stages (module names) besides the pre-logits, for ``multi_depth``
+    stages: tuple[str, ...] = ()
 
-    def raw_scores(self, feats: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+    def _part(self, name: str, feats: dict[str, np.ndarray]) -> np.ndarray:
+        """One depth's Mahalanobis score (stats stored under ``name/``)."""
+        st = {"means": self.stats[f"{name}/means"], "precision": self.stats[f"{name}/precision"]}
+        return mahalanobis_score(st, feats[name])
+
+    def raw_scores(self, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
+        if self.method == "multi_depth":
+            for name in (PRE_LOGITS, *self.stages):
+                out[name] = self._part(name, feats)
+            return out
         if "means" in self.stats:
-            out["mahalanobis"] = mahalanobis_score(self.stats, feats)
+            out["mahalanobis"] = mahalanobis_score(self.stats, feats[PRE_LOGITS])
         if "bank" in self.stats:
-            out["knn"] = knn_score(self.stats, feats, self.k)
-        out["energy"] = energy_score(logits)
+            out["knn"] = knn_score(self.stats, feats[PRE_LOGITS], self.k)
+        out["energy"] = energy_score(feats[LOGITS])
         return out
 
-    def score(self, feats: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        raw = self.raw_scores(feats, logits)
-        if self.method != "combined":
+    def score(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        raw = self.raw_scores(feats)
+        if self.method not in ("combined", "multi_depth"):
             return raw[self.method]
-        parts = [(raw[m] - float(self.stats[f"{m}_mean"][0]))
-                 / max(float(self.stats[f"{m}_std"][0]), 1e-12)
-                 for m in ("mahalanobis", "knn", "energy") if f"{m}_mean" in self.stats]
+        parts = [(v - float(self.stats[f"{m}/z_mean"][0]))
+                 / max(float(self.stats[f"{m}/z_std"][0]), 1e-12)
+                 for m, v in raw.items() if f"{m}/z_mean" in self.stats]
         return np.max(np.stack(parts), axis=0)
 
-    def in_scope(self, feats: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        return self.score(feats, logits) <= self.limit
+    def in_scope(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        return self.score(feats) <= self.limit
 
     # ------------------------------------------------------------------ storage
     def to_bytes(self) -> bytes:
         """The statistics as safetensors bytes (data only; no code, no pickle)."""
         from safetensors.numpy import save
 
-        return save({k: np.ascontiguousarray(v) for k, v in self.stats.items()},
+        return save({k: np.ascontiguousarray(v) for k, v in sorted(self.stats.items())},
                     metadata={"method": self.method})
 
     def sha256(self) -> str:
@@ -120,35 +154,69 @@ class ScopeGate:
     @classmethod
     def from_bytes(cls, data: bytes, method: str, limit: float, expected_sha256: str,
                    **kw) -> ScopeGate:
-        """Statistics read back; refused unless their sha256 is the card's."""
+        """Statistics read back; refused unless their sha256 is the card's, and unless
+        every array the method needs is there with consistent shapes."""
         from safetensors.numpy import load
 
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256:
             raise ValueError(f"scope statistics sha256 {actual[:12]}... does not match the "
                              f"card's {expected_sha256[:12]}...")
-        return cls(method, dict(load(data)), limit, **kw)
+        gate = cls(method, dict(load(data)), limit, **kw)
+        gate.check()
+        return gate
+
+    def check(self) -> None:
+        """Every array the method reads is present, finite and shaped consistently."""
+        names = ([f"{n}/{p}" for n in (PRE_LOGITS, *self.stages)
+                  for p in ("means", "precision", "z_mean", "z_std")]
+                 if self.method == "multi_depth" else [])
+        for name in names:
+            if name not in self.stats:
+                raise ValueError(f"scope statistics lack {name!r}")
+        for name, arr in self.stats.items():
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"scope statistics {name!r} hold NaN or infinity")
+            if name.endswith("/precision"):
+                means = self.stats.get(name[: -len("precision")] + "means")
+                if (arr.ndim != 2 or arr.shape[0] != arr.shape[1] or means is None
+                        or means.ndim != 2 or means.shape[1] != arr.shape[0]):
+                    raise ValueError(f"scope statistics {name!r} have inconsistent shapes")
+
+    def expected_width(self, name: str) -> int | None:
+        """The feature width the statistics for ``name`` expect (None if not used)."""
+        arr = self.stats.get(f"{name}/means")
+        return int(arr.shape[1]) if arr is not None else None
 
 
-def fit_gate(method: str, train_feats: np.ndarray, train_labels: np.ndarray,
-             val_feats: np.ndarray, val_logits: np.ndarray, percentile: float = 97.5,
-             k: int = 10) -> ScopeGate:
-    """Fit ``method`` on the training embeddings; its limit is the ``percentile`` of the
-    validation images' scores (so about ``percentile`` % of in-distribution images pass)."""
+def fit_gate(method: str, train: dict[str, np.ndarray], train_labels: np.ndarray,
+             val: dict[str, np.ndarray], percentile: float = DEFAULT_PERCENTILE,
+             stages: tuple[str, ...] = (), k: int = 10) -> ScopeGate:
+    """Fit ``method`` on the training features; its limit is the ``percentile`` of the
+    validation images' scores (so about ``percentile`` % of in-distribution images pass).
+    ``multi_depth`` uses the pre-logits and ``stages`` (names of ``train``'s stage arrays)."""
     if method not in METHODS:
         raise ValueError(f"unknown scope method {method!r}; use one of {', '.join(METHODS)}")
     stats: dict[str, np.ndarray] = {}
+    labels = np.asarray(train_labels)
+    if method == "multi_depth":
+        for name in (PRE_LOGITS, *stages):
+            # class-conditional on the embedding the classifier reads; one Gaussian for the
+            # stage statistics (they describe the image, not the class)
+            st = fit_mahalanobis(train[name], labels if name == PRE_LOGITS
+                                 else np.zeros(len(labels), int))
+            stats[f"{name}/means"], stats[f"{name}/precision"] = st["means"], st["precision"]
     if method in ("mahalanobis", "combined"):
-        stats.update(fit_mahalanobis(train_feats, train_labels))
+        stats.update(fit_mahalanobis(train[PRE_LOGITS], labels))
     if method in ("knn", "combined"):
-        stats.update(fit_knn(train_feats))
-    gate = ScopeGate(method, stats, percentile=percentile, k=k)
-    if method == "combined":
-        raw = gate.raw_scores(val_feats, val_logits)
-        for m, v in raw.items():
-            stats[f"{m}_mean"] = np.array([float(np.mean(v))], np.float32)
-            stats[f"{m}_std"] = np.array([float(np.std(v))], np.float32)
-    val_scores = gate.score(val_feats, val_logits)
+        stats.update(fit_knn(train[PRE_LOGITS]))
+    gate = ScopeGate(method, stats, percentile=percentile, k=k,
+                     stages=tuple(stages) if method == "multi_depth" else ())
+    if method in ("combined", "multi_depth"):
+        for m, v in gate.raw_scores(val).items():
+            stats[f"{m}/z_mean"] = np.array([float(np.mean(v))], np.float32)
+            stats[f"{m}/z_std"] = np.array([float(np.std(v))], np.float32)
+    val_scores = gate.score(val)
     gate.limit = float(np.percentile(val_scores, percentile))
     gate.in_distribution_pass_rate = float(np.mean(val_scores <= gate.limit))
     return gate
@@ -176,3 +244,63 @@ def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95)
     images pass (FPR at 95% TPR, the OOD literature's usual operating point)."""
     limit = np.percentile(in_scores, 100 * tpr)
     return float(np.mean(np.asarray(out_scores) <= limit))
+
+
+# ---------------------------------------------------------------------- population
+#: View Position terms that mean a lateral or oblique projection (DICOM CID 4010 and
+#: common vendor spellings).
+_LATERAL = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LO", "RO", "OBL"}
+
+
+def _years(age: float) -> str:
+    return f"{age:.0f} y" if age >= 2 else f"{age * 12:.0f} months"
+
+
+def population_reasons(card, volume, index: int) -> list[str]:
+    """Why ``volume`` is outside the population ``card`` declares, from what its header
+    and shape say: modality, photometric, dimensionality (the card's ``input``), body
+    part, view position and patient age (the card's ``scope``). Unknown metadata (PNG,
+    JPEG, a tag left empty) is no reason: the content gate decides."""
+    import numpy as np
+
+    reasons: list[str] = []
+    inp = card.input
+    allowed = [m.upper() for m in inp.modalities]
+    named = [m for m in allowed if m not in ("OT",)] or allowed
+    modality = (volume.modality or "").upper()
+    if allowed and modality and modality not in allowed:
+        reasons.append(f"modality {modality}, model is for {'/'.join(named)}")
+    if volume.is_rgb and "grey" in (inp.photometric or "grey").lower():
+        px = volume.pixels[index]
+        if not (np.array_equal(px[..., 0], px[..., 1]) and np.array_equal(px[..., 1],
+                                                                           px[..., 2])):
+            reasons.append("a colour image, model is for grey radiographs")
+    if inp.dimensionality.upper() == "2D":
+        if volume.multiframe and volume.n_slices > 1:
+            reasons.append(f"a {volume.n_slices}-frame image, model is for single films")
+        elif volume.n_slices > 1:
+            reasons.append(f"a {volume.n_slices}-slice volume, model is for 2-D films")
+    scope = card.scope
+    pop = volume.population
+    if scope is None:
+        return reasons
+    if scope.body_parts and pop.body_part and pop.body_part not in [
+            b.upper() for b in scope.body_parts]:
+        reasons.append(f"body part {pop.body_part}, model is for "
+                       f"{'/'.join(scope.body_parts)}")
+    views = [v.upper() for v in scope.view_positions]
+    if views and pop.view_position and pop.view_position not in views:
+        kind = " (lateral)" if pop.view_position in _LATERAL else ""
+        reasons.append(f"view {pop.view_position}{kind}, model is for {'/'.join(views)}")
+    if scope.age_years is not None and pop.age_years is not None:
+        lo, hi = scope.age_years
+        # whole years, both ends included: [1, 5] is from the 1st to the 6th birthday
+        if not lo <= pop.age_years < hi + 1:
+            reasons.append(f"patient age {_years(pop.age_years)}, model is for "
+                           f"{lo:g}-{hi:g} y")
+    return reasons
+
+
+def content_reason(score: float, limit: float) -> str:
+    return (f"looks unlike this model's training images: score {score:.1f} > limit "
+            f"{limit:.1f}")

@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import re
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from medview.core.limits import (
     memory_budget,
 )
 from medview.core.safeio import UnsafeFileError, is_regular_file, open_regular
-from medview.core.volume import VoiLut, WindowPreset
+from medview.core.volume import Population, VoiLut, WindowPreset
 from medview.imaging.lut import palette_to_rgb, ybr_full_to_rgb
 from medview.io.codestream import check_frames
 
@@ -135,6 +136,7 @@ class DicomHeader:
     pixel_offset: int | None
     pixel_length: int | None
     warnings: list[str] = field(default_factory=list)
+    population: Population = field(default_factory=Population)
 
     @property
     def compressed(self) -> bool:
@@ -201,6 +203,50 @@ def _text(ds: Dataset, keyword: str) -> str:
         return ""
     text = str(value) if value is not None else ""
     return "".join(ch if ch.isprintable() else " " for ch in text).strip()
+
+
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def patient_age_years(ds: Dataset) -> float | None:
+    """The patient's age at the study in years: Patient's Age (0010,1010) such as ``064Y``
+    or ``011M``, else Patient's Birth Date to the Study (or Acquisition/Content) Date.
+    None when absent or implausible (negative, over 150 years)."""
+    text = _text(ds, "PatientAge").upper()
+    age = None
+    m = re.fullmatch(r"(\d{1,3})\s*([DWMY])", text)
+    if m:
+        age = int(m.group(1)) * _AGE_UNITS[m.group(2)]
+    else:
+        born = _dicom_date(_text(ds, "PatientBirthDate"))
+        seen = next((d for d in (_dicom_date(_text(ds, k)) for k in
+                                 ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate"))
+                     if d is not None), None)
+        if born is not None and seen is not None:
+            age = (seen - born).days / 365.25
+    if age is None or not (0.0 <= age <= 150.0):
+        return None
+    return round(age, 3)
+
+
+def _dicom_date(text: str):
+    import datetime
+
+    if not re.fullmatch(r"\d{8}", text):
+        return None
+    try:
+        return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def population_of(ds: Dataset) -> Population:
+    """Who and what the image shows, as far as the header says (for the trust gate)."""
+    return Population(
+        body_part=_text(ds, "BodyPartExamined").upper()[:64],
+        view_position=_text(ds, "ViewPosition").upper()[:16],
+        age_years=patient_age_years(ds),
+    )
 
 
 def _int_tag(ds: Dataset, path: str, keyword: str, default: int | None = None) -> int:
@@ -554,6 +600,7 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
         pixel_offset=pixel_offset,
         pixel_length=pixel_length,
         warnings=warns,
+        population=population_of(ds),
     )
 
 

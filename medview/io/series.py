@@ -266,5 +266,6 @@ def iter_build_volume(
         multiframe=plan.multiframe,
         incomplete=incomplete,
         patient_key=patient_key,
+        population=h0.population,
     )
     return volume, skipped

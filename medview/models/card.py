@@ -9,6 +9,7 @@ Cards hold data only, never code or expressions.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -21,6 +22,12 @@ from medview.core.safeio import UnsafeFileError, read_capped
 SCHEMA_VERSION = 1
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
+#: The trust gate's statistics (see ``ScopeSpec``); data only, sha256 in the card.
+SCOPE_FILE = "scope.safetensors"
+#: Out-of-distribution methods a card may name (implemented in medview.inference.scope).
+SCOPE_METHODS = ("mahalanobis", "knn", "energy", "combined", "multi_depth")
+#: A feature stage is a module path inside the model: names and dots only.
+STAGE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}(\.[A-Za-z0-9_]{1,64}){0,7}")
 README_FILE = "README.md"
 #: A card is a few kB; anything far larger is refused unread.
 MAX_CARD_BYTES = 1024 * 1024
@@ -80,6 +87,7 @@ _TOP: dict[str, tuple[Any, bool]] = {
     "flags": (list, False),
     "description": (str, False),
     "changelog": (list, False),
+    "scope": (dict, False),
 }
 
 
@@ -181,7 +189,41 @@ def validate_card(card: Any, where: str = "card.json") -> dict:
         raise CardError(where, "weights.sha256 must be 64 lowercase hex digits")
     if _require(weights, "weights.", "file", str, where) != WEIGHTS_FILE:
         raise CardError(where, f"weights.file must be {WEIGHTS_FILE}")
+    if "scope" in card:
+        _validate_scope(card["scope"], where)
     return card
+
+
+def _validate_scope(scope: dict, where: str) -> None:
+    method = _require(scope, "scope.", "method", str, where)
+    if method not in SCOPE_METHODS:
+        raise CardError(where, f"scope.method must be one of {', '.join(SCOPE_METHODS)}")
+    if _require(scope, "scope.", "file", str, where) != SCOPE_FILE:
+        raise CardError(where, f"scope.file must be {SCOPE_FILE}")
+    sha = _require(scope, "scope.", "sha256", str, where)
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise CardError(where, "scope.sha256 must be 64 lowercase hex digits")
+    limit = _require(scope, "scope.", "limit", float, where)
+    if not math.isfinite(limit):
+        raise CardError(where, "scope.limit must be a finite number")
+    pct = _require(scope, "scope.", "percentile", float, where)
+    if not 50.0 <= pct <= 100.0:
+        raise CardError(where, "scope.percentile must be between 50 and 100")
+    stages = scope.get("stages", [])
+    if not isinstance(stages, list) or len(stages) > 8 or not all(
+            isinstance(n, str) and STAGE_NAME.fullmatch(n) for n in stages):
+        raise CardError(where, "scope.stages must be at most 8 module names (letters, digits, "
+                               "underscores, dots)")
+    for key in ("body_parts", "view_positions"):
+        vals = scope.get(key, [])
+        if not isinstance(vals, list) or not all(isinstance(v, str) and v for v in vals):
+            raise CardError(where, f"scope.{key} must be a list of DICOM defined terms")
+    age = scope.get("age_years")
+    if age is not None and not (
+            isinstance(age, list) and len(age) == 2
+            and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in age)
+            and 0 <= age[0] <= age[1] <= 150):
+        raise CardError(where, "scope.age_years must be [youngest, oldest] in years, 0 to 150")
 
 
 def json_safe(value):
@@ -254,8 +296,36 @@ class WeightsSpec:
     sha256: str
 
 
+@dataclass(frozen=True)
+class ScopeSpec:
+    """The trust gate: where the model may answer.
+
+    Content: an out-of-distribution ``method`` over the model's own features, its
+    statistics in ``file`` (safetensors, ``sha256``), and the ``limit`` (the
+    ``percentile`` of the validation images' scores; ``in_distribution_pass_rate`` is
+    the share of validation images under it). Population: the DICOM Body Part Examined,
+    View Position and patient age (whole years, both ends included) the model is for;
+    modality, photometric and dimensionality are ``input``'s. Empty = not restricted.
+    ``checked`` says where the model was checked (internal test, the out-of-distribution
+    benchmark per category) and ``known_failures`` what is known to go wrong."""
+
+    method: str
+    file: str
+    sha256: str
+    limit: float
+    percentile: float
+    in_distribution_pass_rate: float
+    stages: list[str] = field(default_factory=list)
+    body_parts: list[str] = field(default_factory=list)
+    view_positions: list[str] = field(default_factory=list)
+    age_years: list[float] | None = None
+    checked: dict[str, Any] = field(default_factory=dict)
+    known_failures: str = ""
+
+
 _SECTIONS = {"architecture": Architecture, "decision": Decision, "calibration": Calibration,
-             "input": InputSpec, "preprocessing": PreprocessingSpec, "weights": WeightsSpec}
+             "input": InputSpec, "preprocessing": PreprocessingSpec, "weights": WeightsSpec,
+             "scope": ScopeSpec}
 
 
 @dataclass(frozen=True)
@@ -287,6 +357,7 @@ class Card:
     flags: list[str] | None = None
     description: str | None = None
     changelog: list[Any] | None = None
+    scope: ScopeSpec | None = None
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "card.json") -> Card:
@@ -314,7 +385,7 @@ class Card:
         """The card as the JSON document it is stored as (optional fields left out when
         absent)."""
         out = asdict(self)
-        for key in ("flags", "description", "changelog"):
+        for key in ("flags", "description", "changelog", "scope"):
             if out[key] is None:
                 del out[key]
         return out
@@ -342,6 +413,76 @@ class Card:
         return self.metrics.get("test") or self.metrics.get("validation") or {}
 
 
+def population_text(card: Card) -> str:
+    """The population a card declares, in one line (modality, view, body part, age)."""
+    mods = [m for m in card.input.modalities if m.upper() != "OT"] or card.input.modalities
+    parts = [f"modality {'/'.join(mods)} (PNG/JPEG: unknown, the content check decides)"
+             if "OT" in [m.upper() for m in card.input.modalities] else
+             f"modality {'/'.join(mods)}", f"{card.input.dimensionality} grey images"]
+    sc = card.scope
+    if sc is not None:
+        if sc.body_parts:
+            parts.append(f"body part {'/'.join(sc.body_parts)}")
+        if sc.view_positions:
+            parts.append(f"view {'/'.join(sc.view_positions)}")
+        if sc.age_years is not None:
+            parts.append(f"age {sc.age_years[0]:g}-{sc.age_years[1]:g} years")
+    return "; ".join(parts)
+
+
+def where_checked(card: Card) -> list[tuple[str, str, str]]:
+    """Rows (where, images, result) of "where this model was checked": the internal
+    test, the out-of-distribution benchmark per category, the quick check made at
+    training, and benign variations that should stay in scope. Only numbers the card
+    holds (measured runs); empty without a trust gate."""
+    sc = card.scope
+    if sc is None:
+        return []
+    rows: list[tuple[str, str, str]] = []
+    checked = sc.checked or {}
+    it = checked.get("internal_test")
+    if isinstance(it, dict):
+        res = f"in scope {it.get('in_scope')}"
+        if "auc_all" in it:
+            res += f"; AUC all {it.get('auc_all')}, in scope {it.get('auc_in_scope')}"
+        rows.append(("internal test split (unseen patients)", str(it.get("n", "")), res))
+    for key, label in (("ood_benchmark", "out of distribution"),
+                       ("quick_check", "out of distribution (quick check)")):
+        for name, c in (checked.get(key) or {}).items():
+            if not isinstance(c, dict):
+                continue
+            res = f"withheld {c.get('withheld')}"
+            if "auroc" in c:
+                res += f" (AUROC {c.get('auroc')}, FPR at 95% TPR {c.get('fpr_at_95_tpr')})"
+            rows.append((f"{label}: {name}", str(c.get("n", "")), res))
+    for name, c in (checked.get("benign_variations") or {}).items():
+        if isinstance(c, dict):
+            rows.append((f"benign variation (should pass): {name}", str(c.get("n", "")),
+                         f"in scope {c.get('in_scope')}"))
+    return rows
+
+
+def checked_section(card: Card) -> list[str]:
+    """README lines: the trust gate and where this model was checked."""
+    sc = card.scope
+    if sc is None:
+        return ["## Where this model was checked", "",
+                "This model has no trust gate: nothing checks whether an image is like its "
+                "training images.", ""]
+    lines = ["## Where this model was checked", "",
+             f"Trust gate: {sc.method} out-of-distribution score, limit {sc.limit:.4g} (the "
+             f"{sc.percentile:g}th percentile of the validation images' scores; "
+             f"{sc.in_distribution_pass_rate:.1%} of them pass). Population: "
+             f"{population_text(card)}. Images outside either are withheld.", "",
+             "| where | images | result |", "|---|---|---|"]
+    lines += [f"| {w} | {n} | {r} |" for w, n, r in where_checked(card)]
+    if sc.known_failures:
+        lines += ["", f"Known failure modes: {sc.known_failures}"]
+    lines += ["", "Not checked: anything not in this table (other hospitals, scanners and "
+              "populations).", ""]
+    return lines
+
+
 def preprocessing_of(card: Card) -> Preprocessing:
     """How an image becomes this model's input: the one function that training,
     inference, the command line and the panel all use to read the card's preprocessing."""
@@ -359,7 +500,7 @@ def build_card(*, id: str, name: str, version: str, parent: dict, architecture: 
                training_data: dict, training: dict, intended_use: str, out_of_scope: str,
                limitations: list[str], license: str, flags: list[str] | None = None,
                arch_args: dict | None = None, weights_sha256: str = "0" * 64,
-               description: str | None = None) -> Card:
+               description: str | None = None, scope: dict | None = None) -> Card:
     """The one builder of new cards (the training engine's, the wizard's edits go through
     :meth:`Card.replace`). The weights hash is filled in when the weights are written."""
     data = {
@@ -386,6 +527,8 @@ def build_card(*, id: str, name: str, version: str, parent: dict, architecture: 
         data["flags"] = list(flags)
     if description is not None:
         data["description"] = description
+    if scope is not None:
+        data["scope"] = scope
     return Card.from_dict(data, f"{id}/{CARD_FILE}")
 
 
@@ -483,6 +626,10 @@ class ModelCard:
     def preprocessing(self) -> Preprocessing:
         return preprocessing_of(self.card)
 
+    @property
+    def scope_path(self) -> str:
+        return os.path.join(self.folder, SCOPE_FILE)
+
     def summary(self) -> dict:
         """The fields ``medview models`` lists."""
         c = self.card
@@ -495,6 +642,7 @@ class ModelCard:
                       "channels": c.preprocessing.channels},
             "intended_use": c.intended_use,
             "metrics": c.metrics,
+            "scope": None if c.scope is None else asdict(c.scope),
             "weights_sha256": self.weights_sha256,
             "source": self.source,
             "folder": self.folder,

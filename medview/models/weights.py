@@ -64,12 +64,12 @@ def _parse_header(f, size: int) -> dict:
     return header
 
 
-def _read(path: str, root: str | None, expected_shapes=None, whole: bool = False
-          ) -> tuple[dict, bytes]:
+def _read(path: str, root: str | None, expected_shapes=None, whole: bool = False,
+          max_bytes: int = MAX_WEIGHTS_BYTES) -> tuple[dict, bytes]:
     """The checked header (and with ``whole`` the file's bytes) of a weights file that is
     a regular file inside ``root``; every failure is a :class:`WeightsError`."""
     try:
-        with open_regular(path, max_bytes=MAX_WEIGHTS_BYTES, root=root) as f:
+        with open_regular(path, max_bytes=max_bytes, root=root) as f:
             header = _parse_header(f, os.fstat(f.fileno()).st_size)
             if expected_shapes is not None:
                 check_shapes(header, expected_shapes)
@@ -134,6 +134,25 @@ def load_verified_state_dict(path: str, expected_sha256: str,
         return load_bytes(data)
     except Exception as exc:
         raise WeightsError(f"refused: unreadable safetensors data ({exc})") from exc
+
+
+#: The trust gate's statistics are a few MB (covariances of the model's features).
+MAX_SCOPE_BYTES = 256 * 1024**2
+
+
+def read_scope_statistics(path: str, expected_sha256: str, root: str | None = None) -> bytes:
+    """The bytes of a scope-statistics safetensors file (a regular file inside ``root``,
+    at most ``MAX_SCOPE_BYTES``, a valid header) whose sha256 matches the card."""
+    try:
+        _, data = _read(path, root, whole=True, max_bytes=MAX_SCOPE_BYTES)
+    except WeightsError as exc:
+        msg = str(exc).replace("weights file", "scope statistics file")
+        raise WeightsError(f"trust gate: {msg}") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise WeightsError(f"trust gate: refused: scope statistics sha256 {actual[:12]}... "
+                           f"does not match the card's {expected_sha256[:12]}...")
+    return data
 
 
 def load_into(model, state: dict) -> None:

@@ -25,9 +25,11 @@ import numpy as np
 from medview.core.errors import MedviewError
 from medview.core.modeling import Preprocessing
 from medview.core.progress import CancelToken, Progress
+from medview.inference.scope import ScopeGate
 from medview.models.card import Card, json_safe
 from medview.training import data as tdata
 from medview.training import metrics as M
+from medview.training.gatefit import fit_trust_gate
 from medview.training.strategies import STRATEGIES, TrainingRun, strategy_for
 
 
@@ -141,6 +143,8 @@ class TrainResult:
     warnings: list[str]
     dataset: tdata.Dataset
     splits: dict[str, list[int]]
+    #: the trust gate fitted on this run's features (written beside the weights)
+    gate: ScopeGate | None = None
 
 
 # ----------------------------------------------------------------------------- model
@@ -529,13 +533,20 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
             warns.append(f"small {name} set ({m['n']} images): wide confidence intervals")
     if run.feature_seconds is not None:
         history[0]["feature_cache_seconds"] = round(run.feature_seconds, 2)
+    yield TrainEvent("evaluate", message="fitting the trust gate (what this model may "
+                                         "answer)")
+    gate, scope_spec = fit_trust_gate(
+        model, images_t, y_all, data.train_idx, val_idx, test_idx,
+        lambda b: _to_input(b, mean, std), cfg.batch_size, positive,
+        test_probs if len(test_idx) else None, cfg.seed, cancel)
     card = _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds,
                       rule, positive, metrics, history, best_epoch, warns,
-                      time.monotonic() - started, model)
+                      time.monotonic() - started, model, scope_spec)
     model.to("cpu")
     yield TrainEvent("done", best_epoch, cfg.epochs, message="training finished")
     return TrainResult(model, cfg, classes, card, history, val_probs, val_y, test_probs,
-                       y_all[test_idx] if len(test_idx) else np.zeros(0, int), warns, ds, splits)
+                       y_all[test_idx] if len(test_idx) else np.zeros(0, int), warns, ds, splits,
+                       gate)
 
 
 def _versions() -> dict[str, str]:
@@ -550,11 +561,15 @@ def _versions() -> dict[str, str]:
 
 #: the card text a config may set (``TrainConfig.card``); anything else is refused
 CARD_TEXT_KEYS = ("class_descriptions", "intended_use", "out_of_scope", "limitations",
-                  "license", "description")
+                  "license", "description", "body_parts", "view_positions", "age_years",
+                  "known_failures")
+#: of those, the population the model is declared for (the card's ``scope``)
+POPULATION_KEYS = ("body_parts", "view_positions", "age_years", "known_failures")
 
 
 def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds, rule,
-               positive, metrics, history, best_epoch, warns, seconds, model) -> Card:
+               positive, metrics, history, best_epoch, warns, seconds, model,
+               scope_spec: dict | None = None) -> Card:
     from medview.models.card import build_card
 
     arch = model.pretrained_cfg["architecture"]
@@ -609,7 +624,9 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
             "Performance outside the training data's population is unknown."]),
         license=text.get("license", "Apache-2.0"),
         flags=["locally trained, not clinically validated"],
-        description=text.get("description"))
+        description=text.get("description"),
+        scope=None if scope_spec is None else {
+            **scope_spec, **{k: text[k] for k in POPULATION_KEYS if k in text}})
 
 
 def final_card(result: TrainResult, name: str, threshold: float | None = None,

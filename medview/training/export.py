@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 from medview.core.safeio import fsync_dir
 from medview.models.card import (
     CARD_FILE,
     README_FILE,
+    SCOPE_FILE,
     WEIGHTS_FILE,
     Card,
     WeightsSpec,
+    checked_section,
     json_safe,
 )
 from medview.models.staging import LOCK_FILE, TMP_PREFIX, clean_stale_exports, staging_folder
@@ -55,7 +58,9 @@ def render_readme(card: Card) -> str:
     lines += ["", "## Lineage", f"Parent: {parent.get('kind')} {parent.get('id') or ''} "
               f"(weights sha256 {parent.get('weights_sha256')}).",
               f"Architecture: {card.architecture.name}.",
-              f"Weights sha256: {card.weights.sha256}.", "", "## Limitations"]
+              f"Weights sha256: {card.weights.sha256}.", ""]
+    lines += checked_section(card)
+    lines += ["## Limitations"]
     lines += [f"- {x}" for x in card.limitations]
     rec = card.training
     lines += ["", "## Training recipe",
@@ -65,14 +70,20 @@ def render_readme(card: Card) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_model(model, card: Card | dict, out_dir: str, extra_readme: str = "") -> str:
-    """Write ``out_dir/<card id>/`` (card.json, weights.safetensors, README.md) atomically.
+def export_model(model, card: Card | dict, out_dir: str, extra_readme: str = "",
+                 gate=None) -> str:
+    """Write ``out_dir/<card id>/`` (card.json, weights.safetensors, scope.safetensors,
+    README.md) atomically.
 
-    ``card`` is a :class:`Card` (or its JSON document); its weights hash is filled in here.
-    Refuses to overwrite an existing model folder. Returns the new folder's path.
+    ``card`` is a :class:`Card` (or its JSON document); its weights hash (and with a trust
+    ``gate``, the hash of the gate's statistics) is filled in here. Refuses to overwrite
+    an existing model folder. Returns the new folder's path.
     """
     if not isinstance(card, Card):
         card = Card.from_dict(json_safe(card))
+    if (card.scope is None) != (gate is None):
+        raise ValueError("a card with a scope section needs its trust gate, and a gate "
+                         "needs the card's scope section")
     os.makedirs(out_dir, exist_ok=True)
     clean_stale_exports(out_dir)
     final = os.path.join(out_dir, card.id)
@@ -84,6 +95,13 @@ def export_model(model, card: Card | dict, out_dir: str, extra_readme: str = "")
         sha = save_weights(model, os.path.join(tmp, WEIGHTS_FILE),
                            metadata={"medview_model": f"{card.id} {card.version}"})
         card = card.replace(weights=WeightsSpec(WEIGHTS_FILE, sha))
+        if gate is not None:
+            data = gate.to_bytes()
+            with open(os.path.join(tmp, SCOPE_FILE), "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            card = card.replace(scope=replace(card.scope, sha256=gate.sha256()))
         _write_synced(os.path.join(tmp, CARD_FILE),
                       json.dumps(json_safe(card.to_dict()), indent=2, allow_nan=False) + "\n")
         _write_synced(os.path.join(tmp, README_FILE), render_readme(card) + extra_readme)

@@ -1,0 +1,77 @@
+"""The features the trust gate reads, taken from the classifier's own forward pass.
+
+One forward gives the logits, the pre-logit embedding (timm's ``forward_head(...,
+pre_logits=True)``, the same computation as ``model(x)`` split in two) and, through
+forward hooks, the channel means and standard deviations of a few feature stages. The
+predictor, the training engine (which fits the gate) and the benchmark all use this, so
+the gate is fitted on exactly what it later scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medview.inference import scope
+from medview.models.weights import WeightsError
+
+
+def gate_stages(model, n: int = scope.STAGES_USED) -> tuple[str, ...]:
+    """The stages ``multi_depth`` reads: the input thumbnail, then the last ``n`` feature
+    stages timm lists for ``model`` (``feature_info``), as module names."""
+    info = getattr(model, "feature_info", None) or []
+    names = [d.get("module") for d in info if isinstance(d, dict) and d.get("module")]
+    modules = dict(model.named_modules())
+    found = tuple(n_ for n_ in names if n_ in modules)
+    return (scope.INPUT_STAGE, *(found[-n:] if n else ()))
+
+
+class StageTap:
+    """Channel means and standard deviations of named modules' outputs, captured by
+    forward hooks during the classifier's own forward pass (only while ``active``, so
+    saliency and training forwards pay nothing)."""
+
+    def __init__(self, model, stages: tuple[str, ...]) -> None:
+        modules = dict(model.named_modules())  # a lookup, never getattr on card text
+        missing = [s for s in stages if s not in modules and s != scope.INPUT_STAGE]
+        if missing:
+            raise WeightsError(f"trust gate: the card names feature stage {missing[0]!r}, "
+                               f"which this architecture does not have")
+        self.stages = tuple(stages)
+        self.active = False
+        self.captured: dict = {}
+        self._handles = [modules[name].register_forward_hook(self._hook(name))
+                         for name in stages if name != scope.INPUT_STAGE]
+
+    def _hook(self, name: str):
+        import torch
+
+        def hook(_module, _inputs, out) -> None:
+            if self.active and isinstance(out, torch.Tensor) and out.ndim == 4:
+                flat = out.float().flatten(2)
+                self.captured[name] = torch.cat([flat.mean(2), flat.std(2, correction=0)], 1)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def forward(self, model, x) -> dict[str, np.ndarray]:
+        """Logits, pre-logits and the stages' statistics of one batch (inference mode)."""
+        import torch
+
+        with torch.inference_mode():
+            self.captured = {}
+            self.active = True
+            try:
+                pre = model.forward_head(model.forward_features(x), pre_logits=True)
+                logits = model.get_classifier()(pre)
+            finally:
+                self.active = False
+            out = {scope.LOGITS: logits, scope.PRE_LOGITS: pre, **self.captured}
+            if scope.INPUT_STAGE in self.stages:
+                # the grey levels' layout: an 8 x 8 thumbnail of the first channel
+                out[scope.INPUT_STAGE] = torch.nn.functional.adaptive_avg_pool2d(
+                    x[:, :1].float(), scope.THUMBNAIL).flatten(1)
+            return {k: v.float().cpu().numpy() for k, v in out.items()}

@@ -1,0 +1,102 @@
+"""Fit the trust gate when a model is trained (the wizard and ``medview train``).
+
+The gate's statistics come from the training split's features, its limit from the
+validation split (the ``DEFAULT_PERCENTILE`` of the validation scores), and the card
+records how it did on the test split and on a quick out-of-distribution check built
+from the model's own films (:mod:`medview.training.oodcheck`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from medview.inference import scope
+from medview.inference.features import StageTap, gate_stages
+from medview.training import metrics as M
+from medview.training import oodcheck
+
+#: At most this many training images feed the statistics (a covariance needs a few
+#: thousand; more only costs time).
+MAX_FIT_IMAGES = 4000
+
+
+def _features(model, tap: StageTap, images: np.ndarray, to_input: Callable, batch: int,
+              cancel=None) -> dict[str, np.ndarray]:
+    model.eval()
+    device = next(model.parameters()).device
+    parts = []
+    for i in range(0, len(images), batch):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        parts.append(tap.forward(model, to_input(images[i:i + batch]).to(device)))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _square(a: np.ndarray, size: int) -> np.ndarray:
+    return oodcheck._resize(np.asarray(a, np.uint8), (size, size))
+
+
+def fit_trust_gate(model, images, y: np.ndarray, train_idx, val_idx, test_idx,
+                   to_input: Callable, batch: int, positive: int | None,
+                   test_probs: np.ndarray | None, seed: int = 0, cancel=None
+                   ) -> tuple[scope.ScopeGate, dict]:
+    """The fitted gate and the card's ``scope`` fields (sha256 filled in at export).
+
+    ``images`` are the training images as uint8 (N, H, W) (numpy or torch)."""
+    import torch
+
+    imgs = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    size = imgs.shape[-1]
+    train_idx = np.asarray(train_idx)
+    if len(train_idx) > MAX_FIT_IMAGES:
+        train_idx = np.sort(np.random.default_rng(seed).choice(train_idx, MAX_FIT_IMAGES,
+                                                               replace=False))
+    stages = gate_stages(model)
+    tap = StageTap(model, stages)
+    try:
+        def feats(arr):
+            return _features(model, tap, np.asarray(arr, np.uint8), lambda b: to_input(
+                torch.from_numpy(b)), batch, cancel)
+
+        train_f = feats(imgs[train_idx])
+        val_f = feats(imgs[np.asarray(val_idx)])
+        gate = scope.fit_gate(scope.DEFAULT_METHOD, train_f, y[train_idx], val_f,
+                              scope.DEFAULT_PERCENTILE, stages)
+        checked: dict = {"fitted_on": {"train_images": len(train_idx),
+                                       "validation_images": len(val_idx)}}
+        films_idx = np.asarray(test_idx) if len(test_idx) else np.asarray(val_idx)
+        films = imgs[films_idx]
+        if len(test_idx):
+            test_in = gate.in_scope(feats(films))
+            internal = {"n": len(test_in), "in_scope": round(float(test_in.mean()), 4)}
+            if positive is not None and test_probs is not None and len(test_probs):
+                yt = y[films_idx] == positive
+                pp = test_probs[:, positive]
+                internal["auc_all"] = round(float(M.roc_auc(yt, pp)), 4)
+                if test_in.any():
+                    internal["auc_in_scope"] = round(float(M.roc_auc(yt[test_in],
+                                                                     pp[test_in])), 4)
+            checked["internal_test"] = internal
+        sample = films[:: max(1, len(films) // 100)][:100]
+        quick = {"synthetic graphics": np.stack([_square(a, size) for a in
+                                                 oodcheck.synthetic_images(size)])}
+        for name, fn in oodcheck.OUT_TRANSFORMS.items():
+            quick[name] = np.stack([_square(fn(a), size) for a in sample])
+        checked["quick_check"] = {
+            name: {"n": len(arr),
+                   "withheld": round(float((~gate.in_scope(feats(arr))).mean()), 4)}
+            for name, arr in quick.items()}
+        checked["benign_variations"] = {
+            name: {"n": len(sample),
+                   "in_scope": round(float(gate.in_scope(feats(np.stack(
+                       [_square(fn(a), size) for a in sample]))).mean()), 4)}
+            for name, fn in oodcheck.BENIGN_TRANSFORMS.items()}
+    finally:
+        tap.remove()
+    spec = {"method": gate.method, "file": "scope.safetensors", "sha256": "0" * 64,
+            "limit": round(gate.limit, 6), "percentile": gate.percentile,
+            "in_distribution_pass_rate": round(gate.in_distribution_pass_rate, 4),
+            "stages": list(stages), "checked": checked}
+    return gate, spec
