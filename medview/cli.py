@@ -103,10 +103,23 @@ def cmd_models(args: argparse.Namespace) -> int:
               f" {s['input']['size'][0]}x{s['input']['size'][1]}, "
               f"{s['input']['channels']} channel(s)\n"
               f"    intended use: {s['intended_use']}\n    {perf}\n"
+              f"    {_gate_line(m.card)}\n"
               f"    weights sha256: {s['weights_sha256']}")
     for e in reg.errors:
         print(f"refused {_show(e.where)}: {_show(e.reason)}")
     return 0
+
+
+def _gate_line(card) -> str:
+    from medview.models.card import population_text
+
+    sc = card.scope
+    if sc is None:
+        return "trust gate: none (answers any image; nothing checks it is like its training data)"
+    it = (sc.checked or {}).get("internal_test") or {}
+    passed = f", test images in scope {it['in_scope']}" if "in_scope" in it else ""
+    return (f"trust gate: {sc.method}, limit {sc.limit:.4g} (validation {sc.percentile:g}th "
+            f"percentile{passed}); population: {population_text(card)}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -127,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
         result = drain(train(cfg), _print_event)
         out = cfg.out or user_models_dir()
-        folder = export_model(result.model, result.card, out)
+        folder = export_model(result.model, result.card, out, gate=result.gate)
     except (MedviewError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -139,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for key in ("auc", "sensitivity", "specificity", "accuracy", "ece"):
         v = test[key]
         print(f"  {key}: {v['value']} (95% CI {v['ci95'][0]}-{v['ci95'][1]})")
+    print(f"  {_gate_line(result.card)}")
     for w in result.warnings:
         print(f"  warning: {w}")
     return 0
@@ -185,12 +199,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     scored = drain(session.batch(card, result.volumes, args.device))
     rows = [(item.path, item.prediction) for item in scored]
     classes = card.classes
+    anyway = args.score_out_of_scope
     if args.csv:
-        write_predictions_csv(args.csv, rows, classes)
+        write_predictions_csv(args.csv, rows, classes, anyway)
     if args.json:
         doc = {"model": {"id": card.id, "version": card.version,
                          "weights_sha256": card.weights_sha256},
-               "predictions": [{"path": _show(path), **_pred_dict(p)} for path, p in rows],
+               "predictions": [{"path": _show(path), **_pred_dict(p, anyway)}
+                               for path, p in rows],
                "skipped": [{"path": _show(s.path), "reason": s.reason}
                            for s in result.skipped]}
         json.dump(doc, sys.stdout, indent=2)
@@ -198,16 +214,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif not args.csv:
         print(",".join(prediction_header(classes)))
         for path, p in rows:
-            print(",".join(prediction_row(path, p)))
+            print(",".join(prediction_row(path, p, anyway)))
     for s in result.skipped if not args.json else []:
         print(f"skipped {_show(s.path)}: {_show(s.reason)}", file=sys.stderr)
     return 0 if rows else 2
 
 
-def _pred_dict(p) -> dict:
-    return {"model_id": p.model_id, "model_version": p.model_version, "predicted": p.label,
-            "decision": p.decision, "probabilities": dict(zip(p.classes, p.probabilities,
-                                                              strict=True)),
+def _pred_dict(p, score_out_of_scope: bool = False) -> dict:
+    """One prediction for ``--json``: as the CSV, an out-of-scope image has no label and
+    no probabilities (null) unless ``score_out_of_scope``."""
+    hide = p.withheld and not score_out_of_scope
+    shown = p if hide else p.revealed()
+    return {"model_id": p.model_id, "model_version": p.model_version,
+            "predicted": None if hide else shown.label, "decision": shown.decision,
+            "probabilities": None if hide else dict(zip(p.classes, p.probabilities,
+                                                        strict=True)),
+            "in_scope": p.in_scope, "ood_score": p.ood_score, "ood_limit": p.ood_limit,
+            "scope_reasons": p.scope_reasons,
             "threshold": p.threshold, "input_sha256": p.input_sha256, "device": p.device,
             "timings_ms": p.timings_ms, "warnings": p.warnings}
 
@@ -219,7 +242,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from medview.core.progress import drain
     from medview.imaging import render_slice
-    from medview.imaging.overlay import blend, heatmap_rgba
+    from medview.imaging.overlay import blend, heatmap_rgba, stamp_out_of_scope
     from medview.io import load
     from medview.reports.files import atomic_write_bytes
 
@@ -235,6 +258,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     v = result.volumes[0]
     index = v.default_index
     pred, prep = drain(session.predict(card, v, index, args.device))
+    if pred.withheld and not args.score_out_of_scope:
+        print("refused: the image is outside this model's scope, so no saliency map is "
+              "drawn (--score-out-of-scope draws one anyway, stamped OUT OF SCOPE):",
+              file=sys.stderr)
+        for r in pred.scope_reasons:
+            print(f"  {r}", file=sys.stderr)
+        return 3
+    pred = pred.revealed()
     target = args.target or pred.label
     if target not in card.classes:
         print(f"error: unknown class {target!r}; classes: {', '.join(card.classes)}",
@@ -242,11 +273,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     sal = drain(session.explain(card, v, index, args.method, target, args.device, prep))
     image = blend(render_slice(v, index, None), heatmap_rgba(sal, args.colormap, args.opacity))
+    if pred.withheld:
+        image = stamp_out_of_scope(image)
     buf = _io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     atomic_write_bytes(args.out, buf.getvalue())
     print(f"{pred.decision}\nsaliency ({args.method}) for {target} written to "
           f"{_show(args.out)}")
+    for r in pred.scope_reasons:
+        print(f"out of scope: {r}")
     for w in pred.warnings:
         print(f"warning: {w}")
     return 0
@@ -288,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", help="write a CSV worklist here")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--device", default="auto", choices=DEVICES)
+    pr.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
+                    help="also fill in the label and probabilities of images outside the "
+                         "model's scope (in_scope stays false)")
     pr.set_defaults(func=cmd_predict)
     ex = sub.add_parser("explain", help="write a saliency overlay PNG for one image")
     ex.add_argument("path")
@@ -298,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--colormap", default="inferno", choices=tuple(COLORMAPS))
     ex.add_argument("--opacity", type=float, default=0.6)
     ex.add_argument("--device", default="auto", choices=DEVICES)
+    ex.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
+                    help="draw the map for an image outside the model's scope too, greyed "
+                         "and stamped OUT OF SCOPE")
     ex.set_defaults(func=cmd_explain)
     st = sub.add_parser("selftest", help="check models, decoders, inference and saliency")
     st.set_defaults(func=lambda _a: __import__("medview.selftest", fromlist=["x"])

@@ -44,3 +44,28 @@ def blend(grey_or_rgb: np.ndarray, rgba: np.ndarray) -> np.ndarray:
     a = rgba[..., 3:4].astype(np.float32) / 255.0
     out = base.astype(np.float32) * (1 - a) + rgba[..., :3].astype(np.float32) * a
     return np.clip(out.round(), 0, 255).astype(np.uint8)
+
+
+OUT_OF_SCOPE = "OUT OF SCOPE"
+
+
+def stamp_out_of_scope(image: np.ndarray, text: str = OUT_OF_SCOPE) -> np.ndarray:
+    """An RGB (H, W, 3) image greyed (contrast halved), or an RGBA overlay (H, W, 4) as
+    it is, with a red band across the top that reads ``text``: a result shown although
+    the image is outside the model's scope."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rgba = image.shape[-1] == 4
+    base = image if rgba else (image.astype(np.float32) * 0.5 + 64).astype(np.uint8)
+    img = Image.fromarray(np.ascontiguousarray(base), "RGBA" if rgba else "RGB")
+    h, w = base.shape[:2]
+    band = max(16, h // 12)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, w, band], fill=(190, 20, 20, 255) if rgba else (190, 20, 20))
+    try:
+        font = ImageFont.load_default(size=max(10, int(band * 0.7)))
+    except TypeError:  # Pillow without sized default fonts
+        font = ImageFont.load_default()
+    draw.text((max(4, band // 4), band // 2), text, fill=(255, 255, 255, 255) if rgba
+              else (255, 255, 255), font=font, anchor="lm")
+    return np.asarray(img)

@@ -41,23 +41,39 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def prediction_header(classes: list[str]) -> list[str]:
-    return ["path", "model_id", "predicted", *[f"p_{c}" for c in classes], "warnings"]
+    return ["path", "model_id", "predicted", *[f"p_{c}" for c in classes], "in_scope",
+            "ood_score", "warnings"]
 
 
-def prediction_row(path: str, p: Prediction) -> list[str]:
-    return [csv_text(path), csv_text(p.model_id), csv_text(p.label),
-            *[f"{v:.6f}" for v in p.probabilities], csv_text("; ".join(p.warnings))]
+def in_scope_text(p: Prediction) -> str:
+    """``true``/``false``; empty when the model has no trust gate and nothing else
+    put the image out of scope."""
+    return "" if p.in_scope is None else ("true" if p.in_scope else "false")
 
 
-def predictions_csv(rows: Iterable[tuple[str, Prediction]], classes: list[str]) -> str:
+def prediction_row(path: str, p: Prediction, score_out_of_scope: bool = False) -> list[str]:
+    """One CSV row. For an out-of-scope image the label and probabilities are left empty
+    unless ``score_out_of_scope``; the reasons lead the warnings either way."""
+    shown = p.revealed() if score_out_of_scope else p
+    hide = p.withheld and not score_out_of_scope
+    probs = ["" for _ in p.probabilities] if hide else [f"{v:.6f}" for v in p.probabilities]
+    score = "" if p.ood_score is None else f"{p.ood_score:.3f}"
+    notes = [f"out of scope: {r}" for r in p.scope_reasons] + list(p.warnings)
+    return [csv_text(path), csv_text(p.model_id), csv_text(shown.label), *probs,
+            in_scope_text(p), score, csv_text("; ".join(notes))]
+
+
+def predictions_csv(rows: Iterable[tuple[str, Prediction]], classes: list[str],
+                    score_out_of_scope: bool = False) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(prediction_header(classes))
     for path, p in rows:
-        w.writerow(prediction_row(path, p))
+        w.writerow(prediction_row(path, p, score_out_of_scope))
     return buf.getvalue()
 
 
 def write_predictions_csv(path: str, rows: Iterable[tuple[str, Prediction]],
-                          classes: list[str]) -> None:
-    atomic_write_bytes(path, predictions_csv(rows, classes).encode("utf-8"))
+                          classes: list[str], score_out_of_scope: bool = False) -> None:
+    atomic_write_bytes(path, predictions_csv(rows, classes, score_out_of_scope)
+                       .encode("utf-8"))
