@@ -38,7 +38,7 @@ from medview.core.progress import Progress
 from medview.core.volume import ImageVolume
 from medview.explain.saliency import METHODS
 from medview.gui.workers import JobRunner
-from medview.imaging.overlay import COLORMAPS, heatmap_rgba
+from medview.imaging.overlay import COLORMAPS, OUT_OF_SCOPE, heatmap_rgba, stamp_out_of_scope
 from medview.inference.session import InferenceSession
 
 
@@ -77,11 +77,15 @@ class ProbabilityBars(QWidget):
         self.values: list[float] = []
         self.threshold: float | None = None
         self.positive: str | None = None
+        #: an out-of-scope result shown on request: grey bars, stamped OUT OF SCOPE
+        self.out_of_scope = False
         self.setMinimumHeight(30)
 
-    def set_values(self, classes, values, threshold=None, positive=None) -> None:
+    def set_values(self, classes, values, threshold=None, positive=None,
+                   out_of_scope: bool = False) -> None:
         self.classes, self.values = list(classes), list(values)
         self.threshold, self.positive = threshold, positive
+        self.out_of_scope = out_of_scope
         self.setMinimumHeight(max(30, 26 * len(classes) + 6))
         self.update()
 
@@ -99,13 +103,21 @@ class ProbabilityBars(QWidget):
             p.drawText(QRectF(0, y, label_w - 6, 20), Qt.AlignmentFlag.AlignRight
                        | Qt.AlignmentFlag.AlignVCenter, name)
             p.fillRect(QRectF(label_w, y + 3, w, 14), QColor("#dddddd"))
-            p.fillRect(QRectF(label_w, y + 3, w * v, 14), QColor("#2f7fd1"))
+            p.fillRect(QRectF(label_w, y + 3, w * v, 14),
+                       QColor("#9a9a9a" if self.out_of_scope else "#2f7fd1"))
             p.drawText(QRectF(label_w + w + 6, y, 54, 20), Qt.AlignmentFlag.AlignVCenter,
                        f"{v:.2f}")
             if self.threshold is not None and name == self.positive:
                 x = label_w + w * self.threshold
                 p.setPen(QPen(QColor("#d11f1f"), 2))
                 p.drawLine(int(x), y, int(x), y + 20)
+        if self.out_of_scope and self.classes:
+            p.setPen(QPen(QColor("#c01414")))
+            font = p.font()
+            font.setBold(True)
+            p.setFont(font)
+            p.drawText(QRectF(label_w, 0, w, self.height()), Qt.AlignmentFlag.AlignCenter,
+                       OUT_OF_SCOPE)
         p.end()
 
 
@@ -160,6 +172,16 @@ class ModelPanel(QWidget):
         mg.addWidget(self.auto_run)
 
         self.bars = ProbabilityBars()
+        # the trust gate: a banner with the reasons, and a deliberate "Show anyway"
+        self.scope_banner = _plain_label()
+        self.scope_banner.setStyleSheet(
+            "background: #b71c1c; color: white; font-weight: bold; padding: 6px;")
+        self.scope_banner.setVisible(False)
+        self.show_anyway = QPushButton("Show anyway (result greyed, stamped OUT OF SCOPE)")
+        self.show_anyway.setVisible(False)
+        self.show_anyway.clicked.connect(self.reveal)
+        self._prep = None
+        self._revealed = False
         self.decision = _plain_label()
         self.decision.setStyleSheet("font-weight: bold;")
         self.details = _plain_label()
@@ -168,6 +190,8 @@ class ModelPanel(QWidget):
         self.status = _plain_label()
         result_group = QGroupBox("Result")
         rg = QVBoxLayout(result_group)
+        rg.addWidget(self.scope_banner)
+        rg.addWidget(self.show_anyway)
         rg.addWidget(self.bars)
         rg.addWidget(self.decision)
         rg.addWidget(self.details)
@@ -341,8 +365,13 @@ class ModelPanel(QWidget):
         dlg.setWindowTitle(f"Model card: {card.name}")
         text = QPlainTextEdit()
         text.setReadOnly(True)
+        from medview.models.card import checked_section
+
+        # from the validated card, not the README file (which may be stale or absent)
+        checked = "\n".join(checked_section(card.card))
         body = card_readme(card)
-        text.setPlainText(body + "\n\n--- card.json ---\n" + json.dumps(card.data, indent=2))
+        text.setPlainText(checked + "\n\n--- README.md ---\n" + body
+                          + "\n\n--- card.json ---\n" + json.dumps(card.data, indent=2))
         lay = QVBoxLayout(dlg)
         lay.addWidget(text)
         dlg.resize(760, 640)
@@ -364,7 +393,11 @@ class ModelPanel(QWidget):
 
     def clear_result(self) -> None:
         self._last = None
+        self._prep = None
+        self._revealed = False
         self._saliency = None
+        self.scope_banner.setVisible(False)
+        self.show_anyway.setVisible(False)
         self.bars.clear()
         self.decision.setText("")
         self.details.setText("")
@@ -421,15 +454,30 @@ class ModelPanel(QWidget):
             return
         p, prep = result
         self._last = p
-        card = self.current_card()
-        self.bars.set_values(p.classes, p.probabilities, p.threshold,
-                             card.positive_class if card else None)
+        self._prep = prep
+        self._revealed = False
+        self._saliency = None
+        self.overlay_changed.emit(None)
+        if p.withheld:
+            # no decision, no bars, no saliency until the user deliberately asks
+            self.bars.clear()
+            self.scope_banner.setText(
+                "OUT OF SCOPE: no result is shown. This image is outside what this model "
+                "was built for:\n" + "\n".join(f"- {r}" for r in p.scope_reasons))
+            self.scope_banner.setVisible(True)
+            self.show_anyway.setVisible(True)
+        else:
+            self.scope_banner.setVisible(False)
+            self.show_anyway.setVisible(False)
+            self._show_bars(p)
         self.decision.setText(p.decision)
         self.details.setText(
             f"{p.model_id} {p.model_version} on {p.device}: "
             f"{p.timings_ms.get('inference', 0):.0f} ms inference, "
             f"{p.timings_ms.get('total', 0):.0f} ms total\n"
-            f"input sha256 {p.input_sha256[:16]}...")
+            f"input sha256 {p.input_sha256[:16]}..."
+            + (f"\nscope score {p.ood_score:.1f} (limit {p.ood_limit:.1f})"
+               if p.ood_score is not None else ""))
         self.warnings.setText("\n".join(f"Warning: {w}" for w in p.warnings))
         self.status.setText("Not a diagnosis. Research use only.")
         seen = np.ascontiguousarray(prep.seen)
@@ -439,14 +487,39 @@ class ModelPanel(QWidget):
             160, 160, Qt.AspectRatioMode.KeepAspectRatio))
         self.class_box.setCurrentText(p.label if p.label in p.classes else p.classes[0])
         self.prediction_ready.emit(p)
-        if want_saliency:
+        if want_saliency and not p.withheld:
             self.explain(prep=prep)
+
+    def _show_bars(self, p: Prediction) -> None:
+        card = self.current_card()
+        self.bars.set_values(p.classes, p.probabilities, p.threshold,
+                             card.positive_class if card else None, out_of_scope=p.withheld)
+
+    def reveal(self) -> None:
+        """"Show anyway": the withheld result, greyed and stamped OUT OF SCOPE; only now
+        is its saliency drawn (stamped too)."""
+        p = self._last
+        if p is None or not p.withheld or self._revealed:
+            return
+        self._revealed = True
+        shown = p.revealed()
+        self._show_bars(shown)
+        self.decision.setText(shown.decision)
+        self.show_anyway.setVisible(False)
+        self.class_box.setCurrentText(shown.label if shown.label in p.classes
+                                      else p.classes[0])
+        self.prediction_ready.emit(shown)
+        if self.show_overlay.isChecked():
+            self.explain(prep=self._prep)
 
     def explain(self, _checked: bool = False, prep=None) -> None:
         subject = self._subject()
         if subject is None:
             return
         card, volume, index, device = subject
+        if self._last is not None and self._last.withheld and not self._revealed:
+            self.status.setText("Out of scope: saliency is drawn only after \"Show anyway\".")
+            return
         method = self.method_box.currentData()
         target = self.class_box.currentText() or card.classes[0]
         self.status.setText(f"Computing {METHODS[method]}...")
@@ -474,8 +547,11 @@ class ModelPanel(QWidget):
         if self._saliency is None or not self.show_overlay.isChecked():
             return None
         step = max(1, -(-max(self._saliency.shape) // self.OVERLAY_MAX_SIDE))
-        return heatmap_rgba(self._saliency[::step, ::step], self.cmap_box.currentText(),
+        rgba = heatmap_rgba(self._saliency[::step, ::step], self.cmap_box.currentText(),
                             self.opacity.value() / 100.0)
+        if self._last is not None and self._last.withheld:
+            rgba = stamp_out_of_scope(rgba)
+        return rgba
 
     def _emit_overlay(self, *_args) -> None:
         self.overlay_changed.emit(self.overlay_rgba())
@@ -505,24 +581,38 @@ class ModelPanel(QWidget):
     def _on_batch(self, job, rows, classes) -> None:
         if not self.jobs.is_current(job):
             return
+        # out-of-scope rows are kept apart, after the ones the model may answer
+        rows = sorted(rows, key=lambda r: r[2].withheld)
         self._worklist = rows
-        headers = ["Series", "Predicted", *[f"p({c})" for c in classes], "Warnings"]
+        headers = ["Series", "Predicted", *[f"p({c})" for c in classes], "In scope",
+                   "Warnings"]
         self.worklist.setSortingEnabled(False)
         self.worklist.clear()
         self.worklist.setColumnCount(len(headers))
         self.worklist.setHorizontalHeaderLabels(headers)
         self.worklist.setRowCount(len(rows))
+        grey = QColor("#9a9a9a")
         for r, (desc, _path, p) in enumerate(rows):
-            self.worklist.setItem(r, 0, QTableWidgetItem(desc))
-            self.worklist.setItem(r, 1, QTableWidgetItem(p.label))
-            for k, v in enumerate(p.probabilities):
+            cells = [QTableWidgetItem(desc),
+                     QTableWidgetItem("out of scope" if p.withheld else p.label)]
+            for v in p.probabilities:
                 item = QTableWidgetItem()
-                item.setData(Qt.ItemDataRole.DisplayRole, round(float(v), 4))
-                self.worklist.setItem(r, 2 + k, item)
-            self.worklist.setItem(r, 2 + len(classes), QTableWidgetItem("; ".join(p.warnings)))
+                if not p.withheld:
+                    item.setData(Qt.ItemDataRole.DisplayRole, round(float(v), 4))
+                cells.append(item)
+            cells.append(QTableWidgetItem({True: "yes", False: "no", None: "unchecked"}[
+                p.in_scope]))
+            notes = [f"out of scope: {x}" for x in p.scope_reasons] + list(p.warnings)
+            cells.append(QTableWidgetItem("; ".join(notes)))
+            for c, item in enumerate(cells):
+                if p.withheld:
+                    item.setForeground(grey)
+                self.worklist.setItem(r, c, item)
         self.worklist.setSortingEnabled(True)
         self.worklist.resizeColumnsToContents()
-        self.status.setText(f"Scored {len(rows)} series.")
+        out = sum(p.withheld for _d, _p, p in rows)
+        self.status.setText(f"Scored {len(rows)} series"
+                            + (f"; {out} out of scope (no result shown)." if out else "."))
         self.batch_finished.emit(rows)
 
     def export_csv(self, path: str) -> None:

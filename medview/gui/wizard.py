@@ -534,6 +534,13 @@ class ResultsPage(QWizardPage):
         self.threshold_label = _plain()
         self.warn = _plain()
         self.warn.setStyleSheet("color: #b36b00;")
+        # the trust gate fitted with the model: what it lets through and what it withholds
+        self.gate_label = _plain()
+        self.gate_table = QTableWidget(0, 3)
+        self.gate_table.setHorizontalHeaderLabels(["Trust gate: where checked", "Images",
+                                                   "Result"])
+        self.gate_table.horizontalHeader().setStretchLastSection(True)
+        self.gate_table.verticalHeader().setVisible(False)
         self.name_edit = QLineEdit()
         self.save_button = QPushButton("Save model")
         self.save_button.clicked.connect(self.save)
@@ -548,15 +555,18 @@ class ResultsPage(QWizardPage):
         thr.addWidget(self.threshold, 1)
         grid.addLayout(thr, 2, 0, 1, 2)
         grid.addWidget(self.threshold_label, 3, 0, 1, 2)
-        grid.addWidget(self.warn, 4, 0, 1, 2)
+        grid.addWidget(self.gate_label, 4, 0, 1, 2)
+        grid.addWidget(self.gate_table, 5, 0, 1, 2)
+        grid.addWidget(self.warn, 6, 0, 1, 2)
         save = QHBoxLayout()
         save.addWidget(QLabel("Name"))
         save.addWidget(self.name_edit, 1)
         save.addWidget(self.save_button)
-        grid.addLayout(save, 5, 0, 1, 2)
-        grid.addWidget(self.saved_label, 6, 0, 1, 2)
+        grid.addLayout(save, 7, 0, 1, 2)
+        grid.addWidget(self.saved_label, 8, 0, 1, 2)
         grid.setRowStretch(0, 2)
         grid.setRowStretch(1, 3)
+        grid.setRowStretch(5, 1)
         self.saved_folder: str | None = None
 
     def initializePage(self) -> None:
@@ -604,11 +614,33 @@ class ResultsPage(QWizardPage):
             self.threshold.setValue(round(100 * next(iter(thr.values()))))
         self._on_threshold()
         self.warn.setText("\n".join(f"Warning: {w}" for w in res.warnings))
+        self._show_gate(card)
         self.name_edit.setText(card.name)
         self.saved_label.setText("")
         self.saved_folder = None
         if pos:
             self.threshold.setToolTip(f"Threshold on p({pos})")
+
+    def _show_gate(self, card) -> None:
+        from medview.models.card import where_checked
+
+        sc = card.scope
+        if sc is None:
+            self.gate_label.setText("No trust gate was fitted: the model would answer any "
+                                    "image.")
+            self.gate_table.setRowCount(0)
+            return
+        self.gate_label.setText(
+            f"Trust gate fitted ({sc.method}): images scoring above {sc.limit:.3g} (the "
+            f"{sc.percentile:g}th percentile of the validation images) are withheld as "
+            f"unlike the training images; {sc.in_distribution_pass_rate:.1%} of validation "
+            "images pass.")
+        rows = where_checked(card)
+        self.gate_table.setRowCount(len(rows))
+        for r, cells in enumerate(rows):
+            for c, text in enumerate(cells):
+                self.gate_table.setItem(r, c, QTableWidgetItem(text))
+        self.gate_table.resizeColumnsToContents()
 
     def current_threshold(self) -> float:
         return self.threshold.value() / 100.0
@@ -643,7 +675,7 @@ class ResultsPage(QWizardPage):
                           self.wiz.n_bootstrap)
         out = self.wiz.models_dir or user_models_dir()
         try:
-            folder = export_model(res.model, card, out)
+            folder = export_model(res.model, card, out, gate=res.gate)
         except (FileExistsError, OSError) as exc:
             self.saved_label.setText(f"Not saved: {exc}")
             return None

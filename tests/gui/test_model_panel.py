@@ -98,8 +98,10 @@ def test_worklist_runs_on_all_series_and_exports_csv(qtbot, ai_window, tmp_path)
     out = tmp_path / "worklist.csv"
     panel.export_csv(str(out))
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "warnings"]
+    assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "in_scope",
+                       "ood_score", "warnings"]
     assert sorted(r[2] for r in rows[1:]) == ["patch", "patch", "plain", "plain"]
+    assert [r[5] for r in rows[1:]] == ["true"] * 4
     assert all(np.isclose(float(r[3]) + float(r[4]), 1.0) for r in rows[1:])
 
 
@@ -142,3 +144,78 @@ def test_the_panel_runs_through_the_shared_session(qtbot, ai_window, monkeypatch
     with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
         panel.run_button.click()
     assert calls == [panel.session]
+
+
+def _gradient(tmp_path) -> str:
+    from PIL import Image
+
+    yy, xx = np.mgrid[:64, :64]
+    path = str(tmp_path / "gradient.png")
+    Image.fromarray(((xx + yy) * 2).astype(np.uint8)).save(path)
+    return path
+
+
+def test_out_of_scope_image_is_withheld_until_show_anyway(qtbot, ai_window, tmp_path):
+    win, _data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    _open(qtbot, win, [_gradient(tmp_path)])
+    saliency = []
+    panel.saliency_ready.connect(saliency.append)
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
+        panel.run_button.click()
+    p = got.args[0]
+    assert p.withheld and p.label == ""
+    # no decision, no bars, no saliency: a banner with the reasons and a deliberate choice
+    assert panel.scope_banner.isVisible() and "OUT OF SCOPE" in panel.scope_banner.text()
+    assert "looks unlike this model's training images" in panel.scope_banner.text()
+    assert panel.bars.values == [] and panel.show_anyway.isVisible()
+    assert panel.decision.text().startswith("Withheld")
+    panel.explain_button.click()  # refused before "Show anyway"
+    assert panel.jobs.current("saliency") is None and not saliency
+    assert not win.view.overlay_item.isVisible()
+    # Show anyway: greyed, stamped bars; the saliency map is drawn and stamped too
+    with qtbot.waitSignal(panel.saliency_ready, timeout=60000):
+        panel.show_anyway.click()
+    assert panel.bars.out_of_scope and panel.bars.values == pytest.approx(p.probabilities)
+    assert panel.decision.text().startswith("OUT OF SCOPE")
+    assert not panel.show_anyway.isVisible()
+    overlay = win.view.overlay_item.image
+    top = overlay[: max(2, overlay.shape[0] // 24)].reshape(-1, 4)
+    assert top[:, 3].min() == 255 and top[:, 0].mean() > 150  # the red stamp band
+
+
+def test_auto_run_never_shows_a_decision_out_of_scope(qtbot, ai_window, tmp_path):
+    win, data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    _open(qtbot, win, [_files(data, "patch", 1)[0]])
+    _open(qtbot, win, [_gradient(tmp_path)])
+    win.series.setCurrentRow(0)
+    panel.auto_run.setChecked(True)
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
+        win.series.setCurrentRow(1)  # the gradient
+    assert got.args[0].withheld and panel.bars.values == []
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
+        win.series.setCurrentRow(0)  # back to the film: answered, banner gone
+    assert got.args[0].in_scope and not panel.scope_banner.isVisible()
+    assert panel.bars.values and not panel.bars.out_of_scope
+
+
+def test_worklist_shows_out_of_scope_rows_apart(qtbot, ai_window, tmp_path):
+    win, data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    _open(qtbot, win, [_gradient(tmp_path), *_files(data, "plain", 2)])
+    with qtbot.waitSignal(panel.batch_finished, timeout=60000) as got:
+        panel.batch_button.click()
+    rows = got.args[0]
+    assert [p.withheld for _d, _p, p in rows] == [False, False, True]  # sorted apart
+    t = panel.worklist
+    headers = [t.horizontalHeaderItem(c).text() for c in range(t.columnCount())]
+    last = t.rowCount() - 1
+    assert t.item(last, headers.index("Predicted")).text() == "out of scope"
+    assert t.item(last, headers.index("p(patch)")).text() == ""
+    assert t.item(last, headers.index("In scope")).text() == "no"
+    assert "out of scope: looks unlike" in t.item(last, headers.index("Warnings")).text()
+    assert t.item(0, headers.index("Predicted")).text() == "plain"

@@ -82,6 +82,12 @@ def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path
     results = wiz.results_page
     assert results.metrics.rowCount() >= 6 and results.confusion.rowCount() == 2
     assert "validation sensitivity" in results.threshold_label.text()
+    # the trust gate was fitted and is shown with where it was checked
+    assert "Trust gate fitted" in results.gate_label.text()
+    checked = [results.gate_table.item(r, 0).text() for r in
+               range(results.gate_table.rowCount())]
+    assert any(c.startswith("internal test") for c in checked)
+    assert any("inverted" in c for c in checked)
     results.name_edit.setText("Wizard patch model")
     panel = win.model_panel
     with qtbot.waitSignal(wiz.model_saved, timeout=30000) as saved, \
@@ -89,6 +95,7 @@ def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path
         results.save_button.click()  # then the panel re-reads the models in a worker
     assert saved.args[0] == "wizard-patch-model"
     assert os.listdir(models) == ["wizard-patch-model"]
+    assert "scope.safetensors" in os.listdir(os.path.join(models, "wizard-patch-model"))
     assert panel.current_card().id == "wizard-patch-model"
     # the new model predicts the right class
     from medview.inference.predictor import Predictor
