@@ -15,6 +15,7 @@ from PIL import Image
 
 from medview.core.volume import ImageVolume, Population
 from medview.inference import scope
+from medview.inference.features import SCORE
 from medview.inference.predictor import Predictor
 from medview.io import load
 from medview.models.card import SCOPE_FILE, read_card
@@ -77,7 +78,9 @@ def test_one_forward_gives_the_same_logits_as_the_model(predictor):
     with torch.inference_mode():
         plain = predictor.model(torch.from_numpy(prep.tensor[np.newaxis])).numpy()
     np.testing.assert_allclose(feats[scope.LOGITS], plain, rtol=1e-5, atol=1e-5)
-    assert set(feats) == {scope.LOGITS, scope.PRE_LOGITS, *predictor.gate.stages}
+    assert set(feats) == {scope.LOGITS, scope.PRE_LOGITS, *predictor.gate.stages, SCORE}
+    # the score computed in torch inside the forward pass is the gate's own (numpy) score
+    np.testing.assert_allclose(feats[SCORE], predictor.gate.score(feats), rtol=1e-6)
 
 
 def test_training_like_images_pass_and_unlike_ones_are_withheld(predictor, tiny_model,
@@ -133,7 +136,8 @@ def test_population_reasons_from_dicom_tags(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("text, years", [("064Y", 64), ("006M", 0.5), ("010W", 70 / 365.25),
-                                         ("", None), ("999Y", None), ("abc", None)])
+                                         ("000Y", None), ("000D", 0.0), ("", None),
+                                         ("999Y", None), ("abc", None)])
 def test_patient_age_text(text, years):
     from pydicom.dataset import Dataset
 
@@ -205,3 +209,25 @@ def test_explain_refuses_out_of_scope_and_stamps_when_asked(tiny_model, tmp_path
     band = img[:4].reshape(-1, 3).mean(0)
     assert band[0] > 150 and band[1] < 60  # the red OUT OF SCOPE band across the top
     assert "OUT OF SCOPE" in capsys.readouterr().out
+
+
+def test_bundled_models_carry_a_checked_gate():
+    """Each bundled model's gate loads (sha256, stages) and its card says where it was
+    checked, with the targets of the out-of-distribution benchmark met."""
+    from medview.models.registry import discover_models
+
+    bundled = [c for c in discover_models().models if c.source == "bundled"]
+    assert {c.id for c in bundled} >= {"cxr-pneumonia", "cxr-pneumonia-type"}
+    for card in bundled:
+        sc = card.card.scope
+        assert sc.method == "multi_depth" and sc.age_years == [1, 5]
+        assert sc.view_positions == ["AP"] and sc.body_parts == ["CHEST"]
+        assert Predictor(card, "cpu").gate is not None
+        checked = sc.checked
+        assert checked["internal_test"]["in_scope"] >= 0.95
+        cats = checked["ood_benchmark"]
+        assert {"CT", "MR", "US", "photo", "synthetic", "inverted", "rotated 90"} <= set(cats)
+        withheld = sum(c["withheld"] * c["n"] for c in cats.values()) / sum(
+            c["n"] for c in cats.values())
+        assert withheld >= 0.99
+        assert "adult" in sc.known_failures

@@ -25,7 +25,7 @@ from medview.core.modeling import Prediction
 from medview.core.volume import ImageVolume
 from medview.imaging.model_input import pixels_sha256, prepare
 from medview.inference import scope
-from medview.inference.features import StageTap
+from medview.inference.features import SCORE, StageTap, TorchScorer
 from medview.models.card import ModelCard
 from medview.models.loading import load_model
 from medview.models.weights import WeightsError, read_scope_statistics
@@ -127,6 +127,8 @@ class Predictor:
         self.threshold = card.card.threshold
         self.gate = load_gate(card)
         self.tap = StageTap(self.model, self.gate.stages if self.gate else ())
+        self.scorer = (TorchScorer(self.gate, self.device)
+                       if self.gate is not None and self.gate.method == "multi_depth" else None)
 
     # ------------------------------------------------------------------ preparation
     def prepare(self, volume: ImageVolume, index: int) -> PreparedInput:
@@ -148,7 +150,7 @@ class Predictor:
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = self._torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        return self.tap.forward(self.model, x)
+        return self.tap.forward(self.model, x, self.scorer)
 
     def _forward_with_fallback(self, batch: np.ndarray, batch_size: int
                                ) -> dict[str, np.ndarray]:
@@ -166,6 +168,8 @@ class Predictor:
                     continue
                 self.model = self.model.to("cpu")
                 self.device = "cpu"
+                if self.scorer is not None:
+                    self.scorer = TorchScorer(self.gate, "cpu")
                 notice = "GPU out of memory: the model now runs on the CPU"
                 if notice not in self.notices:
                     self.notices.append(notice)
@@ -201,6 +205,8 @@ class Predictor:
         """The out-of-distribution scores of a forward pass (None without a gate)."""
         if self.gate is None:
             return None
+        if SCORE in feats:  # scored inside the forward pass
+            return feats[SCORE]
         for name, arr in feats.items():
             want = self.gate.expected_width(name)
             if want is not None and arr.shape[1] != want:

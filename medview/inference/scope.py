@@ -15,13 +15,16 @@ largest, so that what one score misses another can catch.
 
 ``multi_depth`` (the default, chosen on measured numbers: see the README) applies the
 Mahalanobis score at several depths of the same forward pass, as Lee et al. do: the
-pre-logit embedding (class-conditional), the channel means and standard deviations of
-the last two feature stages, and an 8 x 8 thumbnail of the input (one Gaussian each),
-each normalised by its validation mean and spread, and takes the largest. The stage
-statistics see what the pre-logit embedding is trained to ignore (borders, framing,
-acquisition), so zoomed-out films and lateral-like crops are caught; the thumbnail sees
-the grey-level layout, so inverted films are; the earliest stages are left out because
-they also react to JPEG compression and resampling of genuine films.
+channel means and standard deviations of the last two feature stages (the last one is
+what the pre-logit embedding is pooled from) and an 8 x 8 thumbnail of the input, one
+Gaussian each, each normalised by its validation mean and spread, and takes the largest.
+The stage statistics see what the pooled embedding is trained to ignore (borders,
+framing, acquisition), so zoomed-out films and lateral-like crops are caught; the
+thumbnail sees the grey-level layout, so inverted films are; the earliest stages are
+left out because they also react to JPEG compression and resampling of genuine films.
+The pre-logit embedding itself added nothing measurable to that maximum and its
+1280 x 1280 precision matrix was most of the gate's cost, so it is not a default part
+(``stages`` may still name it).
 
 Features are passed as a dict: ``"pre_logits"`` (N, D), ``"logits"`` (N, K) and one
 (N, 2C) array per stage name (channel means then standard deviations). Higher always
@@ -39,7 +42,7 @@ METHODS = ("mahalanobis", "knn", "energy", "combined", "multi_depth")
 DEFAULT_METHOD = "multi_depth"
 #: The limit: this percentile of the validation images' scores (see ``fit_gate``).
 DEFAULT_PERCENTILE = 99.0
-#: How many of the last feature stages ``multi_depth`` uses besides the pre-logits.
+#: How many of the last feature stages ``multi_depth`` uses (besides the thumbnail).
 STAGES_USED = 2
 PRE_LOGITS = "pre_logits"
 #: A pseudo-stage: the model input average-pooled to THUMBNAIL x THUMBNAIL (first channel).
@@ -68,11 +71,21 @@ def fit_mahalanobis(feats: np.ndarray, labels: np.ndarray, ridge: float = 1e-2) 
 
 
 def mahalanobis_score(stats: dict, feats: np.ndarray) -> np.ndarray:
+    """The smallest Mahalanobis distance of each row of ``feats`` to a class mean:
+    ``(x-m) P (x-m) = xPx - 2 x.(Pm) + mPm``, so one product with the precision serves
+    every class (``stats`` may carry ``Pm``/``mPm`` precomputed)."""
     x = np.asarray(feats, np.float64)
     prec = np.asarray(stats["precision"], np.float64)
-    d = [np.einsum("ij,jk,ik->i", x - m, prec, x - m) for m in np.asarray(stats["means"],
-                                                                         np.float64)]
-    return np.sqrt(np.maximum(np.min(np.stack(d), axis=0), 0.0))
+    means = np.asarray(stats["means"], np.float64)
+    pm = stats.get("Pm")
+    if pm is None:
+        pm = means @ prec
+    mpm = stats.get("mPm")
+    if mpm is None:
+        mpm = np.sum(pm * means, axis=1)
+    xpx = np.sum((x @ prec) * x, axis=1)
+    d2 = xpx[:, None] - 2.0 * (x @ pm.T) + mpm[None, :]
+    return np.sqrt(np.maximum(np.min(d2, axis=1), 0.0))
 
 
 def fit_knn(feats: np.ndarray, max_bank: int = 20000, seed: int = 0) -> dict:
@@ -107,18 +120,31 @@ class ScopeGate:
     percentile: float = DEFAULT_PERCENTILE
     in_distribution_pass_rate: float = float("nan")
     k: int = 10
-    #: feature stages (module names) besides the pre-logits, for ``multi_depth``
+    #: what ``multi_depth`` scores: feature stage module names, ``INPUT_STAGE``, and
+    #: possibly ``PRE_LOGITS``
     stages: tuple[str, ...] = ()
+    _f64: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _part(self, name: str, feats: dict[str, np.ndarray]) -> np.ndarray:
         """One depth's Mahalanobis score (stats stored under ``name/``)."""
-        st = {"means": self.stats[f"{name}/means"], "precision": self.stats[f"{name}/precision"]}
-        return mahalanobis_score(st, feats[name])
+        return mahalanobis_score(self._float64(name), feats[name])
+
+    def _float64(self, name: str) -> dict[str, np.ndarray]:
+        """One depth's statistics in float64 with ``Pm``/``mPm`` precomputed, made once."""
+        st = self._f64.get(name)
+        if st is None:
+            means = np.asarray(self.stats[f"{name}/means"], np.float64)
+            prec = np.asarray(self.stats[f"{name}/precision"], np.float64)
+            pm = means @ prec
+            st = {"means": means, "precision": prec, "Pm": pm,
+                  "mPm": np.sum(pm * means, axis=1)}
+            self._f64[name] = st
+        return st
 
     def raw_scores(self, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
         if self.method == "multi_depth":
-            for name in (PRE_LOGITS, *self.stages):
+            for name in self.stages:
                 out[name] = self._part(name, feats)
             return out
         if "means" in self.stats:
@@ -168,7 +194,7 @@ class ScopeGate:
 
     def check(self) -> None:
         """Every array the method reads is present, finite and shaped consistently."""
-        names = ([f"{n}/{p}" for n in (PRE_LOGITS, *self.stages)
+        names = ([f"{n}/{p}" for n in self.stages
                   for p in ("means", "precision", "z_mean", "z_std")]
                  if self.method == "multi_depth" else [])
         for name in names:
@@ -194,13 +220,14 @@ def fit_gate(method: str, train: dict[str, np.ndarray], train_labels: np.ndarray
              stages: tuple[str, ...] = (), k: int = 10) -> ScopeGate:
     """Fit ``method`` on the training features; its limit is the ``percentile`` of the
     validation images' scores (so about ``percentile`` % of in-distribution images pass).
-    ``multi_depth`` uses the pre-logits and ``stages`` (names of ``train``'s stage arrays)."""
+    ``multi_depth`` scores each of ``stages`` (names of ``train``'s arrays; the
+    pre-logits may be one, and are then class-conditional)."""
     if method not in METHODS:
         raise ValueError(f"unknown scope method {method!r}; use one of {', '.join(METHODS)}")
     stats: dict[str, np.ndarray] = {}
     labels = np.asarray(train_labels)
     if method == "multi_depth":
-        for name in (PRE_LOGITS, *stages):
+        for name in stages:
             # class-conditional on the embedding the classifier reads; one Gaussian for the
             # stage statistics (they describe the image, not the class)
             st = fit_mahalanobis(train[name], labels if name == PRE_LOGITS

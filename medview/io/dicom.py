@@ -211,11 +211,13 @@ _AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 def patient_age_years(ds: Dataset) -> float | None:
     """The patient's age at the study in years: Patient's Age (0010,1010) such as ``064Y``
     or ``011M``, else Patient's Birth Date to the Study (or Acquisition/Content) Date.
-    None when absent or implausible (negative, over 150 years)."""
+    None when absent or implausible (negative, over 150 years). ``000Y`` is read as
+    unknown: anonymisers write it as a placeholder, and an infant's age is given in
+    days, weeks or months."""
     text = _text(ds, "PatientAge").upper()
     age = None
     m = re.fullmatch(r"(\d{1,3})\s*([DWMY])", text)
-    if m:
+    if m and not (int(m.group(1)) == 0 and m.group(2) == "Y"):
         age = int(m.group(1)) * _AGE_UNITS[m.group(2)]
     else:
         born = _dicom_date(_text(ds, "PatientBirthDate"))
