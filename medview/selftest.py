@@ -103,15 +103,21 @@ def run_selftest(out=print) -> int:
             vol = ImageVolume(rng.integers(0, 4096, (1, 512, 512), dtype=np.uint16),
                               modality="DX")
             p = pred.predict(vol, 0)
-            if not np.isclose(sum(p.probabilities), 1.0) or p.label not in card.classes + [
+            label = p.revealed().label
+            if not np.isclose(sum(p.probabilities), 1.0) or label not in card.classes + [
                     f"not {c}" for c in card.classes]:
                 raise RuntimeError("implausible output")
+            if pred.gate is not None and not (p.ood_score is not None
+                                              and np.isfinite(p.ood_score)):
+                raise RuntimeError("the trust gate gave no score")
             prep = pred.prepare(vol, 0)
             sal = explain(pred.model, prep.tensor, 0, "gradcam")
             if not np.all(np.isfinite(sal)):
                 raise RuntimeError("Grad-CAM produced non-finite values")
+            gate = (f"trust gate ok (noise: score {p.ood_score:.1f}, limit {p.ood_limit:.1f})"
+                    if pred.gate is not None else "no trust gate")
             return (f"weights sha256 ok, inference {p.timings_ms['inference']:.0f} ms, "
-                    f"Grad-CAM ok")
+                    f"{gate}, Grad-CAM ok")
 
         _check(f"model {card.id} {card.version}", model_check, report)
 

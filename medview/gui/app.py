@@ -204,8 +204,14 @@ def launch(args: argparse.Namespace, app, settings=None):
 
         panel = window.model_panel
         if model_ok and paths:
-            (panel.saliency_ready if panel.show_overlay.isChecked()
-             else panel.prediction_ready).connect(grab)
+            def on_prediction(p) -> None:
+                # an out-of-scope result gets no saliency until the user asks: grab now
+                if p.withheld or not panel.show_overlay.isChecked():
+                    grab()
+
+            panel.prediction_ready.connect(on_prediction)
+            if panel.show_overlay.isChecked():
+                panel.saliency_ready.connect(grab)
         elif paths:
             window.load_finished.connect(grab)
         else:

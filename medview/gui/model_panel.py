@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSlider,
     QTableWidget,
     QTableWidgetItem,
@@ -255,7 +256,13 @@ class ModelPanel(QWidget):
         bl.addWidget(self.worklist)
 
         tabs = QTabWidget()
-        tabs.addTab(single, "This image")
+        # scrolls rather than squeezing widgets over each other when the reasons are long
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(single)
+        tabs.addTab(scroll, "This image")
         tabs.addTab(batch, "Worklist")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -465,6 +472,7 @@ class ModelPanel(QWidget):
                 "OUT OF SCOPE: no result is shown. This image is outside what this model "
                 "was built for:\n" + "\n".join(f"- {r}" for r in p.scope_reasons))
             self.scope_banner.setVisible(True)
+            self._fit_banner()
             self.show_anyway.setVisible(True)
         else:
             self.scope_banner.setVisible(False)
@@ -489,6 +497,25 @@ class ModelPanel(QWidget):
         self.prediction_ready.emit(p)
         if want_saliency and not p.withheld:
             self.explain(prep=prep)
+
+    def _fit_banner(self) -> None:
+        """Give the banner the height its wrapped text needs (a tab page does not pass
+        height-for-width on, so a long list of reasons would otherwise be cut)."""
+        from PySide6.QtCore import QRect
+        from PySide6.QtGui import QFontMetrics
+
+        label = self.scope_banner
+        width = max(label.width(), self.decision.width(), 160) - 16
+        bold = label.font()
+        bold.setBold(True)
+        rect = QFontMetrics(bold).boundingRect(QRect(0, 0, width, 100000),
+                                               int(Qt.TextFlag.TextWordWrap), label.text())
+        label.setMinimumHeight(rect.height() + 16)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self.scope_banner.isVisible():
+            self._fit_banner()
 
     def _show_bars(self, p: Prediction) -> None:
         card = self.current_card()
