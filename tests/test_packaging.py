@@ -30,7 +30,12 @@ def test_bundle_ships_every_sample_the_app_and_selftest_open():
 
 def test_bundle_ships_the_files_of_each_model_folder():
     files = set(_spec_constant("MODEL_FILES"))
-    assert {"card.json", "weights.safetensors", "README.md"} <= files
+    assert {"card.json", "weights.safetensors", "scope.safetensors", "README.md"} <= files
+    models = os.path.join(os.path.dirname(PACKAGING), "models")
+    for entry in os.listdir(models):  # every file a bundled model folder holds is shipped
+        if os.path.isfile(os.path.join(models, entry, "card.json")):
+            shipped = files | {"train.json"}  # the recipe stays in the source tree
+            assert set(os.listdir(os.path.join(models, entry))) <= shipped, entry
 
 
 def test_desktop_entry_opens_files_with_the_app():
