@@ -13,6 +13,7 @@ from benchmarks import (
     bench_inference,
     bench_load,
     bench_training,
+    bench_trust_gate,
 )
 from benchmarks.common import print_table
 
@@ -26,3 +27,5 @@ if __name__ == "__main__":
                 + bench_inference.run_launch() + bench_inference.run_warm_up()
                 + bench_inference.run_saliency_stall())
     print_table("Training throughput (Lite0, 128 px, batch 16, CPU)", bench_training.run())
+    print_table("Trust gate: cost and out-of-distribution benchmark (cxr-pneumonia, CPU)",
+                bench_trust_gate.run())

@@ -74,13 +74,17 @@ def test_one_forward_gives_the_same_logits_as_the_model(predictor):
     import torch
 
     prep = predictor.prepare(ImageVolume(np.full((1, 64, 64), 110, np.uint8)), 0)
-    feats = predictor.forward(prep.tensor[np.newaxis])
+    x = torch.from_numpy(prep.tensor[np.newaxis])
+    scored = predictor.forward(prep.tensor[np.newaxis])
     with torch.inference_mode():
-        plain = predictor.model(torch.from_numpy(prep.tensor[np.newaxis])).numpy()
+        plain = predictor.model(x).numpy()
+    np.testing.assert_allclose(scored[scope.LOGITS], plain, rtol=1e-5, atol=1e-5)
+    assert set(scored) == {scope.LOGITS, SCORE}
+    feats = predictor.tap.forward(predictor.model, x)  # everything, for fitting
+    assert set(feats) == {scope.LOGITS, scope.PRE_LOGITS, *predictor.gate.stages}
     np.testing.assert_allclose(feats[scope.LOGITS], plain, rtol=1e-5, atol=1e-5)
-    assert set(feats) == {scope.LOGITS, scope.PRE_LOGITS, *predictor.gate.stages, SCORE}
     # the score computed in torch inside the forward pass is the gate's own (numpy) score
-    np.testing.assert_allclose(feats[SCORE], predictor.gate.score(feats), rtol=1e-6)
+    np.testing.assert_allclose(scored[SCORE], predictor.gate.score(feats), rtol=1e-4)
 
 
 def test_training_like_images_pass_and_unlike_ones_are_withheld(predictor, tiny_model,
@@ -231,3 +235,25 @@ def test_bundled_models_carry_a_checked_gate():
             c["n"] for c in cats.values())
         assert withheld >= 0.99
         assert "adult" in sc.known_failures
+
+
+def test_gate_file_leading_outside_the_model_folder_is_refused(tiny_model, tmp_path):
+    folder = _copy_model(tiny_model[0], tmp_path / "linked")
+    outside = tmp_path / "elsewhere.safetensors"
+    os.replace(os.path.join(folder, SCOPE_FILE), outside)
+    os.symlink(outside, os.path.join(folder, SCOPE_FILE))
+    with pytest.raises(WeightsError, match="trust gate"):
+        Predictor(read_card(folder), "cpu")
+
+
+def test_models_command_names_the_gate_and_population(tiny_model, monkeypatch, capsys):
+    from medview.cli import main
+
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", os.path.dirname(tiny_model[0]))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "trust gate: multi_depth, limit" in out and "population: modality CR/DX" in out
+    assert main(["models", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    tiny = next(m for m in doc["models"] if m["id"] == "tiny-patch")
+    assert tiny["scope"]["method"] == "multi_depth"
