@@ -64,8 +64,8 @@ def test_unwritable_outputs_give_one_line_errors(tiny_model, tmp_path, capsys, m
     assert main(["predict", str(film), "--model", "tiny-patch", "--csv", str(missing)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
-    assert main(["explain", str(film), "--model", "tiny-patch", "--out",
-                 str(missing.with_suffix(".png"))]) == 2
+    assert main(["explain", str(film), "--model", "tiny-patch", "--score-out-of-scope",
+                 "--out", str(missing.with_suffix(".png"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
