@@ -365,26 +365,53 @@ class ModelPanel(QWidget):
             self.run()
 
     def show_card(self) -> None:
+        """The model card: where the model was checked (a table, from the validated
+        card), then its README and card.json as plain text."""
+        from medview.models.card import population_text, where_checked
+
         card = self.current_card()
         if card is None:
             return
         dlg = QDialog(self)
         dlg.setWindowTitle(f"Model card: {card.name}")
+        sc = card.card.scope
+        head = _plain_label(
+            "Where this model was checked" + (
+                f" - trust gate: {sc.method} score, limit {sc.limit:.3g} (the "
+                f"{sc.percentile:g}th percentile of validation scores; "
+                f"{sc.in_distribution_pass_rate:.1%} of them pass).\nPopulation: "
+                f"{population_text(card.card)}. Images outside either are withheld."
+                if sc is not None else ": this model has no trust gate; nothing checks "
+                "that an image is like its training images."))
+        head.setStyleSheet("font-weight: bold;")
+        rows = where_checked(card.card)
+        table = QTableWidget(len(rows), 3)
+        table.setHorizontalHeaderLabels(["Where", "Images", "Result"])
+        table.verticalHeader().setVisible(False)
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        for r, cells in enumerate(rows):
+            for c, value in enumerate(cells):
+                table.setItem(r, c, QTableWidgetItem(value))
+        table.resizeColumnsToContents()
+        table.horizontalHeader().setStretchLastSection(True)
+        known = _plain_label(
+            (f"Known failure modes: {sc.known_failures}\n" if sc and sc.known_failures
+             else "") + "Not checked: anything not in this table (other hospitals, "
+            "scanners and populations).")
         text = QPlainTextEdit()
         text.setReadOnly(True)
-        from medview.models.card import checked_section
-
-        # from the validated card, not the README file (which may be stale or absent)
-        checked = "\n".join(checked_section(card.card))
-        body = card_readme(card)
-        text.setPlainText(checked + "\n\n--- README.md ---\n" + body
+        text.setPlainText("--- README.md ---\n" + card_readme(card)
                           + "\n\n--- card.json ---\n" + json.dumps(card.data, indent=2))
         lay = QVBoxLayout(dlg)
-        lay.addWidget(text)
-        dlg.resize(760, 640)
+        lay.addWidget(head)
+        lay.addWidget(table, 2)
+        lay.addWidget(known)
+        lay.addWidget(text, 3)
+        dlg.resize(900, 760)
         dlg.setModal(False)
         dlg.show()
         self._card_dialog = dlg
+        self._card_table = table
 
     # ------------------------------------------------------------------ image in view
     def set_image(self, volume: ImageVolume | None, index: int) -> None:

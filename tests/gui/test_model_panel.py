@@ -219,3 +219,15 @@ def test_worklist_shows_out_of_scope_rows_apart(qtbot, ai_window, tmp_path):
     assert t.item(last, headers.index("In scope")).text() == "no"
     assert "out of scope: looks unlike" in t.item(last, headers.index("Warnings")).text()
     assert t.item(0, headers.index("Predicted")).text() == "plain"
+
+
+def test_model_card_dialog_leads_with_where_the_model_was_checked(qtbot, ai_window):
+    win, _data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    panel.show_card()
+    table = panel._card_table
+    where = [table.item(r, 0).text() for r in range(table.rowCount())]
+    assert where[0].startswith("internal test split")
+    assert any("inverted" in w for w in where)
+    panel._card_dialog.close()
