@@ -35,6 +35,11 @@ RUO_NOTICE = "Research use only - not for diagnostic use"
 MAX_RECENT = 10
 
 
+def window_label(p: WindowPreset) -> str:
+    """How the Window box names a window: its name with the width and level in use."""
+    return f"{p.name}  (W {p.width:.0f} / L {p.center:.0f})"
+
+
 class MainWindow(QMainWindow):
     """medview's main window. ``open_paths`` is the one entry point for opening studies
     (menus, drag-and-drop, command line and recent studies all call it)."""
@@ -53,6 +58,8 @@ class MainWindow(QMainWindow):
         self.volumes: list[ImageVolume] = []
         self.current: int = -1
         self._presets: list[WindowPreset] = []
+        self._voi_row: int | None = None
+        self._custom_row: int | None = None
         self._dialogs: list[QMessageBox] = []
 
         self.view = SliceView()
@@ -108,6 +115,8 @@ class MainWindow(QMainWindow):
         tb.addWidget(QLabel(" Window: "))
         self.preset_box = QComboBox()
         self.preset_box.setMinimumWidth(220)
+        # wide enough for its longest label ("File: ...  (W 1500 / L -600)")
+        self.preset_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.preset_box.activated.connect(self._on_preset)
         tb.addWidget(self.preset_box)
         self.act_invert = QAction("Invert", self, checkable=True, shortcut="I")
@@ -157,7 +166,9 @@ class MainWindow(QMainWindow):
         sb = self.statusBar()
         self.cursor_label = QLabel("")
         self.cursor_label.setTextFormat(Qt.TextFormat.PlainText)
-        sb.addWidget(self.cursor_label, 1)
+        self.cursor_label.setObjectName("pixel-readout")
+        # permanent: a temporary status message ("Loaded 1 series") never hides it
+        sb.addPermanentWidget(self.cursor_label, 1)
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(220)
         self.progress.setVisible(False)
@@ -276,22 +287,49 @@ class MainWindow(QMainWindow):
         self.preset_box.blockSignals(True)
         self.preset_box.clear()
         for p in self._presets:
-            self.preset_box.addItem(f"{p.name}  (W {p.width:.0f} / L {p.center:.0f})")
+            self.preset_box.addItem(window_label(p))
+        self._voi_row = None
         if volume.voi_lut is not None:
             label = volume.voi_lut.explanation or "from file"
+            self._voi_row = self.preset_box.count()
             self.preset_box.addItem(f"VOI LUT: {label}")
+        self._custom_row = None
         self.preset_box.blockSignals(False)
+        self._on_window_changed(self.view.window)  # name the window actually in use
 
     def _on_preset(self, row: int) -> None:
         if row < len(self._presets):
             self.view.set_window(self._presets[row])
-        elif self.view.volume is not None and self.view.volume.voi_lut is not None:
+        elif row == self._voi_row and self.view.volume is not None:
             self.view.set_window(self.view.window, use_voi_lut=True)
 
     def _on_window_changed(self, window: WindowPreset) -> None:
-        names = [p.name for p in self._presets]
-        if window is not None and window.name in names:
-            self.preset_box.setCurrentIndex(names.index(window.name))
+        """The Window box always names the window in use: the matching preset (same
+        width and level), the VOI LUT, or "Custom W/L" after a drag."""
+        if window is None:
+            return
+        box = self.preset_box
+        box.blockSignals(True)
+        try:
+            if self.view.use_voi_lut and self._voi_row is not None:
+                box.setCurrentIndex(self._voi_row)
+                return
+            for k, p in enumerate(self._presets):
+                if p.center == window.center and p.width == window.width:
+                    box.setCurrentIndex(k)
+                    return
+            text = window_label(WindowPreset("Custom", window.center, window.width))
+            if self._custom_row is None:
+                self._custom_row = box.count()
+                box.addItem(text)
+            else:
+                box.setItemText(self._custom_row, text)
+            box.setCurrentIndex(self._custom_row)
+        finally:
+            box.blockSignals(False)
+
+    def current_window_text(self) -> str:
+        return self.preset_box.currentText()
 
     def _on_slice_changed(self, index: int) -> None:
         v = self.view.volume

@@ -149,6 +149,7 @@ class SliceView(QWidget):
         n = self.volume.n_slices
         self.slice_label.setText(f"{self.index + 1} / {n}")
         self._update_info()
+        self._refresh_cursor()  # the read-out follows every slice, series and window change
         self.image_updated.emit()
 
     # ----------------------------------------------------------------- slices
@@ -242,7 +243,13 @@ class SliceView(QWidget):
 
     # ----------------------------------------------------------------- read-outs
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
-        if self.volume is None:
+        self._cursor_scene = QPointF(scene_pos)
+        self._refresh_cursor()
+
+    def _refresh_cursor(self) -> None:
+        """The read-out for the pixel under the pointer, of the slice shown now."""
+        scene_pos = getattr(self, "_cursor_scene", None)
+        if self.volume is None or scene_pos is None:
             return
         p = self.image_item.mapFromScene(scene_pos)
         col, row = math.floor(p.x()), math.floor(p.y())

@@ -47,8 +47,8 @@ def auto_window(values: np.ndarray, low: float = 0.5, high: float = 99.5) -> Win
 def window_presets(volume: ImageVolume, values: np.ndarray) -> list[WindowPreset]:
     """All windows offered for a volume: file tags first, modality presets, auto, full."""
     presets: list[WindowPreset] = list(volume.windows)
-    if volume.modality == "CT" and volume.rescale_type in ("HU", ""):
-        presets.extend(CT_PRESETS)
+    if volume.modality == "CT" and volume.rescale_type in ("HU", "") and not volume.is_rgb:
+        presets.extend(CT_PRESETS)  # an RGB capture of a CT holds colours, not HU
     if volume.pixels.dtype == np.uint8:
         presets.append(FULL_SCALE_8BIT)
     presets.append(auto_window(values))

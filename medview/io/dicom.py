@@ -701,8 +701,11 @@ def _windows(ds: Dataset, warns: list[str],
                 or cf + wf / 2 < value_range[0] or cf - wf / 2 > value_range[1]):
             invalid += 1  # NaN, absurd, or entirely outside the values the image can hold
             continue
+        if any(p.center == cf and p.width == wf for p in out):
+            continue  # the same window repeated (multi-valued tags often repeat one)
         label = "".join(ch for ch in str(names[k]) if ch.isprintable()) if k < len(names) else ""
-        out.append(WindowPreset(f"File: {label}" if label else f"File window {k + 1}", cf, wf))
+        out.append(WindowPreset(f"File: {label}" if label else f"File window {len(out) + 1}",
+                                cf, wf))
     if invalid or len(centers) != len(widths):
         warns.append("some Window Center/Width values are invalid or outside the image's "
                      "value range; an automatic window is used instead of them")

@@ -214,3 +214,70 @@ def test_clear_recent_studies(qtbot, window, tmp_path):
     assert window.recent() == [] and window.settings.value("recent") is None
     assert window.settings.value("wizard/data") is None
     assert not window.recent_menu.isEnabled()
+
+
+def _hover(window, row, col):
+    """Put the pointer over pixel (row, col) of the image in view."""
+    from PySide6.QtCore import QPointF
+
+    view = window.view
+    scene = view.image_item.mapToScene(QPointF(col + 0.5, row + 0.5))
+    view._on_mouse_moved(scene)
+
+
+def test_pixel_readout_follows_slice_series_and_window_changes(qtbot, window, tmp_path):
+    _, expected = write_series(tmp_path / "a", n=6)
+    _open(qtbot, window, [tmp_path / "a"])
+    view = window.view
+    _hover(window, 2, 3)
+    hu = lambda k: f"{expected[k][2, 3] - 1024:.6g} HU"  # noqa: E731
+    assert window.cursor_label.text().endswith(hu(view.index))
+    qtbot.keyClick(view, Qt.Key.Key_Down)  # a key scroll, no mouse move
+    assert f"slice {view.index + 1}" in window.cursor_label.text()
+    assert window.cursor_label.text().endswith(hu(view.index))
+    view.step_slice(-2)
+    assert window.cursor_label.text().endswith(hu(view.index))
+    # a temporary status message does not hide the read-out
+    window.statusBar().showMessage("Loaded 1 series", 10000)
+    assert window.cursor_label.isVisible()
+    # another series: the value of the new series' slice at the same place
+    other = np.full((16, 16), 1024 + 128, np.int16)
+    _open(qtbot, window, [write(make_dataset(other), tmp_path / "b.dcm")])
+    assert window.cursor_label.text().endswith("128 HU")
+
+
+def test_window_box_always_names_the_window_in_use(qtbot, window, tmp_path):
+    ds = make_dataset(np.arange(256, dtype=np.int16).reshape(16, 16) + 900)
+    ds.WindowCenter, ds.WindowWidth = [40, 40, 400], [80, 80, 2000]  # a repeated window
+    _open(qtbot, window, [write(ds, tmp_path / "ct.dcm")])
+    box = window.preset_box
+    items = [box.itemText(k) for k in range(box.count())]
+    assert sum(t.startswith("File window") for t in items) == 2  # the duplicate merged
+    assert box.currentText() == "File window 1  (W 80 / L 40)"
+    window.view.drag_window(30, -10)
+    w = window.view.window
+    assert box.currentText() == f"Custom  (W {w.width:.0f} / L {w.center:.0f})"
+    box.setCurrentIndex(items.index(next(t for t in items if t.startswith("CT lung"))))
+    box.activated.emit(box.currentIndex())
+    assert window.view.window.width == 1500 and box.currentText().startswith("CT lung")
+    window.view.drag_window(5, 5)
+    assert box.currentText().startswith("Custom")
+    assert sum(box.itemText(k).startswith("Custom") for k in range(box.count())) == 1
+    # a CT slice without file windows opens on the automatic window, and says so
+    plain = make_dataset(np.arange(256, dtype=np.int16).reshape(16, 16))
+    _open(qtbot, window, [write(plain, tmp_path / "plain.dcm")])
+    w = window.view.window
+    assert box.currentText().endswith(f"(W {w.width:.0f} / L {w.center:.0f})")
+    assert not box.currentText().startswith("CT ")
+
+
+def test_rgb_capture_gets_no_ct_presets(qtbot, window, tmp_path):
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[..., 0] = 200
+    ds = make_dataset(rgb, photometric="RGB", slope=None, intercept=None)
+    _open(qtbot, window, [write(ds, tmp_path / "rgb.dcm")])
+    box = window.preset_box
+    items = [box.itemText(k) for k in range(box.count())]
+    assert not any(t.startswith("CT ") for t in items)
+    w = window.view.window
+    assert box.currentText().endswith(f"(W {w.width:.0f} / L {w.center:.0f})")
