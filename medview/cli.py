@@ -294,9 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     from medview.models.pretrained import IMAGENET_BASES
     from medview.training.strategies import STRATEGIES
 
+    from medview.io.samples import SAMPLES
+
     parser = argparse.ArgumentParser(
         prog="medview",
         description="Medical image viewer with local AI classifiers (research use only).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=("open the viewer:\n"
+                "  medview [PATH...] [--sample [NAME]] [--model ID]\n"
+                "      PATH: DICOM files or folders, NIfTI, NRRD, MetaImage, PNG/JPEG/TIFF\n"
+                f"      --sample: a study shipped with medview ({', '.join(SAMPLES)}; "
+                "default cr-chest)\n"
+                "      --model: select this model and run it on every image shown\n"
+                "  medview COMMAND --help   for one command's options"),
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
@@ -346,10 +356,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def viewer_argv_problem(argv: list[str]) -> str | None:
+    """Why ``medview ARGS`` cannot open the viewer, in one line (None if it can): an
+    unknown sample, an unknown option, or a first word that is neither a command nor
+    an existing file (a mistyped command such as ``infoo``)."""
+    import difflib
+    import os
+
+    from medview.gui.app import build_parser as viewer_parser
+    from medview.io.samples import SAMPLES
+
+    args, unknown = viewer_parser().parse_known_args(argv)
+    if unknown:
+        return f"unknown option {_show(unknown[0])!r} (see medview --help)"
+    if args.sample is not None and args.sample not in SAMPLES:
+        return (f"unknown sample {_show(args.sample)!r}; samples: {', '.join(SAMPLES)}")
+    if args.paths:
+        first = args.paths[0]
+        looks_like_word = not any(c in first for c in "./\\") and not first.startswith("~")
+        if looks_like_word and not os.path.exists(first):
+            close = difflib.get_close_matches(first, SUBCOMMANDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return (f"unknown command {_show(first)!r}{hint}; commands: "
+                    f"{', '.join(SUBCOMMANDS)}; or a file or folder to open")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        problem = viewer_argv_problem(argv)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         from medview.gui.app import main as gui_main
 
         return gui_main(argv)

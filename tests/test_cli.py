@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from medview.cli import main
 from tests.factory import write_series
 
@@ -40,3 +42,26 @@ def test_info_text_shows_gaps(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "5 images of 16x16" in out and "gap at slice 2" in out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["infoo", "x"], "unknown command 'infoo' (did you mean 'info'?)"),
+    (["--sample", "PATH"], "unknown sample 'PATH'; samples: cr-chest, ct, mr"),
+    (["--no-such-option"], "unknown option '--no-such-option'"),
+])
+def test_mistyped_commands_and_bad_samples_are_one_line_errors(argv, says, capsys,
+                                                              monkeypatch):
+    import medview.gui.app as gui
+
+    monkeypatch.setattr(gui, "main", lambda _argv: pytest.fail("the viewer was started"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0]
+
+
+def test_help_shows_how_to_open_the_viewer(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "medview [PATH...] [--sample [NAME]] [--model ID]" in out
+    assert all(c in out for c in ("info", "predict", "explain", "train"))
