@@ -186,6 +186,25 @@ def _session(model: str, device: str):
     return session, card
 
 
+def _progress_bar(what: str):
+    """A progress bar on stderr (tqdm), quiet when stderr is not a terminal; returns the
+    callback for :func:`drain` and the bar (close it at the end)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=what, file=sys.stderr, disable=None, leave=False,
+               dynamic_ncols=True)
+
+    def on_step(step) -> None:
+        total = getattr(step, "total", 0)
+        if total and bar.total != total:
+            bar.reset(total=total)
+        bar.n = getattr(step, "done", bar.n)
+        bar.set_postfix_str(getattr(step, "message", "") or "", refresh=False)
+        bar.refresh()
+
+    return on_step, bar
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from medview.core.progress import drain
     from medview.io import load
@@ -196,12 +215,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     session, card = loaded
     result = load(args.paths)
-    scored = drain(session.batch(card, result.volumes, args.device))
+    on_step, bar = _progress_bar("scoring")
+    try:
+        scored = drain(session.batch(card, result.volumes, args.device), on_step)
+    finally:
+        bar.close()
     rows = [(item.path, item.prediction) for item in scored]
     classes = card.classes
     anyway = args.score_out_of_scope
     if args.csv:
         write_predictions_csv(args.csv, rows, classes, anyway)
+        print(f"wrote {len(rows)} rows to {_show(args.csv)}", file=sys.stderr)
     if args.json:
         doc = {"model": {"id": card.id, "version": card.version,
                          "weights_sha256": card.weights_sha256},
@@ -271,7 +295,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"error: unknown class {target!r}; classes: {', '.join(card.classes)}",
               file=sys.stderr)
         return 2
-    sal = drain(session.explain(card, v, index, args.method, target, args.device, prep))
+    from medview.core.progress import CancelToken
+
+    on_step, bar = _progress_bar(f"saliency ({args.method})")
+    token = CancelToken()
+    token.on_progress = on_step  # one step per forward pass inside captum
+    try:
+        sal = drain(session.explain(card, v, index, args.method, target, args.device, prep,
+                                    token))
+    finally:
+        bar.close()
     image = blend(render_slice(v, index, None), heatmap_rgba(sal, args.colormap, args.opacity))
     if pred.withheld:
         image = stamp_out_of_scope(image)
@@ -291,10 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     from medview.core.modeling import DEVICES
     from medview.explain.saliency import METHODS
     from medview.imaging.overlay import COLORMAPS
+    from medview.io.samples import SAMPLES
     from medview.models.pretrained import IMAGENET_BASES
     from medview.training.strategies import STRATEGIES
-
-    from medview.io.samples import SAMPLES
 
     parser = argparse.ArgumentParser(
         prog="medview",

@@ -257,3 +257,36 @@ def test_models_command_names_the_gate_and_population(tiny_model, monkeypatch, c
     doc = json.loads(capsys.readouterr().out)
     tiny = next(m for m in doc["models"] if m["id"] == "tiny-patch")
     assert tiny["scope"]["method"] == "multi_depth"
+
+
+def test_cli_shows_progress_on_a_terminal_and_says_what_it_wrote(tiny_model, tmp_path,
+                                                                 monkeypatch):
+    import io
+    import sys
+
+    from medview.cli import main
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    folder, data = tiny_model
+    out = tmp_path / "s.csv"
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main(["predict", *_images(data, "patch", 3), "--model", folder, "--csv",
+                 str(out)]) == 0
+    text = term.getvalue()
+    assert "scoring" in text and "3/3" in text  # the bar reached the end
+    assert text.rstrip().endswith(f"wrote 3 rows to {out}")
+    quiet = io.StringIO()  # not a terminal: no bar, only the summary line
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert main(["predict", *_images(data, "patch", 3), "--model", folder, "--csv",
+                 str(out)]) == 0
+    assert quiet.getvalue() == f"wrote 3 rows to {out}\n"
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    png = tmp_path / "o.png"
+    assert main(["explain", _images(data, "patch", 1)[0], "--model", folder, "--method",
+                 "occlusion", "--out", str(png)]) == 0
+    assert "saliency (occlusion)" in term.getvalue()

@@ -25,10 +25,18 @@ class Progress:
 
 
 class CancelToken:
-    """A thread-safe flag checked by long jobs at every step."""
+    """A thread-safe flag checked by long jobs at every step.
+
+    ``on_progress`` (set by whoever runs the job) receives :class:`Progress` events that
+    a job reports from inside a call that cannot yield (captum's attribution loops)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.on_progress: Callable[[Progress], None] | None = None
+
+    def report(self, step: Progress) -> None:
+        if self.on_progress is not None:
+            self.on_progress(step)
 
     def cancel(self) -> None:
         self._event.set()

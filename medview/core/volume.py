@@ -46,6 +46,19 @@ class Population:
     age_years: float | None = None  # at the study: Patient's Age, or birth and study dates
 
 
+@dataclass(frozen=True)
+class StudyInfo:
+    """The patient and study a DICOM series belongs to, as plain text, for grouping and
+    showing on screen. Never written to logs or shareable files."""
+
+    patient_name: str = ""
+    patient_id: str = ""
+    study_uid: str = ""
+    study_date: str = ""  # YYYY-MM-DD when the tag is a valid date, else as written
+    study_description: str = ""
+    accession: str = ""
+
+
 @dataclass
 class ImageVolume:
     """Pixels of one series and the metadata needed to display and model them.
@@ -79,6 +92,7 @@ class ImageVolume:
     #: a one-way hash of the DICOM Patient ID (for grouping splits; never the ID itself)
     patient_key: str = ""
     population: Population = field(default_factory=Population)
+    study: StudyInfo = field(default_factory=StudyInfo)
 
     def __post_init__(self) -> None:
         if self.pixels.ndim not in (3, 4):

@@ -16,7 +16,7 @@ import contextlib
 
 import numpy as np
 
-from medview.core.progress import CancelToken
+from medview.core.progress import CancelToken, Progress
 from medview.imaging.model_input import resize_map
 
 METHODS = {
@@ -95,10 +95,12 @@ def _normalise(attr: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def cancel_points(model, cancel: CancelToken | None):
+def cancel_points(model, cancel: CancelToken | None, expected_forwards: int = 0):
     """Make every module's forward pass a cancel point: captum runs many forwards (one per
     occlusion window batch, IG step batch, noise sample batch) inside one call that cannot
-    yield, so a cancelled job stops at the next module instead of after tens of seconds."""
+    yield, so a cancelled job stops at the next module instead of after tens of seconds.
+    Each forward of the whole model is also reported as progress (``cancel.report``)
+    against ``expected_forwards``."""
     if cancel is None:
         yield
         return
@@ -106,12 +108,36 @@ def cancel_points(model, cancel: CancelToken | None):
     def check(_module, _inputs):
         cancel.raise_if_cancelled()
 
+    done = [0]
+
+    def count(_module, _inputs):
+        done[0] += 1
+        total = max(expected_forwards, done[0])
+        cancel.report(Progress(done[0], total, "saliency"))
+
     handles = [m.register_forward_pre_hook(check) for m in model.modules()]
+    handles.append(model.register_forward_pre_hook(count))
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def expected_forwards(method: str, shape: tuple[int, int], ig_steps: int = 24,
+                      smooth_samples: int = 12) -> int:
+    """How many forward passes of the whole model a method runs (for progress)."""
+    if method == "ig":
+        return -(-ig_steps // min(8, ig_steps))
+    if method == "smoothgrad":
+        return -(-smooth_samples // min(4, smooth_samples))
+    if method == "occlusion":
+        h, w = shape
+        k = max(4, min(h, w) // 8)
+        stride = max(2, k // 2)
+        windows = ((h - k) // stride + 1) * ((w - k) // stride + 1)
+        return 1 + -(-windows // 16)
+    return 1
 
 
 def explain(model, tensor: np.ndarray, target: int, method: str, *, black: np.ndarray | None = None,
@@ -143,7 +169,8 @@ def explain(model, tensor: np.ndarray, target: int, method: str, *, black: np.nd
     c = x.shape[1]
     base_vals = torch.zeros(c) if black is None else torch.as_tensor(black, dtype=torch.float32)
     baseline = base_vals.view(1, c, 1, 1).expand_as(x).to(device).contiguous()
-    with torch.enable_grad(), cancel_points(model, cancel):
+    expected = expected_forwards(method, tuple(x.shape[-2:]), ig_steps, smooth_samples)
+    with torch.enable_grad(), cancel_points(model, cancel, expected):
         if method == "gradcam":
             cam = LayerGradCam(model, find_target_layer(model, tuple(x.shape[-2:])))
             attr = cam.attribute(x, target=target, relu_attributions=True)

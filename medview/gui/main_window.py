@@ -92,6 +92,7 @@ class MainWindow(QMainWindow):
         self.model_panel = ModelPanel(self.jobs)
         self.model_panel.volumes_provider = lambda: list(self.volumes)
         self.model_panel.overlay_changed.connect(self.view.set_overlay)
+        self.model_panel.open_requested.connect(self.show_volume_of)
         ai = QDockWidget("AI model", self)
         ai.setObjectName("model-dock")
         ai.setWidget(self.model_panel)
@@ -280,6 +281,13 @@ class MainWindow(QMainWindow):
         title = volume.description or "(no description)"
         self.setWindowTitle(f"medview - {title}")
         self.volume_shown.emit(index)
+
+    def show_volume_of(self, volume: ImageVolume) -> None:
+        """Show ``volume`` (a worklist double-click) if it is still open."""
+        for k, v in enumerate(self.volumes):
+            if v is volume:
+                self.series.setCurrentRow(k)
+                return
 
     def _fill_presets(self, volume: ImageVolume) -> None:
         # the view already computed the opening slice's modality values: no second pass

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QScrollArea,
     QSlider,
@@ -66,6 +67,27 @@ def _plain_label(text: str = "", wrap: bool = True) -> QLabel:
     lab.setWordWrap(wrap)
     lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return lab
+
+
+class NumberItem(QTableWidgetItem):
+    """A probability cell: three decimals always, sorted by value (blank sorts first)."""
+
+    def __init__(self, value: float | None) -> None:
+        super().__init__("" if value is None else f"{value:.3f}")
+        self.value = -1.0 if value is None else value
+
+    def __lt__(self, other) -> bool:
+        if isinstance(other, NumberItem):
+            return self.value < other.value
+        return super().__lt__(other)
+
+
+def study_text(volume: ImageVolume) -> str:
+    """Patient and study of a DICOM series for the worklist (on screen only, never
+    logged); empty for PNG/JPEG/NIfTI."""
+    st = volume.study
+    parts = [st.patient_name, st.study_date, st.study_description]
+    return "  ".join(p for p in parts if p)
 
 
 class ProbabilityBars(QWidget):
@@ -131,6 +153,7 @@ class ModelPanel(QWidget):
     batch_finished = Signal(object)  # list of (description, path, Prediction)
     failed = Signal(str)
     models_ready = Signal()  # the model list was (re)read
+    open_requested = Signal(object)  # an ImageVolume double-clicked in the worklist
 
     def __init__(self, jobs: JobRunner, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -145,6 +168,7 @@ class ModelPanel(QWidget):
         self._saliency: np.ndarray | None = None
         self._last: Prediction | None = None
         self._worklist: list[tuple[str, str, Prediction]] = []
+        self._worklist_volumes: list[ImageVolume] = []
 
         self.model_box = QComboBox()
         self.model_box.currentIndexChanged.connect(self._on_model)
@@ -230,6 +254,17 @@ class ModelPanel(QWidget):
         row.addWidget(self.show_overlay)
         row.addWidget(self.explain_button)
         form.addRow(row)
+        # Integrated Gradients and Occlusion take tens of seconds on a CPU: progress (one
+        # step per forward pass of the model) and a Cancel that stops at the next one
+        self.sal_progress = QProgressBar()
+        self.sal_progress.setVisible(False)
+        self.sal_cancel = QPushButton("Cancel")
+        self.sal_cancel.setVisible(False)
+        self.sal_cancel.clicked.connect(lambda: self.jobs.cancel("saliency"))
+        prow = QHBoxLayout()
+        prow.addWidget(self.sal_progress, 1)
+        prow.addWidget(self.sal_cancel)
+        form.addRow(prow)
         form.addRow("What the model saw", self.seen)
 
         single = QWidget()
@@ -245,14 +280,28 @@ class ModelPanel(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
         self.worklist = QTableWidget(0, 0)
         self.worklist.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.worklist.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.worklist.setSortingEnabled(True)
         self.worklist.verticalHeader().setVisible(False)
+        self.worklist.horizontalHeader().setStretchLastSection(True)  # Warnings visible
+        self.worklist.cellDoubleClicked.connect(self._open_row)
+        self.batch_progress = QProgressBar()
+        self.batch_progress.setVisible(False)
+        self.batch_cancel = QPushButton("Cancel")
+        self.batch_cancel.setVisible(False)
+        self.batch_cancel.clicked.connect(lambda: self.jobs.cancel("batch"))
+        self.batch_status = _plain_label()
         batch = QWidget()
         bl = QVBoxLayout(batch)
         brow = QHBoxLayout()
         brow.addWidget(self.batch_button)
         brow.addWidget(self.export_button)
         bl.addLayout(brow)
+        prow = QHBoxLayout()
+        prow.addWidget(self.batch_progress, 1)
+        prow.addWidget(self.batch_cancel)
+        bl.addLayout(prow)
+        bl.addWidget(self.batch_status)
         bl.addWidget(self.worklist)
 
         tabs = QTabWidget()
@@ -456,12 +505,13 @@ class ModelPanel(QWidget):
 
         self.jobs.start("warm-up", job)
 
-    def _start(self, kind: str, job, on_success) -> None:
+    def _start(self, kind: str, job, on_success):
         """Run ``job`` in a worker; ``on_success(job, result)`` only if it is still the
-        newest of its kind, failures shown in the panel."""
+        newest of its kind, failures shown in the panel. Returns the job."""
         j = self.jobs.start(kind, job)
         j.succeeded.connect(lambda result, jj=j: on_success(jj, result))
         j.failed.connect(lambda exc, jj=j: self._on_failed(jj, exc))
+        return j
 
     def _subject(self):
         """(card, volume, slice index, device) of the image in view, or None."""
@@ -582,7 +632,29 @@ class ModelPanel(QWidget):
             return (yield from self.session.explain(card, volume, index, method, target,
                                                     device, prep, token))
 
-        self._start("saliency", job, lambda j, m: self._on_saliency(j, m, method, target))
+        j = self._start("saliency", job, lambda jj, m: self._on_saliency(jj, m, method, target))
+        self.sal_progress.setRange(0, 0)  # busy until the first forward pass reports
+        self.sal_progress.setVisible(True)
+        self.sal_cancel.setVisible(True)
+        j.progress.connect(lambda step, jj=j: self._on_saliency_step(jj, step))
+        j.finished.connect(lambda jj=j: self._saliency_done(jj))
+        j.failed.connect(lambda _e, jj=j: self._saliency_done(jj))
+        j.cancelled.connect(lambda jj=j: self._saliency_done(jj, f"{METHODS[method]} "
+                                                                 "cancelled."))
+
+    def _on_saliency_step(self, job, step) -> None:
+        if self.jobs.is_current(job) and step.total:
+            self.sal_progress.setRange(0, step.total)
+            self.sal_progress.setValue(step.done)
+
+    def _saliency_done(self, job, text: str | None = None) -> None:
+        """Hide the saliency progress when the newest saliency job ends (a job cancelled
+        before it started never emits ``finished``)."""
+        if self.jobs.current("saliency") in (None, job):
+            self.sal_progress.setVisible(False)
+            self.sal_cancel.setVisible(False)
+            if text:
+                self.status.setText(text)
 
     def _on_saliency(self, job, sal, method: str, target: str) -> None:
         if not self.jobs.is_current(job):
@@ -618,6 +690,8 @@ class ModelPanel(QWidget):
 
     # ------------------------------------------------------------------ batch
     def run_batch(self) -> None:
+        """Score every open series in a worker; rows appear as they are scored, with a
+        progress bar and Cancel on the Worklist tab."""
         card = self.current_card()
         volumes = list(self.volumes_provider())
         if card is None or not volumes:
@@ -626,48 +700,102 @@ class ModelPanel(QWidget):
 
         def job(token):
             scored = yield from self.session.batch(card, volumes, device, token)
-            return [(it.volume.description or os.path.basename(it.path), it.path,
-                     it.prediction) for it in scored]
+            return list(scored)
 
-        self.status.setText(f"Scoring {len(volumes)} series...")
-        self._start("batch", job, lambda j, rows: self._on_batch(j, rows, card.classes))
+        self._worklist, self._worklist_volumes = [], []
+        self._set_worklist_headers(card.classes)
+        self.batch_progress.setRange(0, len(volumes))
+        self.batch_progress.setValue(0)
+        self.batch_progress.setVisible(True)
+        self.batch_cancel.setVisible(True)
+        self.batch_status.setText(f"Scoring {len(volumes)} series...")
+        j = self.jobs.start("batch", job)
+        j.progress.connect(lambda step, jj=j: self._on_batch_step(jj, step))
+        j.succeeded.connect(lambda items, jj=j: self._on_batch(jj, items, card.classes))
+        j.failed.connect(lambda exc, jj=j: self._end_batch(jj, f"Failed: {exc}"))
+        j.cancelled.connect(lambda jj=j: self._end_batch(
+            jj, f"Cancelled after {len(self._worklist)} of {len(volumes)} series; the rows "
+                "scored so far are kept."))
 
-    def _on_batch(self, job, rows, classes) -> None:
+    @staticmethod
+    def _row_of(item) -> tuple[str, str, Prediction]:
+        return (item.volume.description or os.path.basename(item.path), item.path,
+                item.prediction)
+
+    def _set_worklist_headers(self, classes) -> None:
+        headers = ["Series", "Patient / study", "Predicted", *[f"p({c})" for c in classes],
+                   "In scope", "Warnings"]
+        self.worklist.setSortingEnabled(False)
+        self.worklist.clear()
+        self.worklist.setRowCount(0)
+        self.worklist.setColumnCount(len(headers))
+        self.worklist.setHorizontalHeaderLabels(headers)
+
+    def _add_worklist_row(self, k: int) -> None:
+        """Append row ``k`` of the worklist to the table (sorting off while filling)."""
+        desc, _path, p = self._worklist[k]
+        volume = self._worklist_volumes[k]
+        grey = QColor("#9a9a9a")
+        cells = [QTableWidgetItem(desc), QTableWidgetItem(study_text(volume)),
+                 QTableWidgetItem("out of scope" if p.withheld else p.label)]
+        for v in p.probabilities:
+            cells.append(NumberItem(None if p.withheld else float(v)))
+        cells.append(QTableWidgetItem({True: "yes", False: "no", None: "unchecked"}[
+            p.in_scope]))
+        notes = [f"out of scope: {x}" for x in p.scope_reasons] + list(p.warnings)
+        cells.append(QTableWidgetItem("; ".join(notes)))
+        cells[0].setData(Qt.ItemDataRole.UserRole, k)  # which worklist entry, after sorting
+        r = self.worklist.rowCount()
+        self.worklist.insertRow(r)
+        for c, item in enumerate(cells):
+            if p.withheld:
+                item.setForeground(grey)
+            self.worklist.setItem(r, c, item)
+
+    def _on_batch_step(self, job, step) -> None:
+        if not self.jobs.is_current(job):
+            return
+        item = getattr(step, "item", None)
+        if item is not None:
+            self._worklist.append(self._row_of(item))
+            self._worklist_volumes.append(item.volume)
+            self._add_worklist_row(len(self._worklist) - 1)
+            self.batch_status.setText(f"Scored {step.done} of {step.total} series...")
+        self.batch_progress.setRange(0, max(step.total, 1))
+        self.batch_progress.setValue(step.done)
+
+    def _end_batch(self, job, text: str) -> None:
+        if not self.jobs.is_current(job) and self.jobs.current("batch") is not None:
+            return
+        self.batch_progress.setVisible(False)
+        self.batch_cancel.setVisible(False)
+        self.worklist.setSortingEnabled(True)
+        self.worklist.resizeColumnsToContents()
+        self.batch_status.setText(text)
+
+    def _on_batch(self, job, items, classes) -> None:
         if not self.jobs.is_current(job):
             return
         # out-of-scope rows are kept apart, after the ones the model may answer
-        rows = sorted(rows, key=lambda r: r[2].withheld)
-        self._worklist = rows
-        headers = ["Series", "Predicted", *[f"p({c})" for c in classes], "In scope",
-                   "Warnings"]
-        self.worklist.setSortingEnabled(False)
-        self.worklist.clear()
-        self.worklist.setColumnCount(len(headers))
-        self.worklist.setHorizontalHeaderLabels(headers)
-        self.worklist.setRowCount(len(rows))
-        grey = QColor("#9a9a9a")
-        for r, (desc, _path, p) in enumerate(rows):
-            cells = [QTableWidgetItem(desc),
-                     QTableWidgetItem("out of scope" if p.withheld else p.label)]
-            for v in p.probabilities:
-                item = QTableWidgetItem()
-                if not p.withheld:
-                    item.setData(Qt.ItemDataRole.DisplayRole, round(float(v), 4))
-                cells.append(item)
-            cells.append(QTableWidgetItem({True: "yes", False: "no", None: "unchecked"}[
-                p.in_scope]))
-            notes = [f"out of scope: {x}" for x in p.scope_reasons] + list(p.warnings)
-            cells.append(QTableWidgetItem("; ".join(notes)))
-            for c, item in enumerate(cells):
-                if p.withheld:
-                    item.setForeground(grey)
-                self.worklist.setItem(r, c, item)
-        self.worklist.setSortingEnabled(True)
-        self.worklist.resizeColumnsToContents()
+        items = sorted(items, key=lambda it: it.prediction.withheld)
+        self._worklist = [self._row_of(it) for it in items]
+        self._worklist_volumes = [it.volume for it in items]
+        self._set_worklist_headers(classes)
+        for k in range(len(items)):
+            self._add_worklist_row(k)
+        rows = self._worklist
         out = sum(p.withheld for _d, _p, p in rows)
-        self.status.setText(f"Scored {len(rows)} series"
-                            + (f"; {out} out of scope (no result shown)." if out else "."))
+        text = (f"Scored {len(rows)} series"
+                + (f"; {out} out of scope (no result shown)." if out else "."))
+        self._end_batch(job, text + " Double-click a row to open it.")
+        self.status.setText(text)
         self.batch_finished.emit(rows)
+
+    def _open_row(self, row: int, _col: int) -> None:
+        item = self.worklist.item(row, 0)
+        k = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+        if k is not None and 0 <= k < len(self._worklist_volumes):
+            self.open_requested.emit(self._worklist_volumes[k])
 
     def export_csv(self, path: str) -> None:
         from medview.reports.files import write_predictions_csv
@@ -677,10 +805,25 @@ class ModelPanel(QWidget):
                                                                         else [])
         write_predictions_csv(path, [(pth, p) for _d, pth, p in self._worklist], classes)
 
+    def export_folder(self) -> str:
+        """Where the export dialog starts: the folder of the first scored study, else the
+        home folder (never the process's working directory)."""
+        for _d, path, _p in self._worklist:
+            folder = os.path.dirname(path)
+            if folder and os.path.isdir(folder):
+                return folder
+        return os.path.expanduser("~")
+
     def _export_dialog(self) -> None:
         if not self._worklist:
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Export worklist", "worklist.csv",
-                                              "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export worklist", os.path.join(self.export_folder(), "worklist.csv"),
+            "CSV (*.csv)")
         if path:
-            self.export_csv(path)
+            try:
+                self.export_csv(path)
+            except OSError as exc:
+                self.batch_status.setText(f"Not exported: {exc.strerror or exc}")
+                return
+            self.batch_status.setText(f"Exported {len(self._worklist)} rows to {path}")

@@ -41,6 +41,15 @@ class JobThread(QThread):
 
     def run(self) -> None:
         last = 0.0
+        thin = {"last": 0.0}
+
+        def reported(step: Progress) -> None:  # from inside a library call (saliency)
+            now = time.monotonic()
+            if now - thin["last"] > 0.05 or step.done >= step.total:
+                thin["last"] = now
+                self.progress.emit(step)
+
+        self.token.on_progress = reported
         try:
             gen = self._factory(self.token)
             while True:

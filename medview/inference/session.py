@@ -34,6 +34,18 @@ class ScoredItem:
     prediction: Prediction
 
 
+@dataclass(frozen=True)
+class ScoredProgress(Progress):
+    """A batch step that carries the row just scored, so a worklist fills as it goes
+    (a milestone: never thinned away)."""
+
+    item: ScoredItem | None = None
+
+    @property
+    def milestone(self) -> bool:
+        return self.item is not None
+
+
 def _check(cancel: CancelToken | None) -> None:
     if cancel is not None:
         cancel.raise_if_cancelled()
@@ -119,6 +131,7 @@ class InferenceSession:
         for k, v in enumerate(volumes):
             _check(cancel)
             i = v.default_index
-            rows.append(ScoredItem(v, i, v.source_of(i), pred.predict(v, i)))
-            yield Progress(k + 1, len(volumes), "scoring")
+            item = ScoredItem(v, i, v.source_of(i), pred.predict(v, i))
+            rows.append(item)
+            yield ScoredProgress(k + 1, len(volumes), "scoring", item)
         return rows

@@ -43,7 +43,7 @@ from medview.core.limits import (
     memory_budget,
 )
 from medview.core.safeio import UnsafeFileError, is_regular_file, open_regular
-from medview.core.volume import Population, VoiLut, WindowPreset
+from medview.core.volume import Population, StudyInfo, VoiLut, WindowPreset
 from medview.imaging.lut import palette_to_rgb, ybr_full_to_rgb
 from medview.io.codestream import check_frames
 
@@ -137,6 +137,7 @@ class DicomHeader:
     pixel_length: int | None
     warnings: list[str] = field(default_factory=list)
     population: Population = field(default_factory=Population)
+    study: StudyInfo = field(default_factory=StudyInfo)
 
     @property
     def compressed(self) -> bool:
@@ -248,6 +249,21 @@ def population_of(ds: Dataset) -> Population:
         body_part=_text(ds, "BodyPartExamined").upper()[:64],
         view_position=_text(ds, "ViewPosition").upper()[:16],
         age_years=patient_age_years(ds),
+    )
+
+
+def study_of(ds: Dataset) -> StudyInfo:
+    """The patient and study of a file, as plain text (names with ``^`` as spaces)."""
+    date = _text(ds, "StudyDate")
+    if re.fullmatch(r"\d{8}", date):
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    return StudyInfo(
+        patient_name=" ".join(_text(ds, "PatientName").replace("^", " ").split())[:128],
+        patient_id=_text(ds, "PatientID")[:64],
+        study_uid=_text(ds, "StudyInstanceUID")[:64],
+        study_date=date[:32],
+        study_description=_text(ds, "StudyDescription")[:128],
+        accession=_text(ds, "AccessionNumber")[:32],
     )
 
 
@@ -603,6 +619,7 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
         pixel_length=pixel_length,
         warnings=warns,
         population=population_of(ds),
+        study=study_of(ds),
     )
 
 

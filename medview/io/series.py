@@ -267,5 +267,6 @@ def iter_build_volume(
         incomplete=incomplete,
         patient_key=patient_key,
         population=h0.population,
+        study=h0.study,
     )
     return volume, skipped

@@ -92,8 +92,12 @@ def test_worklist_runs_on_all_series_and_exports_csv(qtbot, ai_window, tmp_path)
     with qtbot.waitSignal(panel.batch_finished, timeout=60000):
         panel.batch_button.click()
     assert panel.worklist.rowCount() == 4
-    panel.worklist.sortItems(2)  # by p(patch), ascending
-    ps = [float(panel.worklist.item(r, 2).text()) for r in range(4)]
+    t = panel.worklist
+    col = [t.horizontalHeaderItem(c).text() for c in range(t.columnCount())].index("p(patch)")
+    t.sortItems(col)  # by p(patch), ascending, as numbers
+    texts = [t.item(r, col).text() for r in range(4)]
+    assert all(len(x.split(".")[1]) == 3 for x in texts)  # one number format
+    ps = [float(x) for x in texts]
     assert ps == sorted(ps)
     out = tmp_path / "worklist.csv"
     panel.export_csv(str(out))
@@ -231,3 +235,81 @@ def test_model_card_dialog_leads_with_where_the_model_was_checked(qtbot, ai_wind
     assert where[0].startswith("internal test split")
     assert any("inverted" in w for w in where)
     panel._card_dialog.close()
+
+
+def test_worklist_fills_as_it_scores_can_be_cancelled_and_opens_rows(qtbot, ai_window,
+                                                                     tmp_path, monkeypatch):
+    from medview.core.volume import StudyInfo
+
+    win, data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    _open(qtbot, win, _files(data, "patch", 3) + _files(data, "plain", 3))
+    win.volumes[0].study = StudyInfo(patient_name="Doe Jane", study_date="2024-01-02")
+    seen = []
+    panel.batch_progress.valueChanged.connect(
+        lambda _v: seen.append(panel.worklist.rowCount()))
+    with qtbot.waitSignal(panel.batch_finished, timeout=60000):
+        panel.batch_button.click()
+        assert not panel.batch_progress.isHidden() and not panel.batch_cancel.isHidden()
+    assert [n for n in seen if n][:3] == [1, 2, 3]  # rows appeared one by one
+    assert panel.batch_progress.isHidden()
+    t = panel.worklist
+    headers = [t.horizontalHeaderItem(c).text() for c in range(t.columnCount())]
+    studies = [t.item(r, headers.index("Patient / study")).text() for r in range(6)]
+    assert "Doe Jane  2024-01-02" in studies
+    # double-click opens that image in the viewer
+    row = next(r for r in range(6) if t.item(r, 0).text() == win.volumes[4].description)
+    with qtbot.waitSignal(win.volume_shown, timeout=10000):
+        t.cellDoubleClicked.emit(row, 0)
+    assert win.view.volume is win.volumes[4]
+    # the export starts in the study's folder and confirms with the path
+    assert panel.export_folder() == os.path.join(data, "patch")
+    out = tmp_path / "w.csv"
+    monkeypatch.setattr("medview.gui.model_panel.QFileDialog.getSaveFileName",
+                        lambda *a, **k: (str(out), "CSV (*.csv)"))
+    panel.export_button.click()
+    assert out.exists() and panel.batch_status.text() == f"Exported 6 rows to {out}"
+    # Cancel stops the run and keeps what was scored
+    real = panel.session.batch
+
+    def slow(*a, **k):
+        gen = real(*a, **k)
+        step = next(gen)
+        yield step
+        panel.jobs.cancel("batch")  # as if Cancel was clicked mid-run
+        yield from gen
+
+    monkeypatch.setattr(panel.session, "batch", slow)
+    panel.batch_button.click()
+    job = panel.jobs.current("batch")
+    with qtbot.waitSignal(job.cancelled, timeout=60000):
+        pass
+    assert panel.batch_status.text().startswith("Cancelled after")
+    assert panel.batch_cancel.isHidden()
+
+
+def test_long_saliency_shows_progress_and_can_be_cancelled(qtbot, ai_window):
+    win, data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    panel.show_overlay.setChecked(False)
+    _open(qtbot, win, _files(data, "patch", 1))
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
+        panel.run_button.click()
+    panel.method_box.setCurrentIndex(panel.method_box.findData("occlusion"))
+    steps = []
+    with qtbot.waitSignal(panel.saliency_ready, timeout=60000):
+        panel.explain_button.click()
+        job = panel.jobs.current("saliency")
+        job.progress.connect(steps.append)
+        assert not panel.sal_progress.isHidden() and not panel.sal_cancel.isHidden()
+    assert steps and steps[-1].done == steps[-1].total > 1  # one step per forward pass
+    qtbot.waitUntil(lambda: panel.sal_progress.isHidden(), timeout=10000)
+    # Cancel: the job stops at its next forward pass, and says so
+    panel.explain_button.click()
+    job = panel.jobs.current("saliency")
+    with qtbot.waitSignal(job.cancelled, timeout=60000):
+        panel.sal_cancel.click()
+    qtbot.waitUntil(lambda: panel.sal_cancel.isHidden(), timeout=10000)
+    assert "cancelled" in panel.status.text()
