@@ -97,6 +97,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         perf = (f"test AUC {auc.get('value')} (95% CI {auc.get('ci95', [None, None])[0]}-"
                 f"{auc.get('ci95', [None, None])[1]}, n={test.get('n')})" if auc else
                 "no test metrics")
+        small = m.card.evidence_warning
+        if small:
+            perf += f"\n    WARNING: {small}"
         print(f"{s['id']}  {s['name']} v{s['version']}  [{s['source']}]\n"
               f"    classes: {', '.join(s['classes'])}\n"
               f"    input: {s['input']['dimensionality']} {', '.join(s['input']['modalities'])},"

@@ -431,3 +431,37 @@ def test_final_card_names_and_retunes_only_on_a_real_threshold_change(tmp_path):
     expected = [[int(((result.test_y == a) & (pred == b)).sum()) for b in range(2)]
                 for a in range(2)]
     assert moved.metrics["test"]["confusion_matrix"] == expected
+
+
+def test_wilson_and_newcombe_intervals_match_published_values():
+    # Wilson 95% for 0/10 is 0-0.278 and for 12/12 0.757-1 (Newcombe 1998, table I style)
+    assert M.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-3)
+    assert M.wilson_interval(12, 12) == pytest.approx((0.7575, 1.0), abs=1e-3)
+    assert M.wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-3)
+    lo, hi = M.auc_interval(1.0, 6, 6)
+    assert hi == 1.0 and 0.6 < lo < 0.85  # does not collapse on a separable small set
+    lo, hi = M.auc_interval(0.9, 200, 200)
+    assert lo < 0.9 < hi and hi - lo < 0.08
+
+
+def test_small_separable_sets_get_real_intervals():
+    """12 perfectly separated images: the bootstrap alone says 1.0-1.0; the card must
+    carry an interval that admits the uncertainty of 12 images."""
+    y = np.array([0] * 6 + [1] * 6)
+    p1 = np.linspace(0.6, 0.99, 12) * (y == 1) + np.linspace(0.01, 0.4, 12) * (y == 0)
+    probs = np.stack([1 - p1, p1], axis=1)
+    ev = M.evaluate(y, probs, ["no", "yes"], 1, 0.5, n_boot=200)
+    assert ev["auc"]["value"] == 1.0 and ev["auc"]["ci95"][0] < 0.85
+    assert ev["sensitivity"]["value"] == 1.0 and ev["sensitivity"]["ci95"][0] < 0.7
+    assert ev["accuracy"]["ci95"][0] < 0.8
+    assert "Wilson" in ev["ci_method"]
+
+
+def test_cards_on_small_sets_say_so(tiny_model):
+    card = read_card(tiny_model[0]).card
+    n = card.headline_metrics["n"]
+    assert n < 100 and card.evidence_warning.startswith("SMALL TEST SET")
+    from medview.models.registry import discover_models
+
+    bundled = discover_models().get("cxr-pneumonia").card
+    assert bundled.evidence_warning == ""

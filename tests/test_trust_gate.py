@@ -253,6 +253,7 @@ def test_models_command_names_the_gate_and_population(tiny_model, monkeypatch, c
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "trust gate: multi_depth, limit" in out and "population: modality CR/DX" in out
+    assert "WARNING: SMALL TEST SET" in out  # the tiny model was tested on a few images
     assert main(["models", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     tiny = next(m for m in doc["models"] if m["id"] == "tiny-patch")

@@ -193,6 +193,11 @@ class ModelPanel(QWidget):
         mg = QVBoxLayout(model_group)
         mg.addLayout(pick)
         mg.addWidget(self.summary)
+        self.evidence = _plain_label()
+        self.evidence.setStyleSheet("background: #fff3cd; color: #7a4b00; font-weight: bold; "
+                                    "padding: 4px;")
+        self.evidence.setVisible(False)
+        mg.addWidget(self.evidence)
         mg.addLayout(run)
         mg.addWidget(self.auto_run)
 
@@ -403,9 +408,13 @@ class ModelPanel(QWidget):
         perf = (f"Test AUC {auc.get('value')} (95% CI {auc['ci95'][0]}-{auc['ci95'][1]}), "
                 f"n={test.get('n')}" if auc.get("value") is not None else "No test metrics.")
         flags = "; ".join(d.flags or [])
+        small = d.evidence_warning
         self.summary.setText(
             f"{', '.join(card.classes)}\nIntended use: {d.intended_use}\n{perf}"
             + (f"\n{flags}" if flags else ""))
+        # a model checked on a dozen images must not look like one checked on hundreds
+        self.evidence.setText(small)
+        self.evidence.setVisible(bool(small))
         self.class_box.blockSignals(True)
         self.class_box.clear()
         self.class_box.addItems(card.classes)

@@ -32,6 +32,8 @@ README_FILE = "README.md"
 #: A card is a few kB; anything far larger is refused unread.
 MAX_CARD_BYTES = 1024 * 1024
 MAX_README_BYTES = 1024 * 1024
+#: Fewer test images than this, and a card's numbers are flagged as resting on a small set.
+SMALL_TEST_SET = 100
 #: The largest model input side accepted (a 1024x1024x3 float32 input is 12 MiB).
 MAX_INPUT_SIDE = 1024
 
@@ -406,6 +408,22 @@ class Card:
         """The operating threshold of the positive class, if the card has one."""
         pos = self.decision.positive_class
         return self.thresholds.get(pos) if pos else None
+
+    @property
+    def evidence_warning(self) -> str:
+        """A plain warning when the card's numbers rest on few images (empty otherwise):
+        fewer than SMALL_TEST_SET test images, or fewer than 10 of some class."""
+        m = self.headline_metrics
+        n = m.get("n")
+        counts = [v for v in (m.get("counts") or {}).values() if isinstance(v, int)]
+        split = "test" if self.metrics.get("test") else "validation"
+        if not isinstance(n, int):
+            return f"no {split} metrics: performance unknown"
+        if n < SMALL_TEST_SET or (counts and min(counts) < 10):
+            return (f"SMALL {split.upper()} SET (n={n}"
+                    + (f", smallest class {min(counts)}" if counts else "")
+                    + "): its numbers are very uncertain")
+        return ""
 
     @property
     def headline_metrics(self) -> dict:

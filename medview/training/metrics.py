@@ -164,10 +164,63 @@ def point_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
     return out
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: never collapses to a point, even at
+    0/n or n/n (12 of 12 correct gives 0.76-1.00, not 1.00-1.00)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def auc_interval(auc: float, n_pos: int, n_neg: int, z: float = 1.96) -> tuple[float, float]:
+    """A score-type 95% interval for an AUC (Newcombe 2006, method 5): the values of
+    theta with ``(auc - theta)^2 <= z^2 V(theta)``, where V is the Hanley-McNeil variance
+    with N* = (n_pos + n_neg)/2 - 1. Unlike the bootstrap and Hanley-McNeil at the
+    estimate, it does not collapse to 1.0-1.0 on a small, perfectly separated set."""
+    if not (n_pos and n_neg) or not math.isfinite(auc):
+        return float("nan"), float("nan")
+    n_star = (n_pos + n_neg) / 2 - 1
+
+    def excess(theta: float) -> float:
+        v = theta * (1 - theta) / (n_pos * n_neg) * (
+            1 + (n_star - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
+        return (auc - theta) ** 2 - z * z * max(v, 0.0)
+
+    def solve(lo: float, hi: float) -> float:  # excess(lo) and excess(hi) differ in sign
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if (excess(mid) > 0) == (excess(lo) > 0):
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    lower = 0.0 if excess(0.0) <= 0 else solve(0.0, auc)
+    upper = 1.0 if excess(1.0) <= 0 else solve(auc, 1.0)
+    return lower, upper
+
+
+def _widen(ci: list, other: tuple[float, float]) -> list:
+    """The union of two intervals (either may be missing)."""
+    lo, hi = other
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return ci
+    if ci[0] is None:
+        return [lo, hi]
+    return [min(ci[0], lo), max(ci[1], hi)]
+
+
 def evaluate(y: np.ndarray, probs: np.ndarray, classes: list[str], positive: int | None,
              threshold: float | None, groups: np.ndarray | None = None, n_boot: int = 1000,
              seed: int = 0) -> dict:
-    """Point metrics with 95% bootstrap CIs (percentile; patient-level when ``groups``)."""
+    """Point metrics with 95% CIs: the patient-level percentile bootstrap (when
+    ``groups``), widened to include the Wilson interval for proportions (sensitivity,
+    specificity, accuracy) and the Newcombe score interval for AUCs, so that neither
+    clustering by patient nor a small set makes an interval too narrow."""
     y = np.asarray(y)
     probs = np.asarray(probs)
     point = point_metrics(y, probs, classes, positive, threshold)
@@ -186,14 +239,37 @@ def evaluate(y: np.ndarray, probs: np.ndarray, classes: list[str], positive: int
             samples[k].append(v)
     result = {"n": len(y), "n_patients": len(members),
               "counts": {c: int((y == k).sum()) for k, c in enumerate(classes)}}
+    pred = (np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+            if positive is not None and threshold is not None else probs.argmax(axis=1))
+    exact: dict[str, tuple[float, float]] = {
+        "accuracy": wilson_interval(int((pred == y).sum()), len(y))}
+    per_class = {}
+    for k, c in enumerate(classes):
+        per_class[c] = auc_interval(point[f"auc_{c}"], int((y == k).sum()),
+                                    int((y != k).sum()))
+        exact[f"auc_{c}"] = per_class[c]
+    if positive is not None and threshold is not None:
+        pos = y == positive
+        exact["sensitivity"] = wilson_interval(int((pred[pos] == positive).sum()),
+                                               int(pos.sum()))
+        exact["specificity"] = wilson_interval(int((pred[~pos] != positive).sum()),
+                                               int((~pos).sum()))
+        exact["auc"] = per_class[classes[positive]]
+    finite = [v for v in per_class.values() if all(math.isfinite(b) for b in v)]
+    if finite:
+        macro = (float(np.mean([v[0] for v in finite])), float(np.mean([v[1] for v in finite])))
+        exact["auc_macro"] = macro
+        exact.setdefault("auc", macro)
     for k, v in point.items():
         arr = np.asarray(samples[k], np.float64)
         arr = arr[np.isfinite(arr)]
         ci = [float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))] if arr.size else (
             [None, None])
+        if k in exact:
+            ci = _widen(ci, exact[k])
         result[k] = {"value": None if math.isnan(v) else round(float(v), 4),
                      "ci95": [None if c is None else round(c, 4) for c in ci]}
-    pred = (np.where(probs[:, positive] >= threshold, positive, 1 - positive)
-            if positive is not None and threshold is not None else probs.argmax(axis=1))
+    result["ci_method"] = ("patient-level percentile bootstrap, widened to the Wilson "
+                           "interval (proportions) and the Newcombe score interval (AUC)")
     result["confusion_matrix"] = confusion_matrix(y, pred, len(classes)).tolist()
     return result

@@ -313,3 +313,11 @@ def test_long_saliency_shows_progress_and_can_be_cancelled(qtbot, ai_window):
         panel.sal_cancel.click()
     qtbot.waitUntil(lambda: panel.sal_cancel.isHidden(), timeout=10000)
     assert "cancelled" in panel.status.text()
+
+
+def test_small_n_models_look_different_from_well_checked_ones(qtbot, ai_window):
+    win, _data = ai_window
+    panel = win.model_panel
+    ids = [c.id for c in panel.cards]
+    panel.model_box.setCurrentIndex(ids.index("tiny-patch"))
+    assert not panel.evidence.isHidden() and "SMALL TEST SET" in panel.evidence.text()
