@@ -465,3 +465,35 @@ def test_cards_on_small_sets_say_so(tiny_model):
 
     bundled = discover_models().get("cxr-pneumonia").card
     assert bundled.evidence_warning == ""
+
+
+def test_card_records_only_what_ran_and_refuses_a_pinned_calibration(tmp_path,
+                                                                      monkeypatch):
+    """Feature extraction never augments and reads no block count: its card says so. A
+    temperature fitted at its search bound (as on a small separable validation set) is
+    refused: the card and the warnings say the model is not calibrated."""
+    from medview.core.progress import drain
+
+    data = write_patch_dataset(str(tmp_path / "d"), n_per_class=12)
+    cfg = TrainConfig(data=data, base="timm:test_efficientnet", strategy="feature", epochs=2,
+                      image_size=64, batch_size=8, augment=True, n_bootstrap=20,
+                      min_per_class=5)
+    monkeypatch.setattr(M, "fit_temperature", lambda *_a: M.TEMPERATURE_BOUNDS[0])
+    res = drain(train(cfg))
+    rec = res.card.training
+    assert rec["augment"] is False and "rotation_deg" not in rec
+    assert "unfreeze_blocks" not in rec
+    cal = res.card.calibration
+    assert cal.temperature == 1.0 and cal.method.startswith("none")
+    assert any(w.startswith("not calibrated") for w in res.warnings)
+
+
+def test_temperature_at_the_search_bound_is_refused():
+    logits = np.array([[5.0, -5.0]] * 6 + [[-5.0, 5.0]] * 6)
+    y = np.array([0] * 6 + [1] * 6)
+    t = M.fit_temperature(logits, y)
+    assert M.calibration_problem(logits, t)  # separable: outputs saturate
+    assert M.calibration_problem(logits, M.TEMPERATURE_BOUNDS[0]).startswith(
+        "the fitted temperature")
+    mixed = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.2, 0.0]])
+    assert M.calibration_problem(mixed, M.fit_temperature(mixed, np.array([0, 1, 1, 1]))) == ""

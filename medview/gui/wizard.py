@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
+from medview.core.modeling import DEVICES
 from medview.gui.workers import JobRunner
 from medview.models.pretrained import IMAGENET_BASES
 from medview.training import data as tdata
@@ -281,7 +282,8 @@ class ModelPage(QWizardPage):
         self.balance.addItem("Balanced sampling", "sampler")
         self.balance.addItem("None", "none")
         self.device = QComboBox()
-        self.device.addItems(["cpu", "cuda"])
+        self.device.addItems(list(DEVICES))  # the same choices as the AI panel
+        self.device.setCurrentText(s.value("wizard/device", "auto", str))
         self.preview_button = QPushButton("Preview augmentation")
         self.preview_button.clicked.connect(self.preview)
         self.preview_grid = QGridLayout()
@@ -317,7 +319,16 @@ class ModelPage(QWizardPage):
         self._on_base()
 
     def _on_strategy(self, *_args) -> None:
-        self.strategy_help.setText(STRATEGIES[self.strategy_box.currentData()].description)
+        strategy = STRATEGIES[self.strategy_box.currentData()]
+        self.strategy_help.setText(strategy.description)
+        # only what the strategy uses can be set (and the card records only what ran)
+        self.augment.setEnabled(strategy.augments)
+        self.augment.setToolTip("" if strategy.augments else
+                                "This strategy trains on cached features: no augmentation.")
+        self.preview_button.setEnabled(strategy.augments)
+        self.blocks.setEnabled(strategy.uses_blocks)
+        self.blocks.setToolTip("" if strategy.uses_blocks else
+                               "Only 'fine-tune the last blocks' uses this.")
 
     def add_base_option(self, label: str, base_id: str) -> None:
         """Offer another base (used for small test networks)."""
@@ -332,7 +343,8 @@ class ModelPage(QWizardPage):
         base = self.base_box.currentData()
         kw = dict(strategy=self.strategy_box.currentData(), unfreeze_blocks=self.blocks.value(),
                   image_size=self.size.value(), epochs=self.epochs.value(), lr=self.lr.value(),
-                  batch_size=self.batch.value(), augment=self.augment.isChecked(),
+                  batch_size=self.batch.value(),
+                  augment=self.augment.isChecked() and self.augment.isEnabled(),
                   balance=self.balance.currentData(), device=self.device.currentText())
         if base == "other":
             kw.update(base=f"timm:{self.arch_edit.text().strip()}",
@@ -349,6 +361,7 @@ class ModelPage(QWizardPage):
                            ("epochs", self.epochs.value()), ("lr", self.lr.value()),
                            ("batch", self.batch.value()),
                            ("augment", "true" if self.augment.isChecked() else "false"),
+                           ("device", self.device.currentText()),
                            ("arch", self.arch_edit.text()), ("weights", self.weights_edit.text())):
             s.setValue(f"wizard/{key}", value)
 
@@ -465,6 +478,9 @@ class TrainPage(QWizardPage):
             self.loss_curve.setData(x, [h["loss"] for h in self.history])
             self.auc_curve.setData(x, [h["val_auc"] for h in self.history])
             self.acc_curve.setData(x, [h["val_accuracy"] for h in self.history])
+            step = max(1, -(-ev.epochs // 10))  # whole epochs on the x axis
+            for plot in (self.loss_plot, self.metric_plot):
+                plot.getAxis("bottom").setTickSpacing(step, step)
             self.wiz.epoch_done.emit(ev.metrics)
         elif ev.stage in ("early_stop", "features", "evaluate"):
             self.status.setText(ev.message[:1].upper() + ev.message[1:])
@@ -489,6 +505,8 @@ class TrainPage(QWizardPage):
         self.wiz.result = result
         self.cancel_button.setEnabled(False)
         best = result.card.training["best_epoch"]
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)  # done is 100%, however early training stopped
         self.status.setText(f"Finished. Best epoch: {best} (its weights are kept).")
         self.completeChanged.emit()
         self.wiz.training_finished.emit(result)
@@ -531,6 +549,10 @@ class ResultsPage(QWizardPage):
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(1, 99)
         self.threshold.valueChanged.connect(self._on_threshold)
+        # only a user's drag, click or key press makes the threshold a user's choice; the
+        # engine's validation threshold is kept exactly (the slider has 0.01 steps)
+        self.threshold_touched = False
+        self.threshold.actionTriggered.connect(self._touch_threshold)
         self.threshold_label = _plain()
         self.warn = _plain()
         self.warn.setStyleSheet("color: #b36b00;")
@@ -610,8 +632,11 @@ class ResultsPage(QWizardPage):
         thr = card.thresholds
         pos = card.decision.positive_class
         self.threshold.setEnabled(bool(thr))
+        self.threshold_touched = False
         if thr:
+            self.threshold.blockSignals(True)
             self.threshold.setValue(round(100 * next(iter(thr.values()))))
+            self.threshold.blockSignals(False)
         self._on_threshold()
         self.warn.setText("\n".join(f"Warning: {w}" for w in res.warnings))
         self._show_gate(card)
@@ -642,7 +667,15 @@ class ResultsPage(QWizardPage):
                 self.gate_table.setItem(r, c, QTableWidgetItem(text))
         self.gate_table.resizeColumnsToContents()
 
+    def _touch_threshold(self, _action=None) -> None:
+        self.threshold_touched = True  # the value changes right after; the label follows
+
     def current_threshold(self) -> float:
+        """The slider's value once the user moved it; until then the engine's
+        validation-chosen threshold, unrounded."""
+        res = self.wiz.result
+        if not self.threshold_touched and res is not None and res.card.thresholds:
+            return float(next(iter(res.card.thresholds.values())))
         return self.threshold.value() / 100.0
 
     def _on_threshold(self) -> None:
@@ -659,8 +692,10 @@ class ResultsPage(QWizardPage):
         k = res.classes.index(pos)
         t = self.current_threshold()
         b = M.binary_at(res.val_y == k, res.val_probs[:, k], t)
+        who = ("your threshold" if self.threshold_touched else
+               "the validation-chosen threshold")
         self.threshold_label.setText(
-            f"At threshold {t:.2f} on p({pos}), validation sensitivity {b['sensitivity']:.3f}, "
+            f"At {who} {t:.4g} on p({pos}), validation sensitivity {b['sensitivity']:.3f}, "
             f"specificity {b['specificity']:.3f} ({b['tp']} TP, {b['fn']} FN, {b['fp']} FP, "
             f"{b['tn']} TN).")
 
@@ -670,7 +705,8 @@ class ResultsPage(QWizardPage):
         from medview.training.export import export_model
 
         res = self.wiz.result
-        threshold = self.current_threshold() if res.card.decision.positive_class else None
+        threshold = (self.current_threshold()
+                     if res.card.decision.positive_class and self.threshold_touched else None)
         card = final_card(res, self.name_edit.text().strip() or res.card.name, threshold,
                           self.wiz.n_bootstrap)
         out = self.wiz.models_dir or user_models_dir()

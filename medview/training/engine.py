@@ -349,6 +349,7 @@ def prepare_data(cfg: TrainConfig, cancel: CancelToken
 @dataclass
 class Evaluation:
     temperature: float
+    calibration_method: str
     val_probs: np.ndarray
     test_probs: np.ndarray
     thresholds: dict[str, float]
@@ -365,6 +366,16 @@ def evaluate_and_calibrate(cfg: TrainConfig, data: PreparedData, positive: int |
     val_y = y[data.val_idx]
     warns: list[str] = []
     temperature = M.fit_temperature(val_logits, val_y)
+    calibration = "temperature scaling fitted on the validation split"
+    problem = M.calibration_problem(val_logits, temperature)
+    if problem:
+        # the likelihood kept improving as outputs saturate to 0/1 while the reported ECE
+        # looked fine. Refuse, and say so.
+        warns.append(f"not calibrated: {problem}, as on a small or perfectly separated "
+                     "validation set; the model's own probabilities are used (temperature 1)")
+        calibration = (f"none: {problem} on the validation split (too small or separable); "
+                       "temperature 1")
+        temperature = 1.0
     val_probs = M.softmax(val_logits, temperature)
     test_probs = M.softmax(test_logits, temperature) if len(data.test_idx) else test_logits
     thresholds, rule = {}, "argmax of the calibrated probabilities"
@@ -385,7 +396,8 @@ def evaluate_and_calibrate(cfg: TrainConfig, data: PreparedData, positive: int |
                                      threshold, groups_test, cfg.n_bootstrap, cfg.seed)
     else:
         warns.append("no test split: metrics are on validation data only")
-    return Evaluation(temperature, val_probs, test_probs, thresholds, rule, metrics, warns)
+    return Evaluation(temperature, calibration, val_probs, test_probs, thresholds, rule,
+                      metrics, warns)
 
 
 def _train_one_epoch(run: TrainingRun, strategy, loss_fn, y_t, order, epoch: int,
@@ -446,10 +458,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
     torch.manual_seed(cfg.seed)
     model, parent, mean, std = build_base(cfg, len(classes), classes)
     torch.manual_seed(cfg.seed + 1)
-    device = cfg.device if cfg.device in ("cpu", "cuda", "mps") else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        warns.append("CUDA was requested but is not available: trained on the CPU")
-        device = "cpu"
+    device = _training_device(cfg.device, warns)
     model.to(device)
     counts = np.bincount(y_all[train_idx], minlength=len(classes)).astype(np.float64)
     weights = torch.tensor(len(train_idx) / (len(classes) * np.maximum(counts, 1)),
@@ -541,12 +550,28 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
         test_probs if len(test_idx) else None, cfg.seed, cancel)
     card = _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds,
                       rule, positive, metrics, history, best_epoch, warns,
-                      time.monotonic() - started, model, scope_spec)
+                      time.monotonic() - started, model, scope_spec, ev.calibration_method)
     model.to("cpu")
     yield TrainEvent("done", best_epoch, cfg.epochs, message="training finished")
     return TrainResult(model, cfg, classes, card, history, val_probs, val_y, test_probs,
                        y_all[test_idx] if len(test_idx) else np.zeros(0, int), warns, ds, splits,
                        gate)
+
+
+def _training_device(requested: str, warns: list[str]) -> str:
+    """The device to train on: "auto" picks CUDA, then MPS, then the CPU (as the panel
+    does); a requested device that is not available falls back to the CPU with a
+    warning."""
+    from medview.inference.predictor import available_devices
+
+    have = available_devices()
+    if requested in ("auto", "", None):
+        return next(d for d in ("cuda", "mps", "cpu") if d in have)
+    if requested not in have:
+        warns.append(f"{requested.upper()} was requested but is not available: trained on "
+                     "the CPU")
+        return "cpu"
+    return requested
 
 
 def _versions() -> dict[str, str]:
@@ -559,6 +584,9 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+#: TrainConfig fields that only matter when augmentation runs
+AUGMENT_KEYS = ("rotation_deg", "scale_range", "translate", "brightness", "contrast", "hflip")
+
 #: the card text a config may set (``TrainConfig.card``); anything else is refused
 CARD_TEXT_KEYS = ("class_descriptions", "intended_use", "out_of_scope", "limitations",
                   "license", "description", "body_parts", "view_positions", "age_years",
@@ -569,7 +597,9 @@ POPULATION_KEYS = ("body_parts", "view_positions", "age_years", "known_failures"
 
 def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds, rule,
                positive, metrics, history, best_epoch, warns, seconds, model,
-               scope_spec: dict | None = None) -> Card:
+               scope_spec: dict | None = None,
+               calibration_method: str = "temperature scaling fitted on the validation split"
+               ) -> Card:
     from medview.models.card import build_card
 
     arch = model.pretrained_cfg["architecture"]
@@ -586,6 +616,15 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
     recipe = {k: v for k, v in asdict(cfg).items()
               if k not in ("data", "out", "card", "name", "id", "version", "device",
                            "weights_file", "num_threads")}
+    # the recipe records what ran: no augmentation settings when none was applied, no
+    # block count for a strategy that does not read it
+    strategy = strategy_for(cfg.strategy)
+    recipe["augment"] = bool(cfg.augment and strategy.augments)
+    if not recipe["augment"]:
+        for key in AUGMENT_KEYS:
+            recipe.pop(key, None)
+    if not strategy.uses_blocks:
+        recipe.pop("unfreeze_blocks", None)
     recipe.update(best_epoch=best_epoch, history=history,
                   training_seconds=round(seconds, 1), library_versions=_versions())
     training_data = {
@@ -608,7 +647,7 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
         thresholds=json_safe(thresholds), rule=rule,
         positive_class=classes[positive] if positive is not None else None,
         temperature=temperature,
-        calibration_method="temperature scaling fitted on the validation split",
+        calibration_method=calibration_method,
         input_spec={"modalities": ["CR", "DX", "OT"], "dimensionality": "2D",
                     "photometric": "grey (MONOCHROME2 after display)", "value_range": [0, 1]},
         preprocessing=Preprocessing(size=(cfg.image_size, cfg.image_size), channels=3,

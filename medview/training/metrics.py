@@ -69,6 +69,30 @@ def calibration_curve(prob_pos: np.ndarray, y_pos: np.ndarray, bins: int = 10):
     return np.array(pred), np.array(obs), np.array(cnt)
 
 
+#: The temperature search interval; a fit at either end is not a calibration.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def at_temperature_bound(t: float) -> bool:
+    """Whether a fitted temperature sits at the search interval's end (the likelihood
+    kept improving: a small or perfectly separated validation set)."""
+    lo, hi = TEMPERATURE_BOUNDS
+    return t <= lo * 1.02 or t >= hi / 1.02
+
+
+def calibration_problem(logits: np.ndarray, t: float) -> str:
+    """Why temperature ``t`` fitted on these validation logits is not a calibration
+    (empty if it is one): it sits at the search bound, or every calibrated output is
+    saturated (0/1), which is what a small or perfectly separated set produces."""
+    if at_temperature_bound(t):
+        return f"the fitted temperature ({t:.3g}) hit the end of its search range"
+    p = softmax(np.asarray(logits, np.float64), t).max(axis=1)
+    if len(p) and bool(np.all(p >= 1 - 1e-6)):
+        return (f"at the fitted temperature ({t:.3g}) every validation output is saturated "
+                "to 0 or 1")
+    return ""
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature minimising the validation negative log-likelihood (golden section)."""
     logits = np.asarray(logits, np.float64)
@@ -78,7 +102,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
         p = softmax(logits, math.exp(log_t))
         return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
 
-    lo, hi = math.log(0.05), math.log(20.0)
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = nll(a), nll(b)

@@ -70,7 +70,16 @@ def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path
     assert wiz.currentPage() is wiz.split_page
     assert "train:" in wiz.split_page.counts.text()
     wiz.next()
+    mp = wiz.model_page
+    from medview.core.modeling import DEVICES
+
+    assert [mp.device.itemText(k) for k in range(mp.device.count())] == list(DEVICES)
+    mp.strategy_box.setCurrentIndex(mp.strategy_box.findData("feature"))
+    assert not mp.augment.isEnabled() and not mp.blocks.isEnabled()  # nothing that won't run
+    mp.strategy_box.setCurrentIndex(mp.strategy_box.findData("partial"))
+    assert mp.augment.isEnabled() and mp.blocks.isEnabled()
     _configure(wiz, epochs=6)
+    assert not mp.blocks.isEnabled()  # "full" reads no block count
     with qtbot.waitSignal(wiz.preview_done, timeout=30000):
         wiz.model_page.preview_button.click()
     assert not wiz.model_page.preview_labels[0].pixmap().isNull()
@@ -78,6 +87,8 @@ def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path
         wiz.next()
     page = wiz.train_page
     assert len(page.history) >= 1 and page.auc_curve.getData()[0] is not None
+    assert page.progress.value() == page.progress.maximum()  # finished is 100%
+    assert page.metric_plot.getAxis("bottom")._tickSpacing[0][0] == 1  # whole epochs
     wiz.next()
     results = wiz.results_page
     assert results.metrics.rowCount() >= 6 and results.confusion.rowCount() == 2
@@ -94,6 +105,11 @@ def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path
             qtbot.waitSignal(panel.models_ready, timeout=30000):
         results.save_button.click()  # then the panel re-reads the models in a worker
     assert saved.args[0] == "wizard-patch-model"
+    # saved without touching the slider: the engine's exact threshold, not a user choice
+    saved_card = panel.current_card().card
+    engine_card = wiz.result.card
+    assert saved_card.thresholds == engine_card.thresholds
+    assert "the user chose" not in saved_card.decision.rule
     assert os.listdir(models) == ["wizard-patch-model"]
     assert "scope.safetensors" in os.listdir(os.path.join(models, "wizard-patch-model"))
     assert panel.current_card().id == "wizard-patch-model"
