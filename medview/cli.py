@@ -38,6 +38,7 @@ def _series_dict(v) -> dict:
         "photometric": v.photometric,
         "multiframe": v.multiframe,
         "incomplete": v.incomplete,
+        "tilt_deg": v.tilt_deg,
         "warnings": list(v.warnings),
     }
 
@@ -67,6 +68,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 f"\n[{k}] {_show(v.modality)}  {_show(v.description) or '(no description)'}\n"
                 f"    {v.n_slices} {kind} of {dims}  {v.photometric}\n"
                 f"    spacing (slice x row x col): {_fmt_spacing(v.spacing)}\n"
+                + (f"    tilt: {v.tilt_deg:.1f} degrees\n" if v.tilt_deg else "") +
                 f"    uid: {_show(v.series_uid)}\n"
             )
             for w in v.warnings:

@@ -209,3 +209,55 @@ def test_deflated_transfer_syntax_loads():
     result = load([path])
     assert result.skipped == []
     np.testing.assert_array_equal(result.volumes[0].pixels[0], dcmread(path).pixel_array)
+
+
+def _series(folder, zs, thickness, tilt_y=0.0, tag_tilt=None):
+    """A series at positions ``zs`` (mm) with per-slice thicknesses; ``tilt_y`` shifts
+    each slice along y by tan(tilt) * z, as a tilted gantry does."""
+    import math as _m
+
+    uid = generate_uid()
+    os.makedirs(folder, exist_ok=True)
+    for k, z in enumerate(zs):
+        y = _m.tan(_m.radians(tilt_y)) * z
+        ds = make_dataset(np.full((4, 4), k, np.int16), series_uid=uid, position=(0, y, z))
+        ds.SliceThickness = thickness[k] if isinstance(thickness, list) else thickness
+        if tag_tilt is not None:
+            ds.GantryDetectorTilt = tag_tilt
+        write(ds, folder / f"{k}.dcm")
+    (vol,) = load([str(folder)]).volumes
+    return vol
+
+
+def test_a_thickness_change_is_one_protocol_message_not_gaps(tmp_path):
+    zs = [4.0 * k for k in range(14)] + [52 + 7.0 * k for k in range(1, 14)]
+    thick = [4.0] * 14 + [7.0] * 13
+    vol = _series(tmp_path, zs, thick)
+    assert not any(w.startswith("gap") for w in vol.warnings)
+    changes = [w for w in vol.warnings if w.startswith("slice spacing changes")]
+    assert len(changes) == 1 and "4 mm -> 7 mm" in changes[0] and "protocol change" in changes[0]
+
+
+def test_a_step_beyond_the_thickness_is_a_gap(tmp_path):
+    zs = [0.0, 2.5, 5.0, 7.5, 15.0, 17.5, 20.0]  # one missing stretch, thickness 2.5
+    vol = _series(tmp_path, zs, 2.5)
+    gaps = [w for w in vol.warnings if w.startswith("gap")]
+    assert gaps == ["gap at slice 4: 7.5 mm to the next slice, slice thickness 2.5 mm: 5 mm "
+                    "not imaged"]
+
+
+def test_gantry_tilt_is_reported_in_warnings_info_and_json(tmp_path, capsys):
+    import json
+
+    from medview.cli import main
+
+    vol = _series(tmp_path / "tilted", [2.5 * k for k in range(6)], 2.5, tilt_y=15.0)
+    assert vol.tilt_deg == pytest.approx(15.0, abs=0.2)
+    assert any(w.startswith("gantry/detector tilt 15.0 degrees") for w in vol.warnings)
+    assert main(["info", str(tmp_path / "tilted"), "--json"]) == 0
+    (series,) = json.loads(capsys.readouterr().out)["series"]
+    assert series["tilt_deg"] == pytest.approx(15.0, abs=0.2)
+    assert main(["info", str(tmp_path / "tilted")]) == 0
+    assert "tilt: 15.0 degrees" in capsys.readouterr().out
+    flat = _series(tmp_path / "flat", [2.5 * k for k in range(6)], 2.5)
+    assert flat.tilt_deg == 0.0 and not any("tilt" in w for w in flat.warnings)

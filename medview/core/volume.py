@@ -91,6 +91,11 @@ class ImageVolume:
     incomplete: bool = False
     #: a one-way hash of the DICOM Patient ID (for grouping splits; never the ID itself)
     patient_key: str = ""
+    #: Patient Orientation (0020,0020) of a projection image: the patient directions of
+    #: the rows and columns (e.g. ("L", "F")); used when there is no Image Orientation
+    patient_orientation: tuple[str, str] | None = None
+    #: acquisition tilt in degrees (gantry/detector tilt; 0 when none)
+    tilt_deg: float = 0.0
     population: Population = field(default_factory=Population)
     study: StudyInfo = field(default_factory=StudyInfo)
 

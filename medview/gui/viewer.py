@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from medview.core.volume import ImageVolume, WindowPreset
 from medview.imaging import modality_slice, orientation_labels, render_slice, value_at
+from medview.imaging.geometry import patient_orientation_labels
 from medview.imaging.window import default_window
 
 
@@ -288,8 +289,11 @@ class SliceView(QWidget):
         self._place_labels()
 
     def _update_labels(self) -> None:
-        direction = self.volume.direction if self.volume is not None else None
+        v = self.volume
+        direction = v.direction if v is not None else None
         labels = orientation_labels(direction)
+        if direction is None and v is not None and v.patient_orientation:
+            labels = patient_orientation_labels(*v.patient_orientation)  # projection films
         for edge, lab in self._labels.items():
             lab.setText(labels[edge])
             lab.adjustSize()

@@ -138,6 +138,7 @@ class DicomHeader:
     warnings: list[str] = field(default_factory=list)
     population: Population = field(default_factory=Population)
     study: StudyInfo = field(default_factory=StudyInfo)
+    patient_orientation: tuple[str, str] | None = None
 
     @property
     def compressed(self) -> bool:
@@ -250,6 +251,18 @@ def population_of(ds: Dataset) -> Population:
         view_position=_text(ds, "ViewPosition").upper()[:16],
         age_years=patient_age_years(ds),
     )
+
+
+def _patient_orientation(ds: Dataset) -> tuple[str, str] | None:
+    """Patient Orientation (0020,0020) as two plain strings, e.g. ("L", "F")."""
+    try:
+        values = _multi(ds.get("PatientOrientation"))
+    except Exception:
+        return None
+    if len(values) != 2:
+        return None
+    return ("".join(c for c in str(values[0]) if c.isalpha())[:3].upper(),
+            "".join(c for c in str(values[1]) if c.isalpha())[:3].upper())
 
 
 def study_of(ds: Dataset) -> StudyInfo:
@@ -620,6 +633,7 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
         warnings=warns,
         population=population_of(ds),
         study=study_of(ds),
+        patient_orientation=_patient_orientation(ds),
     )
 
 

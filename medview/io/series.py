@@ -13,7 +13,7 @@ from medview.core.errors import failure_reason, must_propagate
 from medview.core.limits import COPIES_NATIVE_DICOM, check_budget
 from medview.core.progress import CancelToken, Progress
 from medview.core.volume import ImageVolume, SkippedFile
-from medview.imaging.geometry import slice_normal, spacing_report
+from medview.imaging.geometry import slice_normal, spacing_report, tilt_degrees
 from medview.io.dicom import DicomHeader, read_pixels
 
 
@@ -29,6 +29,8 @@ class SeriesPlan:
     direction: np.ndarray | None = None
     spacing: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     warnings: list[str] = field(default_factory=list)
+    #: degrees between the slice normal and the slice positions' line (0: no tilt)
+    tilt_deg: float = 0.0
 
     @property
     def n_images(self) -> int:
@@ -127,8 +129,9 @@ def _plan_single_frames(uid: str, headers: list[DicomHeader]) -> SeriesPlan:
         plan.headers = [headers[i] for i in order]
         plan.positions = dist[order]
         plan.direction = np.stack([h0.orientation[:3], h0.orientation[3:], normal])
-        z, warns = spacing_report(plan.positions)
+        z, warns = spacing_report(plan.positions, [h.slice_thickness for h in plan.headers])
         plan.warnings.extend(warns)
+        plan.tilt_deg = tilt_degrees(np.stack([h.position for h in plan.headers]), normal)
     else:
         plan.headers = sorted(
             headers,
@@ -165,6 +168,18 @@ def _plan_multiframe(uid: str, h: DicomHeader) -> SeriesPlan:
                 plan.warnings.extend(warns)
     plan.spacing = (z, row_sp, col_sp)
     return plan
+
+
+def _tilt(plan: SeriesPlan, h0: DicomHeader) -> float:
+    """The acquisition tilt in degrees (0 when none): from the geometry when the slices
+    have positions, else from Gantry/Detector Tilt (0018,1120)."""
+    if len(plan.headers) > 1 and plan.positions is not None:
+        return round(plan.tilt_deg, 1) if plan.tilt_deg >= 0.5 else 0.0
+    try:
+        tag = float(h0.ds.get("GantryDetectorTilt", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
+    return round(abs(tag), 1) if math.isfinite(tag) and 0.5 <= abs(tag) <= 89 else 0.0
 
 
 def _merged_warnings(headers: list[DicomHeader]) -> list[str]:
@@ -232,10 +247,18 @@ def iter_build_volume(
         warnings.insert(0, f"incomplete: {int((~keep).sum())} image(s) could not be read")
         if positions is not None:
             positions = positions[keep]
-            z, gap_warnings = spacing_report(positions)
+            thick = [h.slice_thickness for h in plan.headers for _ in range(h.frames)]
+            z, gap_warnings = spacing_report(
+                positions, [t for t, ok in zip(thick, keep, strict=True) if ok])
             spacing = (z, spacing[1], spacing[2])
-            warnings = [w for w in warnings if not w.startswith(("gap at", "irregular"))]
+            warnings = [w for w in warnings if not w.startswith(
+                ("gap at", "irregular", "slice spacing changes", "... and"))]
             warnings.extend(gap_warnings)
+    tilt = _tilt(plan, h0)
+    if tilt:
+        warnings.append(f"gantry/detector tilt {tilt:.1f} degrees: the slices are sheared; "
+                        "distances across slices and any 3-D reformat would be wrong "
+                        "(not corrected)")
     patient_key = ""
     patient_id = str(h0.ds.get("PatientID", "") or "").strip()
     if patient_id:
@@ -266,6 +289,8 @@ def iter_build_volume(
         multiframe=plan.multiframe,
         incomplete=incomplete,
         patient_key=patient_key,
+        tilt_deg=tilt,
+        patient_orientation=h0.patient_orientation if plan.direction is None else None,
         population=h0.population,
         study=h0.study,
     )

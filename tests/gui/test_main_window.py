@@ -221,8 +221,7 @@ def _hover(window, row, col):
     from PySide6.QtCore import QPointF
 
     view = window.view
-    scene = view.image_item.mapToScene(QPointF(col + 0.5, row + 0.5))
-    view._on_mouse_moved(scene)
+    view._on_mouse_moved(view.image_item.mapToScene(QPointF(col + 0.5, row + 0.5)))
 
 
 def test_pixel_readout_follows_slice_series_and_window_changes(qtbot, window, tmp_path):
@@ -240,9 +239,17 @@ def test_pixel_readout_follows_slice_series_and_window_changes(qtbot, window, tm
     # a temporary status message does not hide the read-out
     window.statusBar().showMessage("Loaded 1 series", 10000)
     assert window.cursor_label.isVisible()
-    # another series: the value of the new series' slice at the same place
+    # another series: never the old series' value (the pointer's pixel of the new image,
+    # or nothing if the relayout left the pointer outside it)
+    stale = window.cursor_label.text()
     other = np.full((16, 16), 1024 + 128, np.int16)
     _open(qtbot, window, [write(make_dataset(other), tmp_path / "b.dcm")])
+    assert window.cursor_label.text() in ("", stale.rsplit(":", 1)[0] + ": 128 HU") or \
+        window.cursor_label.text().endswith("128 HU")
+    assert window.cursor_label.text() != stale
+    _hover(window, 2, 3)
+    assert window.cursor_label.text().endswith("128 HU")
+    window.view.set_window(WindowPreset("narrow", 100, 10))  # a W/L change: still current
     assert window.cursor_label.text().endswith("128 HU")
 
 
@@ -281,3 +288,20 @@ def test_rgb_capture_gets_no_ct_presets(qtbot, window, tmp_path):
     assert not any(t.startswith("CT ") for t in items)
     w = window.view.window
     assert box.currentText().endswith(f"(W {w.width:.0f} / L {w.center:.0f})")
+
+
+def test_projection_film_gets_letters_from_patient_orientation(qtbot, window):
+    from tests.testdata import local_file
+
+    _open(qtbot, window, [local_file("RG1_UNCR.dcm")])  # a CR chest film, (0020,0020) L\\F
+    labels = {edge: lab.text() for edge, lab in window.view._labels.items()}
+    assert labels == {"right": "L", "left": "R", "bottom": "F", "top": "H"}
+
+
+def test_patient_orientation_letters():
+    from medview.imaging.geometry import patient_orientation_labels
+
+    assert patient_orientation_labels("A", "FL") == {"right": "A", "left": "P",
+                                                      "bottom": "FL", "top": "HR"}
+    assert patient_orientation_labels("X", "") == {"right": "", "left": "", "bottom": "",
+                                                    "top": ""}
