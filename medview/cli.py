@@ -265,14 +265,10 @@ def _pred_dict(p, score_out_of_scope: bool = False) -> dict:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import io as _io
-
-    from PIL import Image
-
     from medview.core.progress import drain
-    from medview.imaging import render_slice
-    from medview.imaging.overlay import blend, heatmap_rgba, stamp_out_of_scope
+    from medview.explain.saliency import METHODS
     from medview.io import load
+    from medview.reports.figures import saliency_png
     from medview.reports.files import atomic_write_bytes
 
     loaded = _session(args.model, args.device)
@@ -310,14 +306,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                     token))
     finally:
         bar.close()
-    image = blend(render_slice(v, index, None), heatmap_rgba(sal, args.colormap, args.opacity))
-    if pred.withheld:
-        image = stamp_out_of_scope(image)
-    buf = _io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    atomic_write_bytes(args.out, buf.getvalue())
+    atomic_write_bytes(args.out, saliency_png(
+        v, index, sal, model_id=card.id, model_version=card.version, target=target,
+        method=args.method, method_name=METHODS[args.method], colormap=args.colormap,
+        opacity=args.opacity, out_of_scope=pred.withheld))
     print(f"{pred.decision}\nsaliency ({args.method}) for {target} written to "
           f"{_show(args.out)}")
+    from medview.explain.shortcut import shortcut_note
+    from medview.imaging import render_slice
+
+    note = shortcut_note(render_slice(v, index, None), sal)
+    if note:
+        print(f"warning: {note}")
     for r in pred.scope_reasons:
         print(f"out of scope: {r}")
     for w in pred.warnings:

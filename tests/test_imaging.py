@@ -145,3 +145,22 @@ def test_8bit_images_open_at_full_scale():
     vol = _vol(np.array([[0, 128, 255]], np.uint8), source_format="raster")
     w = default_window(vol, vol.pixels[0].astype(np.float32))
     np.testing.assert_array_equal(render_slice(vol, 0, w), [[0, 128, 255]])
+
+
+def test_shortcut_note_flags_edge_and_marker_heavy_maps():
+    from medview.explain.shortcut import shortcut_note
+
+    shown = np.full((100, 100), 100, np.uint8)
+    central = np.zeros((100, 100))
+    central[30:70, 30:70] = 1
+    assert shortcut_note(shown, central) == ""
+    edge = np.zeros((100, 100))
+    edge[:, :10] = 1  # the left border
+    note = shortcut_note(shown, edge)
+    assert note.startswith("Possible shortcut: 100% of this map lies outside the central")
+    marked = shown.copy()
+    marked[40:46, 40:44] = 255  # a burned-in "R" inside the central region
+    on_marker = np.zeros((100, 100))
+    on_marker[40:46, 40:44] = 1
+    on_marker[50:60, 50:60] = 0.05
+    assert "on burned-in text or markers" in shortcut_note(marked, on_marker)

@@ -221,8 +221,13 @@ def test_cli_predict_csv_and_explain_png(tiny_model, tmp_path, capsys):
     first = os.path.join(data, "patch", sorted(os.listdir(os.path.join(data, "patch")))[0])
     assert main(["explain", first, "--model", folder, "--method", "gradcam", "--target",
                  "patch", "--out", str(png)]) == 0
-    img = np.asarray(Image.open(png))
-    assert img.shape == (64, 64, 3)
+    opened = Image.open(png)
+    img = np.asarray(opened)
+    assert img.shape[1] == 64 and img.shape[0] > 64  # the slice, then the caption below it
+    assert img[64:].max() == 255 and img[64:].min() == 0  # white text on black
+    assert opened.text["medview:model"] == "tiny-patch 1.0.0"
+    assert opened.text["medview:class"] == "patch" and opened.text["medview:method"] == "gradcam"
+    assert "Research use only" in opened.text["Description"]
     assert main(["explain", first, "--model", folder, "--target", "nope", "--out",
                  str(png)]) == 2
     assert main(["predict", data, "--model", "no-such-model"]) == 2

@@ -166,6 +166,7 @@ class ModelPanel(QWidget):
         self.volumes_provider = lambda: []
         self.session = InferenceSession()  # the same session the command line uses
         self._saliency: np.ndarray | None = None
+        self._saliency_info: tuple[str, str] | None = None
         self._last: Prediction | None = None
         self._worklist: list[tuple[str, str, Prediction]] = []
         self._worklist_volumes: list[ImageVolume] = []
@@ -270,6 +271,14 @@ class ModelPanel(QWidget):
         prow.addWidget(self.sal_progress, 1)
         prow.addWidget(self.sal_cancel)
         form.addRow(prow)
+        self.saliency_note = _plain_label()
+        self.saliency_note.setStyleSheet("color: #b36b00; font-weight: bold;")
+        self.saliency_note.setVisible(False)
+        form.addRow(self.saliency_note)
+        self.save_overlay_button = QPushButton("Save overlay...")
+        self.save_overlay_button.setEnabled(False)
+        self.save_overlay_button.clicked.connect(self._save_overlay_dialog)
+        form.addRow(self.save_overlay_button)
         form.addRow("What the model saw", self.seen)
 
         single = QWidget()
@@ -485,6 +494,10 @@ class ModelPanel(QWidget):
 
     def clear_result(self) -> None:
         self._last = None
+        self._saliency_info = None
+        if hasattr(self, "saliency_note"):
+            self.saliency_note.setVisible(False)
+            self.save_overlay_button.setEnabled(False)
         self._prep = None
         self._revealed = False
         self._saliency = None
@@ -669,6 +682,15 @@ class ModelPanel(QWidget):
         if not self.jobs.is_current(job):
             return
         self._saliency = sal
+        self._saliency_info = (method, target)
+        from medview.explain.shortcut import shortcut_note
+        from medview.imaging import render_slice
+
+        shown = render_slice(self.volume, self.index, None) if self.volume is not None else None
+        note = shortcut_note(shown, sal) if shown is not None else ""
+        self.saliency_note.setText(note)
+        self.saliency_note.setVisible(bool(note))
+        self.save_overlay_button.setEnabled(True)
         self.status.setText(f"{METHODS[method]} for {target}. Not a diagnosis.")
         self._emit_overlay()
         self.saliency_ready.emit(sal)
@@ -813,6 +835,39 @@ class ModelPanel(QWidget):
         classes = self._worklist[0][2].classes if self._worklist else (card.classes if card
                                                                         else [])
         write_predictions_csv(path, [(pth, p) for _d, pth, p in self._worklist], classes)
+
+    def save_overlay(self, path: str) -> None:
+        """The image with its heat-map and a caption (model, class, method, research use
+        only), as a PNG with the same context in its text chunks."""
+        from medview.reports.figures import saliency_png
+        from medview.reports.files import atomic_write_bytes
+
+        card = self.current_card()
+        if self._saliency is None or self._saliency_info is None or card is None:
+            return
+        method, target = self._saliency_info
+        atomic_write_bytes(path, saliency_png(
+            self.volume, self.index, self._saliency, model_id=card.id,
+            model_version=card.version, target=target, method=method,
+            method_name=METHODS[method], colormap=self.cmap_box.currentText(),
+            opacity=self.opacity.value() / 100.0,
+            out_of_scope=bool(self._last is not None and self._last.withheld)))
+
+    def _save_overlay_dialog(self) -> None:
+        if self._saliency is None:
+            return
+        folder = os.path.dirname(self.volume.source_of(self.index)) if self.volume else ""
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save overlay", os.path.join(folder if os.path.isdir(folder) else
+                                               os.path.expanduser("~"), "saliency.png"),
+            "PNG (*.png)")
+        if path:
+            try:
+                self.save_overlay(path)
+            except OSError as exc:
+                self.status.setText(f"Not saved: {exc.strerror or exc}")
+                return
+            self.status.setText(f"Saved the overlay to {path}")
 
     def export_folder(self) -> str:
         """Where the export dialog starts: the folder of the first scored study, else the

@@ -321,3 +321,21 @@ def test_small_n_models_look_different_from_well_checked_ones(qtbot, ai_window):
     ids = [c.id for c in panel.cards]
     panel.model_box.setCurrentIndex(ids.index("tiny-patch"))
     assert not panel.evidence.isHidden() and "SMALL TEST SET" in panel.evidence.text()
+
+
+def test_saved_overlay_carries_its_caption_and_metadata(qtbot, ai_window, tmp_path):
+    from PIL import Image
+
+    win, data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    _open(qtbot, win, _files(data, "patch", 1))
+    assert not panel.save_overlay_button.isEnabled()
+    with qtbot.waitSignal(panel.saliency_ready, timeout=60000):
+        panel.run_button.click()
+    assert panel.save_overlay_button.isEnabled()
+    out = tmp_path / "overlay.png"
+    panel.save_overlay(str(out))
+    im = Image.open(out)
+    assert im.size[1] > 64 and im.text["medview:model"] == "tiny-patch 1.0.0"
+    assert im.text["medview:out_of_scope"] == "false"
