@@ -13,10 +13,13 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QMainWindow,
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QStyle,
     QTabWidget,
     QToolBar,
 )
@@ -33,6 +36,23 @@ log = logging.getLogger(__name__)
 
 RUO_NOTICE = "Research use only - not for diagnostic use"
 MAX_RECENT = 10
+
+
+def glyph_icon(glyph: str, size: int = 32):
+    """A toolbar icon drawn from one character (no icon files to ship or theme needed)."""
+    from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPixmap
+
+    pix = QPixmap(size, size)
+    pix.fill(QColor(0, 0, 0, 0))
+    p = QPainter(pix)
+    font = QFont()
+    font.setPixelSize(int(size * 0.8))
+    font.setBold(True)
+    p.setFont(font)
+    p.setPen(QColor("#2f5f8f"))
+    p.drawText(pix.rect(), Qt.AlignmentFlag.AlignCenter, glyph)
+    p.end()
+    return QIcon(pix)
 
 
 def window_label(p: WindowPreset) -> str:
@@ -68,9 +88,11 @@ class MainWindow(QMainWindow):
         self.series.series_selected.connect(self.show_volume)
         self.tags = TagBrowser()
         self.skipped = SkippedPanel()
-        self.warnings_label = QLabel("")
-        self.warnings_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.warnings_label.setWordWrap(True)
+        # one line per warning, the first tab of the Details dock: a gap or a tilt must
+        # not hide behind the tag list
+        self.warnings_list = QListWidget()
+        self.warnings_list.setWordWrap(True)
+        self.warnings_list.setObjectName("warnings-list")
 
         left = QDockWidget("Series", self)
         left.setObjectName("series-dock")
@@ -79,9 +101,9 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, left)
 
         self.side_tabs = QTabWidget()
+        self.side_tabs.addTab(self.warnings_list, "Warnings")
         self.side_tabs.addTab(self.tags, "DICOM tags")
         self.side_tabs.addTab(self.skipped, "Skipped files (0)")
-        self.side_tabs.addTab(self.warnings_label, "Warnings")
         right = QDockWidget("Details", self)
         right.setObjectName("details-dock")
         right.setWidget(self.side_tabs)
@@ -130,9 +152,12 @@ class MainWindow(QMainWindow):
                                     triggered=lambda: self.view.zoom(0.8))
         self.act_cine = QAction("Cine", self, checkable=True, shortcut="Space")
         self.act_cine.toggled.connect(self._on_cine)
-        for act in (self.act_invert, self.act_fit, self.act_reset, self.act_zoom_in,
-                    self.act_zoom_out, self.act_cine):
+        for act, glyph in ((self.act_invert, "\u25d0"), (self.act_fit, "\u2922"),
+                           (self.act_reset, "\u21ba"), (self.act_zoom_in, "+"),
+                           (self.act_zoom_out, "\u2212"), (self.act_cine, "\u25b6")):
+            act.setIcon(glyph_icon(glyph))
             tb.addAction(act)
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.fps_box = QDoubleSpinBox()
         self.fps_box.setRange(0.5, 60.0)
         self.fps_box.setValue(10.0)
@@ -221,7 +246,7 @@ class MainWindow(QMainWindow):
             self.volumes.append(v)
             self.series.add_volume(v)
         self.skipped.add(result.skipped)
-        self.side_tabs.setTabText(1, f"Skipped files ({self.skipped.rowCount()})")
+        self.side_tabs.setTabText(2, f"Skipped files ({self.skipped.rowCount()})")
         msg = f"Loaded {len(result.volumes)} series"
         if result.skipped:
             msg += f"; {len(result.skipped)} file(s) skipped (see Skipped files)"
@@ -276,8 +301,16 @@ class MainWindow(QMainWindow):
         self.fps_box.setValue(self.view.cine_fps)
         self.fps_box.blockSignals(False)
         self._fill_presets(volume)
-        self.warnings_label.setText("\n".join(volume.warnings) or "No warnings.")
-        self.side_tabs.setTabText(2, f"Warnings ({len(volume.warnings)})")
+        self.warnings_list.clear()
+        for w in volume.warnings:
+            item = QListWidgetItem(w)
+            item.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning))
+            self.warnings_list.addItem(item)
+        if not volume.warnings:
+            self.warnings_list.addItem("No warnings.")
+        self.side_tabs.setTabText(0, f"Warnings ({len(volume.warnings)})")
+        if volume.warnings:
+            self.side_tabs.setCurrentIndex(0)
         title = volume.description or "(no description)"
         self.setWindowTitle(f"medview - {title}")
         self.volume_shown.emit(index)

@@ -12,7 +12,15 @@ import os
 
 import numpy as np
 from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
+from PySide6.QtGui import (
+    QColor,
+    QImage,
+    QPainter,
+    QPen,
+    QPixmap,
+    QTextCursor,
+    QTextDocument,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -31,6 +39,7 @@ from PySide6.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
+    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -67,6 +76,40 @@ def _plain_label(text: str = "", wrap: bool = True) -> QLabel:
     lab.setWordWrap(wrap)
     lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return lab
+
+
+def safe_markdown(text: str) -> str:
+    """A README's Markdown without what could make the viewer open something: images
+    become their alt text, links their text, reference definitions are dropped (raw HTML
+    is switched off when rendering). Qt reads an image path straight from disk, so a
+    README naming a FIFO or a device would otherwise hang the window."""
+    import re
+
+    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = re.sub(r"!\[([^\]]*)\]\[[^\]]*\]", r"\1", text)
+    text = re.sub(r"(?<!!)\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = re.sub(r"(?m)^ {0,3}\[[^\]]+\]:\s*\S+.*$", "", text)
+    return re.sub(r"<(?:https?|file|ftp)://[^>]*>", "", text)
+
+
+class MarkdownView(QTextBrowser):
+    """A model README rendered as Markdown. A README is untrusted: no raw HTML, links are
+    not followed and no resource (image, file, URL) it names is loaded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setOpenLinks(False)
+        self.setOpenExternalLinks(False)
+
+    def setMarkdown(self, text: str) -> None:
+        features = QTextDocument.MarkdownFeature(
+            QTextDocument.MarkdownFeature.MarkdownDialectGitHub.value
+            | QTextDocument.MarkdownFeature.MarkdownNoHTML.value)
+        self.document().setMarkdown(safe_markdown(text), features)
+        self.moveCursor(QTextCursor.MoveOperation.Start)  # open at the top
+
+    def loadResource(self, _type, _name):
+        return None
 
 
 class NumberItem(QTableWidgetItem):
@@ -208,7 +251,7 @@ class ModelPanel(QWidget):
         self.scope_banner.setStyleSheet(
             "background: #b71c1c; color: white; font-weight: bold; padding: 6px;")
         self.scope_banner.setVisible(False)
-        self.show_anyway = QPushButton("Show anyway (result greyed, stamped OUT OF SCOPE)")
+        self.show_anyway = QPushButton("Show anyway (greyed, stamped)")
         self.show_anyway.setVisible(False)
         self.show_anyway.clicked.connect(self.reveal)
         self._prep = None
@@ -325,6 +368,8 @@ class ModelPanel(QWidget):
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(single)
+        self._single, self._scroll = single, scroll
+        self._fit_width()
         tabs.addTab(scroll, "This image")
         tabs.addTab(batch, "Worklist")
         layout = QVBoxLayout(self)
@@ -465,20 +510,25 @@ class ModelPanel(QWidget):
             (f"Known failure modes: {sc.known_failures}\n" if sc and sc.known_failures
              else "") + "Not checked: anything not in this table (other hospitals, "
             "scanners and populations).")
-        text = QPlainTextEdit()
-        text.setReadOnly(True)
-        text.setPlainText("--- README.md ---\n" + card_readme(card)
-                          + "\n\n--- card.json ---\n" + json.dumps(card.data, indent=2))
+        readme = MarkdownView()
+        readme.setMarkdown(card_readme(card))
+        raw = QPlainTextEdit()
+        raw.setReadOnly(True)
+        raw.setPlainText(json.dumps(card.data, indent=2))
+        docs = QTabWidget()
+        docs.addTab(readme, "README")
+        docs.addTab(raw, "card.json")
         lay = QVBoxLayout(dlg)
         lay.addWidget(head)
         lay.addWidget(table, 2)
         lay.addWidget(known)
-        lay.addWidget(text, 3)
+        lay.addWidget(docs, 3)
         dlg.resize(900, 760)
         dlg.setModal(False)
         dlg.show()
         self._card_dialog = dlg
         self._card_table = table
+        self._card_readme = readme
 
     # ------------------------------------------------------------------ image in view
     def set_image(self, volume: ImageVolume | None, index: int) -> None:
@@ -571,8 +621,9 @@ class ModelPanel(QWidget):
                 "OUT OF SCOPE: no result is shown. This image is outside what this model "
                 "was built for:\n" + "\n".join(f"- {r}" for r in p.scope_reasons))
             self.scope_banner.setVisible(True)
-            self._fit_banner()
             self.show_anyway.setVisible(True)
+            self._fit_width()
+            self._fit_banner()
         else:
             self.scope_banner.setVisible(False)
             self.show_anyway.setVisible(False)
@@ -596,6 +647,14 @@ class ModelPanel(QWidget):
         self.prediction_ready.emit(p)
         if want_saliency and not p.withheld:
             self.explain(prep=prep)
+
+    def _fit_width(self) -> None:
+        """The page scrolls vertically only: keep it as wide as its content needs."""
+        if hasattr(self, "_scroll"):
+            self._single.adjustSize()
+            self._scroll.setMinimumWidth(self._single.minimumSizeHint().width()
+                                         + self._scroll.verticalScrollBar().sizeHint().width()
+                                         + 4)
 
     def _fit_banner(self) -> None:
         """Give the banner the height its wrapped text needs (a tab page does not pass

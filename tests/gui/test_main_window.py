@@ -62,7 +62,7 @@ def test_drop_uses_the_same_path_and_reports_skipped(qtbot, window, tmp_path):
     assert window.series.count() == 1
     assert window.skipped.rowCount() == 1
     assert "PDF" in window.skipped.item(0, 1).text()
-    assert window.side_tabs.tabText(1) == "Skipped files (1)"
+    assert window.side_tabs.tabText(2) == "Skipped files (1)"
     assert window.recent()[0] == str(tmp_path)
 
 

@@ -339,3 +339,27 @@ def test_saved_overlay_carries_its_caption_and_metadata(qtbot, ai_window, tmp_pa
     im = Image.open(out)
     assert im.size[1] > 64 and im.text["medview:model"] == "tiny-patch 1.0.0"
     assert im.text["medview:out_of_scope"] == "false"
+
+
+def test_card_readme_is_rendered_markdown_and_loads_nothing(qtbot, ai_window, tmp_path):
+    win, _data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    panel.show_card()
+    view = panel._card_readme
+    assert "# " not in view.toPlainText().splitlines()[0]  # a heading, not raw Markdown
+    assert view.document().toMarkdown().startswith("#")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    view.setMarkdown(f"![x]({fifo})\n\n[link](file://{fifo})")  # would block if read
+    assert view.loadResource(2, fifo.as_uri()) is None
+    panel._card_dialog.close()
+
+
+def test_safe_markdown_drops_images_links_and_references():
+    from medview.gui.model_panel import safe_markdown
+
+    md = "# T\n![chart](/dev/zero) see [the site](http://x.test) <http://y.test>\n[r]: /etc/x\n"
+    out = safe_markdown(md)
+    assert "/dev/zero" not in out and "http" not in out and "/etc/x" not in out
+    assert "chart" in out and "the site" in out and out.startswith("# T")
