@@ -94,6 +94,8 @@ class ImageVolume:
     #: Patient Orientation (0020,0020) of a projection image: the patient directions of
     #: the rows and columns (e.g. ("L", "F")); used when there is no Image Orientation
     patient_orientation: tuple[str, str] | None = None
+    #: a localizer/scout image (Image Type (0008,0008) says LOCALIZER)
+    localizer: bool = False
     #: acquisition tilt in degrees (gantry/detector tilt; 0 when none)
     tilt_deg: float = 0.0
     population: Population = field(default_factory=Population)

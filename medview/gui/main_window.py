@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 
 from medview.core.volume import ImageVolume, LoadResult, WindowPreset
 from medview.gui.model_panel import ModelPanel
-from medview.gui.panels import SeriesBrowser, SkippedPanel, TagBrowser
+from medview.gui.panels import SeriesBrowser, SkippedPanel, TagBrowser, is_localizer
 from medview.gui.viewer import SliceView
 from medview.gui.workers import JobRunner
 from medview.imaging import window_presets
@@ -252,7 +252,10 @@ class MainWindow(QMainWindow):
             msg += f"; {len(result.skipped)} file(s) skipped (see Skipped files)"
         self.statusBar().showMessage(msg, 10000)
         if result.volumes:
-            self.series.setCurrentRow(first_new)
+            # open on the first diagnostic series, not a localizer (scout)
+            new = list(range(first_new, len(self.volumes)))
+            first = next((k for k in new if not is_localizer(self.volumes[k])), first_new)
+            self.series.select_volume(first)
         else:
             reasons = "\n".join(f"{os.path.basename(s.path)}: {s.reason}"
                                 for s in result.skipped[:20])
@@ -319,7 +322,7 @@ class MainWindow(QMainWindow):
         """Show ``volume`` (a worklist double-click) if it is still open."""
         for k, v in enumerate(self.volumes):
             if v is volume:
-                self.series.setCurrentRow(k)
+                self.series.select_volume(k)
                 return
 
     def _fill_presets(self, volume: ImageVolume) -> None:

@@ -55,10 +55,40 @@ def thumbnail(volume: ImageVolume) -> QPixmap:
     )
 
 
+#: Series descriptions/image types that mark a localizer (scout) rather than a diagnostic series
+LOCALIZER_WORDS = ("LOCALIZER", "LOCALISER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM",
+                   "PILOT", "TRACKER")
+
+
+def is_localizer(volume: ImageVolume) -> bool:
+    desc = (volume.description or "").upper()
+    return volume.localizer or any(w in desc for w in LOCALIZER_WORDS)
+
+
+def study_key(volume: ImageVolume) -> tuple | None:
+    """The (patient, study) a DICOM series belongs to; None for other files."""
+    st = volume.study
+    if volume.source_format != "dicom" or not (st.study_uid or st.patient_id
+                                               or st.patient_name):
+        return None
+    return (st.patient_id or st.patient_name, st.study_uid or st.study_date)
+
+
+def study_header(volume: ImageVolume) -> str:
+    st = volume.study
+    who = st.patient_name or st.patient_id or "(no patient name)"
+    what = " · ".join(x for x in (st.study_date, st.study_description,
+                                  f"acc {st.accession}" if st.accession else "") if x)
+    return f"{who}\n{what or '(no study date or description)'}"
+
+
 class SeriesBrowser(QListWidget):
-    """Open series with thumbnail, description and image count."""
+    """Open series with thumbnail, description and image count, grouped by patient and
+    study (a header row per study; click it to collapse or expand its series). Rows of
+    series carry their volume index; header rows carry none."""
 
     series_selected = Signal(int)
+    ROLE = Qt.ItemDataRole.UserRole
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -66,20 +96,80 @@ class SeriesBrowser(QListWidget):
         self.setSpacing(2)
         self.setWordWrap(True)
         self.currentRowChanged.connect(self._on_row)
+        self.itemClicked.connect(self._on_click)
+        self._n = 0
+        self._headers: dict[tuple, QListWidgetItem] = {}
+
+    def clear(self) -> None:
+        super().clear()
+        self._n = 0
+        self._headers = {}
+
+    def volume_count(self) -> int:
+        return self._n
+
+    def volume_item(self, k: int) -> QListWidgetItem | None:
+        for row in range(self.count()):
+            if self.item(row).data(self.ROLE) == k:
+                return self.item(row)
+        return None
+
+    def select_volume(self, k: int) -> None:
+        item = self.volume_item(k)
+        if item is not None:
+            item.setHidden(False)
+            self.setCurrentItem(item)
 
     def add_volume(self, volume: ImageVolume) -> None:
         kind = "frames" if volume.multiframe else "images"
         desc = volume.description or "(no description)"
         flag = "  [incomplete]" if volume.incomplete else ""
         warn = f"  ({len(volume.warnings)} warning(s))" if volume.warnings else ""
-        text = f"{desc}\n{volume.modality} · {volume.n_slices} {kind}{flag}{warn}"
+        scout = "  [localizer]" if is_localizer(volume) else ""
+        text = f"{desc}\n{volume.modality} · {volume.n_slices} {kind}{flag}{warn}{scout}"
         item = QListWidgetItem(QIcon(thumbnail(volume)), text)
         item.setToolTip(plain_tooltip("\n".join(volume.warnings) or desc))
-        self.addItem(item)
+        item.setData(self.ROLE, self._n)
+        self._n += 1
+        key = study_key(volume)
+        if key is None:
+            self.addItem(item)
+            return
+        item.setData(self.ROLE + 3, key)
+        header = self._headers.get(key)
+        if header is None:
+            header = QListWidgetItem(study_header(volume))
+            header.setFlags(Qt.ItemFlag.ItemIsEnabled)  # not selectable: a group title
+            font = header.font()
+            font.setBold(True)
+            header.setFont(font)
+            header.setToolTip(plain_tooltip("Click to collapse or expand this study"))
+            header.setData(self.ROLE + 1, key)
+            self.addItem(header)
+            self._headers[key] = header
+            self.addItem(item)
+            return
+        row = self.row(header) + 1  # after the study's last series
+        while row < self.count() and self.item(row).data(self.ROLE + 3) == key:
+            row += 1
+        self.insertItem(row, item)
+        item.setHidden(header.data(self.ROLE + 2) is True)
+
+    def _on_click(self, item: QListWidgetItem) -> None:
+        if item.data(self.ROLE + 1) is None:
+            return
+        collapsed = not bool(item.data(self.ROLE + 2))
+        item.setData(self.ROLE + 2, collapsed)
+        key = item.data(self.ROLE + 1)
+        for row in range(self.count()):
+            if self.item(row).data(self.ROLE + 3) == key:
+                self.item(row).setHidden(collapsed)
 
     def _on_row(self, row: int) -> None:
-        if row >= 0:
-            self.series_selected.emit(row)
+        item = self.item(row) if row >= 0 else None
+        k = item.data(self.ROLE) if item is not None else None
+        if k is not None:
+            self.series_selected.emit(int(k))
 
 
 class TagBrowser(QWidget):

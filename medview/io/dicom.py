@@ -139,6 +139,7 @@ class DicomHeader:
     population: Population = field(default_factory=Population)
     study: StudyInfo = field(default_factory=StudyInfo)
     patient_orientation: tuple[str, str] | None = None
+    localizer: bool = False
 
     @property
     def compressed(self) -> bool:
@@ -634,6 +635,7 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
         population=population_of(ds),
         study=study_of(ds),
         patient_orientation=_patient_orientation(ds),
+        localizer=any("LOCALIZER" in str(v).upper() for v in _multi(ds.get("ImageType"))),
     )
 
 

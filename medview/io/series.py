@@ -290,6 +290,7 @@ def iter_build_volume(
         incomplete=incomplete,
         patient_key=patient_key,
         tilt_deg=tilt,
+        localizer=h0.localizer,
         patient_orientation=h0.patient_orientation if plan.direction is None else None,
         population=h0.population,
         study=h0.study,

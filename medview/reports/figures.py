@@ -27,9 +27,9 @@ def caption_lines(model_id: str, model_version: str, target: str, method_name: s
 
 def add_caption(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     """``rgb`` with a black band below it holding ``lines`` in white."""
-    from PIL import Image, ImageDraw, ImageFont
-
     import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
 
     h, w = rgb.shape[:2]
     size = max(11, min(18, w // 48))

@@ -59,7 +59,7 @@ def test_drop_uses_the_same_path_and_reports_skipped(qtbot, window, tmp_path):
                        Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     with qtbot.waitSignal(window.load_finished, timeout=20000):
         window.dropEvent(event)
-    assert window.series.count() == 1
+    assert window.series.volume_count() == 1
     assert window.skipped.rowCount() == 1
     assert "PDF" in window.skipped.item(0, 1).text()
     assert window.side_tabs.tabText(2) == "Skipped files (1)"
@@ -78,7 +78,7 @@ def test_markup_in_description_is_shown_as_plain_text(qtbot, window, tmp_path):
     ds = make_dataset(np.zeros((8, 8), np.int16), description="<h1>BIG</h1><img src=x>")
     write(ds, tmp_path / "m.dcm")
     _open(qtbot, window, [tmp_path])
-    assert "<h1>BIG</h1>" in window.series.item(0).text()
+    assert "<h1>BIG</h1>" in window.series.volume_item(0).text()
     assert window.windowTitle().endswith("<h1>BIG</h1><img src=x>")
     texts = [window.tags.table.item(r, 3).text() for r in range(window.tags.table.rowCount())]
     assert "<h1>BIG</h1><img src=x>" in texts
@@ -155,9 +155,9 @@ def test_cancel_loading_leaves_window_usable(qtbot, window, tmp_path, monkeypatc
         assert window.cancel_button.isVisible()
         window.cancel_button.click()
     assert blocker.args[0] == "cancelled"
-    assert window.series.count() == 0 and not window.progress.isVisible()
+    assert window.series.volume_count() == 0 and not window.progress.isVisible()
     _open(qtbot, window, [tmp_path])
-    assert window.series.count() == 1
+    assert window.series.volume_count() == 1
 
 
 def test_newest_load_wins(qtbot, window, tmp_path, monkeypatch):
@@ -193,7 +193,7 @@ def test_file_strings_in_tooltips_are_plain_text(qtbot, window, tmp_path):
           tmp_path / "a.dcm")
     with qtbot.waitSignal(window.load_finished, timeout=20000):
         window.open_paths([str(tmp_path / "a.dcm")])
-    tip = window.series.item(0).toolTip()
+    tip = window.series.volume_item(0).toolTip()
     assert "&lt;b&gt;bold&lt;/b&gt;&lt;img" in tip and "<b>" not in tip
     window.skipped.add([SkippedFile("<i>x</i>.dcm", "r")])
     assert "&lt;i&gt;" in window.skipped.item(window.skipped.rowCount() - 1, 0).toolTip()
@@ -305,3 +305,36 @@ def test_patient_orientation_letters():
                                                       "bottom": "FL", "top": "HR"}
     assert patient_orientation_labels("X", "") == {"right": "", "left": "", "bottom": "",
                                                     "top": ""}
+
+
+def test_series_are_grouped_by_patient_and_study_and_open_past_the_localizer(qtbot, window,
+                                                                             tmp_path):
+    def study(folder, patient, uid, date, series):
+        for k, (desc, scout) in enumerate(series):
+            ds = make_dataset(np.full((8, 8), k, np.int16), series_uid=f"{uid}.{k}",
+                              description=desc)
+            ds.PatientName, ds.PatientID = patient, patient.replace("^", "")
+            ds.StudyInstanceUID, ds.StudyDate = uid, date
+            ds.StudyDescription = "CT HEAD"
+            if scout:
+                ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+            write(ds, folder / f"{patient[:3]}{k}.dcm")
+
+    study(tmp_path, "Doe^Jane", "1.2.3.1", "20240102", [("Scout", True), ("Axial", False)])
+    study(tmp_path, "Roe^Rick", "1.2.3.2", "20231111", [("Axial", False)])
+    _open(qtbot, window, [tmp_path])
+    sb = window.series
+    rows = [sb.item(r).text().splitlines()[0] for r in range(sb.count())]
+    assert sb.volume_count() == 3 and len(rows) == 5  # two study headers
+    jane = rows.index("Doe Jane")
+    assert "2024-01-02 · CT HEAD" in sb.item(jane).text()
+    assert rows[jane + 1:jane + 3] == ["Scout", "Axial"] or \
+        sorted(rows[jane + 1:jane + 3]) == ["Axial", "Scout"]
+    # opened on a diagnostic series of the first study, not its localizer
+    assert window.view.volume.description == "Axial" and not window.view.volume.localizer
+    # a study header collapses and expands its series
+    header = sb.item(jane)
+    sb.itemClicked.emit(header)
+    assert all(sb.item(r).isHidden() for r in (jane + 1, jane + 2))
+    sb.itemClicked.emit(header)
+    assert not any(sb.item(r).isHidden() for r in (jane + 1, jane + 2))

@@ -71,10 +71,10 @@ def test_switching_image_mid_run_shows_only_the_new_result(qtbot, ai_window):
     panel.auto_run.setChecked(True)
     results = []
     panel.prediction_ready.connect(results.append)
-    win.series.setCurrentRow(0)  # the patch image
+    win.series.select_volume(0)  # the patch image
     panel.run_button.click()
     with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
-        win.series.setCurrentRow(1)  # switch before the first result is shown
+        win.series.select_volume(1)  # switch before the first result is shown
     qtbot.waitUntil(lambda: panel.jobs.current("predict") is None, timeout=60000)
     QApplication.processEvents()
     assert [r.label for r in results] == ["plain"]
@@ -195,13 +195,13 @@ def test_auto_run_never_shows_a_decision_out_of_scope(qtbot, ai_window, tmp_path
     panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
     _open(qtbot, win, [_files(data, "patch", 1)[0]])
     _open(qtbot, win, [_gradient(tmp_path)])
-    win.series.setCurrentRow(0)
+    win.series.select_volume(0)
     panel.auto_run.setChecked(True)
     with qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
-        win.series.setCurrentRow(1)  # the gradient
+        win.series.select_volume(1)  # the gradient
     assert got.args[0].withheld and panel.bars.values == []
     with qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
-        win.series.setCurrentRow(0)  # back to the film: answered, banner gone
+        win.series.select_volume(0)  # back to the film: answered, banner gone
     assert got.args[0].in_scope and not panel.scope_banner.isVisible()
     assert panel.bars.values and not panel.bars.out_of_scope
 
