@@ -115,6 +115,7 @@ class MainWindow(QMainWindow):
         self.model_panel.volumes_provider = lambda: list(self.volumes)
         self.model_panel.overlay_changed.connect(self.view.set_overlay)
         self.model_panel.open_requested.connect(self.show_volume_of)
+        self.model_panel.width_wanted.connect(self._widen_model_dock)
         ai = QDockWidget("AI model", self)
         ai.setObjectName("model-dock")
         ai.setWidget(self.model_panel)
@@ -317,6 +318,10 @@ class MainWindow(QMainWindow):
         title = volume.description or "(no description)"
         self.setWindowTitle(f"medview - {title}")
         self.volume_shown.emit(index)
+
+    def _widen_model_dock(self, width: int) -> None:
+        if self.model_dock.width() < width:
+            self.resizeDocks([self.model_dock], [width], Qt.Orientation.Horizontal)
 
     def show_volume_of(self, volume: ImageVolume) -> None:
         """Show ``volume`` (a worklist double-click) if it is still open."""

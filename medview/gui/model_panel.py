@@ -48,6 +48,7 @@ from medview.core.modeling import DEVICES, Prediction
 from medview.core.progress import Progress
 from medview.core.volume import ImageVolume
 from medview.explain.saliency import METHODS
+from medview.gui.panels import plain_tooltip
 from medview.gui.workers import JobRunner
 from medview.imaging.overlay import COLORMAPS, OUT_OF_SCOPE, heatmap_rgba, stamp_out_of_scope
 from medview.inference.session import InferenceSession
@@ -197,6 +198,7 @@ class ModelPanel(QWidget):
     failed = Signal(str)
     models_ready = Signal()  # the model list was (re)read
     open_requested = Signal(object)  # an ImageVolume double-clicked in the worklist
+    width_wanted = Signal(int)  # the worklist's columns need this many pixels
 
     def __init__(self, jobs: JobRunner, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -860,8 +862,28 @@ class ModelPanel(QWidget):
         self.batch_progress.setVisible(False)
         self.batch_cancel.setVisible(False)
         self.worklist.setSortingEnabled(True)
-        self.worklist.resizeColumnsToContents()
+        self._fit_columns()
         self.batch_status.setText(text)
+
+    #: names are cut (the full text is in the tooltip) so the result columns stay in view
+    NAME_COLUMN_MAX = 140
+    WORKLIST_MAX_WIDTH = 760
+
+    def _fit_columns(self) -> None:
+        t = self.worklist
+        t.resizeColumnsToContents()
+        for c in (0, 1):  # Series, Patient / study
+            if t.columnWidth(c) > self.NAME_COLUMN_MAX:
+                t.setColumnWidth(c, self.NAME_COLUMN_MAX)
+        for r in range(t.rowCount()):
+            for c in (0, 1):
+                item = t.item(r, c)
+                if item is not None:
+                    item.setToolTip(plain_tooltip(item.text()))
+        # ask for the room the results need (the dock widens once; the user can still
+        # narrow it, and the table then scrolls)
+        need = sum(t.columnWidth(c) for c in range(t.columnCount())) + 40
+        self.width_wanted.emit(min(need, self.WORKLIST_MAX_WIDTH))
 
     def _on_batch(self, job, items, classes) -> None:
         if not self.jobs.is_current(job):
