@@ -338,3 +338,24 @@ def test_series_are_grouped_by_patient_and_study_and_open_past_the_localizer(qtb
     assert all(sb.item(r).isHidden() for r in (jane + 1, jane + 2))
     sb.itemClicked.emit(header)
     assert not any(sb.item(r).isHidden() for r in (jane + 1, jane + 2))
+
+
+def test_warnings_are_a_list_shown_first_and_the_toolbar_has_icons(qtbot, window, tmp_path):
+    from PySide6.QtWidgets import QComboBox
+
+    zs = [0.0, 2.5, 5.0, 12.5, 15.0]  # one gap
+    uid = "1.2.826.0.1.3680043.8.498.77"
+    for k, z in enumerate(zs):
+        ds = make_dataset(np.full((8, 8), k, np.int16), series_uid=uid, position=(0, 0, z))
+        ds.SliceThickness = 2.5
+        write(ds, tmp_path / f"{k}.dcm")
+    _open(qtbot, window, [tmp_path])
+    lst = window.warnings_list
+    texts = [lst.item(r).text() for r in range(lst.count())]
+    assert texts == list(window.view.volume.warnings) and any(t.startswith("gap") for t in texts)
+    assert window.side_tabs.currentWidget() is lst
+    assert window.side_tabs.tabText(0) == f"Warnings ({len(texts)})"
+    assert all(not a.icon().isNull() for a in (window.act_invert, window.act_fit,
+                                                window.act_cine))
+    assert window.preset_box.sizeAdjustPolicy() == \
+        QComboBox.SizeAdjustPolicy.AdjustToContents
