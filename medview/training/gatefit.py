@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from medview.imaging.model_input import resize_grey
 from medview.inference import scope
 from medview.inference.features import StageTap, gate_stages
 from medview.training import metrics as M
@@ -35,7 +36,7 @@ def _features(model, tap: StageTap, images: np.ndarray, to_input: Callable, batc
 
 
 def _square(a: np.ndarray, size: int) -> np.ndarray:
-    return oodcheck._resize(np.asarray(a, np.uint8), (size, size))
+    return resize_grey(np.asarray(a, np.uint8), (size, size))
 
 
 def fit_trust_gate(model, images, y: np.ndarray, train_idx, val_idx, test_idx,

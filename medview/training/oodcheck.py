@@ -15,16 +15,14 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
-
-def _resize(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return np.asarray(Image.fromarray(a).resize((shape[1], shape[0]), Image.BILINEAR))
+from medview.imaging.model_input import resize_grey
 
 
 def _zoom_out(a: np.ndarray) -> np.ndarray:
     """The film shrunk to 2/3 inside a border of its own background level: the chest
     then fills less of the frame, as an adult chest does on a child-sized detector."""
     h, w = a.shape
-    small = _resize(a, (h * 2 // 3, w * 2 // 3))
+    small = resize_grey(a, (h * 2 // 3, w * 2 // 3))
     out = np.full_like(a, int(np.median(a[: max(h // 32, 1)])))
     y, x = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
     out[y:y + small.shape[0], x:x + small.shape[1]] = small
@@ -60,7 +58,7 @@ BENIGN_TRANSFORMS = {
     "crop 5% each side": lambda a: np.ascontiguousarray(
         a[a.shape[0] // 20: a.shape[0] - a.shape[0] // 20,
           a.shape[1] // 20: a.shape[1] - a.shape[1] // 20]),
-    "upscaled 2x": lambda a: _resize(a, (a.shape[0] * 2, a.shape[1] * 2)),
+    "upscaled 2x": lambda a: resize_grey(a, (a.shape[0] * 2, a.shape[1] * 2)),
     "rotated 5 degrees": lambda a: _rotate(a, 5),
 }
 
