@@ -312,10 +312,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         opacity=args.opacity, out_of_scope=pred.withheld))
     print(f"{pred.decision}\nsaliency ({args.method}) for {target} written to "
           f"{_show(args.out)}")
-    from medview.explain.shortcut import shortcut_note
-    from medview.imaging import render_slice
+    from medview.explain.shortcut import note_for_slice
 
-    note = shortcut_note(render_slice(v, index, None), sal)
+    note = note_for_slice(v, index, sal)
     if note:
         print(f"warning: {note}")
     for r in pred.scope_reasons:

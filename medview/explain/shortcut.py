@@ -19,6 +19,8 @@ EDGE_MASS = 0.5
 MARKER_LEVEL = 250
 MARKER_AREA = 0.03
 MARKER_MASS = 0.25
+#: both maps are looked at on a grid of at most this many pixels per side (strided)
+GRID = 256
 
 
 def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
@@ -33,9 +35,13 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
 
 def shortcut_note(shown: np.ndarray, saliency: np.ndarray) -> str:
     """The warning for a map over the slice as shown (grey uint8, same shape), or ""."""
-    sal = np.clip(np.asarray(saliency, np.float64), 0, None)
+    if np.shape(saliency) != shown.shape[:2]:
+        return ""
+    step = max(1, -(-max(shown.shape[:2]) // GRID))
+    shown = shown[::step, ::step]
+    sal = np.clip(np.asarray(saliency[::step, ::step], np.float64), 0, None)
     total = sal.sum()
-    if total <= 0 or sal.shape != shown.shape[:2]:
+    if total <= 0:
         return ""
     h, w = sal.shape
     cw, ch = CENTRAL
@@ -57,3 +63,11 @@ def shortcut_note(shown: np.ndarray, saliency: np.ndarray) -> str:
         return ""
     return ("Possible shortcut: " + "; ".join(notes) + ". The model may be using something "
             "other than the anatomy; check before trusting this result.")
+
+
+def note_for_slice(volume, index: int, saliency: np.ndarray) -> str:
+    """:func:`shortcut_note` for a map over slice ``index`` of ``volume`` as the viewer
+    shows it (call it off the GUI thread: a film is rendered at full size)."""
+    from medview.imaging import render_slice
+
+    return shortcut_note(render_slice(volume, index, None), saliency)

@@ -712,8 +712,11 @@ class ModelPanel(QWidget):
         self.status.setText(f"Computing {METHODS[method]}...")
 
         def job(token):
-            return (yield from self.session.explain(card, volume, index, method, target,
-                                                    device, prep, token))
+            from medview.explain.shortcut import note_for_slice
+
+            sal = yield from self.session.explain(card, volume, index, method, target,
+                                                  device, prep, token)
+            return sal, note_for_slice(volume, index, sal)  # in the worker, not the GUI
 
         j = self._start("saliency", job, lambda jj, m: self._on_saliency(jj, m, method, target))
         self.sal_progress.setRange(0, 0)  # busy until the first forward pass reports
@@ -739,16 +742,12 @@ class ModelPanel(QWidget):
             if text:
                 self.status.setText(text)
 
-    def _on_saliency(self, job, sal, method: str, target: str) -> None:
+    def _on_saliency(self, job, result, method: str, target: str) -> None:
         if not self.jobs.is_current(job):
             return
+        sal, note = result
         self._saliency = sal
         self._saliency_info = (method, target)
-        from medview.explain.shortcut import shortcut_note
-        from medview.imaging import render_slice
-
-        shown = render_slice(self.volume, self.index, None) if self.volume is not None else None
-        note = shortcut_note(shown, sal) if shown is not None else ""
         self.saliency_note.setText(note)
         self.saliency_note.setVisible(bool(note))
         self.save_overlay_button.setEnabled(True)
