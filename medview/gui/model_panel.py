@@ -933,41 +933,39 @@ class ModelPanel(QWidget):
             opacity=self.opacity.value() / 100.0,
             out_of_scope=bool(self._last is not None and self._last.withheld)))
 
+    def _save_as(self, title: str, folders: list[str], name: str, kind: str, write,
+                 label: QLabel, done: str, failed: str) -> None:
+        """Ask where to save (starting in the first existing of ``folders``, else the home
+        folder - never the process's working directory), call ``write(path)`` and say
+        what happened in ``label``."""
+        start = next((f for f in folders if f and os.path.isdir(f)), os.path.expanduser("~"))
+        path, _ = QFileDialog.getSaveFileName(self, title, os.path.join(start, name), kind)
+        if not path:
+            return
+        try:
+            write(path)
+        except OSError as exc:
+            label.setText(f"{failed}: {exc.strerror or exc}")
+            return
+        label.setText(done.format(path=path))
+
     def _save_overlay_dialog(self) -> None:
         if self._saliency is None:
             return
         folder = os.path.dirname(self.volume.source_of(self.index)) if self.volume else ""
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save overlay", os.path.join(folder if os.path.isdir(folder) else
-                                               os.path.expanduser("~"), "saliency.png"),
-            "PNG (*.png)")
-        if path:
-            try:
-                self.save_overlay(path)
-            except OSError as exc:
-                self.status.setText(f"Not saved: {exc.strerror or exc}")
-                return
-            self.status.setText(f"Saved the overlay to {path}")
+        self._save_as("Save overlay", [folder], "saliency.png", "PNG (*.png)",
+                      self.save_overlay, self.status, "Saved the overlay to {path}",
+                      "Not saved")
 
     def export_folder(self) -> str:
         """Where the export dialog starts: the folder of the first scored study, else the
-        home folder (never the process's working directory)."""
-        for _d, path, _p in self._worklist:
-            folder = os.path.dirname(path)
-            if folder and os.path.isdir(folder):
-                return folder
-        return os.path.expanduser("~")
+        home folder."""
+        folders = [os.path.dirname(path) for _d, path, _p in self._worklist]
+        return next((f for f in folders if f and os.path.isdir(f)), os.path.expanduser("~"))
 
     def _export_dialog(self) -> None:
         if not self._worklist:
             return
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export worklist", os.path.join(self.export_folder(), "worklist.csv"),
-            "CSV (*.csv)")
-        if path:
-            try:
-                self.export_csv(path)
-            except OSError as exc:
-                self.batch_status.setText(f"Not exported: {exc.strerror or exc}")
-                return
-            self.batch_status.setText(f"Exported {len(self._worklist)} rows to {path}")
+        self._save_as("Export worklist", [self.export_folder()], "worklist.csv",
+                      "CSV (*.csv)", self.export_csv, self.batch_status,
+                      f"Exported {len(self._worklist)} rows to {{path}}", "Not exported")
