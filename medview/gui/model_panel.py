@@ -481,7 +481,7 @@ class ModelPanel(QWidget):
     def show_card(self) -> None:
         """The model card: where the model was checked (a table, from the validated
         card), then its README and card.json as plain text."""
-        from medview.models.card import population_text, where_checked
+        from medview.models.card import NO_GATE, NOT_CHECKED, gate_summary, where_checked
 
         card = self.current_card()
         if card is None:
@@ -489,14 +489,8 @@ class ModelPanel(QWidget):
         dlg = QDialog(self)
         dlg.setWindowTitle(f"Model card: {card.name}")
         sc = card.card.scope
-        head = _plain_label(
-            "Where this model was checked" + (
-                f" - trust gate: {sc.method} score, limit {sc.limit:.3g} (the "
-                f"{sc.percentile:g}th percentile of validation scores; "
-                f"{sc.in_distribution_pass_rate:.1%} of them pass).\nPopulation: "
-                f"{population_text(card.card)}. Images outside either are withheld."
-                if sc is not None else ": this model has no trust gate; nothing checks "
-                "that an image is like its training images."))
+        head = _plain_label("Where this model was checked - " + (
+            f"trust gate: {gate_summary(card.card)}" if sc is not None else NO_GATE))
         head.setStyleSheet("font-weight: bold;")
         rows = where_checked(card.card)
         table = QTableWidget(len(rows), 3)
@@ -510,8 +504,7 @@ class ModelPanel(QWidget):
         table.horizontalHeader().setStretchLastSection(True)
         known = _plain_label(
             (f"Known failure modes: {sc.known_failures}\n" if sc and sc.known_failures
-             else "") + "Not checked: anything not in this table (other hospitals, "
-            "scanners and populations).")
+             else "") + NOT_CHECKED)
         readme = MarkdownView()
         readme.setMarkdown(card_readme(card))
         raw = QPlainTextEdit()

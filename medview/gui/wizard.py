@@ -647,7 +647,7 @@ class ResultsPage(QWizardPage):
             self.threshold.setToolTip(f"Threshold on p({pos})")
 
     def _show_gate(self, card) -> None:
-        from medview.models.card import where_checked
+        from medview.models.card import gate_summary, where_checked
 
         sc = card.scope
         if sc is None:
@@ -655,11 +655,7 @@ class ResultsPage(QWizardPage):
                                     "image.")
             self.gate_table.setRowCount(0)
             return
-        self.gate_label.setText(
-            f"Trust gate fitted ({sc.method}): images scoring above {sc.limit:.3g} (the "
-            f"{sc.percentile:g}th percentile of the validation images) are withheld as "
-            f"unlike the training images; {sc.in_distribution_pass_rate:.1%} of validation "
-            "images pass.")
+        self.gate_label.setText(f"Trust gate fitted: {gate_summary(card)}")
         rows = where_checked(card)
         self.gate_table.setRowCount(len(rows))
         for r, cells in enumerate(rows):

@@ -480,24 +480,33 @@ def where_checked(card: Card) -> list[tuple[str, str, str]]:
     return rows
 
 
+NO_GATE = ("This model has no trust gate: nothing checks whether an image is like its "
+           "training images.")
+NOT_CHECKED = ("Not checked: anything not in this table (other hospitals, scanners and "
+               "populations).")
+
+
+def gate_summary(card: Card) -> str:
+    """The trust gate and the population in one paragraph (README, card dialog, wizard);
+    the caller checks that the card has a ``scope``."""
+    sc = card.scope
+    return (f"{sc.method} out-of-distribution score, limit {sc.limit:.4g} (the "
+            f"{sc.percentile:g}th percentile of the validation images' scores; "
+            f"{sc.in_distribution_pass_rate:.1%} of them pass). Population: "
+            f"{population_text(card)}. Images outside either are withheld.")
+
+
 def checked_section(card: Card) -> list[str]:
     """README lines: the trust gate and where this model was checked."""
     sc = card.scope
     if sc is None:
-        return ["## Where this model was checked", "",
-                "This model has no trust gate: nothing checks whether an image is like its "
-                "training images.", ""]
-    lines = ["## Where this model was checked", "",
-             f"Trust gate: {sc.method} out-of-distribution score, limit {sc.limit:.4g} (the "
-             f"{sc.percentile:g}th percentile of the validation images' scores; "
-             f"{sc.in_distribution_pass_rate:.1%} of them pass). Population: "
-             f"{population_text(card)}. Images outside either are withheld.", "",
+        return ["## Where this model was checked", "", NO_GATE, ""]
+    lines = ["## Where this model was checked", "", f"Trust gate: {gate_summary(card)}", "",
              "| where | images | result |", "|---|---|---|"]
     lines += [f"| {w} | {n} | {r} |" for w, n, r in where_checked(card)]
     if sc.known_failures:
         lines += ["", f"Known failure modes: {sc.known_failures}"]
-    lines += ["", "Not checked: anything not in this table (other hospitals, scanners and "
-              "populations).", ""]
+    lines += ["", NOT_CHECKED, ""]
     return lines
 
 
