@@ -39,17 +39,20 @@ class JobThread(QThread):
     def cancel(self) -> None:
         self.token.cancel()
 
+    def _emit_progress(self, step: Progress) -> None:
+        """Deliver ``step``, thinned to ~20 per second; milestones and the last step of a
+        count always go through. Used for yielded steps and for steps
+        reported from inside a library call (``CancelToken.report``)."""
+        now = time.monotonic()
+        total = getattr(step, "total", 0)  # job events (training's) need not be Progress
+        if (getattr(step, "milestone", False) or now - self._last_emit > 0.05
+                or (total and getattr(step, "done", 0) >= total)):
+            self._last_emit = now
+            self.progress.emit(step)
+
     def run(self) -> None:
-        last = 0.0
-        thin = {"last": 0.0}
-
-        def reported(step: Progress) -> None:  # from inside a library call (saliency)
-            now = time.monotonic()
-            if now - thin["last"] > 0.05 or step.done >= step.total:
-                thin["last"] = now
-                self.progress.emit(step)
-
-        self.token.on_progress = reported
+        self._last_emit = 0.0
+        self.token.on_progress = self._emit_progress
         try:
             gen = self._factory(self.token)
             while True:
@@ -62,12 +65,7 @@ class JobThread(QThread):
                     gen.close()
                     self.cancelled.emit()
                     return
-                now = time.monotonic()
-                # frequent step events are thinned to ~20 per second; events that say
-                # they are milestones are always delivered
-                if getattr(step, "milestone", False) or now - last > 0.05:
-                    last = now
-                    self.progress.emit(step)
+                self._emit_progress(step)
             if self.token.cancelled:
                 self.cancelled.emit()
             else:
