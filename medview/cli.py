@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("info", "models", "train", "predict", "explain", "selftest")
+SUBCOMMANDS = ("info", "models", "train", "predict", "explain", "pacs", "export", "selftest")
 
 
 def _show(text: str) -> str:
@@ -246,7 +246,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(",".join(prediction_row(path, p, anyway)))
     for s in result.skipped if not args.json else []:
         print(f"skipped {_show(s.path)}: {_show(s.reason)}", file=sys.stderr)
-    return 0 if rows else 2
+    if not rows:
+        return 2
+    from medview import cli_pacs
+
+    if cli_pacs.results_wanted(args):
+        return cli_pacs.write_and_send(args, session, card, scored)
+    return 0
 
 
 def _pred_dict(p, score_out_of_scope: bool = False) -> dict:
@@ -266,10 +272,10 @@ def _pred_dict(p, score_out_of_scope: bool = False) -> dict:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from medview.core.progress import drain
+    from medview.core.safeio import atomic_write_bytes
     from medview.explain.saliency import METHODS
     from medview.io import load
     from medview.reports.figures import saliency_png
-    from medview.reports.files import atomic_write_bytes
 
     loaded = _session(args.model, args.device)
     if loaded is None:
@@ -372,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
                     help="also fill in the label and probabilities of images outside the "
                          "model's scope (in_scope stays false)")
+    from medview import cli_pacs
+
+    cli_pacs.add_result_options(pr)
     pr.set_defaults(func=cmd_predict)
     ex = sub.add_parser("explain", help="write a saliency overlay PNG for one image")
     ex.add_argument("path")
@@ -386,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="draw the map for an image outside the model's scope too, greyed "
                          "and stamped OUT OF SCOPE")
     ex.set_defaults(func=cmd_explain)
+    cli_pacs.add_parsers(sub)
     st = sub.add_parser("selftest", help="check models, decoders, inference and saliency")
     st.set_defaults(func=lambda _a: __import__("medview.selftest", fromlist=["x"])
                     .run_selftest())
@@ -435,8 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    from medview.pacs import PacsError
+
     try:
         return args.func(args)
+    except PacsError as exc:
+        print(f"error: {_show(str(exc))}", file=sys.stderr)
+        return 2
     except OSError as exc:  # unwritable --out/--csv, a full disk, an unreadable --config
         where = f": {_show(exc.filename)}" if getattr(exc, "filename", None) else ""
         print(f"error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)

@@ -6,6 +6,9 @@ import socket
 
 import pytest
 
+from tests.orthanc import Orthanc, write_study
+from tests.pacs_fixtures import require_orthanc
+
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
@@ -40,3 +43,30 @@ def qapp_cls():
     from medview.gui.app import application_class
 
     return application_class()
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """One Orthanc with a chest film of patient PAT001 and a 20-slice CT of PAT002."""
+    require_orthanc()
+    root = tmp_path_factory.mktemp("pacs")
+    server = Orthanc(str(root / "orthanc")).start()
+    cr_uid, cr = write_study(str(root / "cr"), modality="CR", n=1, patient_id="PAT001",
+                             patient_name="Doe^Jane", body_part="CHEST", view="AP",
+                             age="003Y", study_description="Chest AP")
+    ct_uid, ct = write_study(str(root / "ct"), modality="CT", n=20, size=64,
+                             patient_id="PAT002", patient_name="Roe^Rick")
+    assert server.upload(cr + ct) == 21
+    server.studies = {"cr": cr_uid, "ct": ct_uid}
+    server.root = root
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pacs_env(tmp_path, pacs, monkeypatch):
+    """Settings and cache of this test only (for the CLI in a subprocess, too)."""
+    monkeypatch.setenv("MEDVIEW_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("MEDVIEW_PACS_CACHE", str(tmp_path / "cache"))
+    return dict(os.environ, MEDVIEW_CONFIG_DIR=str(tmp_path / "config"),
+                MEDVIEW_PACS_CACHE=str(tmp_path / "cache"))

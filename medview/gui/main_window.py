@@ -172,8 +172,14 @@ class MainWindow(QMainWindow):
                                     triggered=self._open_file_dialog))
         file_menu.addAction(QAction("Open folder...", self, shortcut="Ctrl+Shift+O",
                                     triggered=self._open_folder_dialog))
+        file_menu.addAction(QAction("Open from PACS...", self, shortcut="Ctrl+Shift+P",
+                                    triggered=self.open_pacs_dialog))
         self.recent_menu = file_menu.addMenu("Recent studies")
         self._refresh_recent()
+        file_menu.addSeparator()
+        self.act_export_deid = QAction("Export study de-identified...", self,
+                                       triggered=self._export_deidentified_dialog)
+        file_menu.addAction(self.act_export_deid)
         file_menu.addSeparator()
         file_menu.addAction(QAction("Close all series", self, triggered=self.close_all))
         file_menu.addAction(QAction("Quit", self, shortcut=QKeySequence.StandardKey.Quit,
@@ -182,6 +188,7 @@ class MainWindow(QMainWindow):
         tools.addAction(QAction("Fine-tune a model...", self, triggered=self.open_wizard))
         tools.addAction(QAction("Reload models", self,
                                 triggered=lambda: self.model_panel.refresh_models()))
+        tools.addAction(QAction("PACS settings...", self, triggered=self._pacs_settings))
         view_menu = self.menuBar().addMenu("&View")
         for act in (self.act_invert, self.act_fit, self.act_reset, self.act_zoom_in,
                     self.act_zoom_out, self.act_cine):
@@ -211,19 +218,21 @@ class MainWindow(QMainWindow):
         self.ruo_label = ruo
 
     # ------------------------------------------------------------------ opening
-    def open_paths(self, paths: list[str]) -> None:
-        """Load files/folders in the background; newest request wins."""
+    def open_paths(self, paths: list[str], kind: str = "load", select: bool = True) -> None:
+        """Load files/folders in the background; newest request of a ``kind`` wins (series
+        arriving from a PACS each have their own kind, so none cancels another)."""
         paths = [os.fspath(p) for p in paths if p]
         if not paths:
             return
-        self._remember(paths)
+        if kind == "load":
+            self._remember(paths)
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)
         self.cancel_button.setVisible(True)
         self.statusBar().showMessage("Loading...")
-        job = self.jobs.start("load", lambda token: iter_load(paths, token))
+        job = self.jobs.start(kind, lambda token: iter_load(paths, token))
         job.progress.connect(self._on_load_progress)
-        job.succeeded.connect(lambda result, j=job: self._on_loaded(j, result))
+        job.succeeded.connect(lambda result, j=job: self._on_loaded(j, result, select))
         job.failed.connect(lambda exc, j=job: self._on_load_failed(j, exc))
         job.cancelled.connect(lambda j=job: self._on_load_cancelled(j))
 
@@ -237,7 +246,7 @@ class MainWindow(QMainWindow):
             self.progress.setVisible(False)
             self.cancel_button.setVisible(False)
 
-    def _on_loaded(self, job, result: LoadResult) -> None:
+    def _on_loaded(self, job, result: LoadResult, select: bool = True) -> None:
         if not self.jobs.is_current(job):
             return
         self.progress.setVisible(False)
@@ -252,12 +261,12 @@ class MainWindow(QMainWindow):
         if result.skipped:
             msg += f"; {len(result.skipped)} file(s) skipped (see Skipped files)"
         self.statusBar().showMessage(msg, 10000)
-        if result.volumes:
+        if result.volumes and (select or self.current < 0):
             # open on the first diagnostic series, not a localizer (scout)
             new = list(range(first_new, len(self.volumes)))
             first = next((k for k in new if not is_localizer(self.volumes[k])), first_new)
             self.series.select_volume(first)
-        else:
+        elif not result.volumes:
             reasons = "\n".join(f"{os.path.basename(s.path)}: {s.reason}"
                                 for s in result.skipped[:20])
             self.show_error("Nothing could be loaded", reasons or "No image files found.")
@@ -424,6 +433,67 @@ class MainWindow(QMainWindow):
         folder = QFileDialog.getExistingDirectory(self, "Open folder")
         if folder:
             self.open_paths([folder])
+
+    # ------------------------------------------------------------------ PACS
+    def open_pacs_dialog(self):
+        """File > Open from PACS: a non-modal dialog; each retrieved series opens in
+        the series browser as soon as it is in the cache."""
+        from medview.gui.pacs_dialog import OpenFromPacsDialog
+
+        dlg = getattr(self, "pacs_dialog", None)
+        if dlg is None:
+            dlg = OpenFromPacsDialog(self.settings, parent=self)
+            dlg.series_arrived.connect(self._on_series_arrived)
+            self.pacs_dialog = dlg
+        dlg.show()
+        dlg.raise_()
+        return dlg
+
+    def _on_series_arrived(self, folder: str) -> None:
+        self.open_paths([folder], kind=f"pacs:{folder}", select=self.current < 0)
+
+    def _pacs_settings(self) -> None:
+        from medview.gui.pacs_dialog import PacsSettingsDialog
+
+        PacsSettingsDialog(parent=self).exec()
+
+    def study_files(self) -> list[str]:
+        """The files of every open series of the study in view (for export)."""
+        if not 0 <= self.current < len(self.volumes):
+            return []
+        study = self.volumes[self.current].study.study_uid
+        vols = [v for v in self.volumes if study and v.study.study_uid == study] or [
+            self.volumes[self.current]]
+        return [p for v in vols if v.source_format == "dicom" for p in v.source_paths]
+
+    def export_deidentified(self, out_dir: str):
+        """De-identify the study in view into ``out_dir`` in a worker; returns the job."""
+        from medview.reports.deid import iter_export
+
+        files = self.study_files()
+        job = self.jobs.start("export", lambda token: iter_export(files, out_dir,
+                                                                   cancel=token))
+        job.succeeded.connect(self._on_exported)
+        job.failed.connect(lambda exc: self.show_error("Export failed", str(exc)))
+        return job
+
+    def _on_exported(self, r) -> None:
+        text = f"Wrote {len(r.written)} de-identified file(s)."
+        if r.burned_in:
+            text += (f"\n{r.burned_in} image(s) are flagged with burned-in annotation "
+                     "(identity may be in the pixels) and were left out.")
+        self.statusBar().showMessage(text.splitlines()[0], 10000)
+        if r.burned_in or r.skipped:
+            self.show_error("De-identified export", text + "".join(
+                f"\n{os.path.basename(p)}: {why}" for p, why in r.skipped[:10]))
+
+    def _export_deidentified_dialog(self) -> None:
+        if not self.study_files():
+            self.show_error("Export study de-identified", "Open a DICOM study first.")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Export de-identified copies into")
+        if folder:
+            self.export_deidentified(folder)
 
     def _about(self) -> None:
         from medview import __version__

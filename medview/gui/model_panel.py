@@ -324,6 +324,13 @@ class ModelPanel(QWidget):
         self.save_overlay_button.setEnabled(False)
         self.save_overlay_button.clicked.connect(self._save_overlay_dialog)
         form.addRow(self.save_overlay_button)
+        self.send_button = QPushButton("Send result to PACS...")
+        self.send_button.setToolTip("Store this result in the PACS as a DICOM Structured "
+                                    "Report, with the heat-map as a Secondary Capture image "
+                                    "when one is shown")
+        self.send_button.setEnabled(False)
+        self.send_button.clicked.connect(self._send_dialog)
+        form.addRow(self.send_button)
         form.addRow("What the model saw", self.seen)
 
         single = QWidget()
@@ -543,6 +550,7 @@ class ModelPanel(QWidget):
         if hasattr(self, "saliency_note"):
             self.saliency_note.setVisible(False)
             self.save_overlay_button.setEnabled(False)
+            self.send_button.setEnabled(False)
         self._prep = None
         self._revealed = False
         self._saliency = None
@@ -639,6 +647,8 @@ class ModelPanel(QWidget):
         self.seen.setPixmap(QPixmap.fromImage(img).scaled(
             160, 160, Qt.AspectRatioMode.KeepAspectRatio))
         self.class_box.setCurrentText(p.label if p.label in p.classes else p.classes[0])
+        self.send_button.setEnabled(self.volume is not None
+                                    and self.volume.source_format == "dicom")
         self.prediction_ready.emit(p)
         if want_saliency and not p.withheld:
             self.explain(prep=prep)
@@ -912,8 +922,8 @@ class ModelPanel(QWidget):
     def save_overlay(self, path: str) -> None:
         """The image with its heat-map and a caption (model, class, method, research use
         only), as a PNG with the same context in its text chunks."""
+        from medview.core.safeio import atomic_write_bytes
         from medview.reports.figures import saliency_png
-        from medview.reports.files import atomic_write_bytes
 
         card = self.current_card()
         if self._saliency is None or self._saliency_info is None or card is None:
@@ -949,6 +959,55 @@ class ModelPanel(QWidget):
         self._save_as("Save overlay", [folder], "saliency.png", "PNG (*.png)",
                       self.save_overlay, self.status, "Saved the overlay to {path}",
                       "Not saved")
+
+    # ------------------------------------------------------------------ PACS
+    def send_result(self, server: str, settings=None):
+        """Store the result in view (SR; the heat-map as SC when one is shown) in
+        ``server``, in a worker; returns the job (None when there is no result)."""
+        from medview.gui.pacs_dialog import send_result_job
+        from medview.pacs import load_settings
+        from medview.reports.figures import saliency_figure
+
+        card = self.current_card()
+        if self._last is None or self.volume is None or card is None:
+            return None
+        figure = None
+        if self._saliency is not None and self._saliency_info is not None:
+            method, target = self._saliency_info
+            figure = saliency_figure(
+                self.volume, self.index, self._saliency, model_id=card.id,
+                model_version=card.version, target=target, method_name=METHODS[method],
+                colormap=self.cmap_box.currentText(), opacity=self.opacity.value() / 100.0,
+                out_of_scope=self._last.withheld)
+        frame = self.index + 1 if self.volume.multiframe else None
+        factory = send_result_job(server, settings or load_settings(),
+                                  self.volume.source_of(self.index), self._last, figure, frame,
+                                  reveal=self._revealed)
+        self.status.setText(f"Sending the result to {server}...")
+        what = "the SR and the heat-map" if figure is not None else "the SR"
+        job = self.jobs.start("send", factory)
+        job.succeeded.connect(lambda r: self.status.setText(
+            f"Sent {what} to {server} ({r.sent} object(s))." if r.ok else
+            f"Not all sent to {server}: " + "; ".join(r.messages)))
+        job.failed.connect(lambda exc: self.status.setText(f"Not sent: {exc}"))
+        return job
+
+    def _send_dialog(self) -> None:
+        from PySide6.QtCore import QSettings
+        from PySide6.QtWidgets import QInputDialog
+
+        from medview.gui.pacs_dialog import LAST_SERVER_KEY, server_choices
+        from medview.pacs import load_settings
+
+        qs = QSettings("medview", "medview")
+        settings = load_settings()
+        choices = server_choices(settings, qs)
+        server, ok = QInputDialog.getItem(self, "Send result to PACS",
+                                          "Server (saved name or dicom://AET@host:port):",
+                                          choices, 0, True)
+        if ok and server.strip():
+            qs.setValue(LAST_SERVER_KEY, server.strip())
+            self.send_result(server.strip(), settings)
 
     def export_folder(self) -> str:
         """Where the export dialog starts: the folder of the first scored study, else the

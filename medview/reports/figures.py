@@ -48,6 +48,19 @@ def add_caption(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     return np.asarray(out)
 
 
+def saliency_figure(volume: ImageVolume, index: int, saliency: np.ndarray, *, model_id: str,
+                    model_version: str, target: str, method_name: str,
+                    colormap: str = "inferno", opacity: float = 0.6,
+                    out_of_scope: bool = False) -> tuple[np.ndarray, list[str]]:
+    """The overlay with its caption burned in (RGB uint8) and the caption's lines: what
+    the PNG and the DICOM Secondary Capture both hold."""
+    image = blend(render_slice(volume, index, None), heatmap_rgba(saliency, colormap, opacity))
+    if out_of_scope:
+        image = stamp_out_of_scope(image)
+    lines = caption_lines(model_id, model_version, target, method_name, out_of_scope)
+    return add_caption(image, lines), lines
+
+
 def saliency_png(volume: ImageVolume, index: int, saliency: np.ndarray, *, model_id: str,
                  model_version: str, target: str, method: str, method_name: str,
                  colormap: str = "inferno", opacity: float = 0.6,
@@ -57,11 +70,10 @@ def saliency_png(volume: ImageVolume, index: int, saliency: np.ndarray, *, model
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    image = blend(render_slice(volume, index, None), heatmap_rgba(saliency, colormap, opacity))
-    if out_of_scope:
-        image = stamp_out_of_scope(image)
-    lines = caption_lines(model_id, model_version, target, method_name, out_of_scope)
-    image = add_caption(image, lines)
+    image, lines = saliency_figure(volume, index, saliency, model_id=model_id,
+                                   model_version=model_version, target=target,
+                                   method_name=method_name, colormap=colormap,
+                                   opacity=opacity, out_of_scope=out_of_scope)
     info = PngInfo()
     info.add_text("Software", "medview")
     info.add_text("Description", " ".join(lines))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import os
-import tempfile
 from collections.abc import Iterable
 
 from medview.core.modeling import Prediction
-from medview.core.safeio import plain_text
+from medview.core.safeio import atomic_write_bytes, plain_text
 
 #: A spreadsheet treats a cell starting with one of these as a formula (CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -22,22 +19,6 @@ def csv_text(text: str) -> str:
     character is neutralised with an apostrophe (OWASP's CSV-injection rule)."""
     text = plain_text(text)
     return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".medview-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def prediction_header(classes: list[str]) -> list[str]:

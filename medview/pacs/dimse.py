@@ -1,0 +1,520 @@
+"""DIMSE on pynetdicom: C-ECHO, C-FIND (study, series, instance), C-GET with a C-MOVE
+fallback, C-STORE.
+
+Received instances never pass through memory whole: pynetdicom's chunked receive writes
+each dataset to a temporary file as its fragments arrive, and the handler moves the
+finished file into the cache (see :mod:`medview.pacs.cache`). Every UID from the server
+is checked before it names a file, and every file is checked to be the instance it
+claims to be before it is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Generator, Iterable
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from medview.core.errors import CancelledError
+from medview.core.limits import fmt_bytes
+from medview.core.progress import CancelToken, Progress
+from medview.pacs import cache
+from medview.pacs.records import (
+    EchoResult,
+    InstanceRecord,
+    Query,
+    RetrieveResult,
+    SeriesRecord,
+    StoreResult,
+    StudyRecord,
+    count,
+    text,
+)
+from medview.pacs.servers import PacsError, PacsSettings, Server
+
+log = logging.getLogger(__name__)
+
+#: Most results one C-FIND may return before medview stops reading (narrow the query).
+MAX_MATCHES = 2000
+#: Largest instance kept from the network (bytes); a bigger one is refused.
+MAX_INSTANCE_BYTES = 4 * 1024**3
+#: Transfer syntaxes offered for storage: uncompressed first, then what medview decodes.
+STORAGE_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                    DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit,
+                    JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, JPEG2000, RLELossless]
+
+_REJECT_REASONS = {
+    # (source, diagnostic) of A-ASSOCIATE-RJ, PS3.8 9.3.4
+    (1, 1): "the server gave no reason",
+    (1, 2): "the server does not support this application context",
+    (1, 3): "the server does not know medview's AE title {calling!r}: add it to the PACS's "
+            "list of known nodes, or set medview's AE title in Settings",
+    (1, 7): "the server's AE title is not {called!r}: check the AE title in the URL",
+    (2, 1): "no reason given",
+    (2, 2): "protocol version not supported",
+    (3, 1): "the server is busy (temporary congestion); try again",
+    (3, 2): "the server has reached its limit of connections; try again",
+}
+
+_pynetdicom_lock = threading.Lock()
+
+
+def _ae(settings: PacsSettings):
+    from pynetdicom import AE, _config
+
+    with _pynetdicom_lock:
+        # Received datasets go to a temporary file fragment by fragment (memory stays flat
+        # however large an instance is) and are never decoded on the way in.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        _config.LOG_HANDLER_LEVEL = "none"
+        # pynetdicom logs every refused or rejected association as an error; medview
+        # turns those into one clear message of its own
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    ae = AE(ae_title=settings.ae_title)
+    ae.acse_timeout = settings.timeout_s
+    ae.dimse_timeout = settings.timeout_s
+    ae.network_timeout = settings.timeout_s
+    ae.connection_timeout = settings.timeout_s
+    ae.maximum_pdu_size = 1 << 20  # 1 MiB P-DATA PDUs: few round trips, bounded buffers
+    return ae
+
+
+def _diagnose_connect(server: Server, timeout: float) -> str:
+    """Why a TCP connection to the server fails, in words ('' when it succeeds)."""
+    try:
+        with socket.create_connection((server.host, server.port), timeout=timeout):
+            return ""
+    except ConnectionRefusedError:
+        return f"connection refused: nothing accepts DICOM at {server.host}:{server.port}"
+    except TimeoutError:
+        return f"no answer from {server.host}:{server.port} within {timeout:g} s (timeout)"
+    except socket.gaierror:
+        return f"unknown host {server.host!r}"
+    except OSError as exc:
+        return f"cannot reach {server.host}:{server.port}: {exc.strerror or exc}"
+
+
+class DimseClient:
+    """One DICOM server reached by DIMSE, as medview's AE."""
+
+    def __init__(self, server: Server, settings: PacsSettings) -> None:
+        self.server = server
+        self.settings = settings
+
+    # -- association ----------------------------------------------------------------
+    def _associate(self, ae, ext_neg=None, evt_handlers=None):
+        assoc = ae.associate(self.server.host, self.server.port, ae_title=self.server.ae_title,
+                             ext_neg=ext_neg, evt_handlers=evt_handlers)
+        if assoc.is_established:
+            return assoc
+        raise PacsError(self._why_not(assoc))
+
+    def _why_not(self, assoc) -> str:
+        where = f"{self.server.url}"
+        if assoc.is_rejected:
+            rsp = getattr(assoc.acceptor, "primitive", None)
+            key = (getattr(rsp, "result_source", 0), getattr(rsp, "diagnostic", 0))
+            reason = _REJECT_REASONS.get(key, getattr(rsp, "reason_str", "no reason given"))
+            reason = reason.format(calling=self.settings.ae_title, called=self.server.ae_title)
+            return f"{where}: association rejected: {reason}"
+        problem = _diagnose_connect(self.server, min(self.settings.timeout_s, 5.0))
+        if problem:
+            return f"{where}: {problem}"
+        if assoc.is_aborted:
+            return (f"{where}: the server aborted the association (it may refuse medview's "
+                    f"AE title {self.settings.ae_title!r}, or none of the requested services)")
+        return f"{where}: no association within {self.settings.timeout_s:g} s"
+
+    def _lost(self, assoc, what: str) -> str:
+        if assoc.is_aborted:
+            return (f"{self.server.url}: the server aborted the {what}; it may not accept "
+                    f"it from medview's AE title {self.settings.ae_title!r} (add medview to "
+                    "the PACS's known nodes)")
+        return (f"{self.server.url}: no answer to the {what} within "
+                f"{self.settings.timeout_s:g} s; the server may not accept it from medview's "
+                f"AE title {self.settings.ae_title!r} (add medview to the PACS's known "
+                "nodes), or it is overloaded")
+
+    # -- echo -----------------------------------------------------------------------
+    def echo(self) -> EchoResult:
+        from pynetdicom.sop_class import Verification
+
+        ae = _ae(self.settings)
+        ae.add_requested_context(Verification)
+        t0 = time.perf_counter()
+        assoc = self._associate(ae)
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            assoc.release()
+        ms = (time.perf_counter() - t0) * 1000
+        code = getattr(status, "Status", None)
+        if code != 0x0000:
+            raise PacsError(f"{self.server.url}: C-ECHO answered status "
+                            f"{'none (timeout)' if code is None else hex(code)}")
+        return EchoResult(self.server.url, ms, "C-ECHO")
+
+    # -- find -----------------------------------------------------------------------
+    def _find(self, identifier: Dataset) -> list[Dataset]:
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+        ae = _ae(self.settings)
+        ae.add_requested_context(FIND)
+        assoc = self._associate(ae)
+        out: list[Dataset] = []
+        try:
+            for status, ds in assoc.send_c_find(identifier, FIND):
+                code = getattr(status, "Status", None)
+                if code is None:
+                    raise PacsError(self._lost(assoc, "query"))
+                if code in (0xFF00, 0xFF01) and ds is not None:
+                    out.append(ds)
+                    if len(out) >= MAX_MATCHES:
+                        assoc.abort()
+                        raise PacsError(f"more than {MAX_MATCHES} matches: narrow the query")
+                elif code not in (0x0000, 0xFF00, 0xFF01):
+                    raise PacsError(f"{self.server.url}: C-FIND failed with status "
+                                    f"{hex(code)}")
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return out
+
+    def find_studies(self, query: Query) -> list[StudyRecord]:
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        for key in ("StudyInstanceUID", "StudyDate", "StudyDescription", "PatientName",
+                    "PatientID", "AccessionNumber", "ModalitiesInStudy",
+                    "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"):
+            setattr(q, key, "")
+        for key, value in query.filters().items():
+            setattr(q, key, value)
+        out = []
+        for ds in self._find(q):
+            uid = text(ds.get("StudyInstanceUID", ""))
+            if not cache.is_uid(uid):
+                continue
+            mods = ds.get("ModalitiesInStudy", "")
+            mods = [mods] if isinstance(mods, str) else list(mods or [])
+            out.append(StudyRecord(
+                uid, text(ds.get("PatientID")), text(ds.get("PatientName")),
+                text(ds.get("StudyDate")), text(ds.get("StudyDescription")),
+                text(ds.get("AccessionNumber")), tuple(text(m) for m in mods if m),
+                count(ds.get("NumberOfStudyRelatedSeries")),
+                count(ds.get("NumberOfStudyRelatedInstances"))))
+        return sorted(out, key=lambda s: (s.study_date, s.study_uid), reverse=True)
+
+    def find_series(self, study_uid: str) -> list[SeriesRecord]:
+        q = Dataset()
+        q.QueryRetrieveLevel = "SERIES"
+        q.StudyInstanceUID = cache.check_uid(study_uid, "study UID")
+        for key in ("SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesNumber",
+                    "NumberOfSeriesRelatedInstances"):
+            setattr(q, key, "")
+        out = []
+        for ds in self._find(q):
+            uid = text(ds.get("SeriesInstanceUID", ""))
+            if cache.is_uid(uid):
+                out.append(SeriesRecord(study_uid, uid, text(ds.get("Modality")),
+                                        text(ds.get("SeriesDescription")),
+                                        count(ds.get("SeriesNumber")),
+                                        count(ds.get("NumberOfSeriesRelatedInstances"))))
+        return sorted(out, key=lambda s: (s.number is None, s.number or 0, s.series_uid))
+
+    def find_instances(self, study_uid: str, series_uid: str | None = None
+                       ) -> list[InstanceRecord]:
+        q = Dataset()
+        q.QueryRetrieveLevel = "IMAGE"
+        q.StudyInstanceUID = cache.check_uid(study_uid, "study UID")
+        q.SeriesInstanceUID = cache.check_uid(series_uid, "series UID") if series_uid else ""
+        q.SOPInstanceUID = ""
+        q.SOPClassUID = ""
+        out = []
+        for ds in self._find(q):
+            series = text(ds.get("SeriesInstanceUID", ""))
+            sop = text(ds.get("SOPInstanceUID", ""))
+            if cache.is_uid(series) and cache.is_uid(sop):
+                out.append(InstanceRecord(series, sop, text(ds.get("SOPClassUID", ""))))
+        return out
+
+    # -- retrieve -------------------------------------------------------------------
+    def iter_retrieve(self, study_uid: str, dest: str, series_uid: str | None = None,
+                      cancel: CancelToken | None = None, method: str = "auto"
+                      ) -> Generator[Progress, None, RetrieveResult]:
+        """Fetch a study (or one series) into ``dest``; yields progress, returns what was
+        done. ``method``: ``auto`` (C-GET, C-MOVE if the server refuses C-GET), ``get``
+        or ``move``. Instances already in ``dest`` are not fetched again."""
+        study_uid = cache.check_uid(study_uid, "study UID")
+        yield Progress(0, 0, "listing instances")
+        wanted = self.find_instances(study_uid, series_uid)
+        result = RetrieveResult(study_uid, os.path.join(dest, study_uid), expected=len(wanted))
+        if not wanted:
+            raise PacsError(f"{self.server.url}: no instances found for that "
+                            f"{'series' if series_uid else 'study'}")
+        by_sop = {w.sop_uid: w for w in wanted}
+        for w in wanted:
+            result.series_folders.setdefault(
+                w.series_uid, cache.series_folder(dest, study_uid, w.series_uid))
+        present = set()
+        for folder in result.series_folders.values():
+            present |= cache.present_instances(folder)
+        missing = [w for w in wanted if w.sop_uid not in present]
+        result.already_present = len(wanted) - len(missing)
+        cache.touch_study(dest, study_uid)
+        if not missing:
+            yield Progress(len(wanted), len(wanted), "all instances already present")
+            return result
+        receiver = _Receiver(dest, study_uid, by_sop, result)
+        tries = ["get", "move"] if method == "auto" else [method]
+        last_error: PacsError | None = None
+        for how in tries:
+            try:
+                if how == "get":
+                    yield from self._get(missing, len(missing) == len(wanted), series_uid,
+                                         receiver, result, cancel)
+                else:
+                    yield from self._move(missing, len(missing) == len(wanted), series_uid,
+                                          receiver, result, cancel)
+                last_error = None
+                break
+            except _Refused as exc:
+                last_error = PacsError(str(exc))
+                log.info("retrieve by %s refused; %s", how, "trying C-MOVE" if how == "get"
+                         else "no other method")
+                continue
+            finally:
+                cache.remove_partials(result.series_folders.values())
+        if last_error is not None and result.received == 0:
+            raise last_error
+        return result
+
+    def _identifier(self, missing: list[InstanceRecord], everything: bool,
+                    series_uid: str | None, study_uid: str) -> Dataset:
+        q = Dataset()
+        q.StudyInstanceUID = study_uid
+        if everything and series_uid is None:
+            q.QueryRetrieveLevel = "STUDY"
+        elif everything:
+            q.QueryRetrieveLevel = "SERIES"
+            q.SeriesInstanceUID = series_uid
+        else:  # resume: only the missing instances (list of UID matching, PS3.4 C.2.2.2.2)
+            q.QueryRetrieveLevel = "IMAGE"
+            series = sorted({m.series_uid for m in missing})
+            q.SeriesInstanceUID = series if len(series) > 1 else series[0]
+            sops = [m.sop_uid for m in missing]
+            q.SOPInstanceUID = sops if len(sops) > 1 else sops[0]
+        return q
+
+    def _get(self, missing, everything, series_uid, receiver, result, cancel):
+        from pynetdicom import build_role, evt
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+
+        ae = _ae(self.settings)
+        ae.add_requested_context(GET)
+        classes = sorted({m.sop_class for m in missing if cache.is_uid(m.sop_class)})
+        if len(classes) > 120:
+            raise _Refused("the study holds more than 120 kinds of objects; use C-MOVE")
+        roles = []
+        for sop_class in classes:
+            ae.add_requested_context(sop_class, STORAGE_SYNTAXES)
+            roles.append(build_role(sop_class, scp_role=True))
+        assoc = self._associate(ae, ext_neg=roles,
+                                evt_handlers=[(evt.EVT_C_STORE, receiver.handle)])
+        if not any(cx.abstract_syntax == GET for cx in assoc.accepted_contexts):
+            assoc.release()
+            raise _Refused(f"{self.server.url} does not offer C-GET")
+        result.method = "C-GET"
+        ident = self._identifier(missing, everything, series_uid, result.study_uid)
+        yield from self._drive(assoc, assoc.send_c_get(ident, GET), receiver, result,
+                               len(missing), cancel)
+
+    def _move(self, missing, everything, series_uid, receiver, result, cancel):
+        from pynetdicom import AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
+
+        ae = _ae(self.settings)
+        ae.supported_contexts = AllStoragePresentationContexts
+        for cx in ae.supported_contexts:
+            cx.transfer_syntax = list(STORAGE_SYNTAXES)
+        try:
+            scp = ae.start_server(("0.0.0.0", self.settings.port), block=False,
+                                  evt_handlers=[(evt.EVT_C_STORE, receiver.handle)])
+        except OSError as exc:
+            raise PacsError(f"cannot listen on port {self.settings.port} for C-MOVE "
+                            f"({exc.strerror or exc}); change the port in Settings") from None
+        try:
+            ae.add_requested_context(MOVE)
+            assoc = self._associate(ae)
+            result.method = "C-MOVE"
+            ident = self._identifier(missing, everything, series_uid, result.study_uid)
+            yield from self._drive(assoc, assoc.send_c_move(ident, self.settings.ae_title, MOVE),
+                                   receiver, result, len(missing), cancel)
+        finally:
+            scp.shutdown()
+
+    def _drive(self, assoc, responses, receiver, result, total, cancel):
+        try:
+            yield from self._responses(assoc, responses, receiver, result, total, cancel)
+        except GeneratorExit:  # the caller stopped (cancel): end the transfer at once
+            assoc.abort()
+            raise
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        yield Progress(result.received, total, result.summary())
+
+    def _responses(self, assoc, responses, receiver, result, total, cancel):
+        final = None
+        for status, _ident in responses:
+            if cancel is not None and cancel.cancelled:
+                assoc.abort()
+                raise CancelledError(f"retrieve cancelled: {result.summary()}")
+            code = getattr(status, "Status", None)
+            if code is None:  # timeout or aborted association
+                if receiver.received == 0 and result.method == "C-GET":
+                    raise _Refused(self._lost(assoc, "C-GET"))
+                result.message = "the server stopped answering (connection lost)"
+                break
+            result.received = receiver.received
+            yield Progress(receiver.received, total,
+                           f"{receiver.received} of {total} instance(s)")
+            if code not in (0xFF00, 0xFF01):
+                final = code
+        # a few stores may complete after the last pending answer
+        result.received = receiver.received
+        result.failed = receiver.failed
+        if final is not None and final not in (0x0000, 0xB000):
+            if result.received == 0 and final in (0xA701, 0xA702, 0xA801, 0xA900,
+                                                  0xC000, 0x0122, 0x0124, 0xFE00):
+                hint = (" (the PACS does not know medview's AE title "
+                        f"{self.settings.ae_title!r} as a move destination at this "
+                        f"computer, port {self.settings.port})"
+                        if final == 0xA801 else "")
+                raise _Refused(f"{self.server.url}: retrieve refused, status "
+                               f"{hex(final)}{hint}")
+            result.message = f"the server ended with status {hex(final)}"
+        if receiver.errors:
+            result.message = "; ".join([result.message, *receiver.errors[:3]]).strip("; ")
+
+    # -- store ----------------------------------------------------------------------
+    def iter_store(self, paths: Iterable[str], cancel: CancelToken | None = None
+                   ) -> Generator[Progress, None, StoreResult]:
+        paths = list(paths)
+        metas = []
+        for p in paths:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                meta = dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            ts = meta.file_meta.TransferSyntaxUID
+            metas.append((p, str(meta.file_meta.MediaStorageSOPClassUID), str(ts)))
+        ae = _ae(self.settings)
+        pairs = sorted({(c, t) for _p, c, t in metas})
+        if len(pairs) > 120:
+            raise PacsError("too many kinds of objects to send in one association")
+        for sop_class, ts in pairs:
+            syntaxes = [ts] + ([ExplicitVRLittleEndian] if ts != ExplicitVRLittleEndian
+                               else [])
+            ae.add_requested_context(sop_class, syntaxes)
+        assoc = self._associate(ae)
+        out = StoreResult()
+        try:
+            for k, (p, _c, _t) in enumerate(metas):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                status = assoc.send_c_store(p)
+                code = getattr(status, "Status", None)
+                if code in (0x0000, 0xB000, 0xB007, 0xB006):
+                    out.sent += 1
+                else:
+                    out.failed += 1
+                    out.messages.append(f"{os.path.basename(p)}: C-STORE status "
+                                        f"{'none (timeout)' if code is None else hex(code)}")
+                yield Progress(k + 1, len(metas), f"sent {k + 1} of {len(metas)}")
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return out
+
+
+class _Refused(Exception):
+    """The server refused this way of retrieving; another may work."""
+
+
+class _Receiver:
+    """The C-STORE handler of a retrieve: checks each arriving instance and moves its
+    temporary file into the cache. Runs in pynetdicom's association thread."""
+
+    def __init__(self, dest: str, study_uid: str, by_sop: dict[str, InstanceRecord],
+                 result: RetrieveResult) -> None:
+        self.dest = dest
+        self.study_uid = study_uid
+        self.by_sop = by_sop
+        self.result = result
+        self.received = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+
+    def _fail(self, why: str) -> int:
+        with self._lock:
+            self.failed += 1
+            if len(self.errors) < 10:
+                self.errors.append(why)
+        return 0xA700 if "large" in why else 0xC211
+
+    def handle(self, event) -> int:
+        sop = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            src = str(event.dataset_path)
+        except AttributeError:
+            return self._fail("instance arrived without a dataset")
+        try:
+            if not cache.is_uid(sop):
+                return self._fail("an instance with an invalid UID was refused")
+            size = os.path.getsize(src)
+            if size > MAX_INSTANCE_BYTES:
+                return self._fail(f"an instance of {fmt_bytes(size)} was refused (too large)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                head = dcmread(src, stop_before_pixels=True,
+                               specific_tags=["SOPInstanceUID", "SeriesInstanceUID",
+                                              "StudyInstanceUID"])
+            series = str(head.get("SeriesInstanceUID", ""))
+            known = self.by_sop.get(sop)
+            if str(head.get("SOPInstanceUID", "")) != sop or (
+                    known is not None and known.series_uid != series) or (
+                    str(head.get("StudyInstanceUID", "")) != self.study_uid):
+                return self._fail("an instance whose header does not match what was "
+                                  "requested was refused")
+            final = cache.instance_path(self.dest, self.study_uid, series, sop)
+            cache.commit_file(src, final)
+            with self._lock:
+                self.received += 1
+                self.result.series_folders.setdefault(series, os.path.dirname(final))
+            return 0x0000
+        except Exception as exc:  # a bad instance must not end the association
+            log.info("received instance refused: %s", type(exc).__name__)
+            return self._fail(f"an instance could not be kept ({type(exc).__name__})")
+        finally:
+            with contextlib.suppress(OSError):
+                if os.path.exists(src):
+                    os.remove(src)

@@ -1,0 +1,65 @@
+"""Open from PACS and Send result to PACS in the real window, against a real Orthanc."""
+
+from __future__ import annotations
+
+import os
+
+from medview.pacs import connect
+from tests.pacs_fixtures import _patch_film, _settings
+
+
+def test_gui_open_from_pacs_retrieves_into_the_series_browser(qtbot, pacs, pacs_env, make_window):
+    win = make_window()
+    dlg = win.open_pacs_dialog()
+    dlg.settings = _settings(pacs, cache_dir=pacs_env["MEDVIEW_PACS_CACHE"])
+    dlg.server.setCurrentText(pacs.dimse_url)
+    dlg.patient_id.setText("PAT002")
+    with qtbot.waitSignal(dlg.studies_found, timeout=20000) as found:
+        dlg.find_button.click()
+    assert found.args == [1]
+    study = dlg.tree.topLevelItem(0)
+    assert study.text(1) == "PAT002" and study.text(5) == "20"
+    with qtbot.waitSignal(dlg.series_listed, timeout=20000):
+        study.setExpanded(True)
+    assert study.childCount() == 1
+    dlg.tree.setCurrentItem(study)
+    assert dlg.retrieve_button.isEnabled()
+    with qtbot.waitSignal(win.load_finished, timeout=30000), \
+            qtbot.waitSignal(dlg.retrieve_finished, timeout=30000) as done:
+        dlg.retrieve_button.click()
+    assert done.args[0][0].complete
+    assert win.series.volume_count() == 1 and win.volumes[0].n_slices == 20
+    assert win.current == 0
+    # a dead server: a clear message in the dialog, the window goes on
+    dlg.server.setCurrentText("dicom://ORTHANC@127.0.0.1:1")
+    with qtbot.waitSignal(dlg.failed, timeout=20000) as failed:
+        dlg.find_button.click()
+    assert "connection refused" in failed.args[0] and dlg.find_button.isEnabled()
+    dlg.close()
+
+
+def test_gui_sends_the_result_in_view_to_the_pacs(qtbot, pacs, pacs_env, make_window, tiny_model,
+                                                   monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", os.path.dirname(tiny_model[0]))
+    win = make_window()
+    study_uid, path = _patch_film(tiny_model[1], str(tmp_path / "film"))
+    pacs.upload([path])
+    with qtbot.waitSignal(win.load_finished, timeout=20000):
+        win.open_paths([path])
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    assert not panel.send_button.isEnabled()
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
+        panel.run_button.click()
+    with qtbot.waitSignal(panel.saliency_ready, timeout=60000):
+        if panel._last.withheld:  # the heat-map needs "show anyway" out of scope
+            panel.show_anyway.click()
+    assert panel.send_button.isEnabled()
+    job = panel.send_result(pacs.dimse_url, _settings(pacs))
+    with qtbot.waitSignal(job.succeeded, timeout=30000) as sent:
+        pass
+    assert sent.args[0].sent == 2
+    assert "Sent the SR and the heat-map" in panel.status.text()
+    kinds = {s.modality for s in connect(pacs.dimse_url, _settings(pacs)).find_series(
+        study_uid)}
+    assert kinds == {"CR", "SR", "OT"}
