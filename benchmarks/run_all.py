@@ -12,6 +12,7 @@ from benchmarks import (
     bench_hardening,
     bench_inference,
     bench_load,
+    bench_pacs,
     bench_training,
     bench_trust_gate,
 )
@@ -29,3 +30,5 @@ if __name__ == "__main__":
     print_table("Training throughput (Lite0, 128 px, batch 16, CPU)", bench_training.run())
     print_table("Trust gate: cost and out-of-distribution benchmark (cxr-pneumonia, CPU)",
                 bench_trust_gate.run())
+    print_table(f"PACS retrieve ({bench_pacs.N_INSTANCES} CT instances from a real Orthanc on "
+                f"localhost, best of {bench_pacs.ROUNDS})", bench_pacs.run())

@@ -191,3 +191,35 @@ def test_deidentified_export_remaps_identity_consistently(tmp_path):
     assert len({ds.StudyInstanceUID for ds in out}) == 1  # remapped consistently
     assert len({ds.SeriesInstanceUID for ds in out}) == 1
     assert len({ds.PatientID for ds in out}) == 1
+
+
+def test_received_instances_that_lie_about_themselves_are_refused(tmp_path):
+    """The C-STORE handler of a retrieve, fed as pynetdicom would: a file in a temporary
+    place and the UID the server announced."""
+    from types import SimpleNamespace
+
+    from medview.pacs.dimse import _Receiver
+    from medview.pacs.records import RetrieveResult
+
+    study_uid, paths = write_study(str(tmp_path / "src"), modality="CR", n=2, size=16)
+    dest = str(tmp_path / "cache")
+    result = RetrieveResult(study_uid, os.path.join(dest, study_uid))
+    receiver = _Receiver(dest, study_uid, None, None, result)
+    receiver.start()
+
+    def arrive(path, announced):
+        tmp = str(tmp_path / f"incoming-{len(os.listdir(tmp_path))}")
+        shutil.copyfile(path, tmp)
+        event = SimpleNamespace(request=SimpleNamespace(AffectedSOPInstanceUID=announced),
+                                dataset_path=tmp)
+        return receiver.handle(event)
+
+    good = dcmread(paths[0]).SOPInstanceUID
+    assert arrive(paths[0], good) == 0x0000
+    assert arrive(paths[1], "../../../etc/passwd") != 0x0000  # names no file
+    assert arrive(paths[1], good) == 0x0000  # accepted, then its header says otherwise
+    receiver.finish()
+    assert (receiver.received, receiver.failed) == (1, 2)
+    kept = [os.path.join(d, f) for d, _s, fs in os.walk(dest) for f in fs]
+    assert [os.path.basename(k) for k in kept] == [f"{good}.dcm"]
+    assert dcmread(kept[0]).SOPInstanceUID == good

@@ -69,26 +69,50 @@ def partial_path(final: str) -> str:
     return os.path.join(folder, _PARTIAL_PREFIX + name)
 
 
-def commit_file(src: str, final: str) -> None:
-    """Move a finished temporary file to its final name: same file system -> rename,
-    else copy beside the target first; fsync either way, so a crash never leaves a
-    half-written instance under its final name."""
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = partial_path(final)
+def take_file(src: str, tmp: str) -> None:
+    """Move ``src`` to the temporary name ``tmp`` (rename on one file system, else copy)."""
     try:
         os.replace(src, tmp)
     except OSError:
         shutil.copyfile(src, tmp)
         with contextlib.suppress(OSError):
             os.remove(src)
+
+
+def finish_file(tmp: str, final: str) -> None:
+    """fsync a complete temporary file, then rename it to its final name: a crash never
+    leaves a half-written instance under a final name."""
     try:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.makedirs(os.path.dirname(final), exist_ok=True)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def commit_file(src: str, final: str) -> None:
+    """Move a finished file to its final name through a temporary name beside it."""
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = partial_path(final)
+    take_file(src, tmp)
+    finish_file(tmp, final)
+
+
+def present_in_study(root: str, study_uid: str, series_uid: str | None = None) -> set[str]:
+    """SOP instance UIDs already complete for a study (or one of its series)."""
+    study = os.path.join(root, check_uid(study_uid, "study UID"))
+    if series_uid:
+        return present_instances(os.path.join(study, check_uid(series_uid, "series UID")))
+    if not os.path.isdir(study):
+        return set()
+    out: set[str] = set()
+    for name in os.listdir(study):
+        if is_uid(name):
+            out |= present_instances(os.path.join(study, name))
+    return out
 
 
 def remove_partials(folders: Iterable[str]) -> None:

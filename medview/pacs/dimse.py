@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -257,43 +258,76 @@ class DimseClient:
         return out
 
     # -- retrieve -------------------------------------------------------------------
+    def _summary(self, study_uid: str, series_uid: str | None
+                 ) -> tuple[int | None, list[str] | None]:
+        """(number of instances, SOP classes) of a study or series from one or two quick
+        C-FINDs; None where the server does not say."""
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyInstanceUID = study_uid
+        q.SOPClassesInStudy = ""
+        q.NumberOfStudyRelatedInstances = ""
+        found = self._find(q)
+        if not found:
+            return 0, []
+        raw = found[0].get("SOPClassesInStudy", "")
+        raw = [raw] if isinstance(raw, str) else list(raw or [])
+        classes = sorted({text(c) for c in raw if cache.is_uid(text(c))}) or None
+        n = count(found[0].get("NumberOfStudyRelatedInstances"))
+        if series_uid:
+            q = Dataset()
+            q.QueryRetrieveLevel = "SERIES"
+            q.StudyInstanceUID = study_uid
+            q.SeriesInstanceUID = series_uid
+            q.NumberOfSeriesRelatedInstances = ""
+            found = self._find(q)
+            n = count(found[0].get("NumberOfSeriesRelatedInstances")) if found else 0
+        return n, classes
+
     def iter_retrieve(self, study_uid: str, dest: str, series_uid: str | None = None,
                       cancel: CancelToken | None = None, method: str = "auto"
                       ) -> Generator[Progress, None, RetrieveResult]:
         """Fetch a study (or one series) into ``dest``; yields progress, returns what was
         done. ``method``: ``auto`` (C-GET, C-MOVE if the server refuses C-GET), ``get``
-        or ``move``. Instances already in ``dest`` are not fetched again."""
+        or ``move``. Instances already in ``dest`` are not fetched again: a first
+        retrieve asks for the whole study or series (the server's count and SOP classes
+        from one quick query); a resumed one lists the instances and asks for the
+        missing ones only."""
         study_uid = cache.check_uid(study_uid, "study UID")
-        yield Progress(0, 0, "listing instances")
-        wanted = self.find_instances(study_uid, series_uid)
-        result = RetrieveResult(study_uid, os.path.join(dest, study_uid), expected=len(wanted))
-        if not wanted:
+        if series_uid:
+            series_uid = cache.check_uid(series_uid, "series UID")
+        yield Progress(0, 0, "asking the server what the study holds")
+        present = cache.present_in_study(dest, study_uid, series_uid)
+        missing: list[InstanceRecord] | None = None
+        expected, classes = (None, None) if present else self._summary(study_uid, series_uid)
+        if present or classes is None or expected is None:  # resume, or a terse server
+            wanted = self.find_instances(study_uid, series_uid)
+            missing = [w for w in wanted if w.sop_uid not in present]
+            expected = len(wanted)
+            classes = sorted({w.sop_class for w in wanted if cache.is_uid(w.sop_class)})
+            if len(missing) == len(wanted):
+                missing = None  # nothing here yet: ask for the whole study/series
+        result = RetrieveResult(study_uid, os.path.join(dest, study_uid), expected=expected,
+                                already_present=0 if missing is None else
+                                expected - len(missing))
+        if not expected:
             raise PacsError(f"{self.server.url}: no instances found for that "
                             f"{'series' if series_uid else 'study'}")
-        by_sop = {w.sop_uid: w for w in wanted}
-        for w in wanted:
-            result.series_folders.setdefault(
-                w.series_uid, cache.series_folder(dest, study_uid, w.series_uid))
-        present = set()
-        for folder in result.series_folders.values():
-            present |= cache.present_instances(folder)
-        missing = [w for w in wanted if w.sop_uid not in present]
-        result.already_present = len(wanted) - len(missing)
         cache.touch_study(dest, study_uid)
-        if not missing:
-            yield Progress(len(wanted), len(wanted), "all instances already present")
+        if missing is not None and not missing:
+            yield Progress(expected, expected, "all instances already present")
             return result
-        receiver = _Receiver(dest, study_uid, by_sop, result)
+        receiver = _Receiver(dest, study_uid, series_uid, missing, result)
+        todo = expected - result.already_present
         tries = ["get", "move"] if method == "auto" else [method]
         last_error: PacsError | None = None
         for how in tries:
             try:
                 if how == "get":
-                    yield from self._get(missing, len(missing) == len(wanted), series_uid,
-                                         receiver, result, cancel)
+                    yield from self._get(missing, classes, series_uid, receiver, result, todo,
+                                         cancel)
                 else:
-                    yield from self._move(missing, len(missing) == len(wanted), series_uid,
-                                          receiver, result, cancel)
+                    yield from self._move(missing, series_uid, receiver, result, todo, cancel)
                 last_error = None
                 break
             except _Refused as exc:
@@ -302,18 +336,19 @@ class DimseClient:
                          else "no other method")
                 continue
             finally:
-                cache.remove_partials(result.series_folders.values())
+                receiver.finish()
+                cache.remove_partials([result.folder, *result.series_folders.values()])
         if last_error is not None and result.received == 0:
             raise last_error
         return result
 
-    def _identifier(self, missing: list[InstanceRecord], everything: bool,
-                    series_uid: str | None, study_uid: str) -> Dataset:
+    def _identifier(self, missing: list[InstanceRecord] | None, series_uid: str | None,
+                    study_uid: str) -> Dataset:
         q = Dataset()
         q.StudyInstanceUID = study_uid
-        if everything and series_uid is None:
+        if missing is None and series_uid is None:
             q.QueryRetrieveLevel = "STUDY"
-        elif everything:
+        elif missing is None:
             q.QueryRetrieveLevel = "SERIES"
             q.SeriesInstanceUID = series_uid
         else:  # resume: only the missing instances (list of UID matching, PS3.4 C.2.2.2.2)
@@ -324,30 +359,30 @@ class DimseClient:
             q.SOPInstanceUID = sops if len(sops) > 1 else sops[0]
         return q
 
-    def _get(self, missing, everything, series_uid, receiver, result, cancel):
+    def _get(self, missing, classes, series_uid, receiver, result, total, cancel):
         from pynetdicom import build_role, evt
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
         ae = _ae(self.settings)
         ae.add_requested_context(GET)
-        classes = sorted({m.sop_class for m in missing if cache.is_uid(m.sop_class)})
         if len(classes) > 120:
             raise _Refused("the study holds more than 120 kinds of objects; use C-MOVE")
         roles = []
         for sop_class in classes:
             ae.add_requested_context(sop_class, STORAGE_SYNTAXES)
             roles.append(build_role(sop_class, scp_role=True))
+        receiver.start()
         assoc = self._associate(ae, ext_neg=roles,
                                 evt_handlers=[(evt.EVT_C_STORE, receiver.handle)])
         if not any(cx.abstract_syntax == GET for cx in assoc.accepted_contexts):
             assoc.release()
             raise _Refused(f"{self.server.url} does not offer C-GET")
         result.method = "C-GET"
-        ident = self._identifier(missing, everything, series_uid, result.study_uid)
-        yield from self._drive(assoc, assoc.send_c_get(ident, GET), receiver, result,
-                               len(missing), cancel)
+        ident = self._identifier(missing, series_uid, result.study_uid)
+        yield from self._drive(assoc, assoc.send_c_get(ident, GET), receiver, result, total,
+                               cancel)
 
-    def _move(self, missing, everything, series_uid, receiver, result, cancel):
+    def _move(self, missing, series_uid, receiver, result, total, cancel):
         from pynetdicom import AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
 
@@ -363,11 +398,12 @@ class DimseClient:
                             f"({exc.strerror or exc}); change the port in Settings") from None
         try:
             ae.add_requested_context(MOVE)
+            receiver.start()
             assoc = self._associate(ae)
             result.method = "C-MOVE"
-            ident = self._identifier(missing, everything, series_uid, result.study_uid)
+            ident = self._identifier(missing, series_uid, result.study_uid)
             yield from self._drive(assoc, assoc.send_c_move(ident, self.settings.ae_title, MOVE),
-                                   receiver, result, len(missing), cancel)
+                                   receiver, result, total, cancel)
         finally:
             scp.shutdown()
 
@@ -390,7 +426,7 @@ class DimseClient:
                 raise CancelledError(f"retrieve cancelled: {result.summary()}")
             code = getattr(status, "Status", None)
             if code is None:  # timeout or aborted association
-                if receiver.received == 0 and result.method == "C-GET":
+                if receiver.accepted == 0 and result.method == "C-GET":
                     raise _Refused(self._lost(assoc, "C-GET"))
                 result.message = "the server stopped answering (connection lost)"
                 break
@@ -399,7 +435,7 @@ class DimseClient:
                            f"{receiver.received} of {total} instance(s)")
             if code not in (0xFF00, 0xFF01):
                 final = code
-        # a few stores may complete after the last pending answer
+        receiver.finish()  # the last instances are committed after the last answer
         result.received = receiver.received
         result.failed = receiver.failed
         if final is not None and final not in (0x0000, 0xB000):
@@ -460,19 +496,40 @@ class _Refused(Exception):
 
 
 class _Receiver:
-    """The C-STORE handler of a retrieve: checks each arriving instance and moves its
-    temporary file into the cache. Runs in pynetdicom's association thread."""
+    """The C-STORE handler of a retrieve. In pynetdicom's association thread it only
+    checks the UID and the size and moves the received temporary file aside; a committer
+    thread then checks the header (the instance asked for, in this study), fsyncs and
+    renames it into its series folder, so disk flushes overlap the network."""
 
-    def __init__(self, dest: str, study_uid: str, by_sop: dict[str, InstanceRecord],
-                 result: RetrieveResult) -> None:
+    def __init__(self, dest: str, study_uid: str, series_uid: str | None,
+                 missing: list[InstanceRecord] | None, result: RetrieveResult) -> None:
         self.dest = dest
         self.study_uid = study_uid
-        self.by_sop = by_sop
+        self.series_uid = series_uid
+        self.by_sop = {m.sop_uid: m for m in missing} if missing is not None else None
         self.result = result
-        self.received = 0
+        self.study_dir = os.path.join(dest, study_uid)
+        self.accepted = 0  # handed over by the association thread
+        self.received = 0  # committed to the cache
         self.failed = 0
         self.errors: list[str] = []
         self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            os.makedirs(self.study_dir, exist_ok=True)
+            self._thread = threading.Thread(target=self._commit_loop, daemon=True,
+                                            name="medview-pacs-commit")
+            self._thread.start()
+
+    def finish(self) -> None:
+        """Wait until every instance handed over is committed (or refused)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def _fail(self, why: str) -> int:
         with self._lock:
@@ -493,23 +550,14 @@ class _Receiver:
             size = os.path.getsize(src)
             if size > MAX_INSTANCE_BYTES:
                 return self._fail(f"an instance of {fmt_bytes(size)} was refused (too large)")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                head = dcmread(src, stop_before_pixels=True,
-                               specific_tags=["SOPInstanceUID", "SeriesInstanceUID",
-                                              "StudyInstanceUID"])
-            series = str(head.get("SeriesInstanceUID", ""))
-            known = self.by_sop.get(sop)
-            if str(head.get("SOPInstanceUID", "")) != sop or (
-                    known is not None and known.series_uid != series) or (
-                    str(head.get("StudyInstanceUID", "")) != self.study_uid):
-                return self._fail("an instance whose header does not match what was "
-                                  "requested was refused")
-            final = cache.instance_path(self.dest, self.study_uid, series, sop)
-            cache.commit_file(src, final)
-            with self._lock:
-                self.received += 1
-                self.result.series_folders.setdefault(series, os.path.dirname(final))
+            # a name of its own per arrival: a second copy of the same instance must not
+            # replace a file the committer is checking
+            with self._lock:  # a C-MOVE peer may open several associations
+                self.accepted += 1
+                n = self.accepted
+            tmp = os.path.join(self.study_dir, f".partial-{n}-{sop}.dcm")
+            cache.take_file(src, tmp)
+            self._queue.put((sop, tmp))
             return 0x0000
         except Exception as exc:  # a bad instance must not end the association
             log.info("received instance refused: %s", type(exc).__name__)
@@ -518,3 +566,37 @@ class _Receiver:
             with contextlib.suppress(OSError):
                 if os.path.exists(src):
                     os.remove(src)
+
+    def _commit_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            sop, tmp = item
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    head = dcmread(tmp, stop_before_pixels=True,
+                                   specific_tags=["SOPInstanceUID", "SeriesInstanceUID",
+                                                  "StudyInstanceUID"])
+                series = str(head.get("SeriesInstanceUID", ""))
+                known = self.by_sop.get(sop) if self.by_sop is not None else None
+                if (str(head.get("SOPInstanceUID", "")) != sop
+                        or str(head.get("StudyInstanceUID", "")) != self.study_uid
+                        or (self.series_uid and series != self.series_uid)
+                        or (self.by_sop is not None and known is None)
+                        or (known is not None and known.series_uid != series)):
+                    os.remove(tmp)
+                    self._fail("an instance that does not match what was requested was "
+                               "refused")
+                    continue
+                final = cache.instance_path(self.dest, self.study_uid, series, sop)
+                cache.finish_file(tmp, final)
+                with self._lock:
+                    self.received += 1
+                    self.result.series_folders.setdefault(series, os.path.dirname(final))
+            except Exception as exc:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                log.info("received instance refused: %s", type(exc).__name__)
+                self._fail(f"an instance could not be kept ({type(exc).__name__})")
