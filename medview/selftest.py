@@ -83,8 +83,35 @@ def run_selftest(out=print) -> int:
             done.append(syntax)
         return "decoded " + ", ".join(done)
 
+    def dicom_results() -> str:
+        import tempfile
+
+        from pydicom import dcmread
+        from pydicom.data import get_testdata_file
+
+        from medview.core.modeling import Prediction
+        from medview.core.progress import drain
+        from medview.reports.deid import iter_export
+        from medview.reports.dicom_results import write_result
+
+        source = get_testdata_file(COMPRESSED_SAMPLES["JPEG-LS"], download=False)
+        p = Prediction("selftest", "0", "0" * 64, ["A", "B"], [0.3, 0.7], "B", "B", 0.5,
+                       "0" * 64, "cpu", in_scope=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            (sr,) = write_result(tmp, source, p)
+            if dcmread(sr).Modality != "SR":
+                raise RuntimeError("the structured report did not read back")
+            done = drain(iter_export([source], os.path.join(tmp, "deid")))
+            if len(done.written) != 1:
+                raise RuntimeError("de-identification wrote nothing")
+        import pynetdicom
+
+        return (f"structured report and de-identified copy written; pynetdicom "
+                f"{pynetdicom.__version__}")
+
     _check("libraries", imports, report)
     _check("compressed DICOM", dicom, report)
+    _check("DICOM results (PACS)", dicom_results, report)
     from medview.models.registry import discover_models
 
     reg = discover_models()

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from medview.core.progress import Progress
 from medview.gui.workers import JobRunner
+from medview.io.dicom import date_text, person_name_text
 from medview.pacs import (
     PacsError,
     PacsSettings,
@@ -179,6 +180,7 @@ class OpenFromPacsDialog(QDialog):
         self.settings_path = settings_path
         self.settings = load_settings(settings_path)
         self.jobs = JobRunner(self)
+        self._retrieving = False
         self.server = _server_box(self.settings, self.qsettings)
         settings_button = QPushButton("Settings...")
         settings_button.clicked.connect(self.edit_settings)
@@ -288,7 +290,8 @@ class OpenFromPacsDialog(QDialog):
     def _on_studies(self, studies) -> None:
         self.find_button.setEnabled(True)
         for s in studies:
-            item = QTreeWidgetItem([s.study_date, s.patient_id, s.patient_name,
+            item = QTreeWidgetItem([date_text(s.study_date), s.patient_id,
+                                    person_name_text(s.patient_name),
                                     ",".join(s.modalities), _n(s.n_series),
                                     _n(s.n_instances), s.description])
             item.setData(0, Qt.ItemDataRole.UserRole, ("study", s.study_uid))
@@ -348,8 +351,7 @@ class OpenFromPacsDialog(QDialog):
         return out
 
     def _update_buttons(self) -> None:
-        self.retrieve_button.setEnabled(bool(self._selection())
-                                        and self.jobs.current("retrieve") is None)
+        self.retrieve_button.setEnabled(bool(self._selection()) and not self._retrieving)
 
     def retrieve(self) -> None:
         wanted = self._selection()
@@ -384,6 +386,7 @@ class OpenFromPacsDialog(QDialog):
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)
         self.cancel_button.setVisible(True)
+        self._retrieving = True
         self.retrieve_button.setEnabled(False)
         self._say(f"Retrieving from {client.server}...")
         j = self.jobs.start("retrieve", job)
@@ -406,6 +409,7 @@ class OpenFromPacsDialog(QDialog):
             self._say(step.message)
 
     def _end_retrieve(self) -> None:
+        self._retrieving = False
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
         self._update_buttons()

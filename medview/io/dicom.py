@@ -266,13 +266,21 @@ def _patient_orientation(ds: Dataset) -> tuple[str, str] | None:
             "".join(c for c in str(values[1]) if c.isalpha())[:3].upper())
 
 
+def date_text(date: str) -> str:
+    """A DICOM date (DA, ``YYYYMMDD``) as ``YYYY-MM-DD``; anything else as written."""
+    return f"{date[:4]}-{date[4:6]}-{date[6:]}" if re.fullmatch(r"\d{8}", date) else date
+
+
+def person_name_text(name: str) -> str:
+    """A DICOM person name (PN, ``Family^Given``) as words."""
+    return " ".join(name.replace("^", " ").split())
+
+
 def study_of(ds: Dataset) -> StudyInfo:
     """The patient and study of a file, as plain text (names with ``^`` as spaces)."""
-    date = _text(ds, "StudyDate")
-    if re.fullmatch(r"\d{8}", date):
-        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    date = date_text(_text(ds, "StudyDate"))
     return StudyInfo(
-        patient_name=" ".join(_text(ds, "PatientName").replace("^", " ").split())[:128],
+        patient_name=person_name_text(_text(ds, "PatientName"))[:128],
         patient_id=_text(ds, "PatientID")[:64],
         study_uid=_text(ds, "StudyInstanceUID")[:64],
         study_date=date[:32],

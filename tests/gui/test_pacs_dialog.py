@@ -28,6 +28,7 @@ def test_gui_open_from_pacs_retrieves_into_the_series_browser(qtbot, pacs, pacs_
             qtbot.waitSignal(dlg.retrieve_finished, timeout=30000) as done:
         dlg.retrieve_button.click()
     assert done.args[0][0].complete
+    assert dlg.retrieve_button.isEnabled()  # ready for another retrieve
     assert win.series.volume_count() == 1 and win.volumes[0].n_slices == 20
     assert win.current == 0
     # a dead server: a clear message in the dialog, the window goes on
@@ -63,3 +64,55 @@ def test_gui_sends_the_result_in_view_to_the_pacs(qtbot, pacs, pacs_env, make_wi
     kinds = {s.modality for s in connect(pacs.dimse_url, _settings(pacs)).find_series(
         study_uid)}
     assert kinds == {"CR", "SR", "OT"}
+
+
+def test_gui_retrieve_can_be_cancelled_and_resumed(qtbot, pacs, pacs_env, make_window,
+                                                   tmp_path):
+    from tests.orthanc import write_study
+
+    uid, paths = write_study(str(tmp_path / "big"), modality="CT", n=60, size=512,
+                             patient_id="PAT777")
+    pacs.upload(paths)
+    win = make_window()
+    dlg = win.open_pacs_dialog()
+    dlg.settings = _settings(pacs, cache_dir=pacs_env["MEDVIEW_PACS_CACHE"])
+    dlg.server.setCurrentText(pacs.dimse_url)
+    dlg.patient_id.setText("PAT777")
+    with qtbot.waitSignal(dlg.studies_found, timeout=20000):
+        dlg.find_button.click()
+    dlg.tree.setCurrentItem(dlg.tree.topLevelItem(0))
+    job_started = qtbot.waitSignal(dlg.progress.valueChanged, timeout=30000)
+    with job_started:
+        dlg.retrieve_button.click()
+    assert dlg.cancel_button.isVisible()
+    job = dlg.jobs.current("retrieve")
+    with qtbot.waitSignal(job.cancelled, timeout=30000):
+        dlg.cancel_button.click()
+    assert "Cancelled" in dlg.status.text() and dlg.retrieve_button.isEnabled()
+    study_dir = os.path.join(pacs_env["MEDVIEW_PACS_CACHE"], uid)
+    kept = [f for _d, _s, fs in os.walk(study_dir) for f in fs]
+    assert len(kept) < 60 and not [f for f in kept if f.startswith(".")]
+    with qtbot.waitSignal(dlg.retrieve_finished, timeout=60000) as done:
+        dlg.retrieve_button.click()
+    (result,) = done.args[0]
+    assert result.complete and result.already_present == len(kept)
+
+
+def test_pacs_settings_dialog_saves_valid_settings_only(qtbot, tmp_path):
+    from medview.gui.pacs_dialog import PacsSettingsDialog
+    from medview.pacs import load_settings
+
+    path = str(tmp_path / "pacs.json")
+    dlg = PacsSettingsDialog(path=path)
+    qtbot.addWidget(dlg)
+    dlg.ae.setText("READROOM2")
+    dlg.port.setValue(11999)
+    dlg._add_row("hospital", "dicom://PACS@10.1.2.3:104")
+    dlg.save()
+    saved = load_settings(path)
+    assert (saved.ae_title, saved.port) == ("READROOM2", 11999)
+    assert saved.servers == {"hospital": "dicom://PACS@10.1.2.3:104"}
+    dlg._add_row("broken", "dicom://no-title-here:104")
+    dlg.save()
+    assert "AE title" in dlg.error.text()
+    assert load_settings(path).servers == {"hospital": "dicom://PACS@10.1.2.3:104"}
