@@ -170,6 +170,7 @@ class OpenFromPacsDialog(QDialog):
     series_listed = Signal(str)  # study UID
     retrieve_finished = Signal(object)  # list of RetrieveResult
     failed = Signal(str)
+    echoed = Signal(object)  # EchoResult
 
     def __init__(self, qsettings: QSettings | None = None, settings_path: str | None = None,
                  parent: QWidget | None = None) -> None:
@@ -184,6 +185,9 @@ class OpenFromPacsDialog(QDialog):
         self.server = _server_box(self.settings, self.qsettings)
         settings_button = QPushButton("Settings...")
         settings_button.clicked.connect(self.edit_settings)
+        self.echo_button = QPushButton("Test")
+        self.echo_button.setToolTip("Check that the server answers (C-ECHO or a QIDO request)")
+        self.echo_button.clicked.connect(self.echo)
         self.patient_id = QLineEdit()
         self.patient_name = QLineEdit()
         self.patient_name.setPlaceholderText("wildcards * ?")
@@ -216,6 +220,7 @@ class OpenFromPacsDialog(QDialog):
         top = QHBoxLayout()
         top.addWidget(QLabel("Server"))
         top.addWidget(self.server, 1)
+        top.addWidget(self.echo_button)
         top.addWidget(settings_button)
         form = QFormLayout()
         form.addRow("Patient ID", self.patient_id)
@@ -261,6 +266,27 @@ class OpenFromPacsDialog(QDialog):
     def closeEvent(self, event) -> None:
         self.jobs.shutdown()
         super().closeEvent(event)
+
+    # -- echo -----------------------------------------------------------------------
+    def echo(self) -> None:
+        try:
+            client = self._client()
+        except PacsError as exc:
+            self._fail(exc)
+            return
+        self._say(f"Asking {client.server}...")
+
+        def job(_token):
+            yield Progress(0, 0, "echo")
+            return client.echo()
+
+        j = self.jobs.start("echo", job)
+        j.succeeded.connect(self._on_echo)
+        j.failed.connect(self._fail)
+
+    def _on_echo(self, r) -> None:
+        self._say(f"{r.server} answers ({r.detail}), round trip {r.ms:.0f} ms.")
+        self.echoed.emit(r)
 
     # -- find -----------------------------------------------------------------------
     def query(self) -> Query:

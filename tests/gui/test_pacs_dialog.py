@@ -13,6 +13,9 @@ def test_gui_open_from_pacs_retrieves_into_the_series_browser(qtbot, pacs, pacs_
     dlg = win.open_pacs_dialog()
     dlg.settings = _settings(pacs, cache_dir=pacs_env["MEDVIEW_PACS_CACHE"])
     dlg.server.setCurrentText(pacs.dimse_url)
+    with qtbot.waitSignal(dlg.echoed, timeout=20000):
+        dlg.echo_button.click()
+    assert "answers (C-ECHO), round trip" in dlg.status.text()
     dlg.patient_id.setText("PAT002")
     with qtbot.waitSignal(dlg.studies_found, timeout=20000) as found:
         dlg.find_button.click()
@@ -116,3 +119,25 @@ def test_pacs_settings_dialog_saves_valid_settings_only(qtbot, tmp_path):
     dlg.save()
     assert "AE title" in dlg.error.text()
     assert load_settings(path).servers == {"hospital": "dicom://PACS@10.1.2.3:104"}
+
+
+def test_export_study_deidentified_from_the_window(qtbot, make_window, tmp_path):
+    from pydicom import dcmread
+
+    from tests.orthanc import write_study
+
+    _uid, _paths = write_study(str(tmp_path / "study"), modality="CT", n=4, size=16,
+                              patient_id="MRN-5555", patient_name="Private^Person")
+    win = make_window()
+    with qtbot.waitSignal(win.load_finished, timeout=20000):
+        win.open_paths([str(tmp_path / "study")])
+    assert len(win.study_files()) == 4
+    job = win.export_deidentified(str(tmp_path / "out"))
+    with qtbot.waitSignal(job.succeeded, timeout=30000) as done:
+        pass
+    written = done.args[0].written
+    assert len(written) == 4
+    for f in written:
+        ds = dcmread(f)
+        assert "Private" not in str(ds.PatientName) and ds.PatientID != "MRN-5555"
+    assert "Wrote 4 de-identified file(s)" in win.statusBar().currentMessage()
