@@ -128,11 +128,13 @@ def _gate_line(card) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from medview.core.errors import CancelledError, MedviewError
     from medview.core.progress import drain
     from medview.models.registry import user_models_dir
-    from medview.training.engine import TrainConfig, train
-    from medview.training.export import export_model
+    from medview.training import distributed
+    from medview.training.engine import TrainConfig, checkpoint_dir_for, print_event, train
 
     overrides = {"data": args.data, "base": args.base, "strategy": args.strategy,
                  "epochs": args.epochs, "image_size": args.image_size, "name": args.name,
@@ -143,17 +145,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not cfg.data:
             print("error: no DATA given (argument or config 'data')", file=sys.stderr)
             return 2
-        result = drain(train(cfg), _print_event)
-        out = cfg.out or user_models_dir()
-        folder = export_model(result.model, result.card, out, gate=result.gate)
+        cfg.data = os.path.abspath(cfg.data)
+        cfg.validate()
+        out = os.path.abspath(cfg.out or user_models_dir())
+        ckpt = checkpoint_dir_for(cfg, out)
+        if args.cluster_script:
+            for path in distributed.write_cluster_scripts(cfg, args.cluster_script, out):
+                print(f"wrote {_show(path)}")
+            return 0
+        if args.nproc > 1:
+            config = distributed.write_worker_config(cfg, os.path.join(ckpt, "config.json"))
+            worker = ["train", "--config", config, "--out", out] + (
+                ["--events-json"] if args.events_json else [])
+            return distributed.launch(args.nproc, worker)
+        result = drain(train(cfg, checkpoint_dir=ckpt),
+                       lambda ev: print_event(ev, args.events_json))
+        distributed.finish_training(result, out, ckpt, args.events_json)
     except (MedviewError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (CancelledError, KeyboardInterrupt):
-        print("cancelled: nothing was written", file=sys.stderr)
+        print("cancelled: no model was written; the same command resumes from the last "
+              "finished epoch", file=sys.stderr)
         return 130
+    if args.events_json:
+        return 0
     test = result.card.headline_metrics
-    print(f"saved {folder}")
     for key in ("auc", "sensitivity", "specificity", "accuracy", "ece"):
         v = test[key]
         print(f"  {key}: {v['value']} (95% CI {v['ci95'][0]}-{v['ci95'][1]})")
@@ -161,18 +178,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(f"  warning: {w}")
     return 0
-
-
-def _print_event(ev) -> None:
-    if ev.stage == "load" and (ev.step == ev.steps or ev.step % 512 < 16):
-        print(f"reading images {ev.step}/{ev.steps}", flush=True)
-    elif ev.stage == "epoch":
-        m = ev.metrics
-        print(f"epoch {ev.epoch}/{ev.epochs}  loss {m['loss']:.4f}  val AUC {m['val_auc']:.4f}"
-              f"  val acc {m['val_accuracy']:.4f}  {m['epoch_seconds']:.0f}s "
-              f"({m['images_per_second']} img/s) {ev.message}", flush=True)
-    elif ev.stage in ("features", "early_stop", "evaluate", "done"):
-        print(ev.message, flush=True)
 
 
 def _session(model: str, device: str):
@@ -211,48 +216,78 @@ def _progress_bar(what: str):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from medview import cli_pacs
     from medview.core.progress import drain
-    from medview.io import load
-    from medview.reports.files import prediction_header, prediction_row, write_predictions_csv
+    from medview.inference.batch import RowWriter, iter_score_stream
+    from medview.inference.rows import prediction_header, prediction_row
+    from medview.inference.session import ScoredProgress
 
+    anyway = args.score_out_of_scope
+    if args.nproc > 1:
+        if not args.csv or args.json or cli_pacs.results_wanted(args):
+            print("error: --nproc writes a CSV (--csv FILE); --json, --sr-dir, --sc and "
+                  "--send run on one process", file=sys.stderr)
+            return 2
+        from medview.training.distributed import launch
+
+        worker = ["predict", *args.paths, "--model", args.model, "--csv", args.csv,
+                  "--device", args.device] + (["--score-out-of-scope"] if anyway else [])
+        return launch(args.nproc, worker, max_restarts=0)
     loaded = _session(args.model, args.device)
     if loaded is None:
         return 2
     session, card = loaded
-    result = load(args.paths)
+    header = prediction_header(card.classes)
+    writer = RowWriter(args.csv, header) if args.csv else None
+    if not args.csv and not args.json:
+        print(",".join(header))
+    results = cli_pacs.ResultWriter(args, session, card) if cli_pacs.results_wanted(
+        args) else None
+    json_rows: list[dict] = []
+    count = [0]
     on_step, bar = _progress_bar("scoring")
+
+    def scored(step) -> None:
+        on_step(step)
+        if not isinstance(step, ScoredProgress) or step.item is None:
+            return
+        _k, item = step.item
+        count[0] += 1
+        if writer is not None:
+            writer.row(prediction_row(item.path, item.prediction, anyway))
+        if args.json:
+            json_rows.append({"path": _show(item.path), **_pred_dict(item.prediction, anyway)})
+        elif writer is None:
+            print(",".join(prediction_row(item.path, item.prediction, anyway)), flush=True)
+        if results is not None:
+            results.add(item)
+
     try:
-        scored = drain(session.batch(card, result.volumes, args.device), on_step)
+        scan_skipped, read_skipped = drain(iter_score_stream(session, card, args.paths,
+                                                             args.device), scored)
+        skipped = scan_skipped + read_skipped
+        if writer is not None:
+            writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
     finally:
         bar.close()
-    rows = [(item.path, item.prediction) for item in scored]
-    classes = card.classes
-    anyway = args.score_out_of_scope
-    if args.csv:
-        write_predictions_csv(args.csv, rows, classes, anyway)
-        print(f"wrote {len(rows)} rows to {_show(args.csv)}", file=sys.stderr)
+    if writer is not None:
+        print(f"wrote {writer.rows} rows to {_show(args.csv)}", file=sys.stderr)
     if args.json:
         doc = {"model": {"id": card.id, "version": card.version,
                          "weights_sha256": card.weights_sha256},
-               "predictions": [{"path": _show(path), **_pred_dict(p, anyway)}
-                               for path, p in rows],
-               "skipped": [{"path": _show(s.path), "reason": s.reason}
-                           for s in result.skipped]}
+               "predictions": json_rows,
+               "skipped": [{"path": _show(s.path), "reason": s.reason} for s in skipped]}
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    elif not args.csv:
-        print(",".join(prediction_header(classes)))
-        for path, p in rows:
-            print(",".join(prediction_row(path, p, anyway)))
-    for s in result.skipped if not args.json else []:
+    for s in skipped if not args.json else []:
         print(f"skipped {_show(s.path)}: {_show(s.reason)}", file=sys.stderr)
-    if not rows:
+    if not count[0]:
         return 2
-    from medview import cli_pacs
-
-    if cli_pacs.results_wanted(args):
-        return cli_pacs.write_and_send(args, session, card, scored)
-    return 0
+    return results.finish() if results is not None else 0
 
 
 def _pred_dict(p, score_out_of_scope: bool = False) -> dict:
@@ -368,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--name")
     tr.add_argument("--out", help="directory the new model folder is written into")
     tr.add_argument("--config", help="JSON file with training settings")
+    tr.add_argument("--nproc", type=int, default=1,
+                    help="train on N local processes (torchrun; DDP, gloo on CPU, NCCL on "
+                         "CUDA)")
+    tr.add_argument("--cluster-script", dest="cluster_script", metavar="DIR",
+                    help="write train.json, run_torchrun.sh and run_slurm.sh into DIR for a "
+                         "GPU server or cluster, and stop")
+    tr.add_argument("--events-json", action="store_true", dest="events_json",
+                    help=argparse.SUPPRESS)
     tr.set_defaults(func=cmd_train)
     pr = sub.add_parser("predict", help="score every image/series under PATHs")
     pr.add_argument("paths", nargs="+", metavar="PATH")
@@ -378,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
                     help="also fill in the label and probabilities of images outside the "
                          "model's scope (in_scope stays false)")
+    pr.add_argument("--nproc", type=int, default=1,
+                    help="score on N local processes (torchrun); needs --csv")
     from medview import cli_pacs
 
     cli_pacs.add_result_options(pr)

@@ -211,50 +211,65 @@ def results_wanted(args) -> bool:
     return bool(args.sr_dir or args.send or args.sc)
 
 
-def write_and_send(args, session, card, scored) -> int:
-    """SR (and SC) files for the scored DICOM images, then ``--send``; returns 0, or 1
-    when something could not be written or sent."""
-    from medview.cli import _progress_bar
-    from medview.core.progress import drain
-    from medview.reports.dicom_results import NoDicomSource, write_result
-    from medview.reports.figures import saliency_figure
+class ResultWriter:
+    """SR (and SC) files for each scored DICOM image as it is scored, then ``--send``."""
 
-    folder = args.sr_dir or tempfile.mkdtemp(prefix="medview-results-")
-    series: dict = {}
-    files: list[str] = []
-    problems = 0
-    for item in scored:
+    def __init__(self, args, session, card) -> None:
+        self.args, self.session, self.card = args, session, card
+        self.folder = args.sr_dir or tempfile.mkdtemp(prefix="medview-results-")
+        self.series: dict = {}
+        self.files: list[str] = []
+        self.problems = 0
+        self.count = 0
+
+    def add(self, item) -> None:
+        from medview.core.progress import drain
+        from medview.reports.dicom_results import NoDicomSource, write_result
+        from medview.reports.figures import saliency_figure
+
+        args, card = self.args, self.card
         p = item.prediction
+        self.count += 1
         figure = None
         if args.sc and (not p.withheld or args.score_out_of_scope):
             shown = p.revealed()
-            sal = drain(session.explain(card, item.volume, item.index, "gradcam",
-                                        shown.label, args.device))
+            sal = drain(self.session.explain(card, item.volume, item.index, "gradcam",
+                                             shown.label, args.device))
             figure = saliency_figure(item.volume, item.index, sal, model_id=card.id,
                                      model_version=card.version, target=shown.label,
                                      method_name="Grad-CAM", out_of_scope=p.withheld)
         try:
-            files += write_result(folder, item.volume.source_of(item.index), p,
-                                  frame=item.index + 1 if item.volume.multiframe else None,
-                                  figure=figure, series_by_study=series,
-                                  reveal=args.score_out_of_scope)
+            self.files += write_result(
+                self.folder, item.volume.source_of(item.index), p,
+                frame=item.index + 1 if item.volume.multiframe else None, figure=figure,
+                series_by_study=self.series, reveal=args.score_out_of_scope)
         except NoDicomSource as exc:
-            problems += 1
+            self.problems += 1
             print(f"no SR for {plain_text(item.path)}: {exc}", file=sys.stderr)
-    print(f"wrote {len(files)} DICOM result file(s) to {plain_text(folder)}", file=sys.stderr)
-    if args.send and files:
-        from medview.pacs import PacsError, connect
 
-        on_step, bar = _progress_bar("sending")
-        try:
-            r = drain(connect(args.send, _settings(args)).iter_store(files), on_step)
-        except PacsError as exc:
-            print(f"error: results not sent: {plain_text(str(exc))}", file=sys.stderr)
-            return 1
-        finally:
-            bar.close()
-        print(f"sent {r.sent} of {len(files)} result file(s) to {args.send}", file=sys.stderr)
-        for m in r.messages:
-            print(f"warning: {plain_text(m)}", file=sys.stderr)
-        problems += r.failed
-    return 1 if problems else 0
+    def finish(self) -> int:
+        """Send what was written (``--send``); 0, or 1 when something was not written
+        or not sent."""
+        from medview.cli import _progress_bar
+        from medview.core.progress import drain
+
+        args = self.args
+        print(f"wrote {len(self.files)} DICOM result file(s) to {plain_text(self.folder)}",
+              file=sys.stderr)
+        if args.send and self.files:
+            from medview.pacs import PacsError, connect
+
+            on_step, bar = _progress_bar("sending")
+            try:
+                r = drain(connect(args.send, _settings(args)).iter_store(self.files), on_step)
+            except PacsError as exc:
+                print(f"error: results not sent: {plain_text(str(exc))}", file=sys.stderr)
+                return 1
+            finally:
+                bar.close()
+            print(f"sent {r.sent} of {len(self.files)} result file(s) to {args.send}",
+                  file=sys.stderr)
+            for m in r.messages:
+                print(f"warning: {plain_text(m)}", file=sys.stderr)
+            self.problems += r.failed
+        return 1 if self.problems else 0

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         json_safe,
     )
     from medview.models.registry import discover_models
-    from medview.reports.files import atomic_write_bytes
+    from medview.core.safeio import atomic_write_bytes
 
     t0 = time.time()
     card = discover_models().get(args.model)

@@ -6,7 +6,7 @@ import os
 from PIL import Image
 
 from medview.cli import main
-from medview.reports.files import csv_text
+from medview.inference.rows import csv_text
 
 
 def _film(path):

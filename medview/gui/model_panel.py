@@ -912,7 +912,7 @@ class ModelPanel(QWidget):
             self.open_requested.emit(self._worklist_volumes[k])
 
     def export_csv(self, path: str) -> None:
-        from medview.reports.files import write_predictions_csv
+        from medview.inference.rows import write_predictions_csv
 
         card = self.current_card()
         classes = self._worklist[0][2].classes if self._worklist else (card.classes if card

@@ -46,10 +46,11 @@ class StageTap:
         import torch
 
         def hook(_module, _inputs, out) -> None:
-            if self.active and isinstance(out, torch.Tensor) and out.ndim == 4:
+            if self.active and isinstance(out, torch.Tensor) and out.ndim in (3, 4):
+                # a CNN map (B, C, H, W), or a transformer's tokens (B, N, C);
                 # two passes (mean, then centred squares): torch.std_mean took 8x longer
                 # on these small maps
-                flat = out.float().flatten(2)
+                flat = out.float().flatten(2) if out.ndim == 4 else out.float().transpose(1, 2)
                 mean = flat.mean(2)
                 std = (flat - mean[..., None]).pow(2).mean(2).sqrt()
                 self.captured[name] = torch.cat([mean, std], 1)

@@ -10,17 +10,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Generator, Iterable
+from dataclasses import dataclass
 
 from medview.core.errors import failure_reason, must_propagate
 from medview.core.progress import CancelToken, Progress, drain
 from medview.core.safeio import inside as _inside
 from medview.core.safeio import is_regular_file
-from medview.core.volume import LoadResult, SkippedFile
+from medview.core.volume import ImageVolume, LoadResult, SkippedFile
 from medview.io.detect import preamble_warning, sniff
 from medview.io.dicom import DicomHeader, read_header
 from medview.io.itk import detached_data_files, read_itk
 from medview.io.raster import read_raster
-from medview.io.series import iter_build_volume, plan_series
+from medview.io.series import SeriesPlan, iter_build_volume, plan_series
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,30 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[SkippedFile]]:
     return files, skipped
 
 
-def iter_load(
+@dataclass
+class LoadUnit:
+    """What one step of loading reads: a raster or ITK file, or one planned DICOM
+    series. Planning needs only headers, so units can be read (and dropped) one by one."""
+
+    kind: str  # "raster" | "itk" | "dicom"
+    path: str = ""
+    fmt: str = ""
+    data_files: tuple[str, ...] = ()
+    plan: SeriesPlan | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.plan.headers) if self.plan is not None else 1
+
+
+def iter_scan(
     paths: Iterable[str], cancel: CancelToken | None = None
-) -> Generator[Progress, None, LoadResult]:
-    """Load every image under ``paths``; yields progress, returns a :class:`LoadResult`."""
+) -> Generator[Progress, None, tuple[list[LoadUnit], list[SkippedFile]]]:
+    """Find every image under ``paths`` and plan the DICOM series from headers alone;
+    returns the units (non-DICOM files in file order, then the series) and the skipped
+    files. No pixels are read."""
     files, skipped = discover(paths)
-    result = LoadResult(skipped=skipped)
+    units: list[LoadUnit] = []
     headers: list[DicomHeader] = []
     companions: set[str] = set()
     total = len(files)
@@ -87,42 +106,70 @@ def iter_load(
                         header.warnings.append(warning)
                 headers.append(header)
             elif fmt == "raster":
-                result.volumes.append(read_raster(path))
+                units.append(LoadUnit("raster", path))
             else:
                 data_files = detached_data_files(path, fmt)  # checked: inside, regular
                 companions.update(os.path.normpath(p) for p in data_files)
-                result.volumes.append(read_itk(path, fmt, data_files))
+                units.append(LoadUnit("itk", path, fmt, tuple(data_files)))
         except BaseException as exc:  # one hostile file never costs the rest of the study
             if must_propagate(exc):
                 raise
-            result.skipped.append(SkippedFile(getattr(exc, "path", path) or path,
-                                              failure_reason(exc)))
-        yield Progress(k + 1, total + len(headers), "scanning files")
+            skipped.append(SkippedFile(getattr(exc, "path", path) or path,
+                                       failure_reason(exc)))
+        yield Progress(k + 1, total, "scanning files")
     if companions:
-        result.skipped = [s for s in result.skipped
-                          if os.path.normpath(s.path) not in companions]
+        skipped = [s for s in skipped if os.path.normpath(s.path) not in companions]
     plans, dup_skipped = plan_series(headers)
-    result.skipped.extend(dup_skipped)
-    done = total
-    grand_total = total + sum(len(p.headers) for p in plans)
-    for plan in plans:
+    skipped.extend(dup_skipped)
+    units.extend(LoadUnit("dicom", plan=p) for p in plans)
+    return units, skipped
+
+
+def iter_read_unit(
+    unit: LoadUnit, cancel: CancelToken | None = None
+) -> Generator[Progress, None, tuple[ImageVolume | None, list[SkippedFile]]]:
+    """Read one unit; a failure costs only this unit (its files are returned as
+    skipped, with the reason)."""
+    try:
+        if unit.kind == "raster":
+            return read_raster(unit.path), []
+        if unit.kind == "itk":
+            return read_itk(unit.path, unit.fmt, list(unit.data_files)), []
+        return (yield from iter_build_volume(unit.plan, cancel))
+    except BaseException as exc:
+        if must_propagate(exc):
+            raise
+        reason = failure_reason(exc)
+        if unit.plan is not None:
+            return None, [SkippedFile(h.path, reason) for h in unit.plan.headers]
+        return None, [SkippedFile(getattr(exc, "path", unit.path) or unit.path, reason)]
+
+
+def iter_load(
+    paths: Iterable[str], cancel: CancelToken | None = None
+) -> Generator[Progress, None, LoadResult]:
+    """Load every image under ``paths``; yields progress, returns a :class:`LoadResult`."""
+    scan = iter_scan(paths, cancel)
+    while True:
         try:
-            builder = iter_build_volume(plan, cancel)
-            while True:
-                try:
-                    step = next(builder)
-                except StopIteration as stop:
-                    volume, bad = stop.value
-                    break
-                yield Progress(done + step.done, grand_total, "reading images")
-        except BaseException as exc:  # a series that cannot be built costs only itself
-            if must_propagate(exc):
-                raise
-            reason = failure_reason(exc)
-            result.skipped.extend(SkippedFile(h.path, reason) for h in plan.headers)
-            done += len(plan.headers)
-            continue
-        done += len(plan.headers)
+            step = next(scan)
+        except StopIteration as stop:
+            units, skipped = stop.value
+            break
+        yield Progress(step.done, step.total + step.total, step.message)
+    result = LoadResult(skipped=skipped)
+    scanned = sum(u.size for u in units)
+    done, grand_total = scanned, scanned * 2
+    for unit in units:
+        reader = iter_read_unit(unit, cancel)
+        while True:
+            try:
+                step = next(reader)
+            except StopIteration as stop:
+                volume, bad = stop.value
+                break
+            yield Progress(done + step.done, grand_total, "reading images")
+        done += unit.size
         result.skipped.extend(bad)
         if volume is not None:
             result.volumes.append(volume)

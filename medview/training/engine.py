@@ -400,9 +400,15 @@ def evaluate_and_calibrate(cfg: TrainConfig, data: PreparedData, positive: int |
                       metrics, warns)
 
 
-def _train_one_epoch(run: TrainingRun, strategy, loss_fn, y_t, order, epoch: int,
-                     steps: int, cancel: CancelToken):
-    """One pass over the training split; yields progress, returns (summed loss, images)."""
+def _train_one_epoch(run: TrainingRun, strategy, loss_fn, class_weights, y_t, order,
+                     epoch: int, steps: int, cancel: CancelToken, comm):
+    """One pass over this process's share of the training split; yields progress, returns
+    (summed loss, images) over all processes.
+
+    The loss of a step is the class-weighted mean over the whole effective batch (all
+    processes): each process divides its weighted sum by the batch's total weight
+    (one all-reduce of a scalar) and multiplies by the world size, so DDP's gradient
+    average is exactly the gradient of the one-process loss of the same batch."""
     cfg = run.cfg
     total_loss, seen = 0.0, 0
     t_epoch = time.monotonic()
@@ -411,30 +417,94 @@ def _train_one_epoch(run: TrainingRun, strategy, loss_fn, y_t, order, epoch: int
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         logits = strategy.train_logits(run, idx)
         target = y_t[run.train_idx[idx.numpy()]].to(run.device)
-        loss = loss_fn(logits, target)
+        per_sample = loss_fn(logits, target)  # weight[target] * nll, no reduction
+        w = class_weights[target] if class_weights is not None else None
+        local_w = float(w.sum()) if w is not None else float(len(idx))
+        total_w = comm.sum([local_w])[0] if comm.world > 1 else local_w
+        loss = per_sample.sum() * (comm.world / total_w)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
-        total_loss += float(loss.detach()) * len(idx)
+        total_loss += float(per_sample.detach().sum()) / max(local_w, 1e-12) * len(idx)
         seen += len(idx)
         per_step = (time.monotonic() - t_epoch) / (step + 1)
         remaining = per_step * (steps - step - 1) + per_step * steps * (cfg.epochs - epoch - 1)
         if step % 5 == 0 or step == steps - 1:
             yield TrainEvent("train", epoch + 1, cfg.epochs, step + 1, steps,
                              total_loss / seen, eta_s=remaining)
-    return total_loss, seen
+    if comm.world > 1:
+        total_loss, seen = comm.sum([total_loss, float(seen)])
+    return total_loss, int(seen)
 
 
-def train(cfg: TrainConfig, cancel: CancelToken | None = None
-          ) -> Generator[TrainEvent, None, TrainResult]:
+def epoch_order(n: int, epoch: int, cfg: TrainConfig, comm, sample_weights=None):
+    """This process's training order for ``epoch``: torch's DistributedSampler over the
+    ``n`` training images (shuffled by seed and epoch, padded to a multiple of the world
+    size, every ``world``-th from ``rank``), so the union of the processes' k-th batches
+    is the k-th batch of a one-process run with their combined batch size. With
+    ``balance: sampler`` the order is drawn with replacement, by class weight."""
+    import torch
+    from torch.utils.data import DistributedSampler
+
+    if sample_weights is not None:  # padded like the sampler: equal shares per process
+        g = torch.Generator().manual_seed(cfg.seed + epoch)
+        full = torch.multinomial(torch.tensor(sample_weights), -(-n // comm.world) * comm.world,
+                                 replacement=True, generator=g)
+        return comm.shard(full)
+    sampler = DistributedSampler(range(n), num_replicas=comm.world, rank=comm.rank,
+                                 shuffle=True, seed=cfg.seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def checkpoint_dir_for(cfg: TrainConfig, out: str) -> str:
+    """Where a run keeps its checkpoint: one folder per settings (the same command run
+    again finds it), inside the output folder."""
+    from medview.training.checkpoint import config_digest
+
+    return os.path.join(out, ".medview-checkpoints", config_digest(cfg)[:16])
+
+
+def print_event(ev: TrainEvent, as_json: bool = False) -> None:
+    """One line per event on stdout (``medview train`` and its workers); JSON lines for
+    a program reading them (the wizard running on several processes)."""
+    if as_json:
+        print(json.dumps(json_safe({"stage": ev.stage, "epoch": ev.epoch,
+                                    "epochs": ev.epochs, "step": ev.step,
+                                    "steps": ev.steps, "loss": ev.loss,
+                                    "metrics": ev.metrics, "message": ev.message})),
+              flush=True)
+    elif ev.stage == "load" and (ev.step == ev.steps or ev.step % 512 < 16):
+        print(f"reading images {ev.step}/{ev.steps}", flush=True)
+    elif ev.stage == "epoch":
+        m = ev.metrics
+        print(f"epoch {ev.epoch}/{ev.epochs}  loss {m['loss']:.4f}  val AUC {m['val_auc']:.4f}"
+              f"  val acc {m['val_accuracy']:.4f}  {m['epoch_seconds']:.0f}s "
+              f"({m['images_per_second']} img/s) {ev.message}", flush=True)
+    elif ev.stage in ("features", "early_stop", "evaluate", "done", "resume"):
+        print(ev.message, flush=True)
+
+
+def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
+          checkpoint_dir: str | None = None
+          ) -> Generator[TrainEvent, None, TrainResult | None]:
     """Train per ``cfg``; yields :class:`TrainEvent`, returns a :class:`TrainResult`.
 
-    Nothing is written to disk here; see :func:`medview.training.export.export_model`.
-    Runs are seeded: the same seed, data and machine give bit-identical weights.
+    Nothing is written to disk here but the checkpoint (when ``checkpoint_dir`` is given:
+    after every epoch, and read back at the start to resume); see
+    :func:`medview.training.export.export_model`. Runs are seeded: the same seed, data
+    and machine give bit-identical weights. With ``comm`` (a
+    :class:`medview.training.distributed.Comm` of several processes) every process
+    trains its share under DDP; only rank 0 evaluates, fits the gate, writes the
+    checkpoint and returns the result (the others return None).
     """
     import torch
 
+    from medview.training import checkpoint as ckpt
+    from medview.training.distributed import Comm
+
     cfg.validate()
+    comm = comm or Comm()
     cancel = cancel or CancelToken()
     torch.manual_seed(cfg.seed)
     if cfg.num_threads:
@@ -463,44 +533,80 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
     counts = np.bincount(y_all[train_idx], minlength=len(classes)).astype(np.float64)
     weights = torch.tensor(len(train_idx) / (len(classes) * np.maximum(counts, 1)),
                            dtype=torch.float32)
-    loss_fn = torch.nn.CrossEntropyLoss(
-        weight=weights.to(device) if cfg.balance == "weights" else None)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    class_weights = weights.to(device) if cfg.balance == "weights" else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights, reduction="none")
+    # augmentation draws differ per process (each augments its own images)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * comm.rank)
 
     history: list[dict] = []
     best_auc, best_nll, best_state, best_epoch, stale = -1.0, math.inf, None, 0, 0
     started = time.monotonic()
     val_y = y_all[val_idx]
 
-    def epoch_order(n: int):
-        if cfg.balance == "sampler":
-            w = (1.0 / np.maximum(counts, 1))[y_all[train_idx]]
-            return torch.multinomial(torch.tensor(w), n, replacement=True, generator=gen)
-        return torch.randperm(n, generator=gen)
+    sample_weights = ((1.0 / np.maximum(counts, 1))[y_all[train_idx]]
+                      if cfg.balance == "sampler" else None)
+
+    def sharded_logits(idx) -> np.ndarray:
+        """Logits of ``idx``: each process scores its share, all get the whole."""
+        local = _predict_logits(model, images_t[comm.shard(idx)], mean, std, cfg.batch_size,
+                                cancel)
+        if comm.world == 1:
+            return local
+        if local.size == 0:
+            local = np.zeros((0, len(classes)), np.float32)
+        return comm.gather_strided(local, len(idx)).astype(np.float32)
+
+    def sharded_features(idx):
+        local = _features(model, images_t[comm.shard(idx)], mean, std, cfg.batch_size,
+                          cancel)
+        if comm.world == 1:
+            return local
+        whole = comm.gather_strided(local.float().cpu().numpy(), len(idx))
+        return torch.from_numpy(whole).float().to(device)
 
     strategy = strategy_for(cfg.strategy)
     run = TrainingRun(
         cfg=cfg, model=model, images=images_t, train_idx=train_idx, val_idx=val_idx,
         device=device, to_input=lambda b: _to_input(b, mean, std),
         augment=lambda b: augment_batch(b, cfg, gen),
-        predict_logits=lambda idx: _predict_logits(model, images_t[idx], mean, std,
-                                                   cfg.batch_size, cancel),
-        features=lambda idx: _features(model, images_t[idx], mean, std, cfg.batch_size,
-                                       cancel))
+        predict_logits=sharded_logits, features=sharded_features, wrap=comm.wrap)
     yield from strategy.prepare(run)
 
     n_train = len(train_idx)
-    steps = math.ceil(n_train / cfg.batch_size)
-    for epoch in range(cfg.epochs):
+    first_epoch = 0
+    digest = ckpt.config_digest(cfg)
+    saved = ckpt.load(checkpoint_dir, digest) if checkpoint_dir else None
+    if saved is not None:
+        state, tensors = saved
+        first_epoch = int(state["epoch"])
+        model.load_state_dict(ckpt.prefixed(tensors, "model."))
+        strategy.start_epoch(run, first_epoch - 1)  # the optimizer as it was
+        ckpt.restore_optimizer(run.optimizer, state, tensors)
+        history = state["history"]
+        best_auc, best_nll = state["best_auc"], state["best_nll"]
+        best_epoch, stale = state["best_epoch"], state["stale"]
+        best_state = ckpt.prefixed(tensors, "best.") if state["has_best"] else None
+        if state.get("world_size", 1) != comm.world:
+            warns.append(f"resumed a run of {state.get('world_size')} process(es) on "
+                         f"{comm.world}: the data order after the checkpoint differs")
+        yield TrainEvent("resume", first_epoch, cfg.epochs,
+                         message=f"resuming after epoch {first_epoch} (checkpoint)")
+    steps = -(-len(epoch_order(n_train, 0, cfg, comm, sample_weights)) // cfg.batch_size)
+    stopped = saved is not None and stale >= cfg.patience and strategy.early_stopping
+    for epoch in range(first_epoch, first_epoch if stopped else cfg.epochs):
         cancel.raise_if_cancelled()
         strategy.start_epoch(run, epoch)
+        # augmentation draws are a function of (seed, process, epoch): a resumed run
+        # draws what the uninterrupted one would have
+        gen.manual_seed(cfg.seed + 7919 * comm.rank + 1_000_003 * epoch)
         factor = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
         for g in run.optimizer.param_groups:
             g["lr"] = g.get("base_lr", cfg.lr) * factor
         t_epoch = time.monotonic()
-        total_loss, seen = yield from _train_one_epoch(run, strategy, loss_fn, y_t,
-                                                       epoch_order(n_train), epoch, steps,
-                                                       cancel)
+        total_loss, seen = yield from _train_one_epoch(
+            run, strategy, loss_fn, class_weights, y_t,
+            epoch_order(n_train, epoch, cfg, comm, sample_weights), epoch, steps, cancel,
+            comm)
         epoch_s = time.monotonic() - t_epoch
         val_logits = strategy.val_logits(run)
         val_probs = M.softmax(val_logits)
@@ -516,19 +622,32 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
         # best = highest validation AUC; ties are broken by the lower validation log-loss
         auc = pm["auc_macro"] if not math.isnan(pm["auc_macro"]) else 0.0
         improved = auc > best_auc + 1e-4 or (abs(auc - best_auc) <= 1e-4 and val_nll < best_nll)
+        # every process computed this from the same gathered logits; rank 0's word is
+        # the one decision all follow
+        improved = bool(comm.broadcast([float(improved)])[0]) if comm.world > 1 else improved
         if improved:
             best_auc, best_nll, best_epoch, stale = auc, val_nll, epoch + 1, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
+        stopped = stale >= cfg.patience and strategy.early_stopping
+        if checkpoint_dir and comm.is_main:
+            ckpt.save(checkpoint_dir, epoch=epoch + 1, model=model, best_state=best_state,
+                      optimizer=run.optimizer, generator=gen, digest=digest,
+                      meta={"history": history, "best_auc": best_auc, "best_nll": best_nll,
+                            "best_epoch": best_epoch, "stale": stale,
+                            "world_size": comm.world})
+        comm.barrier()
         yield TrainEvent("epoch", epoch + 1, cfg.epochs, steps, steps, record["loss"],
                          metrics=record, message="best so far" if improved else "")
-        if stale >= cfg.patience and strategy.early_stopping:
+        if stopped:
             yield TrainEvent("early_stop", epoch + 1, cfg.epochs,
                              message=f"early stop: no validation AUC gain for {stale} epochs")
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    if not comm.is_main:
+        return None  # rank 0 evaluates, fits the gate and exports
     yield TrainEvent("evaluate", message="calibrating and evaluating")
     val_logits = _predict_logits(model, images_t[val_idx], mean, std, cfg.batch_size, cancel)
     test_logits = (_predict_logits(model, images_t[test_idx], mean, std, cfg.batch_size, cancel)
@@ -550,7 +669,8 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None
         test_probs if len(test_idx) else None, cfg.seed, cancel)
     card = _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds,
                       rule, positive, metrics, history, best_epoch, warns,
-                      time.monotonic() - started, model, scope_spec, ev.calibration_method)
+                      time.monotonic() - started, model, scope_spec, ev.calibration_method,
+                      comm)
     model.to("cpu")
     yield TrainEvent("done", best_epoch, cfg.epochs, message="training finished")
     return TrainResult(model, cfg, classes, card, history, val_probs, val_y, test_probs,
@@ -598,8 +718,8 @@ POPULATION_KEYS = ("body_parts", "view_positions", "age_years", "known_failures"
 def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds, rule,
                positive, metrics, history, best_epoch, warns, seconds, model,
                scope_spec: dict | None = None,
-               calibration_method: str = "temperature scaling fitted on the validation split"
-               ) -> Card:
+               calibration_method: str = "temperature scaling fitted on the validation split",
+               comm=None) -> Card:
     from medview.models.card import build_card
 
     arch = model.pretrained_cfg["architecture"]
@@ -625,8 +745,12 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
             recipe.pop(key, None)
     if not strategy.uses_blocks:
         recipe.pop("unfreeze_blocks", None)
+    world = comm.world if comm is not None else 1
     recipe.update(best_epoch=best_epoch, history=history,
-                  training_seconds=round(seconds, 1), library_versions=_versions())
+                  training_seconds=round(seconds, 1), library_versions=_versions(),
+                  world_size=world, effective_batch_size=cfg.batch_size * world,
+                  distributed=(f"DistributedDataParallel, {comm.backend}, {world} processes"
+                               if world > 1 else "one process"))
     training_data = {
         "source": data_source(ds),
         "content_sha256": data_content_sha256(ds),

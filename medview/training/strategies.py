@@ -3,6 +3,8 @@ train, with which learning rates, and how a training batch reaches the head.
 
 - ``feature``: frozen backbone; pooled features are computed once and cached, then only
   the new classifier head trains (later epochs cost seconds). No augmentation (cached).
+  On several processes each computes the features of its share once and all gather
+  the whole cache.
 - ``partial``: the head plus the last ``unfreeze_blocks`` block groups train.
 - ``full``: every layer trains.
 - ``gradual``: the head trains first; each epoch unfreezes the next block group from the
@@ -94,13 +96,16 @@ class Strategy:
         if run.optimizer is None or self.groups_at(run.cfg, epoch) != self.groups_at(
                 run.cfg, epoch - 1):
             run.optimizer = make_optimizer(run.cfg, groups, self.discriminative)
+            # DDP fixes the set of trained parameters when it wraps: wrap again whenever
+            # it changes (a new optimizer)
+            run.train_model = run.wrap(run.model)
 
     def train_logits(self, run: TrainingRun, batch_idx):
         """Logits for the training images ``batch_idx`` (indices into the train split)."""
         batch = run.images[run.train_idx[batch_idx.numpy()]]
         if run.cfg.augment and self.augments:
             batch = run.augment(batch)
-        return run.model(run.to_input(batch).to(run.device))
+        return run.train_model(run.to_input(batch).to(run.device))
 
     def val_logits(self, run: TrainingRun):
         return run.predict_logits(run.val_idx)
@@ -152,13 +157,14 @@ class FeatureStrategy(Strategy):
                                           weight_decay=run.cfg.weight_decay)
         for g in run.optimizer.param_groups:
             g["base_lr"] = run.cfg.lr
+        run.train_model = run.wrap(head)
 
     def start_epoch(self, run: TrainingRun, epoch: int) -> None:
         run.model.get_classifier().train()
 
     def train_logits(self, run: TrainingRun, batch_idx):
         feats = self.cache[0]
-        return run.model.get_classifier()(feats[batch_idx.to(feats.device)])
+        return run.train_model(feats[batch_idx.to(feats.device)])
 
     def val_logits(self, run: TrainingRun):
         import torch
@@ -212,5 +218,15 @@ class TrainingRun:
     augment: Any  # (B, H, W) images -> augmented images
     predict_logits: Any  # indices -> logits (np.ndarray), eval mode
     features: Any  # indices -> pooled backbone features (tensor)
+    wrap: Any = None  # module -> the module to train with (DDP on several processes)
     optimizer: Any = None
+    train_model: Any = None  # what training batches run through (set with the optimizer)
     feature_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.wrap is None:
+            self.wrap = _identity
+
+
+def _identity(module):
+    return module

@@ -1,4 +1,5 @@
-"""Atomic writes and the prediction CSV format shared by the CLI and the GUI worklist."""
+"""The prediction CSV format shared by the command line (one or many processes) and the
+GUI worklist."""
 
 from __future__ import annotations
 

@@ -1,0 +1,148 @@
+"""Batch scoring that streams: the inputs are planned from headers, then read, scored and
+written one unit (an image file or a DICOM series) at a time, so memory does not grow
+with the number of inputs. On many processes each scores every ``world``-th unit into a
+part file of its own; rank 0 merges the parts in input order into the one CSV, which is
+byte for byte what one process writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import sys
+import tempfile
+from collections.abc import Generator, Iterable
+
+from medview.core.progress import CancelToken, Progress, drain
+from medview.core.safeio import fsync_dir, plain_text
+from medview.inference.rows import prediction_header, prediction_row
+from medview.inference.session import InferenceSession, ScoredItem, ScoredProgress
+
+
+def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
+                      device: str = "auto", cancel: CancelToken | None = None,
+                      rank: int = 0, world: int = 1
+                      ) -> Generator[Progress, None, tuple[list, list]]:
+    """Score every ``world``-th unit under ``paths`` from ``rank``, one at a time. Yields
+    :class:`ScoredProgress` carrying ``(unit index, ScoredItem)`` in ``item`` as each is
+    scored; returns the files skipped when scanning (the same on every rank) and those
+    of this rank's units that could not be read. Nothing is kept after it is yielded."""
+    from medview.io.loader import iter_read_unit, iter_scan
+
+    units, scan_skipped = drain(iter_scan(paths, cancel))
+    skipped: list = []
+    mine = list(range(rank, len(units), world))
+    yield Progress(0, len(mine), "loading model")
+    pred = session.predictor(card, device)
+    for done, k in enumerate(mine, 1):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        volume, bad = drain(iter_read_unit(units[k], cancel))
+        skipped.extend(bad)
+        if volume is None:
+            continue
+        i = volume.default_index
+        item = ScoredItem(volume, i, volume.source_of(i), pred.predict(volume, i))
+        yield ScoredProgress(done, len(mine), "scoring", (k, item))
+        del volume, item
+    return scan_skipped, skipped
+
+
+class RowWriter:
+    """CSV rows written as they come to a temporary file beside the target, renamed over
+    it (after fsync) by :meth:`commit`."""
+
+    def __init__(self, path: str, header: list[str] | None) -> None:
+        self.path = path
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, self.tmp = tempfile.mkstemp(prefix=".medview-", dir=folder)
+        self.f = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        self.w = csv.writer(self.f, lineterminator="\n")
+        self.rows = 0
+        if header is not None:
+            self.w.writerow(header)
+
+    def row(self, cells: list[str]) -> None:
+        self.w.writerow(cells)
+        self.rows += 1
+
+    def commit(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.f.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.tmp)
+
+
+def part_path(csv_path: str, rank: int) -> str:
+    folder, name = os.path.split(os.path.abspath(csv_path))
+    return os.path.join(folder, f".{name}.part-{rank}")
+
+
+def merge_parts(csv_path: str, world: int, header: list[str]) -> int:
+    """Merge the ranks' part files (``unit index`` first column) into ``csv_path`` in
+    input order, streaming (one row per part in memory); the parts are removed."""
+    import heapq
+
+    readers = []
+    files = []
+    for r in range(world):
+        f = open(part_path(csv_path, r), newline="", encoding="utf-8")  # noqa: SIM115
+        files.append(f)
+        readers.append((int(row[0]), row[1:]) for row in csv.reader(f))
+    out = RowWriter(csv_path, header)
+    try:
+        for _k, cells in heapq.merge(*readers, key=lambda t: t[0]):
+            out.row(cells)
+        out.commit()
+    except BaseException:
+        out.discard()
+        raise
+    finally:
+        for f in files:
+            f.close()
+    for r in range(world):
+        with contextlib.suppress(OSError):
+            os.remove(part_path(csv_path, r))
+    return out.rows
+
+
+def score_shard(paths: list[str], model: str, csv_path: str, comm, device: str = "auto",
+                score_out_of_scope: bool = False) -> int:
+    """One worker of ``medview predict --nproc N``: score this rank's units into its part
+    file, then rank 0 merges the parts into ``csv_path``."""
+    from medview.models.registry import discover_models
+
+    session = InferenceSession()
+    card = discover_models().get(model)
+    part = RowWriter(part_path(csv_path, comm.rank), None)
+    try:
+        gen = iter_score_stream(session, card, paths, device, rank=comm.rank,
+                                world=comm.world)
+        scan_skipped, skipped = drain(gen, lambda step: _part_row(part, step,
+                                                                 score_out_of_scope))
+        part.commit()
+    except BaseException:
+        part.discard()
+        raise
+    for s in (scan_skipped if comm.is_main else []) + skipped:
+        print(f"skipped {plain_text(s.path)}: {plain_text(s.reason)}", file=sys.stderr)
+    comm.barrier()  # every part is complete
+    if comm.is_main:
+        n = merge_parts(csv_path, comm.world, prediction_header(card.classes))
+        print(f"wrote {n} rows to {plain_text(csv_path)} ({comm.world} processes)",
+              file=sys.stderr)
+    return 0
+
+
+def _part_row(part: RowWriter, step, score_out_of_scope: bool) -> None:
+    if isinstance(step, ScoredProgress) and step.item is not None:
+        k, item = step.item
+        part.row([str(k), *prediction_row(item.path, item.prediction, score_out_of_scope)])

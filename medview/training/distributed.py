@@ -1,0 +1,328 @@
+"""Training and batch scoring on many processes and machines, on PyTorch's own stack:
+``torchrun`` (the elastic agent) starts the workers, ``torch.distributed`` connects them
+(gloo on CPU, NCCL on CUDA) and DistributedDataParallel averages the gradients.
+
+- ``medview train ... --nproc N`` and ``medview predict ... --nproc N`` launch N local
+  workers through torchrun's launcher (:func:`launch`).
+- On a cluster: ``torchrun --nnodes ... -m medview.training.distributed train --config
+  train.json --out DIR`` (or ``predict ...``) runs the same worker on every node; the
+  wizard and ``medview train --cluster-script DIR`` write ready torchrun and SLURM scripts.
+
+:class:`Comm` is what the engine sees: rank, world size, the few collectives it needs,
+and how to wrap a module for training. The single-process :class:`Comm` does nothing,
+so one code path trains on one process or many.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+#: what torchrun sets in every worker's environment
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass
+class Comm:
+    """One process: every collective is the identity."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items):
+        """This process's share of ``items`` (every ``world``-th, from ``rank``)."""
+        return items[self.rank::self.world]
+
+    def sum(self, values: list[float]) -> list[float]:
+        return list(values)
+
+    def gather_strided(self, local: np.ndarray, n: int) -> np.ndarray:
+        """Reassemble rows computed by each rank on :meth:`shard` of ``n`` items, in the
+        items' order, on every rank."""
+        return local
+
+    def broadcast(self, values: list[float]) -> list[float]:
+        """Rank 0's values on every rank (one decision)."""
+        return list(values)
+
+    def barrier(self) -> None:
+        return None
+
+    def wrap(self, module):
+        """The module to train with (DDP on many processes)."""
+        return module
+
+    def close(self) -> None:
+        return None
+
+
+class TorchComm(Comm):
+    """A process of a torchrun job, connected by ``torch.distributed``."""
+
+    def _device(self):
+        import torch
+
+        return (torch.device("cuda", self.local_rank) if self.backend == "nccl"
+                else torch.device("cpu"))
+
+    def sum(self, values: list[float]) -> list[float]:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu().tolist()
+
+    def gather_strided(self, local: np.ndarray, n: int) -> np.ndarray:
+        import torch
+        import torch.distributed as dist
+
+        per = -(-n // self.world)
+        width = local.shape[1:] if local.ndim > 1 else ()
+        pad = np.zeros((per, *width), dtype=np.float64)
+        pad[:len(local)] = local
+        t = torch.from_numpy(pad).to(self._device())
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t)
+        out = np.zeros((n, *width), dtype=np.float64)
+        for r, part in enumerate(parts):
+            count = len(range(r, n, self.world))
+            out[r::self.world] = part.cpu().numpy()[:count]
+        return out.astype(local.dtype if local.size else np.float64)
+
+    def broadcast(self, values: list[float]) -> list[float]:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        dist.broadcast(t, src=0)
+        return t.cpu().tolist()
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def wrap(self, module):
+        """DDP around ``module``. On CUDA (NCCL) batch norm becomes SyncBatchNorm, so
+        trained batch-norm layers see the statistics of the whole effective batch as on
+        one process; gloo on CPU has no SyncBatchNorm, so there each process normalises
+        with its own batch (frozen batch norm, in eval mode, is unaffected)."""
+        from torch.nn import SyncBatchNorm
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.backend == "nccl":
+            module = SyncBatchNorm.convert_sync_batchnorm(module)
+            return DistributedDataParallel(module, device_ids=[self.local_rank])
+        return DistributedDataParallel(module)
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def in_torchrun() -> bool:
+    return all(k in os.environ for k in _ENV) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def backend_for(device: str) -> str:
+    """NCCL for CUDA training, gloo otherwise."""
+    return "nccl" if str(device).startswith("cuda") else "gloo"
+
+
+def connect(device: str = "cpu") -> Comm:
+    """The communicator of this process: torchrun's environment, or a single process."""
+    if not in_torchrun():
+        return Comm()
+    import datetime
+
+    import torch.distributed as dist
+
+    backend = backend_for(device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if backend == "nccl":
+        import torch
+
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        # collectives run every step; the longest wait is for rank 0 writing a
+        # checkpoint. A peer that never comes is torchrun's to restart.
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return TorchComm(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+
+
+def launch(nproc: int, worker_args: list[str], max_restarts: int = 3) -> int:
+    """Run ``python -m medview.training.distributed WORKER_ARGS`` on ``nproc`` local
+    processes through torchrun's launcher (its elastic agent restarts the workers, up
+    to ``max_restarts`` times, when one dies). Returns 0 when every worker succeeded."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args([
+        "--standalone", f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
+        "--monitor-interval=0.5", "-m", __name__, *worker_args])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        print(f"error: a worker failed after {max_restarts} restart(s): "
+              f"{type(exc).__name__}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_worker_config(cfg, path: str) -> str:
+    """The run's settings as the JSON file the workers read (``--config``)."""
+    from dataclasses import asdict
+
+    from medview.core.safeio import atomic_write_bytes
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    doc = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=list) + "\n").encode())
+    return path
+
+
+TORCHRUN_SCRIPT = """#!/bin/sh
+# medview training across machines with torchrun: run this same script on every node
+# (the data, this folder and OUT on a shared file system). Set NNODES, NPROC_PER_NODE
+# (GPUs or processes per node), MASTER_ADDR (the first node) and MASTER_PORT.
+exec torchrun --nnodes="${{NNODES:-1}}" --nproc-per-node="${{NPROC_PER_NODE:-1}}" \\
+  --rdzv-backend=c10d --rdzv-endpoint="${{MASTER_ADDR:-localhost}}:${{MASTER_PORT:-29500}}" \\
+  --rdzv-id="${{RDZV_ID:-medview-train}}" --max-restarts=3 \\
+  -m medview.training.distributed train --config {config} --out "${{OUT:-{out}}}"
+"""
+
+SLURM_SCRIPT = """#!/bin/bash
+# medview training on a SLURM cluster: sbatch {name}
+# One torchrun per node; torchrun starts a worker per GPU and restarts them from the
+# last checkpoint if one dies. Adjust nodes, GPUs and time to your cluster.
+#SBATCH --job-name=medview-train
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=12:00:00
+head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+srun torchrun --nnodes="$SLURM_NNODES" --nproc-per-node="${{SLURM_GPUS_PER_NODE:-1}}" \\
+  --rdzv-backend=c10d --rdzv-endpoint="$head:29500" --rdzv-id="$SLURM_JOB_ID" \\
+  --max-restarts=3 \\
+  -m medview.training.distributed train --config {config} --out {out}
+"""
+
+
+def write_cluster_scripts(cfg, folder: str, out: str) -> list[str]:
+    """``train.json``, ``run_torchrun.sh`` and ``run_slurm.sh`` in ``folder``: the same
+    training for a GPU server or a cluster."""
+    import shlex
+    import stat
+
+    from medview.core.safeio import atomic_write_bytes
+
+    config = write_worker_config(cfg, os.path.join(folder, "train.json"))
+    written = [config]
+    for name, text in (("run_torchrun.sh", TORCHRUN_SCRIPT), ("run_slurm.sh", SLURM_SCRIPT)):
+        path = os.path.join(folder, name)
+        atomic_write_bytes(path, text.format(config=shlex.quote(os.path.abspath(config)),
+                                             out=shlex.quote(os.path.abspath(out)),
+                                             name=name).encode())
+        os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------- workers
+def _train_worker(argv: list[str]) -> int:
+    import argparse
+
+    from medview.core.progress import drain
+    from medview.training.engine import TrainConfig, checkpoint_dir_for, print_event, train
+
+    p = argparse.ArgumentParser(prog="medview.training.distributed train")
+    p.add_argument("--config", required=True, help="the run's settings (JSON)")
+    p.add_argument("--out", help="folder the model folder is written into")
+    p.add_argument("--events-json", action="store_true", dest="events_json")
+    args = p.parse_args(argv)
+    cfg = TrainConfig.from_file(args.config, out=args.out)
+    comm = connect(cfg.device)
+    try:
+        out = cfg.out or _user_models_dir()
+        ckpt = checkpoint_dir_for(cfg, out)
+        show = (lambda ev: print_event(ev, args.events_json)) if comm.is_main else None
+        result = drain(train(cfg, comm=comm, checkpoint_dir=ckpt), show)
+        if comm.is_main:  # the others are done: rank 0 evaluates and exports alone
+            finish_training(result, out, ckpt, args.events_json)
+    finally:
+        comm.close()
+    return 0
+
+
+def _user_models_dir() -> str:
+    from medview.models.registry import user_models_dir
+
+    return user_models_dir()
+
+
+def finish_training(result, out: str, ckpt: str | None, events_json: bool) -> str:
+    """Export the model (rank 0), drop the run's checkpoint, print the summary."""
+    import shutil
+
+    from medview.training.export import export_model
+
+    folder = export_model(result.model, result.card, out, gate=result.gate)
+    if ckpt:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the checkpoints folder, when now empty
+            os.rmdir(os.path.dirname(ckpt))
+    if events_json:
+        print(json.dumps({"stage": "saved", "folder": folder}), flush=True)
+    else:
+        print(f"saved {folder}", flush=True)
+    return folder
+
+
+def _predict_worker(argv: list[str]) -> int:
+    import argparse
+
+    from medview.inference.batch import score_shard
+
+    p = argparse.ArgumentParser(prog="medview.training.distributed predict")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--model", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope")
+    args = p.parse_args(argv)
+    comm = connect(args.device if args.device != "auto" else "cpu")
+    try:
+        return score_shard(args.paths, args.model, args.csv, comm, args.device,
+                           args.score_out_of_scope)
+    finally:
+        comm.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("train", "predict"):
+        print("usage: python -m medview.training.distributed train|predict ...",
+              file=sys.stderr)
+        return 2
+    worker = _train_worker if argv[0] == "train" else _predict_worker
+    return worker(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
