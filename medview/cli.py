@@ -156,11 +156,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.nproc > 1:
             config = distributed.write_worker_config(cfg, os.path.join(ckpt, "config.json"))
             worker = ["train", "--config", config, "--out", out] + (
-                ["--events-json"] if args.events_json else [])
+                ["--events-json"] if args.events_json else []) + (
+                ["--result-json", args.result_json] if args.result_json else [])
             return distributed.launch(args.nproc, worker)
         result = drain(train(cfg, checkpoint_dir=ckpt),
                        lambda ev: print_event(ev, args.events_json))
-        distributed.finish_training(result, out, ckpt, args.events_json)
+        distributed.finish_training(result, out, ckpt, args.events_json, args.result_json)
     except (MedviewError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -411,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "GPU server or cluster, and stop")
     tr.add_argument("--events-json", action="store_true", dest="events_json",
                     help=argparse.SUPPRESS)
+    tr.add_argument("--result-json", dest="result_json", help=argparse.SUPPRESS)
     tr.set_defaults(func=cmd_train)
     pr = sub.add_parser("predict", help="score every image/series under PATHs")
     pr.add_argument("paths", nargs="+", metavar="PATH")

@@ -284,6 +284,26 @@ class ModelPage(QWizardPage):
         self.device = QComboBox()
         self.device.addItems(list(DEVICES))  # the same choices as the AI panel
         self.device.setCurrentText(s.value("wizard/device", "auto", str))
+        self.run_on = QComboBox()  # "Run on": this process, or N local processes
+        self.run_on.addItem("This computer (one process)", 1)
+        from medview.training.distributed import can_launch
+
+        cores = max(2, os.cpu_count() or 2)
+        for n in sorted({2, 4, 8, cores}):
+            if n <= cores:
+                self.run_on.addItem(f"This computer, {n} processes (torchrun)", n)
+        if not can_launch():
+            for k in range(1, self.run_on.count()):
+                self.run_on.model().item(k).setEnabled(False)
+            self.run_on.setToolTip("Several processes need medview installed with Python "
+                                   "(pip); the app bundle trains on one process.")
+        self.run_on.setCurrentIndex(max(0, self.run_on.findData(
+            int(s.value("wizard/nproc", 1)))))
+        self.cluster_button = QPushButton("Write a cluster script...")
+        self.cluster_button.setToolTip("Write train.json, run_torchrun.sh and run_slurm.sh "
+                                       "for a GPU server or cluster into a folder")
+        self.cluster_button.clicked.connect(self._cluster_dialog)
+        self.cluster_status = _plain()
         self.preview_button = QPushButton("Preview augmentation")
         self.preview_button.clicked.connect(self.preview)
         self.preview_grid = QGridLayout()
@@ -307,6 +327,8 @@ class ModelPage(QWizardPage):
         form.addRow("Batch size", self.batch)
         form.addRow("Class balancing", self.balance)
         form.addRow("Device", self.device)
+        form.addRow("Run on", self.run_on)
+        form.addRow(self.cluster_button, self.cluster_status)
         form.addRow(self.augment)
         form.addRow(self.preview_button)
         form.addRow(self.preview_grid)
@@ -353,8 +375,35 @@ class ModelPage(QWizardPage):
             kw["base"] = base
         return kw
 
+    def nproc(self) -> int:
+        return int(self.run_on.currentData() or 1)
+
+    def write_cluster_scripts(self, folder: str) -> list[str]:
+        """The current settings as train.json plus torchrun and SLURM scripts."""
+        from medview.models.registry import user_models_dir
+        from medview.training.distributed import write_cluster_scripts
+        from medview.training.engine import TrainConfig
+
+        cfg = TrainConfig(data=os.path.abspath(self.wiz.report.dataset.source),
+                          split_fractions=self.wiz.split_page.fractions(),
+                          min_per_class=self.wiz.min_per_class,
+                          n_bootstrap=self.wiz.n_bootstrap, **self.config_kwargs())
+        out = self.wiz.models_dir or user_models_dir()
+        written = write_cluster_scripts(cfg, folder, out)
+        self.cluster_status.setText(f"Wrote {len(written)} files to {folder}")
+        return written
+
+    def _cluster_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Write the cluster scripts into")
+        if folder:
+            try:
+                self.write_cluster_scripts(folder)
+            except OSError as exc:
+                self.cluster_status.setText(f"Not written: {exc.strerror or exc}")
+
     def remember(self) -> None:
         s = self.wiz.settings
+        s.setValue("wizard/nproc", self.nproc())
         for key, value in (("base", self.base_box.currentData()),
                            ("strategy", self.strategy_box.currentData()),
                            ("blocks", self.blocks.value()), ("size", self.size.value()),
@@ -451,10 +500,22 @@ class TrainPage(QWizardPage):
         cfg = TrainConfig(data=r.dataset.source, split_fractions=self.wiz.split_page.fractions(),
                           min_per_class=self.wiz.min_per_class,
                           n_bootstrap=self.wiz.n_bootstrap, **kw)
-        self.status.setText("Starting...")
+        nproc = self.wiz.model_page.nproc()
+        self.status.setText("Starting..." if nproc == 1 else
+                            f"Starting {nproc} processes (torchrun)...")
         self.cancel_button.setEnabled(True)
         self._running = True
-        self.job = self.wiz.jobs.start("train", lambda tok: train(cfg, tok))
+        if nproc > 1:
+            import tempfile
+
+            from medview.training.distributed import iter_train_processes
+
+            work = tempfile.mkdtemp(prefix="medview-wizard-")
+            cfg.data = os.path.abspath(cfg.data)
+            self.job = self.wiz.jobs.start(
+                "train", lambda tok: iter_train_processes(cfg, nproc, work, tok))
+        else:
+            self.job = self.wiz.jobs.start("train", lambda tok: train(cfg, tok))
         self.job.progress.connect(self._on_event)
         self.job.succeeded.connect(lambda res, j=self.job: self._on_done(j, res))
         self.job.failed.connect(lambda exc, j=self.job: self._on_failed(j, exc))

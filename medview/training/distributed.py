@@ -255,6 +255,7 @@ def _train_worker(argv: list[str]) -> int:
     p.add_argument("--config", required=True, help="the run's settings (JSON)")
     p.add_argument("--out", help="folder the model folder is written into")
     p.add_argument("--events-json", action="store_true", dest="events_json")
+    p.add_argument("--result-json", dest="result_json")
     args = p.parse_args(argv)
     cfg = TrainConfig.from_file(args.config, out=args.out)
     comm = connect(cfg.device)
@@ -264,7 +265,7 @@ def _train_worker(argv: list[str]) -> int:
         show = (lambda ev: print_event(ev, args.events_json)) if comm.is_main else None
         result = drain(train(cfg, comm=comm, checkpoint_dir=ckpt), show)
         if comm.is_main:  # the others are done: rank 0 evaluates and exports alone
-            finish_training(result, out, ckpt, args.events_json)
+            finish_training(result, out, ckpt, args.events_json, args.result_json)
     finally:
         comm.close()
     return 0
@@ -276,13 +277,22 @@ def _user_models_dir() -> str:
     return user_models_dir()
 
 
-def finish_training(result, out: str, ckpt: str | None, events_json: bool) -> str:
-    """Export the model (rank 0), drop the run's checkpoint, print the summary."""
+def finish_training(result, out: str, ckpt: str | None, events_json: bool,
+                    result_json: str | None = None) -> str:
+    """Export the model (rank 0), drop the run's checkpoint, print the summary. With
+    ``result_json``, also write what the wizard's results page needs beyond the model
+    folder (validation and test probabilities and labels, warnings)."""
     import shutil
 
+    from medview.core.safeio import atomic_write_bytes
     from medview.training.export import export_model
 
     folder = export_model(result.model, result.card, out, gate=result.gate)
+    if result_json:
+        doc = {"val_probs": result.val_probs.tolist(), "val_y": result.val_y.tolist(),
+               "test_probs": result.test_probs.tolist(), "test_y": result.test_y.tolist(),
+               "warnings": list(result.warnings), "folder": folder}
+        atomic_write_bytes(result_json, json.dumps(doc).encode())
     if ckpt:
         shutil.rmtree(ckpt, ignore_errors=True)
         with contextlib.suppress(OSError):  # the checkpoints folder, when now empty
@@ -292,6 +302,76 @@ def finish_training(result, out: str, ckpt: str | None, events_json: bool) -> st
     else:
         print(f"saved {folder}", flush=True)
     return folder
+
+
+def can_launch() -> bool:
+    """Whether worker processes can be started here (a Python installation: the
+    one-folder app bundle cannot run ``python -m``)."""
+    return not getattr(sys, "frozen", False)
+
+
+def iter_train_processes(cfg, nproc: int, work_dir: str, cancel=None):
+    """Train ``cfg`` on ``nproc`` local processes from a program that must not block (the
+    wizard): runs ``medview train --nproc`` as a child, turns its JSON event lines into
+    :class:`~medview.training.engine.TrainEvent` and returns a
+    :class:`~medview.training.engine.TrainResult` read back from the exported model.
+    Cancel stops the child (torchrun stops its workers); the checkpoint stays, so the
+    same run resumes."""
+    import signal
+    import subprocess
+
+    import numpy as np
+
+    from medview.core.errors import CancelledError
+    from medview.models.card import read_card
+    from medview.models.loading import load_model
+    from medview.training import data as tdata
+    from medview.training.engine import TrainEvent, TrainingError, TrainResult
+
+    os.makedirs(work_dir, exist_ok=True)
+    config = write_worker_config(cfg, os.path.join(work_dir, "train.json"))
+    out = os.path.join(work_dir, "models")
+    result_json = os.path.join(work_dir, "result.json")
+    cmd = [sys.executable, "-m", "medview", "train", "--config", config, "--out", out,
+           "--nproc", str(nproc), "--events-json", "--result-json", result_json]
+    log_path = os.path.join(work_dir, "train.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                start_new_session=True)
+        try:
+            for raw in proc.stdout:
+                if cancel is not None and cancel.cancelled:
+                    raise CancelledError("cancelled by the user")
+                try:
+                    doc = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and doc.get("stage") not in (None, "saved"):
+                    yield TrainEvent(**{k: doc.get(k) for k in (
+                        "stage", "epoch", "epochs", "step", "steps", "loss", "message")
+                        if doc.get(k) is not None}, metrics=doc.get("metrics") or {})
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+    if proc.returncode != 0:
+        with open(log_path, "rb") as f:
+            tail = f.read()[-600:].decode("utf-8", "replace")
+        raise TrainingError(f"training on {nproc} processes failed: {tail.strip()}")
+    with open(result_json) as f:
+        doc = json.load(f)
+    model_card = read_card(doc["folder"], source="path")
+    from medview.inference.predictor import load_gate
+
+    ds = tdata.open_dataset(cfg.data, cfg.label_column, cfg.label_map)
+    splits = tdata.assign_splits(ds, cfg.split_fractions, cfg.seed)
+    card = model_card.card
+    return TrainResult(load_model(model_card), cfg, model_card.classes, card,
+                       card.training.get("history", []), np.array(doc["val_probs"]),
+                       np.array(doc["val_y"], dtype=int), np.array(doc["test_probs"]),
+                       np.array(doc["test_y"], dtype=int), doc["warnings"], ds, splits,
+                       load_gate(model_card))
 
 
 def _predict_worker(argv: list[str]) -> int:

@@ -210,3 +210,28 @@ def test_closing_app_during_training_asks_then_cancels(qtbot, app_window, tmp_pa
     assert not wiz.train_page.job.isRunning()
     assert not models.exists() or [n for n in os.listdir(models)
                                    if not n.startswith(TMP_PREFIX)] == []
+
+
+def test_wizard_trains_on_two_processes_and_writes_cluster_scripts(qtbot, app_window,
+                                                                    tmp_path):
+    win, models = app_window
+    wiz = _ready_to_train(qtbot, win, tmp_path, epochs=3)
+    mp = wiz.model_page
+    written = mp.write_cluster_scripts(str(tmp_path / "cluster"))
+    assert sorted(os.path.basename(p) for p in written) == [
+        "run_slurm.sh", "run_torchrun.sh", "train.json"]
+    mp.run_on.setCurrentIndex(mp.run_on.findData(2))
+    assert mp.nproc() == 2
+    with qtbot.waitSignal(wiz.training_finished, timeout=300000) as done:
+        wiz.next()
+    result = done.args[0]
+    assert result.card.training["world_size"] == 2
+    assert result.card.training["effective_batch_size"] == 16
+    page = wiz.train_page
+    assert [h["epoch"] for h in page.history] == [1, 2, 3]  # curves from the workers
+    wiz.next()
+    wiz.results_page.name_edit.setText("Two process model")
+    with qtbot.waitSignal(wiz.model_saved, timeout=30000), \
+            qtbot.waitSignal(win.model_panel.models_ready, timeout=30000):
+        wiz.results_page.save_button.click()
+    assert os.listdir(models) == ["two-process-model"]
