@@ -11,6 +11,7 @@ from benchmarks import (
     bench_gui_stall,
     bench_hardening,
     bench_inference,
+    bench_distributed,
     bench_load,
     bench_pacs,
     bench_training,
@@ -32,3 +33,5 @@ if __name__ == "__main__":
                 bench_trust_gate.run())
     print_table(f"PACS retrieve ({bench_pacs.N_INSTANCES} CT instances from a real Orthanc on "
                 f"localhost, best of {bench_pacs.ROUNDS})", bench_pacs.run())
+    print_table("Several processes (torchrun, gloo, this machine's cores)",
+                bench_distributed.run())
