@@ -8,10 +8,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import (
+    bench_distributed,
     bench_gui_stall,
     bench_hardening,
     bench_inference,
-    bench_distributed,
     bench_load,
     bench_pacs,
     bench_training,
