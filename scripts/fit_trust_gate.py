@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out")
     args = ap.parse_args(argv)
 
+    from medview.core.safeio import atomic_write_bytes
     from medview.inference.features import StageTap, gate_stages
     from medview.inference.predictor import Predictor
     from medview.models.card import (
@@ -49,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         json_safe,
     )
     from medview.models.registry import discover_models
-    from medview.core.safeio import atomic_write_bytes
 
     t0 = time.time()
     card = discover_models().get(args.model)
