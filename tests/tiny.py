@@ -43,7 +43,7 @@ def train_tiny(data: str, out: str, model_id: str = "tiny-patch", **kw) -> str:
     from medview.training.engine import TrainConfig, train
     from medview.training.export import export_model
 
-    args = dict(data=data, base="timm:test_efficientnet", strategy="full", epochs=6,
+    args = dict(data=data, base="timm:test_efficientnet", strategy="full", epochs=8,
                 image_size=64, batch_size=8, lr=2e-3, augment=False, n_bootstrap=50,
                 min_per_class=5, id=model_id, patience=6)
     args.update(kw)
