@@ -317,8 +317,10 @@ def iter_train_processes(cfg, nproc: int, work_dir: str, cancel=None):
     :class:`~medview.training.engine.TrainResult` read back from the exported model.
     Cancel stops the child (torchrun stops its workers); the checkpoint stays, so the
     same run resumes."""
+    import queue
     import signal
     import subprocess
+    import threading
 
     import numpy as np
 
@@ -338,10 +340,22 @@ def iter_train_processes(cfg, nproc: int, work_dir: str, cancel=None):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
                                 start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+        # a reader thread, so a cancel is seen within 0.2 s even while the workers print
+        # nothing (reading images, rank 0 fitting the trust gate)
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout]
+                                  + [lines.put(None)], daemon=True)
+        reader.start()
         try:
-            for raw in proc.stdout:
+            while True:
                 if cancel is not None and cancel.cancelled:
                     raise CancelledError("cancelled by the user")
+                try:
+                    raw = lines.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if raw is None:
+                    break
                 try:
                     doc = json.loads(raw)
                 except ValueError:

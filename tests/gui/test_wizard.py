@@ -235,3 +235,29 @@ def test_wizard_trains_on_two_processes_and_writes_cluster_scripts(qtbot, app_wi
             qtbot.waitSignal(win.model_panel.models_ready, timeout=30000):
         wiz.results_page.save_button.click()
     assert os.listdir(models) == ["two-process-model"]
+
+
+def test_training_on_processes_can_be_cancelled(qtbot, app_window, tmp_path):
+    win, models = app_window
+    wiz = _ready_to_train(qtbot, win, tmp_path, epochs=200)
+    mp = wiz.model_page
+    mp.run_on.setCurrentIndex(mp.run_on.findData(2))
+    with qtbot.waitSignal(wiz.epoch_done, timeout=300000):
+        wiz.next()
+    page = wiz.train_page
+    with qtbot.waitSignal(page.job.cancelled, timeout=30000):
+        page.cancel_button.click()
+    assert "Cancelled" in page.status.text()
+    assert not os.path.exists(models) or os.listdir(models) == []
+    # torchrun stops its workers (they may take a moment to exit)
+    qtbot.waitUntil(lambda: not [p for p in os.listdir("/proc")
+                                 if p.isdigit() and _is_worker(p)], timeout=20000)
+
+
+def _is_worker(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return False
+    return b"medview.training.distributed" in cmd and b"medview-wizard-" in cmd
