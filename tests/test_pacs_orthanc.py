@@ -173,3 +173,29 @@ def test_predict_sends_the_sr_and_heatmap_back_to_the_pacs(pacs, pacs_env, tiny_
     # STOW-RS works too
     r = medview(pacs_env, "pacs", "send", pacs.web_url, sr_file)
     assert r.returncode == 0 and "sent 1 of 1" in r.stdout
+
+
+def test_compressed_studies_arrive_in_their_stored_syntax_over_c_get(pacs, tmp_path):
+    """A PACS that cannot transcode (Orthanc, from lossy JPEG 2000) still sends them:
+    medview offers each compressed syntax in a presentation context of its own."""
+    from pydicom.data import get_testdata_file
+
+    from medview.io import load
+
+    names = ("JPEG2000.dcm", "US1_J2KR.dcm", "SC_rgb_jpeg_dcmtk.dcm")
+    files = [get_testdata_file(n, download=False) for n in names]
+    assert pacs.upload(files) == 3
+    client = connect(pacs.dimse_url, _settings(pacs))
+    syntaxes = set()
+    for f in files:
+        src = dcmread(f, stop_before_pixels=True)
+        result = drain(client.iter_retrieve(src.StudyInstanceUID, str(tmp_path / "out"),
+                                            src.SeriesInstanceUID))
+        assert result.complete, result.summary()
+        (folder,) = result.series_folders.values()
+        (got,) = os.listdir(folder)
+        kept = dcmread(os.path.join(folder, got), stop_before_pixels=True)
+        assert kept.file_meta.TransferSyntaxUID == src.file_meta.TransferSyntaxUID
+        syntaxes.add(kept.file_meta.TransferSyntaxUID)
+        assert load([folder]).volumes  # and medview decodes it
+    assert len(syntaxes) == 3

@@ -58,10 +58,13 @@ log = logging.getLogger(__name__)
 MAX_MATCHES = 2000
 #: Largest instance kept from the network (bytes); a bigger one is refused.
 MAX_INSTANCE_BYTES = 4 * 1024**3
-#: Transfer syntaxes offered for storage: uncompressed first, then what medview decodes.
-STORAGE_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                    DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit,
-                    JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, JPEG2000, RLELossless]
+#: Transfer syntaxes accepted for storage: uncompressed, then what medview decodes (or
+#: keeps as received: the files are stored as they arrive).
+UNCOMPRESSED_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+COMPRESSED_SYNTAXES = [DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit,
+                       JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, JPEG2000,
+                       RLELossless]
+STORAGE_SYNTAXES = UNCOMPRESSED_SYNTAXES + COMPRESSED_SYNTAXES
 
 _REJECT_REASONS = {
     # (source, diagnostic) of A-ASSOCIATE-RJ, PS3.8 9.3.4
@@ -367,9 +370,18 @@ class DimseClient:
         ae.add_requested_context(GET)
         if len(classes) > 120:
             raise _Refused("the study holds more than 120 kinds of objects; use C-MOVE")
+        # The server picks ONE transfer syntax per presentation context and must convert
+        # every object of that SOP class to it; a PACS that cannot transcode (Orthanc from
+        # lossy JPEG 2000, say) then fails those sub-operations. So each compressed syntax
+        # gets a context of its own beside the uncompressed one (as dcmtk's getscu does),
+        # as far as the 128 contexts of an association allow.
+        per_class = 1 + len(COMPRESSED_SYNTAXES)
+        compressed = COMPRESSED_SYNTAXES if 1 + len(classes) * per_class <= 128 else []
         roles = []
         for sop_class in classes:
-            ae.add_requested_context(sop_class, STORAGE_SYNTAXES)
+            ae.add_requested_context(sop_class, UNCOMPRESSED_SYNTAXES)
+            for syntax in compressed:
+                ae.add_requested_context(sop_class, [syntax])
             roles.append(build_role(sop_class, scp_role=True))
         receiver.start()
         assoc = self._associate(ae, ext_neg=roles,
