@@ -99,9 +99,11 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes_from_its_checkpoint(r
     cfg = config("killme", 8)
     log_path = str(root / "killed.log")
     log = open(log_path, "w")  # noqa: SIM115  (a file, not a pipe: nothing can block)
+    # a restarted gloo rendezvous now and then hangs; fail it fast so torchrun retries
+    env = dict(os.environ, MEDVIEW_DIST_TIMEOUT_S="20")
     proc = subprocess.Popen([sys.executable, "-m", "medview", "train", "--config", cfg,
                              "--out", out, "--nproc", "2"], stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     killed = None
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline and killed is None:

@@ -25,6 +25,9 @@ import numpy as np
 
 #: what torchrun sets in every worker's environment
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+#: seconds a collective (or the connection at start) may wait for the other processes
+ENV_TIMEOUT = "MEDVIEW_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -158,9 +161,22 @@ def connect(device: str = "cpu") -> Comm:
 
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        # collectives run every step; the longest wait is for rank 0 writing a
-        # checkpoint. A peer that never comes is torchrun's to restart.
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        # Collectives run every step; the longest wait is for rank 0 writing a checkpoint.
+        # A rendezvous that hangs (seen now and then on gloo after torchrun restarted the
+        # workers) fails after this and torchrun tries again.
+        timeout_s = float(os.environ.get(ENV_TIMEOUT, DEFAULT_TIMEOUT_S))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        # the process group's keys live under this run's and this restart's own prefix,
+        # so a restarted worker can never read an address a dead one left behind
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              world, is_master=rank == 0 and os.environ.get(
+                                  "TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true",
+                              timeout=timeout)
+        prefix = (f"medview/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+                  f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
+        dist.init_process_group(backend, store=dist.PrefixStore(prefix, store), rank=rank,
+                                world_size=world, timeout=timeout)
     return TorchComm(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 
 
