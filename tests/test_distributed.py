@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from medview.core.errors import CancelledError
-from medview.core.progress import CancelToken
+from medview.core.progress import CancelToken, drain
 from medview.training.engine import TrainConfig, train
 from tests.tiny import write_patch_dataset
 
@@ -147,22 +147,10 @@ def test_one_process_run_resumes_where_it_was_cancelled(tmp_path):
             if ev.stage == "epoch" and ev.epoch == 2:
                 token.cancel()
     events = []
-    resumed = train(TrainConfig(**settings), checkpoint_dir=ckpt)
-    while True:
-        try:
-            events.append(next(resumed))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = drain(train(TrainConfig(**settings), checkpoint_dir=ckpt), events.append)
     assert [e.epoch for e in events if e.stage == "resume"] == [2]
     assert [e.epoch for e in events if e.stage == "epoch"] == [3, 4]
-    whole = train(TrainConfig(**settings))
-    while True:
-        try:
-            next(whole)
-        except StopIteration as stop:
-            reference = stop.value
-            break
+    reference = drain(train(TrainConfig(**settings)))
     a, b = result.model.state_dict(), reference.model.state_dict()
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) == 0.0
     # a checkpoint of other settings is not used

@@ -65,6 +65,19 @@ def drain(gen: Generator[Any, None, T], on_event: Callable[[Any], None] | None =
             on_event(event)
 
 
+def relay(gen: Generator[Any, None, T], convert: Callable[[Any], Any]
+          ) -> Generator[Any, None, T]:
+    """Re-yield a progress generator's events through ``convert`` (another scale or event
+    type); return the generator's result. ``yield from relay(...)`` in a job that runs a
+    sub-job."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield convert(event)
+
+
 def file_sha256(path: str) -> str:
     """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()

@@ -964,6 +964,8 @@ class ModelPanel(QWidget):
     def send_result(self, server: str, settings=None):
         """Store the result in view (SR; the heat-map as SC when one is shown) in
         ``server``, in a worker; returns the job (None when there is no result)."""
+        from functools import partial
+
         from medview.gui.pacs_dialog import send_result_job
         from medview.pacs import load_settings
         from medview.reports.figures import saliency_figure
@@ -974,8 +976,9 @@ class ModelPanel(QWidget):
         figure = None
         if self._saliency is not None and self._saliency_info is not None:
             method, target = self._saliency_info
-            figure = saliency_figure(
-                self.volume, self.index, self._saliency, model_id=card.id,
+            # drawn in the worker: rendering a full-size film would stall the window
+            figure = partial(
+                saliency_figure, self.volume, self.index, self._saliency, model_id=card.id,
                 model_version=card.version, target=target, method_name=METHODS[method],
                 colormap=self.cmap_box.currentText(), opacity=self.opacity.value() / 100.0,
                 out_of_scope=self._last.withheld)

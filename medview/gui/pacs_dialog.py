@@ -454,16 +454,18 @@ def _n(v) -> str:
 
 def send_result_job(server: str, settings: PacsSettings, source_path: str, prediction,
                     figure=None, frame: int | None = None, reveal: bool = False):
-    """A job factory: write the SR (and the heat-map SC when ``figure`` is given) for one
-    prediction and store them in ``server``. Returns the StoreResult."""
+    """A job factory: write the SR (and the heat-map SC when ``figure``, a function that
+    draws it, is given) for one prediction and store them in ``server``. Returns the
+    StoreResult."""
     from medview.reports.dicom_results import write_result
 
     def job(token):
         yield Progress(0, 2, "writing the DICOM result")
         folder = tempfile.mkdtemp(prefix="medview-result-")
         try:
-            files = write_result(folder, source_path, prediction, figure=figure, frame=frame,
-                                 reveal=reveal)
+            files = write_result(folder, source_path, prediction,
+                                 figure=figure() if figure is not None else None,
+                                 frame=frame, reveal=reveal)
             client = connect(server, settings)
             result = yield from client.iter_store(files, token)
         finally:

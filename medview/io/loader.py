@@ -13,7 +13,7 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 
 from medview.core.errors import failure_reason, must_propagate
-from medview.core.progress import CancelToken, Progress, drain
+from medview.core.progress import CancelToken, Progress, drain, relay
 from medview.core.safeio import inside as _inside
 from medview.core.safeio import is_regular_file
 from medview.core.volume import ImageVolume, LoadResult, SkippedFile
@@ -149,26 +149,15 @@ def iter_load(
     paths: Iterable[str], cancel: CancelToken | None = None
 ) -> Generator[Progress, None, LoadResult]:
     """Load every image under ``paths``; yields progress, returns a :class:`LoadResult`."""
-    scan = iter_scan(paths, cancel)
-    while True:
-        try:
-            step = next(scan)
-        except StopIteration as stop:
-            units, skipped = stop.value
-            break
-        yield Progress(step.done, step.total + step.total, step.message)
+    units, skipped = yield from relay(
+        iter_scan(paths, cancel), lambda step: Progress(step.done, 2 * step.total, step.message))
     result = LoadResult(skipped=skipped)
     scanned = sum(u.size for u in units)
     done, grand_total = scanned, scanned * 2
     for unit in units:
-        reader = iter_read_unit(unit, cancel)
-        while True:
-            try:
-                step = next(reader)
-            except StopIteration as stop:
-                volume, bad = stop.value
-                break
-            yield Progress(done + step.done, grand_total, "reading images")
+        volume, bad = yield from relay(
+            iter_read_unit(unit, cancel),
+            lambda step, base=done: Progress(base + step.done, grand_total, "reading images"))
         done += unit.size
         result.skipped.extend(bad)
         if volume is not None:

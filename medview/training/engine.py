@@ -24,7 +24,7 @@ import numpy as np
 
 from medview.core.errors import MedviewError
 from medview.core.modeling import Preprocessing
-from medview.core.progress import CancelToken, Progress
+from medview.core.progress import CancelToken, relay
 from medview.inference.scope import ScopeGate
 from medview.models.card import Card, json_safe
 from medview.training import data as tdata
@@ -317,14 +317,9 @@ def prepare_data(cfg: TrainConfig, cancel: CancelToken
     """Read every image once (as the viewer shows it, at the training size), block on
     unusable data, split by patient, and collect the warnings (leakage, duplicates)."""
     ds = tdata.open_dataset(cfg.data, cfg.label_column, cfg.label_map)
-    loader = tdata.load_images(ds, (cfg.image_size, cfg.image_size), cancel=cancel)
-    while True:
-        try:
-            p: Progress = next(loader)
-        except StopIteration as stop:
-            images = stop.value
-            break
-        yield TrainEvent("load", step=p.done, steps=p.total, message="reading images")
+    images = yield from relay(
+        tdata.load_images(ds, (cfg.image_size, cfg.image_size), cancel=cancel),
+        lambda p: TrainEvent("load", step=p.done, steps=p.total, message="reading images"))
     problems, warns = tdata.check_dataset(ds, cfg.min_per_class)
     if problems:
         raise TrainingError("; ".join(problems))
