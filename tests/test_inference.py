@@ -16,7 +16,7 @@ from tests.tiny import PATCH
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    return Predictor(read_card(tiny_model[0]), "cpu")
+    return Predictor(read_card(tiny_model[0]), "cpu", backend="torch")
 
 
 def _first(data, cls):
@@ -144,16 +144,17 @@ def test_gpu_out_of_memory_retries_smaller_then_cpu(predictor, monkeypatch):
     batch = np.stack([predictor.prepare(ImageVolume(np.zeros((1, 64, 64), np.uint8)), 0)
                       .tensor] * 4)
     calls = []
-    real_run = predictor._run
+    engine = predictor.engine
+    real_run = engine._run
 
-    def fake_run(b):
-        calls.append((predictor.device, len(b)))
-        if predictor.device != "cpu":
+    def fake_run(b, maps=False):
+        calls.append((engine.device, len(b)))
+        if engine.device != "cpu":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return real_run(b)
 
-    monkeypatch.setattr(predictor, "_run", fake_run)
-    monkeypatch.setattr(predictor, "device", "cuda")
+    monkeypatch.setattr(engine, "_run", fake_run)
+    monkeypatch.setattr(engine, "device", "cuda")
     out = predictor.logits(batch, batch_size=4)
     assert out.shape == (4, 2)
     assert [c[1] for c in calls[:3]] == [4, 2, 1]

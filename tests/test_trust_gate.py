@@ -25,7 +25,7 @@ from tests.factory import make_dataset, write
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    return Predictor(read_card(tiny_model[0]), "cpu")
+    return Predictor(read_card(tiny_model[0]), "cpu", backend="torch")
 
 
 def _images(data, cls, n=None):

@@ -48,4 +48,5 @@ def train_tiny(data: str, out: str, model_id: str = "tiny-patch", **kw) -> str:
                 min_per_class=5, id=model_id, patience=6)
     args.update(kw)
     result = drain(train(TrainConfig(**args)))
-    return export_model(result.model, result.card, out, gate=result.gate)
+    return export_model(result.model, result.card, out, gate=result.gate,
+                        graph=result.graph)

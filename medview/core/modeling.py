@@ -38,6 +38,8 @@ class Prediction:
     threshold: float | None
     input_sha256: str
     device: str
+    #: what computed the outputs: "torch" or "onnx" (the exported graph on ONNX Runtime)
+    backend: str = "torch"
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     #: The trust gate: True inside the model's scope, False outside (the label and

@@ -85,7 +85,7 @@ def gaussian_blur(x, sigma: float):
                     g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
-def _normalise(attr: np.ndarray) -> np.ndarray:
+def normalise_map(attr: np.ndarray) -> np.ndarray:
     a = np.nan_to_num(np.asarray(attr, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     a = np.maximum(a, 0.0)
     hi = np.percentile(a, 99.5) if a.size else 0.0
@@ -199,7 +199,7 @@ def explain(model, tensor: np.ndarray, target: int, method: str, *, black: np.nd
                                  strides=(c, max(2, k // 2), max(2, k // 2)),
                                  baselines=baseline, target=target, perturbations_per_eval=16)
             out = attr[0].sum(0)
-    return _normalise(out.detach().float().cpu().numpy())
+    return normalise_map(out.detach().float().cpu().numpy())
 
 
 def saliency_for_slice(model, tensor: np.ndarray, target: int, method: str,

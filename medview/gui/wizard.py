@@ -768,7 +768,8 @@ class ResultsPage(QWizardPage):
                           self.wiz.n_bootstrap)
         out = self.wiz.models_dir or user_models_dir()
         try:
-            folder = export_model(res.model, card, out, gate=res.gate)
+            folder = export_model(res.model, card, out, gate=res.gate,
+                                  graph=res.graph)
         except (FileExistsError, OSError) as exc:
             self.saved_label.setText(f"Not saved: {exc}")
             return None

@@ -25,9 +25,8 @@ from medview.core.modeling import Prediction
 from medview.core.volume import ImageVolume
 from medview.imaging.model_input import pixels_sha256, prepare
 from medview.inference import scope
-from medview.inference.features import SCORE, StageTap, TorchScorer
+from medview.inference.features import SCORE
 from medview.models.card import ModelCard
-from medview.models.loading import load_model
 from medview.models.weights import WeightsError, read_scope_statistics
 
 log = logging.getLogger(__name__)
@@ -107,28 +106,70 @@ def load_gate(card: ModelCard) -> scope.ScopeGate | None:
 
 
 class Predictor:
-    """Runs one model. Thread-safe: calls are serialised by a lock."""
+    """Runs one model on one backend (:mod:`medview.inference.backends`). Thread-safe:
+    calls are serialised by a lock."""
 
-    def __init__(self, card: ModelCard, device: str = "auto") -> None:
-        import torch
+    def __init__(self, card: ModelCard, device: str = "auto", backend: str = "auto") -> None:
+        from medview.inference import backends
 
         self.card = card
-        self.device = choose_device(device)
         self.spec = card.preprocessing
-        t = time.perf_counter()
-        self.model = load_model(card).to(self.device)
-        self.load_ms = (time.perf_counter() - t) * 1000
         self.lock = threading.Lock()
         self.notices: list[str] = []
-        self._torch = torch
         classes = card.classes
         pos = card.positive_class
         self.positive = classes.index(pos) if pos in classes else None
         self.threshold = card.card.threshold
         self.gate = load_gate(card)
-        self.tap = StageTap(self.model, self.gate.stages if self.gate else ())
-        self.scorer = (TorchScorer(self.gate, self.device)
-                       if self.gate is not None and self.gate.method == "multi_depth" else None)
+        self.requested_backend = backend
+        t = time.perf_counter()
+        name, dev = backends.resolve(card, device, backend)
+        self.engine = None
+        if name == "onnx":
+            try:
+                self.engine = backends.OnnxBackend(card, self.gate)
+            except WeightsError as exc:
+                if backend == "onnx":
+                    raise
+                # the graph is an accelerator, never a requirement: torch still runs
+                self.notices.append(f"{exc}; the model runs on PyTorch instead")
+                log.warning("exported graph refused; falling back to torch")
+        if self.engine is None:
+            self.engine = backends.TorchBackend(card, dev, self.gate)
+        self.load_ms = (time.perf_counter() - t) * 1000
+        self._torch_model = None
+
+    @property
+    def backend(self) -> str:
+        """"torch" or "onnx": what scores the images."""
+        return self.engine.name
+
+    @property
+    def device(self) -> str:
+        return self.engine.device
+
+    @property
+    def model(self):
+        """The torch model (saliency other than Grad-CAM, tests). On the graph backend it
+        is loaded on first use, on the CPU: torch is imported only then."""
+        engine_model = getattr(self.engine, "model", None)
+        if engine_model is not None:
+            return engine_model
+        with self.lock:
+            if self._torch_model is None:
+                import torch
+
+                from medview.inference.backends import torch_threads
+                from medview.models.loading import load_model
+
+                torch_threads(torch)
+                self._torch_model = load_model(self.card)
+        return self._torch_model
+
+    @property
+    def tap(self):
+        """The torch backend's stage tap (fitting and tests)."""
+        return self.engine.tap
 
     # ------------------------------------------------------------------ preparation
     def prepare(self, volume: ImageVolume, index: int) -> PreparedInput:
@@ -139,41 +180,20 @@ class Predictor:
                              scope.population_reasons(self.card.card, volume, index))
 
     def logits(self, batch: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """Raw logits for a prepared batch (N, C, H, W), with GPU OOM fallback."""
+        """Raw logits for a prepared batch (N, C, H, W)."""
         return self.forward(batch, batch_size)[scope.LOGITS]
 
-    def forward(self, batch: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
+    def forward(self, batch: np.ndarray, batch_size: int = 16,
+                maps: bool = False) -> dict[str, np.ndarray]:
         """One forward pass of a prepared batch: the logits, the pre-logit embedding and
-        the gate's stage statistics (see :mod:`medview.inference.scope`)."""
+        the gate's stage statistics (see :mod:`medview.inference.scope`); with ``maps``
+        (graph backend) also the last feature maps."""
         with self.lock:
-            return self._forward_with_fallback(batch, batch_size)
-
-    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        x = self._torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        return self.tap.forward(self.model, x, self.scorer)
-
-    def _forward_with_fallback(self, batch: np.ndarray, batch_size: int
-                               ) -> dict[str, np.ndarray]:
-        torch = self._torch
-        size = max(1, min(batch_size, len(batch)))
-        while True:
-            try:
-                parts = [self._run(batch[i:i + size]) for i in range(0, len(batch), size)]
-                return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                if size > 1:
-                    size //= 2
-                    log.warning("GPU out of memory; retrying with batch size %d", size)
-                    continue
-                self.model = self.model.to("cpu")
-                self.device = "cpu"
-                if self.scorer is not None:
-                    self.scorer = TorchScorer(self.gate, "cpu")
-                notice = "GPU out of memory: the model now runs on the CPU"
-                if notice not in self.notices:
-                    self.notices.append(notice)
-                size = len(batch)
+            out = self.engine.run(batch, batch_size, maps=maps)
+        for notice in getattr(self.engine, "notices", ()):
+            if notice not in self.notices:
+                self.notices.append(notice)
+        return out
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         z = np.asarray(logits, np.float64) / self.card.temperature
@@ -215,19 +235,32 @@ class Predictor:
         return self.gate.score(feats)
 
     def predict_prepared(self, prep: PreparedInput, prep_ms: float = 0.0) -> Prediction:
+        return self.predict_many([prep], [prep_ms])[0]
+
+    def predict_many(self, preps: list[PreparedInput],
+                     prep_ms: list[float] | None = None) -> list[Prediction]:
+        """Predictions for prepared inputs scored in one forward pass (the timings are
+        the pass's, divided evenly)."""
         t = time.perf_counter()
-        feats = self.forward(prep.tensor[np.newaxis])
-        infer_ms = (time.perf_counter() - t) * 1000
+        feats = self.forward(np.stack([p.tensor for p in preps]), batch_size=len(preps))
+        infer_ms = (time.perf_counter() - t) * 1000 / len(preps)
         t = time.perf_counter()
         scores = self.gate_score(feats)
-        gate_ms = (time.perf_counter() - t) * 1000
-        logits = feats[scope.LOGITS][0]
-        probs = self.probabilities(logits[np.newaxis])[0]
+        gate_ms = (time.perf_counter() - t) * 1000 / len(preps)
+        probs = self.probabilities(feats[scope.LOGITS])
+        return [self._prediction(prep, probs[k], None if scores is None else float(scores[k]),
+                                 {"preprocess": round((prep_ms or [0.0] * len(preps))[k], 2),
+                                  "inference": round(infer_ms, 2),
+                                  "trust_gate": round(gate_ms, 2)})
+                for k, prep in enumerate(preps)]
+
+    def _prediction(self, prep: PreparedInput, probs: np.ndarray, score: float | None,
+                    timings: dict[str, float]) -> Prediction:
         label, decision = self.decide(probs)
         reasons = list(prep.reasons)
-        score = limit = None
-        if scores is not None:
-            score, limit = float(scores[0]), float(self.gate.limit)
+        limit = None
+        if score is not None:
+            limit = float(self.gate.limit)
             if not score <= limit:  # NaN is out of scope too
                 reasons.insert(0, scope.content_reason(score, limit))
         in_scope = not reasons if (self.gate is not None or reasons) else None
@@ -248,8 +281,8 @@ class Predictor:
             threshold=self.threshold,
             input_sha256=prep.input_sha256,
             device=self.device,
-            timings_ms={"preprocess": round(prep_ms, 2), "inference": round(infer_ms, 2),
-                        "trust_gate": round(gate_ms, 2)},
+            backend=self.backend,
+            timings_ms=timings,
             warnings=warnings,
             in_scope=in_scope,
             ood_score=score,

@@ -52,42 +52,44 @@ def _check(cancel: CancelToken | None) -> None:
 
 
 class InferenceSession:
-    """Predictors cached by (model id, weights sha256, device); thread-safe."""
+    """Predictors cached by (model id, weights sha256, device, backend); thread-safe."""
 
     def __init__(self) -> None:
-        self._predictors: dict[tuple[str, str, str], Predictor] = {}
+        self._predictors: dict[tuple[str, str, str, str], Predictor] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ models
     @staticmethod
-    def _key(card: ModelCard, device: str) -> tuple[str, str, str]:
-        return card.id, card.weights_sha256, device
+    def _key(card: ModelCard, device: str, backend: str = "auto") -> tuple[str, str, str, str]:
+        return card.id, card.weights_sha256, device, backend
 
-    def is_loaded(self, card: ModelCard, device: str) -> bool:
-        return self._key(card, device) in self._predictors
+    def is_loaded(self, card: ModelCard, device: str, backend: str = "auto") -> bool:
+        return self._key(card, device, backend) in self._predictors
 
     def loaded(self) -> list[Predictor]:
         with self._lock:
             return list(self._predictors.values())
 
-    def predictor(self, card: ModelCard, device: str = "auto") -> Predictor:
-        """The cached predictor for ``card`` on ``device``, loaded (once) if needed."""
-        key = self._key(card, device)
+    def predictor(self, card: ModelCard, device: str = "auto",
+                  backend: str = "auto") -> Predictor:
+        """The cached predictor for ``card`` on ``device`` and ``backend`` ("auto", "torch"
+        or "onnx"; see :mod:`medview.inference.backends`), loaded (once) if needed."""
+        key = self._key(card, device, backend)
         with self._lock:
             pred = self._predictors.get(key)
             if pred is None:
-                pred = Predictor(card, device)
+                pred = Predictor(card, device, backend)
                 self._predictors[key] = pred
             return pred
 
     # ------------------------------------------------------------------ jobs
     def predict(self, card: ModelCard, volume: ImageVolume, index: int, device: str = "auto",
-                cancel: CancelToken | None = None
+                cancel: CancelToken | None = None, backend: str = "auto"
                 ) -> Generator[Progress, None, tuple[Prediction, PreparedInput]]:
         """Score one slice; returns the prediction and the prepared input (for saliency)."""
         t0 = time.perf_counter()
         yield Progress(0, 3, "loading model")
-        pred = self.predictor(card, device)
+        pred = self.predictor(card, device, backend)
         _check(cancel)
         yield Progress(1, 3, "preparing")
         t1 = time.perf_counter()
@@ -101,37 +103,76 @@ class InferenceSession:
 
     def explain(self, card: ModelCard, volume: ImageVolume, index: int, method: str,
                 target: str, device: str = "auto", prep: PreparedInput | None = None,
-                cancel: CancelToken | None = None) -> Generator[Progress, None, np.ndarray]:
-        """A saliency map for class ``target``, aligned with the slice (rows, cols)."""
-        from medview.explain import saliency_for_slice
+                cancel: CancelToken | None = None, backend: str = "auto"
+                ) -> Generator[Progress, None, np.ndarray]:
+        """A saliency map for class ``target``, aligned with the slice (rows, cols).
 
+        On the graph backend, Grad-CAM of a model whose head is a global average pool and
+        a linear layer (verified at export: ``graph.cam_head``) is the class activation
+        map of the graph's feature maps, one forward pass and no autograd; every other
+        method (and Grad-CAM of other heads) runs captum on the torch model."""
         yield Progress(0, 2, "loading model")
-        pred = self.predictor(card, device)
+        pred = self.predictor(card, device, backend)
         if target not in card.classes:
             raise ValueError(f"unknown class {target!r}; classes: {', '.join(card.classes)}")
         p = prep if prep is not None else pred.prepare(volume, index)
         _check(cancel)
         yield Progress(1, 2, "saliency")
+        k = card.classes.index(target)
+        if method == "gradcam" and pred.backend == "onnx" and card.card.graph.cam_head:
+            return cam_for_slice(pred, p.tensor, k, (volume.rows, volume.cols))
+        from medview.explain import saliency_for_slice
+
         spec = card.preprocessing
         black = [(0.0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)]
+        model = pred.model  # may load the torch twin of a graph-backed model
         with pred.lock:
-            return saliency_for_slice(pred.model, p.tensor, card.classes.index(target),
-                                      method, (volume.rows, volume.cols), black=black,
-                                      cancel=cancel)
+            return saliency_for_slice(model, p.tensor, k, method, (volume.rows, volume.cols),
+                                      black=black, cancel=cancel)
 
     def batch(self, card: ModelCard, volumes: Iterable[ImageVolume], device: str = "auto",
-              cancel: CancelToken | None = None
-              ) -> Generator[Progress, None, list[ScoredItem]]:
-        """Score the default slice of every volume, one at a time (on this CPU batching did
-        not make a single image faster); each image is a progress step and a cancel point."""
+              cancel: CancelToken | None = None, backend: str = "auto",
+              chunk: int | None = None) -> Generator[Progress, None, list[ScoredItem]]:
+        """Score the default slice of every volume. Images are prepared one by one and
+        scored ``chunk`` at a time (:func:`batch_chunk`: batched where that measured
+        faster on the backend); every image is a progress step and a cancel point."""
         volumes = list(volumes)
         yield Progress(0, len(volumes), "loading model")
-        pred = self.predictor(card, device)
+        pred = self.predictor(card, device, backend)
+        size = chunk or batch_chunk(pred)
         rows: list[ScoredItem] = []
-        for k, v in enumerate(volumes):
+        for start in range(0, len(volumes), size):
             _check(cancel)
-            i = v.default_index
-            item = ScoredItem(v, i, v.source_of(i), pred.predict(v, i))
-            rows.append(item)
-            yield ScoredProgress(k + 1, len(volumes), "scoring", item)
+            group = volumes[start:start + size]
+            preps = [pred.prepare(v, v.default_index) for v in group]
+            for v, prediction in zip(group, pred.predict_many(preps), strict=True):
+                _check(cancel)
+                i = v.default_index
+                item = ScoredItem(v, i, v.source_of(i), prediction)
+                rows.append(item)
+                yield ScoredProgress(len(rows), len(volumes), "scoring", item)
         return rows
+
+
+def batch_chunk(pred: Predictor) -> int:
+    """How many prepared images one forward pass takes when scoring a list: 8 on the
+    graph backend and on a GPU, 1 for torch on the CPU (measured per image,
+    benchmarks/bench_backends.py: ONNX Runtime and channels_last torch are both faster
+    per image in batches of 8 than one at a time, but the GUI then waits for eight
+    images before the first row appears; eight keeps that under a second)."""
+    return 8 if pred.backend == "onnx" or pred.device != "cpu" else 1
+
+
+def cam_for_slice(pred: Predictor, tensor: np.ndarray, target: int,
+                  shape: tuple[int, int]) -> np.ndarray:
+    """Grad-CAM on the graph backend: the class activation map of the graph's feature
+    maps and the linear head, normalised like :func:`medview.explain.saliency.explain`
+    and resized back to the slice's ``shape`` = (rows, cols)."""
+    from medview.explain.saliency import normalise_map
+    from medview.imaging.model_input import resize_map
+    from medview.inference.backends import class_activation_map
+
+    feats = pred.forward(tensor[np.newaxis], maps=True)
+    weight, _ = pred.engine.head()
+    cam = class_activation_map(feats["feature_maps"][0], weight, target, tensor.shape[-2:])
+    return np.clip(resize_map(normalise_map(cam), shape), 0, 1)

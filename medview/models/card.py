@@ -24,6 +24,11 @@ CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
 #: The trust gate's statistics (see ``ScopeSpec``); data only, sha256 in the card.
 SCOPE_FILE = "scope.safetensors"
+#: The exported graph (ONNX; see ``GraphSpec``): data only, sha256 in the card.
+GRAPH_FILE = "graph.onnx"
+#: Graph formats a card may name, and the largest agreement tolerance it may state.
+GRAPH_FORMATS = ("onnx",)
+MAX_GRAPH_TOLERANCE = 1e-3
 #: Out-of-distribution methods a card may name (implemented in medview.inference.scope).
 SCOPE_METHODS = ("mahalanobis", "knn", "energy", "combined", "multi_depth")
 #: A feature stage is a module path inside the model: names and dots only.
@@ -90,6 +95,7 @@ _TOP: dict[str, tuple[Any, bool]] = {
     "description": (str, False),
     "changelog": (list, False),
     "scope": (dict, False),
+    "graph": (dict, False),
 }
 
 
@@ -193,7 +199,33 @@ def validate_card(card: Any, where: str = "card.json") -> dict:
         raise CardError(where, f"weights.file must be {WEIGHTS_FILE}")
     if "scope" in card:
         _validate_scope(card["scope"], where)
+    if "graph" in card:
+        _validate_graph(card["graph"], where)
     return card
+
+
+def _validate_graph(graph: dict, where: str) -> None:
+    if _require(graph, "graph.", "file", str, where) != GRAPH_FILE:
+        raise CardError(where, f"graph.file must be {GRAPH_FILE}")
+    if _require(graph, "graph.", "format", str, where) not in GRAPH_FORMATS:
+        raise CardError(where, f"graph.format must be one of {', '.join(GRAPH_FORMATS)}")
+    sha = _require(graph, "graph.", "sha256", str, where)
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise CardError(where, "graph.sha256 must be 64 lowercase hex digits")
+    tol = _require(graph, "graph.", "tolerance", float, where)
+    if not 0.0 < tol <= MAX_GRAPH_TOLERANCE:
+        raise CardError(where, f"graph.tolerance must be in (0, {MAX_GRAPH_TOLERANCE}]")
+    diff = _require(graph, "graph.", "max_abs_diff", float, where)
+    if not (math.isfinite(diff) and diff >= 0):
+        raise CardError(where, "graph.max_abs_diff must be a finite number >= 0")
+    head = graph.get("cam_head", "")
+    if not isinstance(head, str) or (head and not STAGE_NAME.fullmatch(head)):
+        raise CardError(where, "graph.cam_head must be a module name (letters, digits, "
+                               "underscores, dots) or empty")
+    outputs = _require(graph, "graph.", "outputs", list, where)
+    if len(outputs) > 16 or not all(isinstance(n, str) and STAGE_NAME.fullmatch(n)
+                                    for n in outputs):
+        raise CardError(where, "graph.outputs must be at most 16 output names")
 
 
 def _validate_scope(scope: dict, where: str) -> None:
@@ -325,9 +357,36 @@ class ScopeSpec:
     known_failures: str = ""
 
 
+@dataclass(frozen=True)
+class GraphSpec:
+    """The model exported as a graph for a faster runtime (ONNX Runtime on the CPU).
+
+    ``file`` (``sha256``) holds the same network as the weights with ``outputs``: the
+    logits, the pre-logit embedding, the last feature maps and the trust gate's stage
+    statistics, from one pass. ``max_abs_diff`` is the largest difference in any class
+    probability against the torch model, measured at export on ``checked_on`` images
+    (validation images where there were any); the graph is only chosen automatically
+    while that is within ``tolerance``. ``cam_head`` names the linear classifier that
+    follows a global average pool, when that was verified: Grad-CAM is then the class
+    activation map of the feature maps with that layer's weights (no autograd);
+    empty = Grad-CAM runs on torch. ``speed`` records the per-image times measured at
+    export (milliseconds, batch 1, the exporting machine's CPU)."""
+
+    file: str
+    sha256: str
+    format: str
+    opset: int
+    outputs: list[str]
+    tolerance: float
+    max_abs_diff: float
+    checked_on: int
+    cam_head: str = ""
+    speed: dict[str, float] = field(default_factory=dict)
+
+
 _SECTIONS = {"architecture": Architecture, "decision": Decision, "calibration": Calibration,
              "input": InputSpec, "preprocessing": PreprocessingSpec, "weights": WeightsSpec,
-             "scope": ScopeSpec}
+             "scope": ScopeSpec, "graph": GraphSpec}
 
 
 @dataclass(frozen=True)
@@ -360,6 +419,7 @@ class Card:
     description: str | None = None
     changelog: list[Any] | None = None
     scope: ScopeSpec | None = None
+    graph: GraphSpec | None = None
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "card.json") -> Card:
@@ -387,7 +447,7 @@ class Card:
         """The card as the JSON document it is stored as (optional fields left out when
         absent)."""
         out = asdict(self)
-        for key in ("flags", "description", "changelog", "scope"):
+        for key in ("flags", "description", "changelog", "scope", "graph"):
             if out[key] is None:
                 del out[key]
         return out
@@ -656,6 +716,10 @@ class ModelCard:
     @property
     def scope_path(self) -> str:
         return os.path.join(self.folder, SCOPE_FILE)
+
+    @property
+    def graph_path(self) -> str:
+        return os.path.join(self.folder, GRAPH_FILE)
 
     def summary(self) -> dict:
         """The fields ``medview models`` lists."""

@@ -173,3 +173,23 @@ def save_weights(model, path: str, metadata: dict[str, str] | None = None) -> st
         f.flush()
         os.fsync(f.fileno())
     return hashlib.sha256(data).hexdigest()
+
+
+def read_tensor(path: str, expected_sha256: str, name: str, root: str | None = None):
+    """One tensor of a verified weights file as a float32 numpy array, without torch
+    (the class-activation-map head of the exported-graph backend)."""
+    import numpy as np
+    from safetensors.numpy import load as load_numpy
+
+    header, data = _read(path, root, whole=True)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise WeightsError(
+            f"refused: weights sha256 {actual[:12]}... does not match the card's "
+            f"{expected_sha256[:12]}... (file changed or corrupted)")
+    if name not in header or name == "__metadata__":
+        raise WeightsError(f"refused: the weights have no tensor {name!r}")
+    try:
+        return np.asarray(load_numpy(data)[name], np.float32)
+    except Exception as exc:
+        raise WeightsError(f"refused: unreadable safetensors data ({exc})") from exc

@@ -303,7 +303,8 @@ def finish_training(result, out: str, ckpt: str | None, events_json: bool,
     from medview.core.safeio import atomic_write_bytes
     from medview.training.export import export_model
 
-    folder = export_model(result.model, result.card, out, gate=result.gate)
+    folder = export_model(result.model, result.card, out, gate=result.gate,
+                          graph=result.graph)
     if result_json:
         doc = {"val_probs": result.val_probs.tolist(), "val_y": result.val_y.tolist(),
                "test_probs": result.test_probs.tolist(), "test_y": result.test_y.tolist(),

@@ -29,6 +29,7 @@ from medview.inference.scope import ScopeGate
 from medview.models.card import Card, json_safe
 from medview.training import data as tdata
 from medview.training import metrics as M
+from medview.training.export import prepare_graph
 from medview.training.gatefit import fit_trust_gate
 from medview.training.strategies import STRATEGIES, TrainingRun, strategy_for
 
@@ -145,6 +146,9 @@ class TrainResult:
     splits: dict[str, list[int]]
     #: the trust gate fitted on this run's features (written beside the weights)
     gate: ScopeGate | None = None
+    #: the exported graph and its card section, checked against torch on validation
+    #: images (:func:`medview.training.export.prepare_graph`); None when not exported
+    graph: tuple | None = None
 
 
 # ----------------------------------------------------------------------------- model
@@ -667,10 +671,13 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
                       time.monotonic() - started, model, scope_spec, ev.calibration_method,
                       comm)
     model.to("cpu")
+    yield TrainEvent("evaluate", message="exporting the graph for fast CPU inference")
+    graph = prepare_graph(model, card, gate, _to_input(images_t[val_idx[:32]], mean,
+                                                       std).numpy())
     yield TrainEvent("done", best_epoch, cfg.epochs, message="training finished")
     return TrainResult(model, cfg, classes, card, history, val_probs, val_y, test_probs,
                        y_all[test_idx] if len(test_idx) else np.zeros(0, int), warns, ds, splits,
-                       gate)
+                       gate, graph)
 
 
 def _training_device(requested: str, warns: list[str]) -> str:

@@ -8,12 +8,14 @@ half-written model; leftovers of an interrupted export are removed at the next s
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import replace
 
 from medview.core.safeio import fsync_dir
 from medview.models.card import (
     CARD_FILE,
+    GRAPH_FILE,
     README_FILE,
     SCOPE_FILE,
     WEIGHTS_FILE,
@@ -24,6 +26,8 @@ from medview.models.card import (
 )
 from medview.models.staging import LOCK_FILE, TMP_PREFIX, clean_stale_exports, staging_folder
 from medview.models.weights import save_weights
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TMP_PREFIX", "clean_stale_exports", "export_model", "render_readme"]
 
@@ -71,13 +75,19 @@ def render_readme(card: Card) -> str:
 
 
 def export_model(model, card: Card | dict, out_dir: str, extra_readme: str = "",
-                 gate=None) -> str:
+                 gate=None, graph: bool | tuple | None = True, check_inputs=None) -> str:
     """Write ``out_dir/<card id>/`` (card.json, weights.safetensors, scope.safetensors,
-    README.md) atomically.
+    graph.onnx, README.md) atomically.
 
     ``card`` is a :class:`Card` (or its JSON document); its weights hash (and with a trust
-    ``gate``, the hash of the gate's statistics) is filled in here. Refuses to overwrite
-    an existing model folder. Returns the new folder's path.
+    ``gate``, the hash of the gate's statistics) is filled in here. With ``graph``, the
+    model is also exported as an ONNX graph for the fast CPU backend, checked against
+    torch on ``check_inputs`` (prepared validation images) and random inputs (``graph``
+    may also be the ``(bytes, GraphSpec)`` of :func:`prepare_graph`, made earlier in a
+    worker thread; ``None``/``False``: no graph); a model
+    that cannot be exported, or whose graph disagrees, is saved without one (it runs on
+    torch) and the reason is logged. Refuses to overwrite an existing model folder.
+    Returns the new folder's path.
     """
     if not isinstance(card, Card):
         card = Card.from_dict(json_safe(card))
@@ -102,6 +112,15 @@ def export_model(model, card: Card | dict, out_dir: str, extra_readme: str = "",
                 f.flush()
                 os.fsync(f.fileno())
             card = card.replace(scope=replace(card.scope, sha256=gate.sha256()))
+        if graph is True:
+            graph = prepare_graph(model, card, gate, check_inputs)
+        if graph:
+            data, spec = graph
+            with open(os.path.join(tmp, GRAPH_FILE), "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            card = card.replace(graph=spec)
         _write_synced(os.path.join(tmp, CARD_FILE),
                       json.dumps(json_safe(card.to_dict()), indent=2, allow_nan=False) + "\n")
         _write_synced(os.path.join(tmp, README_FILE), render_readme(card) + extra_readme)
@@ -109,6 +128,19 @@ def export_model(model, card: Card | dict, out_dir: str, extra_readme: str = "",
         os.rename(tmp, final)
         fsync_dir(out_dir)
     return final
+
+
+def prepare_graph(model, card: Card, gate=None, check_inputs=None):
+    """``(bytes, GraphSpec)`` of the model's exported graph, or None (with the reason
+    logged) when the model cannot be exported or its graph disagrees with torch."""
+    from medview.inference.graph_export import GraphExportError, export_graph
+
+    stages = tuple(gate.stages) if gate is not None else ()
+    try:
+        return export_graph(model, card, stages, check_inputs)
+    except GraphExportError as exc:
+        log.warning("model %s saved without an exported graph: %s", card.id, exc)
+        return None
 
 
 def _write_synced(path: str, text: str) -> None:

@@ -1,0 +1,139 @@
+"""Safe reading of a model folder's exported graph (``graph.onnx``).
+
+An ONNX file is data - operators from the standard set and their tensors - as long as
+the runtime is never given a custom operator library and never follows an external-data
+path. So, before ONNX Runtime sees it, the file must be a regular file inside the model
+folder, no larger than :data:`MAX_GRAPH_BYTES`, with the card's sha256, and parse as an
+ONNX model whose every tensor is stored inside the file (no ``external_data``, anywhere:
+initializers, node attributes, subgraphs), whose operators all come from the standard
+domains (``ai.onnx``; ``ai.onnx.ml``), with no model-local functions or training graphs,
+one input ``x`` and the outputs the card lists. Every failure is a
+:class:`~medview.models.weights.WeightsError` and the model falls back to torch.
+
+The check uses ONNX's own protobuf schema (``onnx/onnx_ml_pb2.py``) loaded on its own:
+importing the whole ``onnx`` package takes over a second, the schema 30 ms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+
+from medview.core.safeio import UnsafeFileError, open_regular
+from medview.models.weights import WeightsError
+
+#: The bundled graphs are ~14 MB; a model folder's graph may not exceed this.
+MAX_GRAPH_BYTES = 1024**3
+ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+#: ONNX TensorProto.DataLocation.EXTERNAL
+_EXTERNAL = 1
+_schema = None
+
+
+def onnx_schema():
+    """ONNX's generated protobuf module (``ModelProto`` ...), without importing the whole
+    ``onnx`` package when that has not been imported already."""
+    global _schema
+    if _schema is None:
+        loaded = sys.modules.get("onnx.onnx_ml_pb2")
+        if loaded is not None:
+            _schema = loaded
+        else:
+            spec = importlib.util.find_spec("onnx")
+            if spec is None or not spec.origin:
+                raise WeightsError("the exported graph cannot be checked: the onnx package "
+                                   "is not installed")
+            path = os.path.join(os.path.dirname(spec.origin), "onnx_ml_pb2.py")
+            mspec = importlib.util.spec_from_file_location("onnx.onnx_ml_pb2", path)
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+            # registered under its own name, so a later ``import onnx`` reuses it
+            sys.modules["onnx.onnx_ml_pb2"] = module
+            _schema = module
+    return _schema
+
+
+def _check_tensor(t, where: str) -> None:
+    if t.data_location == _EXTERNAL or len(t.external_data):
+        raise WeightsError(f"exported graph refused: tensor {t.name[:60]!r} ({where}) points "
+                           "to data outside the graph file")
+
+
+def _check_graph(g, depth: int = 0) -> None:
+    if depth > 8:
+        raise WeightsError("exported graph refused: subgraphs nested too deeply")
+    for t in g.initializer:
+        _check_tensor(t, "initializer")
+    for st in g.sparse_initializer:
+        _check_tensor(st.values, "sparse initializer")
+        _check_tensor(st.indices, "sparse initializer")
+    for node in g.node:
+        if node.domain not in ALLOWED_DOMAINS:
+            raise WeightsError(f"exported graph refused: operator {node.op_type[:40]!r} from "
+                               f"the non-standard domain {node.domain[:40]!r}")
+        for a in node.attribute:
+            if a.HasField("t"):
+                _check_tensor(a.t, "attribute")
+            for t in a.tensors:
+                _check_tensor(t, "attribute")
+            if a.HasField("sparse_tensor"):
+                _check_tensor(a.sparse_tensor.values, "attribute")
+                _check_tensor(a.sparse_tensor.indices, "attribute")
+            if a.HasField("g"):
+                _check_graph(a.g, depth + 1)
+            for sub in a.graphs:
+                _check_graph(sub, depth + 1)
+
+
+def check_graph_bytes(data: bytes, outputs: list[str] | None = None) -> None:
+    """Refuse a graph that is not plain, self-contained, standard-operator ONNX with one
+    input ``x`` and (when given) every one of ``outputs``."""
+    pb = onnx_schema()
+    model = pb.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # protobuf's DecodeError, RecursionError...
+        raise WeightsError("exported graph refused: not an ONNX model") from exc
+    if not model.HasField("graph") or not model.ir_version:
+        raise WeightsError("exported graph refused: not an ONNX model")
+    bad = [o.domain for o in model.opset_import if o.domain not in ALLOWED_DOMAINS]
+    if bad:
+        raise WeightsError(f"exported graph refused: it needs the non-standard operator "
+                           f"set {bad[0][:40]!r}")
+    if len(model.functions) or len(model.training_info):
+        raise WeightsError("exported graph refused: model-local functions or training "
+                           "graphs are not accepted")
+    _check_graph(model.graph)
+    inputs = [i.name for i in model.graph.input]
+    if inputs != ["x"]:
+        raise WeightsError("exported graph refused: it must have exactly one input, x")
+    have = {o.name for o in model.graph.output}
+    missing = [o for o in outputs or [] if o not in have]
+    if missing:
+        raise WeightsError(f"exported graph refused: output {missing[0]!r} named by the "
+                           "card is missing")
+
+
+def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
+               root: str | None = None, max_bytes: int = MAX_GRAPH_BYTES) -> bytes:
+    """The bytes of a verified graph file (regular file inside ``root``, size cap, sha256,
+    structure); the runtime is then given these bytes, never the path."""
+    try:
+        with open_regular(path, max_bytes=max_bytes, root=root) as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError as exc:
+        raise WeightsError("exported graph refused: the file named by the card is "
+                           "missing") from exc
+    except UnsafeFileError as exc:
+        raise WeightsError(f"exported graph refused: {exc.reason}") from exc
+    except OSError as exc:
+        raise WeightsError(f"exported graph refused: unreadable ({exc.strerror})") from exc
+    if len(data) > max_bytes:
+        raise WeightsError("exported graph refused: the file is too large")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise WeightsError("exported graph refused: its sha256 does not match the card "
+                           "(modified or corrupted)")
+    check_graph_bytes(data, outputs)
+    return data
