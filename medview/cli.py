@@ -12,6 +12,9 @@ import math
 import sys
 from collections.abc import Sequence
 
+BACKENDS = ("auto", "torch", "onnx")
+BACKEND_HELP = ("auto (default): on the CPU the model's exported graph on ONNX Runtime when "
+                "its card says it agrees with PyTorch, else PyTorch; torch; onnx (CPU)")
 SUBCOMMANDS = ("info", "models", "train", "predict", "explain", "pacs", "export", "selftest")
 
 
@@ -181,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _session(model: str, device: str):
+def _session(model: str, device: str, backend: str = "auto"):
     """(session, card) with the model loaded, or None after printing why it can't load."""
     from medview.core.errors import MedviewError
     from medview.inference.session import InferenceSession
@@ -190,7 +193,7 @@ def _session(model: str, device: str):
     session = InferenceSession()
     try:
         card = discover_models().get(model)
-        session.predictor(card, device)
+        session.predictor(card, device, backend)
     except (KeyError, ValueError, MedviewError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -232,9 +235,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from medview.training.distributed import launch
 
         worker = ["predict", *args.paths, "--model", args.model, "--csv", args.csv,
-                  "--device", args.device] + (["--score-out-of-scope"] if anyway else [])
+                  "--device", args.device, "--backend", args.backend] + (
+                      ["--score-out-of-scope"] if anyway else [])
         return launch(args.nproc, worker, max_restarts=0)
-    loaded = _session(args.model, args.device)
+    loaded = _session(args.model, args.device, args.backend)
     if loaded is None:
         return 2
     session, card = loaded
@@ -264,8 +268,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             results.add(item)
 
     try:
-        scan_skipped, read_skipped = drain(iter_score_stream(session, card, args.paths,
-                                                             args.device), scored)
+        scan_skipped, read_skipped = drain(iter_score_stream(
+            session, card, args.paths, args.device, backend=args.backend), scored)
         skipped = scan_skipped + read_skipped
         if writer is not None:
             writer.commit()
@@ -303,7 +307,7 @@ def _pred_dict(p, score_out_of_scope: bool = False) -> dict:
             "in_scope": p.in_scope, "ood_score": p.ood_score, "ood_limit": p.ood_limit,
             "scope_reasons": p.scope_reasons,
             "threshold": p.threshold, "input_sha256": p.input_sha256, "device": p.device,
-            "timings_ms": p.timings_ms, "warnings": p.warnings}
+            "backend": p.backend, "timings_ms": p.timings_ms, "warnings": p.warnings}
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -313,7 +317,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from medview.io import load
     from medview.reports.figures import saliency_png
 
-    loaded = _session(args.model, args.device)
+    loaded = _session(args.model, args.device, args.backend)
     if loaded is None:
         return 2
     session, card = loaded
@@ -324,7 +328,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     v = result.volumes[0]
     index = v.default_index
-    pred, prep = drain(session.predict(card, v, index, args.device))
+    pred, prep = drain(session.predict(card, v, index, args.device, backend=args.backend))
     if pred.withheld and not args.score_out_of_scope:
         print("refused: the image is outside this model's scope, so no saliency map is "
               "drawn (--score-out-of-scope draws one anyway, stamped OUT OF SCOPE):",
@@ -345,7 +349,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     token.on_progress = on_step  # one step per forward pass inside captum
     try:
         sal = drain(session.explain(card, v, index, args.method, target, args.device, prep,
-                                    token))
+                                    token, backend=args.backend))
     finally:
         bar.close()
     atomic_write_bytes(args.out, saliency_png(
@@ -420,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", help="write a CSV worklist here")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--device", default="auto", choices=DEVICES)
+    pr.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     pr.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
                     help="also fill in the label and probabilities of images outside the "
                          "model's scope (in_scope stays false)")
@@ -438,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--colormap", default="inferno", choices=tuple(COLORMAPS))
     ex.add_argument("--opacity", type=float, default=0.6)
     ex.add_argument("--device", default="auto", choices=DEVICES)
+    ex.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     ex.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
                     help="draw the map for an image outside the model's scope too, greyed "
                          "and stamped OUT OF SCOPE")

@@ -234,7 +234,8 @@ class ResultWriter:
         if args.sc and (not p.withheld or args.score_out_of_scope):
             shown = p.revealed()
             sal = drain(self.session.explain(card, item.volume, item.index, "gradcam",
-                                             shown.label, args.device))
+                                             shown.label, args.device,
+                                             backend=getattr(args, "backend", "auto")))
             figure = saliency_figure(item.volume, item.index, sal, model_id=card.id,
                                      model_version=card.version, target=shown.label,
                                      method_name="Grad-CAM", out_of_scope=p.withheld)

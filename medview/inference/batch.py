@@ -17,36 +17,62 @@ from collections.abc import Generator, Iterable
 from medview.core.progress import CancelToken, Progress, drain
 from medview.core.safeio import fsync_dir, plain_text
 from medview.inference.rows import prediction_header, prediction_row
-from medview.inference.session import InferenceSession, ScoredItem, ScoredProgress
+from medview.inference.session import InferenceSession, ScoredItem, ScoredProgress, batch_chunk
 
 
 def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
                       device: str = "auto", cancel: CancelToken | None = None,
-                      rank: int = 0, world: int = 1
+                      rank: int = 0, world: int = 1, backend: str = "auto",
+                      chunk: int | None = None
                       ) -> Generator[Progress, None, tuple[list, list]]:
-    """Score every ``world``-th unit under ``paths`` from ``rank``, one at a time. Yields
+    """Score every ``world``-th unit under ``paths`` from ``rank``. Yields
     :class:`ScoredProgress` carrying ``(unit index, ScoredItem)`` in ``item`` as each is
     scored; returns the files skipped when scanning (the same on every rank) and those
-    of this rank's units that could not be read. Nothing is kept after it is yielded."""
+    of this rank's units that could not be read. Units are read one at a time and scored
+    ``chunk`` at a time (:func:`~medview.inference.session.batch_chunk`), never holding
+    more than :data:`MAX_PENDING_BYTES` of pixels; nothing is kept after it is yielded."""
     from medview.io.loader import iter_read_unit, iter_scan
 
     units, scan_skipped = drain(iter_scan(paths, cancel))
     skipped: list = []
     mine = list(range(rank, len(units), world))
     yield Progress(0, len(mine), "loading model")
-    pred = session.predictor(card, device)
-    for done, k in enumerate(mine, 1):
+    pred = session.predictor(card, device, backend)
+    size = chunk or batch_chunk(pred)
+    pending: list = []  # (unit index, volume, prepared input)
+    done = 0
+
+    def flush():
+        nonlocal done
+        predictions = pred.predict_many([p for _k, _v, p in pending])
+        for (k, volume, _p), prediction in zip(pending, predictions, strict=True):
+            i = volume.default_index
+            done += 1
+            yield ScoredProgress(done, len(mine), "scoring",
+                                 (k, ScoredItem(volume, i, volume.source_of(i), prediction)))
+        pending.clear()
+
+    for k in mine:
         if cancel is not None:
             cancel.raise_if_cancelled()
         volume, bad = drain(iter_read_unit(units[k], cancel))
         skipped.extend(bad)
         if volume is None:
+            done += 1
             continue
-        i = volume.default_index
-        item = ScoredItem(volume, i, volume.source_of(i), pred.predict(volume, i))
-        yield ScoredProgress(done, len(mine), "scoring", (k, item))
-        del volume, item
+        pending.append((k, volume, pred.prepare(volume, volume.default_index)))
+        del volume
+        if len(pending) >= size or sum(v.pixels.nbytes for _k, v, _p in pending) \
+                > MAX_PENDING_BYTES:
+            yield from flush()
+    if pending:
+        yield from flush()
     return scan_skipped, skipped
+
+
+#: Volumes waiting to be scored together may hold at most this many pixel bytes (a batch
+#: of chest films is a few MB; a batch of CT series is scored as it comes).
+MAX_PENDING_BYTES = 256 * 1024**2
 
 
 class RowWriter:
@@ -115,7 +141,7 @@ def merge_parts(csv_path: str, world: int, header: list[str]) -> int:
 
 
 def score_shard(paths: list[str], model: str, csv_path: str, comm, device: str = "auto",
-                score_out_of_scope: bool = False) -> int:
+                score_out_of_scope: bool = False, backend: str = "auto") -> int:
     """One worker of ``medview predict --nproc N``: score this rank's units into its part
     file, then rank 0 merges the parts into ``csv_path``."""
     from medview.models.registry import discover_models
@@ -125,7 +151,7 @@ def score_shard(paths: list[str], model: str, csv_path: str, comm, device: str =
     part = RowWriter(part_path(csv_path, comm.rank), None)
     try:
         gen = iter_score_stream(session, card, paths, device, rank=comm.rank,
-                                world=comm.world)
+                                world=comm.world, backend=backend)
         scan_skipped, skipped = drain(gen, lambda step: _part_row(part, step,
                                                                  score_out_of_scope))
         part.commit()

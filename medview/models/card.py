@@ -384,6 +384,7 @@ class GraphSpec:
     speed: dict[str, float] = field(default_factory=dict)
 
 
+_OPTIONAL = ("flags", "description", "changelog", "scope", "graph")
 _SECTIONS = {"architecture": Architecture, "decision": Decision, "calibration": Calibration,
              "input": InputSpec, "preprocessing": PreprocessingSpec, "weights": WeightsSpec,
              "scope": ScopeSpec, "graph": GraphSpec}
@@ -447,16 +448,19 @@ class Card:
         """The card as the JSON document it is stored as (optional fields left out when
         absent)."""
         out = asdict(self)
-        for key in ("flags", "description", "changelog", "scope", "graph"):
+        for key in _OPTIONAL:
             if out[key] is None:
                 del out[key]
         return out
 
     def replace(self, **changes) -> Card:
-        """A copy with ``changes``, validated like a card read from disk."""
-        return Card.from_dict({**self.to_dict(), **{
+        """A copy with ``changes``, validated like a card read from disk (an optional
+        section set to None is removed)."""
+        data = {**self.to_dict(), **{
             k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
-            for k, v in changes.items()}})
+            for k, v in changes.items()}}
+        return Card.from_dict({k: v for k, v in data.items()
+                               if not (v is None and k in _OPTIONAL)})
 
     # -------------------------------------------------------------- derived values
     @property

@@ -416,11 +416,12 @@ def _predict_worker(argv: list[str]) -> int:
     p.add_argument("--csv", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope")
+    p.add_argument("--backend", default="auto")
     args = p.parse_args(argv)
     comm = connect(args.device if args.device != "auto" else "cpu")
     try:
         return score_shard(args.paths, args.model, args.csv, comm, args.device,
-                           args.score_out_of_scope)
+                           args.score_out_of_scope, args.backend)
     finally:
         comm.close()
 
