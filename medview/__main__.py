@@ -1,5 +1,3 @@
-import sys
+from medview.cli import run
 
-from medview.cli import main
-
-sys.exit(main())
+run()

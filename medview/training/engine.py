@@ -614,7 +614,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
                                                 1e-12, 1.0))))
         record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
                   "val_auc": pm["auc_macro"], "val_accuracy": pm["accuracy"],
-                  "epoch_seconds": round(epoch_s, 2),
+                  "epoch_seconds": round(epoch_s, 4),
                   "images_per_second": round(n_train / epoch_s, 1) if epoch_s else None}
         history.append(record)
         record["val_loss"] = round(val_nll, 5)
