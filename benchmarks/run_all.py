@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import (
+    bench_backends,
     bench_distributed,
     bench_gui_stall,
     bench_hardening,
@@ -26,8 +27,15 @@ if __name__ == "__main__":
     print_table("GUI responsiveness while loading (real window, offscreen)",
                 bench_gui_stall.run())
     print_table("Inference and saliency (CPU)", bench_inference.run_latency()
-                + bench_inference.run_launch() + bench_inference.run_warm_up()
+                + bench_inference.run_launch("torch") + bench_inference.run_launch()
+                + bench_inference.run_warm_up("torch") + bench_inference.run_warm_up()
                 + bench_inference.run_saliency_stall())
+    print_table("CPU backends (cxr-pneumonia, same inputs, engines alternated)",
+                bench_backends.run_backends())
+    print_table("Saliency on the graph path; Integrated Gradients batching",
+                bench_backends.run_cam_and_ig())
+    print_table("Cold start (whole process)", bench_backends.run_cold_start())
+    print_table("Worklist end to end (whole process)", bench_backends.run_worklist())
     print_table("Training throughput (Lite0, 128 px, batch 16, CPU)", bench_training.run())
     print_table("Trust gate: cost and out-of-distribution benchmark (cxr-pneumonia, CPU)",
                 bench_trust_gate.run())

@@ -124,11 +124,18 @@ def cancel_points(model, cancel: CancelToken | None, expected_forwards: int = 0)
             h.remove()
 
 
+#: Integrated Gradients' steps per forward pass (captum's ``internal_batch_size``): the
+#: method is allocation-bound on a CPU: 4 steps per pass took 1130 ms against 2172 ms for
+#: all 24 at once and 1454 ms for 8 (benchmarks/bench_backends.py; 3 was as fast, 2
+#: slower), the maps equal to 4e-7. Each pass is also a cancel point.
+IG_INTERNAL_BATCH = 4
+
+
 def expected_forwards(method: str, shape: tuple[int, int], ig_steps: int = 24,
                       smooth_samples: int = 12) -> int:
     """How many forward passes of the whole model a method runs (for progress)."""
     if method == "ig":
-        return -(-ig_steps // min(8, ig_steps))
+        return -(-ig_steps // min(IG_INTERNAL_BATCH, ig_steps))
     if method == "smoothgrad":
         return -(-smooth_samples // min(4, smooth_samples))
     if method == "occlusion":
@@ -180,10 +187,10 @@ def explain(model, tensor: np.ndarray, target: int, method: str, *, black: np.nd
             ig = IntegratedGradients(model)
             sigma = max(2.0, min(x.shape[-2:]) / 32)
             blurred = gaussian_blur(x.detach(), sigma)
-            # steps in chunks of 8: faster than one batch of all steps on a CPU (smaller
-            # allocations), and each chunk is a point where a cancel takes effect
+            # steps in chunks (IG_INTERNAL_BATCH): faster than one batch of all steps on
+            # a CPU (smaller allocations), and each chunk is a cancel point
             attr = ig.attribute(x, baselines=blurred, target=target, n_steps=ig_steps,
-                                internal_batch_size=min(8, ig_steps))
+                                internal_batch_size=min(IG_INTERNAL_BATCH, ig_steps))
             out = attr[0].abs().sum(0)
         elif method == "smoothgrad":
             nt = NoiseTunnel(Saliency(model))

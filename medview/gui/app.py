@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
 ENV_LAUNCH_T0 = "MEDVIEW_LAUNCH_T0"  # epoch seconds when the launcher started the app
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +90,25 @@ def application_class():
     return MedviewApplication
 
 
+def prefetch_runtime() -> threading.Thread:
+    """Import ONNX Runtime in a background thread while the window is being built: its
+    native module holds the interpreter lock for about 50 ms while it initialises, which
+    would otherwise be a visible stall when the first model loads."""
+
+    def work() -> None:
+        try:
+            import onnxruntime  # noqa: F401
+        except Exception:  # not installed or broken: the torch backend is used
+            log.debug("ONNX Runtime not available", exc_info=True)
+
+    t = threading.Thread(target=work, name="medview-prefetch", daemon=True)
+    t.start()
+    return t
+
+
 def create_app(argv: Sequence[str] = ()):
     """The QApplication with medview's global pyqtgraph settings (row-major images)."""
+    prefetch_runtime()
     import pyqtgraph as pg
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication

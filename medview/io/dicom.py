@@ -957,6 +957,15 @@ def _apply_palette(h: DicomHeader, arr: np.ndarray) -> np.ndarray:
     return palette_to_rgb(arr, luts[0], luts[1], luts[2], first, bits)
 
 
+def _tag_name(tag) -> str:
+    from pydicom.datadict import dictionary_description
+
+    try:
+        return dictionary_description(tag) or "Unknown"
+    except KeyError:
+        return "Private tag" if tag.group % 2 else "Unknown"
+
+
 def tag_rows(path: str, max_value_chars: int = 256) -> list[tuple[str, str, str, str]]:
     """Every element of a DICOM file as plain text: ``(tag, name, VR, value)``.
 
@@ -983,8 +992,21 @@ def tag_rows(path: str, max_value_chars: int = 256) -> list[tuple[str, str, str,
     def walk(dataset: Dataset, depth: int) -> None:
         if depth > 8 or len(rows) > 20000:
             return
-        for elem in dataset:
-            tag = f"({elem.tag.group:04X},{elem.tag.element:04X})"
+        for key in list(dataset.keys()):
+            # bulk values (pixels...) are summarised from the raw element, never read:
+            # the tag browser runs on the GUI thread
+            raw = dataset.get_item(key, keep_deferred=True)
+            vr = str(getattr(raw, "VR", "") or "")
+            tag = f"({key.group:04X},{key.element:04X})"
+            if key == 0x7FE00010 or vr in ("OB", "OW", "OF", "OD", "OL", "UN"):
+                length = getattr(raw, "length", None)
+                if length is None or length == 0xFFFFFFFF:
+                    value = dataset[key].value
+                    length = len(value) if value is not None else 0
+                name = _tag_name(key)
+                rows.append((tag, ("  " * depth) + name, vr, f"<{length} bytes>"))
+                continue
+            elem = dataset[key]
             name = ("  " * depth) + (elem.name or elem.keyword or "Unknown")
             vr = str(elem.VR)
             if vr == "SQ":
@@ -992,14 +1014,6 @@ def tag_rows(path: str, max_value_chars: int = 256) -> list[tuple[str, str, str,
                 for k, item in enumerate(elem.value):
                     rows.append(("", ("  " * (depth + 1)) + f"Item {k + 1}", "", ""))
                     walk(item, depth + 2)
-                continue
-            if elem.tag == 0x7FE00010 or vr in ("OB", "OW", "OF", "OD", "OL", "UN"):
-                raw = dataset.get_item(elem.tag, keep_deferred=True)
-                length = getattr(raw, "length", None)
-                if length is None:
-                    value = elem.value
-                    length = len(value) if value is not None else 0
-                rows.append((tag, name, vr, f"<{length} bytes>"))
                 continue
             try:
                 value = elem.value
