@@ -82,9 +82,9 @@ def test_the_command_line_loads_models_through_the_session(monkeypatch, tiny_mod
     made = []
     real = session_module.InferenceSession.predictor
 
-    def predictor(self, card, device="auto"):
+    def predictor(self, card, device="auto", backend="auto"):
         made.append((self, card.id))
-        return real(self, card, device)
+        return real(self, card, device, backend)
 
     monkeypatch.setattr(session_module.InferenceSession, "predictor", predictor)
     session, card = cli._session(tiny_model[0], "cpu")
