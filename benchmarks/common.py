@@ -41,3 +41,51 @@ def print_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
     print("-" * len(line))
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+#: Real scanner files shipped with pydicom and pydicom-data, one per vendor: their whole
+#: headers (private tags, sequences) are kept when a series is made of them.
+REAL_SOURCES = {
+    "GE CT (CT_small)": "CT_small.dcm",
+    "Philips MR (MR2_UNCR)": "MR2_UNCR.dcm",
+    "Siemens MR (MR-SIEMENS-DICOM-WithOverlays)": "MR-SIEMENS-DICOM-WithOverlays.dcm",
+    "Toshiba MR (MR_small)": "MR_small.dcm",
+}
+
+
+def write_real_series(folder: str, source: str, n: int = 120,
+                      matrix: int | None = None) -> list[str]:
+    """A series of ``n`` files made from one real scanner file: every header element kept,
+    only the instance UID, instance number and slice position changed (shuffled names).
+    With ``matrix``, the image is resampled (nearest) to ``matrix`` x ``matrix`` (Rows and
+    Columns follow), for a clinical matrix size under the same vendor header."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    path = get_testdata_file(source, download=False)
+    if path is None:
+        raise FileNotFoundError(source)
+    ds = pydicom.dcmread(path)
+    if matrix:
+        arr = ds.pixel_array
+        idx_r = np.arange(matrix) * arr.shape[0] // matrix
+        idx_c = np.arange(matrix) * arr.shape[1] // matrix
+        ds.PixelData = np.ascontiguousarray(arr[idx_r][:, idx_c]).tobytes()
+        ds.Rows = ds.Columns = matrix
+    os.makedirs(folder, exist_ok=True)
+    series = generate_uid()
+    pos = [float(v) for v in ds.get("ImagePositionPatient", [0.0, 0.0, 0.0])]
+    paths = []
+    for k in np.random.default_rng(0).permutation(n):
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesInstanceUID = series
+        ds.InstanceNumber = int(k) + 1
+        ds.ImagePositionPatient = [pos[0], pos[1], pos[2] + 2.0 * float(k)]
+        if "SliceLocation" in ds:
+            ds.SliceLocation = pos[2] + 2.0 * float(k)
+        out = os.path.join(folder, f"im{k:04d}.dcm")
+        ds.save_as(out, enforce_file_format=True)
+        paths.append(out)
+    return paths

@@ -80,3 +80,40 @@ def test_cr_chest_sample_is_monochrome1_and_displays_lungs_dark():
 def test_multiframe_ultrasound_loads_all_frames():
     (vol,) = load([local_file("color3d_jpeg_baseline.dcm")]).volumes
     assert vol.multiframe and vol.n_slices == 120 and vol.is_rgb
+
+
+def _volume_facts(result) -> list:
+    from dataclasses import fields
+
+    facts = []
+    for v in result.volumes:
+        row = {}
+        for f in fields(v):
+            value = getattr(v, f.name)
+            if isinstance(value, np.ndarray):
+                row[f.name] = (value.shape, str(value.dtype), value.tobytes())
+            else:
+                row[f.name] = repr(value)  # NaN spacing compares equal as text
+        facts.append(row)
+    return facts + [(s.path, s.reason) for s in result.skipped]
+
+
+def test_reading_only_the_used_elements_changes_nothing(monkeypatch):
+    """The fast header path (medview.io.dicomscan: only the elements medview uses reach
+    pydicom) gives exactly the volumes, warnings and refusals of pydicom's full reader on
+    every shipped file."""
+    import medview.io.dicom as dicom
+    from medview.io.dicomscan import read_wanted
+
+    fast_used = 0
+    for path in FILES:
+        monkeypatch.setattr(dicom, "FAST_HEADERS", True)
+        fast = _volume_facts(load([path]))
+        monkeypatch.setattr(dicom, "FAST_HEADERS", False)
+        full = _volume_facts(load([path]))
+        assert fast == full, os.path.basename(path)
+        try:
+            fast_used += read_wanted(path) is not None
+        except Exception:
+            pass
+    assert fast_used > 100  # the fast path really ran on most files

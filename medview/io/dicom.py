@@ -398,6 +398,22 @@ def check_deflated_size(path: str, head: bytes | None = None) -> None:
             return  # not a valid stream: pydicom's own read reports it
 
 
+#: Parse only the elements medview uses (``medview.io.dicomscan``); False reads every
+#: element with pydicom (the tests compare the two on every shipped file).
+FAST_HEADERS = True
+
+
+def _fast_dataset(path: str):
+    from medview.io.dicomscan import read_wanted
+
+    try:
+        return read_wanted(path)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception:  # anything unusual: the full reader decides and explains
+        return None
+
+
 def read_header(path: str, *, raw: bool = False, head: bytes | None = None) -> DicomHeader:
     """Read and validate a DICOM file's header; pixels are deferred.
 
@@ -421,16 +437,15 @@ def read_header(path: str, *, raw: bool = False, head: bytes | None = None) -> D
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=raw)
-            # Convert every top-level element now so that malformed values fail here;
-            # deferred (large) values and Pixel Data stay unread.
-            for tag in list(ds.keys()):
-                if tag == 0x7FE00010:
-                    continue
-                raw_elem = ds.get_item(tag, keep_deferred=True)
-                if getattr(raw_elem, "value", b"") is None:
-                    continue
-                ds[tag]
+            # Only the elements medview reads are parsed (dicomscan: a byte-level walk
+            # that hands pydicom just those); where that does not apply, pydicom reads
+            # the whole header. Elements are converted when first used (in
+            # _validated_header, where a malformed one is a clear CorruptFileError):
+            # converting every one up front was over half of the load time of real
+            # scanner files, whose headers hold hundreds of elements.
+            ds = _fast_dataset(path) if not raw and FAST_HEADERS else None
+            if ds is None:
+                ds = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=raw)
     except (FileNotFoundError, PermissionError) as exc:
         raise load_error_from_os(path, exc) from exc
     except RecursionError as exc:
@@ -442,7 +457,9 @@ def read_header(path: str, *, raw: bool = False, head: bytes | None = None) -> D
     except Exception as exc:
         raise CorruptFileError(path, f"unreadable DICOM header: {exc}") from exc
     try:
-        return _validated_header(path, ds, raw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _validated_header(path, ds, raw)
     except LoadError:
         raise
     except RecursionError as exc:

@@ -1,0 +1,242 @@
+"""Read only the DICOM elements medview uses, and let pydicom parse just those.
+
+A scanner's header holds hundreds of elements (GE CT: 256 at the top level, 179 of them
+private); medview reads a few dozen. pydicom's reader builds every element, which was
+most of the time spent loading a series. Here the data set is walked at the byte level -
+tag, VR, length, skip - and only the elements in :data:`WANTED` (and Pixel Data, whose
+position is recorded, not read) are handed to pydicom's own ``read_dataset``; the result
+is a ``FileDataset`` like ``dcmread``'s, Pixel Data deferred to the file.
+
+Only the two little-endian syntaxes with a file meta header (explicit VR, which all
+compressed syntaxes use, and implicit VR) are walked; anything else - big endian,
+deflated, no preamble, an unusual length, a nesting deeper than :data:`MAX_DEPTH`, a
+header larger than :data:`MAX_HEADER_BYTES` - returns None and the caller falls back to
+pydicom's full reader, so the fast path never accepts a file the full one would refuse.
+Every length is checked against the bytes present before it is used.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from io import BytesIO
+
+from medview.core.safeio import open_regular
+
+#: Little-endian syntaxes walked here (everything else uses pydicom's full reader).
+IMPLICIT_LE = "1.2.840.10008.1.2"
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+PIXEL_DATA = 0x7FE00010
+#: VRs with a 2-byte reserved field and a 4-byte length in explicit VR.
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+            b"UT", b"UV"}
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+MAX_DEPTH = 8
+#: The first read; a header longer than this is read whole, up to MAX_HEADER_BYTES.
+FIRST_READ = 256 * 1024
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+#: Elements in a data set (all levels) beyond which the full reader is used instead.
+MAX_ELEMENTS = 200_000
+
+#: Every top-level element medview reads from an image file (io/dicom.py, io/series.py,
+#: pydicom's pixel decoders and palette/LUT handling). A test loads every DICOM file
+#: shipped with pydicom and pydicom-data both ways and requires identical volumes.
+WANTED_KEYWORDS = (
+    # identity, series planning, study/patient shown
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+    "SeriesDescription", "StudyDescription", "InstanceNumber", "ImageType", "PatientID",
+    "PatientName", "PatientBirthDate", "PatientAge", "StudyDate", "AccessionNumber",
+    "BodyPartExamined", "ViewPosition", "PatientOrientation", "SpecificCharacterSet",
+    "FrameOfReferenceUID", "AcquisitionNumber", "EchoNumbers", "TemporalPositionIndex",
+    # geometry
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "ImagerPixelSpacing",
+    "SliceThickness", "SpacingBetweenSlices", "GantryDetectorTilt", "SliceLocation",
+    "PixelAspectRatio", "NominalScannedPixelSpacing",
+    # multi-frame
+    "NumberOfFrames", "FrameTime", "FrameTimeVector", "CineRate", "FrameIncrementPointer",
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+    # pixel module
+    "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelPaddingValue",
+    "PixelPaddingRangeLimit", "SmallestImagePixelValue", "LargestImagePixelValue",
+    "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "FloatPixelData",
+    "DoubleFloatPixelData", "BurnedInAnnotation", "LossyImageCompression",
+    # modality and VOI transforms
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence",
+    "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTFunction",
+    "VOILUTSequence", "PresentationLUTShape",
+    # palette colour
+    "RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor", "AlphaPaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData", "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData", "AlphaPaletteColorLookupTableData",
+    "SegmentedRedPaletteColorLookupTableData", "SegmentedGreenPaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData", "SegmentedAlphaPaletteColorLookupTableData",
+    "PaletteColorLookupTableUID",
+    # refused or redirected kinds of object
+    "DirectoryRecordSequence",
+)
+
+
+def wanted_tags() -> frozenset[int]:
+    from pydicom.datadict import tag_for_keyword
+
+    tags = {tag_for_keyword(k) for k in WANTED_KEYWORDS}
+    if None in tags:
+        raise ValueError("an unknown keyword in WANTED_KEYWORDS")
+    return frozenset(int(t) for t in tags) | {PIXEL_DATA}
+
+
+_WANTED: frozenset[int] | None = None
+
+
+class _NeedMore(Exception):
+    """The walk reached the end of the bytes read so far."""
+
+
+class _Unusual(Exception):
+    """Something the fast path does not handle: use the full reader."""
+
+
+def _skip_undefined(buf: bytes, pos: int, implicit: bool, depth: int, count: list) -> int:
+    """The position after an undefined-length value starting at ``pos``: a sequence of
+    items (each of defined length, or a data set up to its item delimiter) ending with a
+    sequence delimiter. Encapsulated pixel data has the same shape (fragments)."""
+    if depth > MAX_DEPTH:
+        raise _Unusual("nested too deeply")
+    n = len(buf)
+    while True:
+        if pos + 8 > n:
+            raise _NeedMore
+        group, elem, length = struct.unpack_from("<HHI", buf, pos)
+        tag = (group << 16) | elem
+        pos += 8
+        if tag == SEQ_END:
+            return pos
+        if tag != ITEM:
+            raise _Unusual("not an item inside a sequence")
+        count[0] += 1
+        if count[0] > MAX_ELEMENTS:
+            raise _Unusual("too many elements")
+        if length == UNDEFINED:
+            pos = _walk(buf, pos, implicit, None, depth + 1, count, until_item_end=True)[0]
+        else:
+            pos += length
+            if pos > n:
+                raise _NeedMore
+
+
+def _walk(buf: bytes, pos: int, implicit: bool, wanted: frozenset[int] | None, depth: int,
+          count: list, until_item_end: bool = False, complete: bool = False):
+    """Walk a data set from ``pos``. Returns (end position, [(tag, start, end)] of the
+    wanted elements, Pixel Data (tag start, value start, length, VR) or None)."""
+    n = len(buf)
+    found: list[tuple[int, int, int]] = []
+    last = -1
+    while True:
+        if pos == n and complete and not until_item_end and depth == 0:
+            return pos, found, None  # end of the file, no Pixel Data
+        if pos + 8 > n:
+            raise _NeedMore
+        start = pos
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        tag = (group << 16) | elem
+        if tag == ITEM_END:
+            if not until_item_end:
+                raise _Unusual("item delimiter outside an item")
+            return pos + 8, found, None
+        if tag <= last and depth == 0:
+            raise _Unusual("elements out of order")
+        last = tag
+        count[0] += 1
+        if count[0] > MAX_ELEMENTS:
+            raise _Unusual("too many elements")
+        if implicit:
+            (length,) = struct.unpack_from("<I", buf, pos + 4)
+            vr = None
+            pos += 8
+        else:
+            vr = bytes(buf[pos + 4:pos + 6])
+            if vr in LONG_VRS:
+                if pos + 12 > n:
+                    raise _NeedMore
+                (length,) = struct.unpack_from("<I", buf, pos + 8)
+                pos += 12
+            elif vr.isalpha() and vr.isupper():
+                (length,) = struct.unpack_from("<H", buf, pos + 6)
+                pos += 8
+            else:
+                raise _Unusual("not explicit VR")
+        if depth == 0 and tag == PIXEL_DATA:
+            return pos, found, (start, pos, length, vr)
+        if length == UNDEFINED:
+            # a sequence, or (explicit VR) UN whose contents are implicit VR
+            inner = implicit or vr == b"UN"
+            if not implicit and vr not in (b"SQ", b"UN"):
+                raise _Unusual("undefined length on a non-sequence")
+            pos = _skip_undefined(buf, pos, inner, depth, count)
+        else:
+            pos += length
+            if pos > n:
+                raise _NeedMore
+        if wanted is not None and tag in wanted:
+            found.append((tag, start, pos))
+
+
+def read_wanted(path: str, size: int | None = None):
+    """The image file's ``FileDataset`` holding only the wanted elements (Pixel Data
+    deferred), or None when the fast path does not apply (the caller uses dcmread)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import FileDataset
+    from pydicom.filereader import _read_file_meta_info, read_dataset
+    from pydicom.tag import Tag
+
+    global _WANTED
+    if _WANTED is None:
+        _WANTED = wanted_tags()
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size if size is None else size
+        buf = f.read(min(size, FIRST_READ))
+        if len(buf) < 132 or buf[128:132] != b"DICM":
+            return None
+        try:
+            fp = BytesIO(buf)
+            fp.seek(132)
+            meta = _read_file_meta_info(fp)
+            start = fp.tell()
+        except Exception:
+            return None
+        syntax = str(meta.get("TransferSyntaxUID", ""))
+        if not syntax or syntax in (BIG_ENDIAN, DEFLATED):
+            return None
+        implicit = syntax == IMPLICIT_LE
+        while True:
+            try:
+                _end, found, pixel = _walk(buf, start, implicit, _WANTED, 0, [0],
+                                           complete=len(buf) >= size)
+                break
+            except _NeedMore:
+                if len(buf) >= min(size, MAX_HEADER_BYTES):
+                    return None  # truncated, or a header too large: the full reader decides
+                buf += f.read(min(size, MAX_HEADER_BYTES) - len(buf))
+            except _Unusual:
+                return None
+    if pixel is not None and pixel[2] == UNDEFINED:
+        # encapsulated (compressed) pixel data: decoding dominates there, and pydicom's
+        # reader checks the fragments' framing as it reads them
+        return None
+    stream = b"".join(buf[s:e] for _tag, s, e in found)
+    dataset = read_dataset(BytesIO(stream), implicit, True)
+    if pixel is not None:
+        _start, value_tell, length, vr = pixel
+        vr_text = vr.decode() if vr else "OW"
+        dataset._dict[Tag(PIXEL_DATA)] = RawDataElement(
+            Tag(PIXEL_DATA), None if implicit else vr_text, length, None, value_tell,
+            implicit, True, True)
+        if value_tell + length > size:
+            return None  # runs past the end of the file: the full reader reports it
+    ds = FileDataset(path, dataset, buf[:128], meta, implicit, True)
+    ds.set_original_encoding(implicit, True, dataset._character_set)
+    return ds
