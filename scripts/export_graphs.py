@@ -22,11 +22,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from medview.core.safeio import atomic_write_bytes  # noqa: E402
-from medview.inference.graph_export import export_graph  # noqa: E402
-from medview.inference.predictor import Predictor, load_gate  # noqa: E402
-from medview.io import load  # noqa: E402
-from medview.models.card import CARD_FILE, GRAPH_FILE, README_FILE, json_safe, read_card  # noqa: E402
+from medview.core.safeio import atomic_write_bytes
+from medview.inference.graph_export import export_graph
+from medview.inference.predictor import Predictor, load_gate
+from medview.io import load
+from medview.models.card import CARD_FILE, GRAPH_FILE, README_FILE, json_safe, read_card
 
 SECTION = "## Exported graph (fast CPU inference)"
 

@@ -1,5 +1,6 @@
 """Every file shipped with pydicom and pydicom-data either loads or gets a typed reason."""
 
+import contextlib
 import os
 
 import numpy as np
@@ -112,8 +113,6 @@ def test_reading_only_the_used_elements_changes_nothing(monkeypatch):
         monkeypatch.setattr(dicom, "FAST_HEADERS", False)
         full = _volume_facts(load([path]))
         assert fast == full, os.path.basename(path)
-        try:
+        with contextlib.suppress(Exception):
             fast_used += read_wanted(path) is not None
-        except Exception:
-            pass
     assert fast_used > 100  # the fast path really ran on most files
