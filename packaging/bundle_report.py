@@ -22,6 +22,7 @@ GROUPS = {
     "bundled models": ("models/*",),
     "Qt (PySide6)": ("PySide6/*", "*/PySide6/*", "shiboken6/*"),
     "torch (CPU part)": ("torch/*",),
+    "ONNX Runtime + onnx": ("onnxruntime/*", "onnx/*"),
 }
 
 

@@ -195,6 +195,8 @@ def test_11_recursion_error_becomes_typed(monkeypatch, tmp_path):
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr(pydicom, "dcmread", boom)
+    # the fast header path (only the used elements) meets it first, then the full reader
+    monkeypatch.setattr(pydicom.filereader, "read_dataset", boom)
     with pytest.raises(CorruptFileError, match="nested too deeply"):
         read_header(path)
 

@@ -738,6 +738,7 @@ class ModelCard:
             "intended_use": c.intended_use,
             "metrics": c.metrics,
             "scope": None if c.scope is None else asdict(c.scope),
+            "graph": None if c.graph is None else asdict(c.graph),
             "weights_sha256": self.weights_sha256,
             "source": self.source,
             "folder": self.folder,

@@ -46,11 +46,14 @@ def onnx_schema():
                 raise WeightsError("the exported graph cannot be checked: the onnx package "
                                    "is not installed")
             path = os.path.join(os.path.dirname(spec.origin), "onnx_ml_pb2.py")
-            mspec = importlib.util.spec_from_file_location("onnx.onnx_ml_pb2", path)
-            module = importlib.util.module_from_spec(mspec)
-            mspec.loader.exec_module(module)
-            # registered under its own name, so a later ``import onnx`` reuses it
-            sys.modules["onnx.onnx_ml_pb2"] = module
+            if os.path.isfile(path):
+                mspec = importlib.util.spec_from_file_location("onnx.onnx_ml_pb2", path)
+                module = importlib.util.module_from_spec(mspec)
+                mspec.loader.exec_module(module)
+                # registered under its own name, so a later ``import onnx`` reuses it
+                sys.modules["onnx.onnx_ml_pb2"] = module
+            else:  # no source file (a frozen app without it): the package, slower
+                import onnx.onnx_ml_pb2 as module
             _schema = module
     return _schema
 
