@@ -125,7 +125,7 @@ def run_selftest(out=print) -> int:
             from medview.explain import explain
             from medview.inference.predictor import Predictor
 
-            pred = Predictor(card, "cpu")
+            pred = Predictor(card, "cpu", "torch")
             rng = np.random.default_rng(0)
             vol = ImageVolume(rng.integers(0, 4096, (1, 512, 512), dtype=np.uint16),
                               modality="DX")
@@ -143,8 +143,17 @@ def run_selftest(out=print) -> int:
                 raise RuntimeError("Grad-CAM produced non-finite values")
             gate = (f"trust gate ok (noise: score {p.ood_score:.1f}, limit {p.ood_limit:.1f})"
                     if pred.gate is not None else "no trust gate")
+            graph = "no exported graph"
+            if card.card.graph is not None:
+                fast = Predictor(card, "cpu", "onnx")  # the graph: checked, loaded, run
+                q = fast.predict(vol, 0)
+                diff = float(np.abs(np.subtract(q.probabilities, p.probabilities)).max())
+                if not diff <= card.card.graph.tolerance or q.in_scope != p.in_scope:
+                    raise RuntimeError(f"the exported graph disagrees with torch ({diff:.2g})")
+                graph = (f"graph on ONNX Runtime agrees (max |dp| {diff:.1e}, "
+                         f"{q.timings_ms['inference']:.0f} ms)")
             return (f"weights sha256 ok, inference {p.timings_ms['inference']:.0f} ms, "
-                    f"{gate}, Grad-CAM ok")
+                    f"{gate}, Grad-CAM ok, {graph}")
 
         _check(f"model {card.id} {card.version}", model_check, report)
 

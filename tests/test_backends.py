@@ -218,3 +218,24 @@ print(json.dumps({{"rc": rc, "heavy": heavy, "cam": float(cam.max())}}))
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"rc": 0, "heavy": [], "cam": pytest.approx(1.0, abs=1e-6)}
     assert '"backend": "onnx"' in out.stdout
+
+
+def test_fast_exit_keeps_every_output_and_the_exit_code(tiny_model, tmp_path):
+    """``python -m medview predict`` ends with os._exit after flushing: the JSON on a
+    pipe, the CSV file and the exit codes are complete."""
+    png = os.path.join(tiny_model[1], "plain", sorted(os.listdir(
+        os.path.join(tiny_model[1], "plain")))[0])
+    csv_path = tmp_path / "out.csv"
+    run = [sys.executable, "-m", "medview", "predict", "--model", tiny_model[0], png]
+    out = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout)
+    assert len(doc["predictions"]) == 1 and doc["predictions"][0]["backend"] == "onnx"
+    out = subprocess.run([*run, "--csv", str(csv_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "wrote 1 rows" in out.stderr
+    assert len(csv_path.read_text().splitlines()) == 2
+    missing = subprocess.run([sys.executable, "-m", "medview", "predict", "--model",
+                              tiny_model[0], str(tmp_path / "nothing-here")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2
