@@ -29,9 +29,9 @@ import time
 import numpy as np
 
 try:
-    from benchmarks.common import print_table
+    from benchmarks.common import compile_bytecode, print_table
 except ImportError:
-    from common import print_table
+    from common import compile_bytecode, print_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILMS = os.path.join(ROOT, "..", "shared", "datasets", "pediatric-cxr", "val")
@@ -233,6 +233,7 @@ def run_cold_start() -> list[tuple[str, str, str, str]]:
     """A cold ``medview predict`` of one film, whole process, before (torch; interpreter
     teardown kept with MEDVIEW_SLOW_EXIT=1) and after (auto: graph, fast exit); and the
     import graph of the fast path."""
+    compile_bytecode()
     films = _films(1)
     if films:
         film = films[0]

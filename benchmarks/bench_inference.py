@@ -20,9 +20,9 @@ import tracemalloc
 import numpy as np
 
 try:
-    from benchmarks.common import print_table
+    from benchmarks.common import compile_bytecode, print_table
 except ImportError:
-    from common import print_table
+    from common import compile_bytecode, print_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,6 +101,7 @@ def run_latency() -> list[tuple[str, str, str, str]]:
 def run_launch(backend: str = "auto") -> list[tuple[str, str, str, str]]:
     if _card() is None:
         return []
+    compile_bytecode()  # as installed
     from medview.io.samples import sample_path
 
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=ROOT)

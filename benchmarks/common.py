@@ -89,3 +89,12 @@ def write_real_series(folder: str, source: str, n: int = 120,
         ds.save_as(out, enforce_file_format=True)
         paths.append(out)
     return paths
+
+
+def compile_bytecode() -> None:
+    """Write medview's bytecode, as installing the package does: start-up times are then
+    those of an installed app, not of a source tree run with PYTHONDONTWRITEBYTECODE."""
+    import compileall
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    compileall.compile_dir(os.path.join(root, "medview"), quiet=1)

@@ -27,8 +27,7 @@ from medview.inference.graph_export import export_graph
 from medview.inference.predictor import Predictor, load_gate
 from medview.io import load
 from medview.models.card import CARD_FILE, GRAPH_FILE, README_FILE, json_safe, read_card
-
-SECTION = "## Exported graph (fast CPU inference)"
+from medview.training.export import GRAPH_SECTION, graph_section
 
 
 def check_inputs(pred: Predictor, folder: str | None, n: int) -> np.ndarray | None:
@@ -41,25 +40,6 @@ def check_inputs(pred: Predictor, folder: str | None, n: int) -> np.ndarray | No
     picked = files[:: max(1, len(files) // n)][:n]
     vols = load(picked).volumes
     return np.stack([pred.prepare(v, v.default_index).tensor for v in vols])
-
-
-def readme_section(spec) -> str:
-    speed = spec.speed or {}
-    lines = [SECTION, "",
-             f"`{GRAPH_FILE}` (ONNX opset {spec.opset}, sha256 `{spec.sha256}`) is the same "
-             "network for ONNX Runtime's CPU provider, with the logits, the pre-logit "
-             "embedding, the last feature maps and the trust gate's stage statistics as "
-             "outputs of one pass.",
-             f"Largest difference from PyTorch in any class probability: {spec.max_abs_diff:.2g}"
-             f" on {spec.checked_on} inputs (validation images and random inputs); "
-             f"tolerance {spec.tolerance:.0e}.",
-             (f"Grad-CAM is computed from the graph (global average pool + linear head "
-              f"`{spec.cam_head}`, verified)." if spec.cam_head else
-              "Grad-CAM runs on PyTorch (the head is not a verified pool + linear layer).")]
-    if speed:
-        lines.append(f"Measured at export, batch 1 on the exporting CPU: PyTorch "
-                     f"{speed['torch_ms']} ms, graph {speed['graph_ms']} ms.")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         readme = os.path.join(folder, README_FILE)
         with open(readme, encoding="utf-8") as f:
             text = f.read()
-        text = re.sub(re.escape(SECTION) + r".*?(?=\n## |\Z)", "", text, flags=re.S).rstrip()
-        atomic_write_bytes(readme, (text + "\n\n" + readme_section(spec)).encode())
+        text = re.sub(re.escape(GRAPH_SECTION) + r".*?(?=\n## |\Z)", "", text, flags=re.S).rstrip()
+        atomic_write_bytes(readme, (text + "\n\n" + graph_section(spec)).encode())
         print(f"{card.id}: max |dp| {spec.max_abs_diff:.2g} on {spec.checked_on} inputs, "
               f"cam head {spec.cam_head or '-'}, speed {spec.speed}")
     return 0

@@ -64,6 +64,8 @@ def render_readme(card: Card) -> str:
               f"Architecture: {card.architecture.name}.",
               f"Weights sha256: {card.weights.sha256}.", ""]
     lines += checked_section(card)
+    if card.graph is not None:
+        lines += [graph_section(card.graph)]
     lines += ["## Limitations"]
     lines += [f"- {x}" for x in card.limitations]
     rec = card.training
@@ -71,6 +73,29 @@ def render_readme(card: Card) -> str:
               f"Strategy {rec.get('strategy')}, {rec.get('epochs')} epochs (best epoch "
               f"{rec.get('best_epoch')}), image size {rec.get('image_size')}, lr {rec.get('lr')},"
               f" batch {rec.get('batch_size')}, seed {rec.get('seed')}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+GRAPH_SECTION = "## Exported graph (fast CPU inference)"
+
+
+def graph_section(spec) -> str:
+    """The README's words on the exported graph (``card.graph``)."""
+    speed = spec.speed or {}
+    lines = [GRAPH_SECTION, "",
+             f"`{spec.file}` (ONNX opset {spec.opset}, sha256 `{spec.sha256}`) is the same "
+             "network for ONNX Runtime's CPU provider, with the logits, the pre-logit "
+             "embedding, the last feature maps and the trust gate's stage statistics as "
+             "outputs of one pass.",
+             f"Largest difference from PyTorch in any class probability: "
+             f"{spec.max_abs_diff:.2g} on {spec.checked_on} inputs (validation images and "
+             f"random inputs); tolerance {spec.tolerance:.0e}.",
+             (f"Grad-CAM is computed from the graph (global average pool + linear head "
+              f"`{spec.cam_head}`, verified)." if spec.cam_head else
+              "Grad-CAM runs on PyTorch (the head is not a verified pool + linear layer).")]
+    if speed:
+        lines.append(f"Measured at export, batch 1 on the exporting CPU: PyTorch "
+                     f"{speed['torch_ms']} ms, graph {speed['graph_ms']} ms.")
     return "\n".join(lines) + "\n"
 
 
