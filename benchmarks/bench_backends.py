@@ -154,6 +154,37 @@ def run_backends() -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def run_threads() -> list[tuple[str, str, str, str]]:
+    """ONNX Runtime at batch 1 with 1 thread, the explicit core count medview sets, and
+    with spinning threads (ONNX Runtime's default), alternated."""
+    import onnxruntime as ort
+
+    from medview.inference.backends import cpu_threads, ort_session
+    from medview.models.graph import read_graph
+    from medview.models.registry import discover_models
+
+    card = discover_models().get("cxr-pneumonia")
+    g = card.card.graph
+    data = read_graph(card.graph_path, g.sha256, root=card.folder)
+    spin_opts = ort.SessionOptions()
+    spin_opts.intra_op_num_threads = cpu_threads()
+    sessions = {
+        "ONNX Runtime, 1 thread": ort_session(data, 1),
+        f"ONNX Runtime, {cpu_threads()} threads, no spinning (medview)": ort_session(data),
+        f"ONNX Runtime, {cpu_threads()} threads, spinning (its default)":
+            ort.InferenceSession(data, spin_opts, providers=["CPUExecutionProvider"]),
+    }
+    x = np.random.default_rng(0).standard_normal((1, 3, *card.preprocessing.size)).astype(
+        np.float32)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _round in range(5):
+        for k, s in sessions.items():
+            times[k].append(_median(lambda s=s: s.run(["logits"], {"x": x}), 10))
+    base = statistics.median(times["ONNX Runtime, 1 thread"])
+    return [(k, f"{statistics.median(v) * 1000:.1f} ms", f"{base / statistics.median(v):.2f}x "
+             "vs 1 thread", "") for k, v in times.items()]
+
+
 def run_cam_and_ig() -> list[tuple[str, str, str, str]]:
     from medview.explain import explain
     from medview.inference.predictor import Predictor
@@ -275,6 +306,7 @@ def run_cold_start() -> list[tuple[str, str, str, str]]:
 if __name__ == "__main__":
     print_table("CPU backends (cxr-pneumonia, same inputs, engines alternated)",
                 run_backends())
+    print_table("ONNX Runtime threads (batch 1)", run_threads())
     print_table("Saliency on the graph path; Integrated Gradients batching", run_cam_and_ig())
     print_table("Cold start (whole process)", run_cold_start())
     print_table("Worklist end to end (whole process)", run_worklist())

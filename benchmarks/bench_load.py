@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 import tracemalloc
+import warnings
 
 import numpy as np
 import pydicom
@@ -25,11 +26,30 @@ except ImportError:  # run as a script
 from medview.io import load
 
 
+def _pydicom_defaults(fn):
+    """Run a baseline with pydicom's default settings (medview turns reading-time value
+    validation off process-wide; a plain script has it on)."""
+    def wrapped(folder: str):
+        cfg = pydicom.config.settings
+        mode = cfg.reading_validation_mode
+        cfg.reading_validation_mode = pydicom.config.WARN
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return fn(folder)
+        finally:
+            cfg.reading_validation_mode = mode
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+@_pydicom_defaults
 def plain_loop(folder: str) -> np.ndarray:
     files = sorted(glob.glob(os.path.join(folder, "*.dcm")))
     return np.stack([pydicom.dcmread(f).pixel_array for f in files])
 
 
+@_pydicom_defaults
 def read_sort_stack(folder: str) -> np.ndarray:
     """The bare loop a script would write: read every file, sort by position, stack."""
     dss = [pydicom.dcmread(f) for f in sorted(glob.glob(os.path.join(folder, "*.dcm")))]
@@ -88,8 +108,6 @@ def run_real(n: int = 120, repeats: int = 3,
              matrix: int | None = None) -> list[tuple[str, str, str, str]]:
     """Series made of real scanner files (whole vendor headers kept; see
     ``benchmarks.common.write_real_series``): medview against read-sort-stack."""
-    import warnings
-
     from benchmarks.common import REAL_SOURCES, write_real_series
 
     rows = []

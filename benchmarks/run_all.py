@@ -32,6 +32,7 @@ if __name__ == "__main__":
                 + bench_inference.run_saliency_stall())
     print_table("CPU backends (cxr-pneumonia, same inputs, engines alternated)",
                 bench_backends.run_backends())
+    print_table("ONNX Runtime threads (batch 1)", bench_backends.run_threads())
     print_table("Saliency on the graph path; Integrated Gradients batching",
                 bench_backends.run_cam_and_ig())
     print_table("Cold start (whole process)", bench_backends.run_cold_start())

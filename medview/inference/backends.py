@@ -138,7 +138,7 @@ def input_thumbnail(batch: np.ndarray, size: int = scope.THUMBNAIL) -> np.ndarra
 
 def ort_session(data: bytes, threads: int | None = None):
     """An ONNX Runtime CPU session for verified graph bytes: explicit thread counts, no
-    custom operator libraries, full graph optimisation."""
+    custom operator libraries, full graph optimisation, no spinning."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -146,6 +146,9 @@ def ort_session(data: bytes, threads: int | None = None):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # worker threads sleep between runs instead of spinning: the same latency here
+    # (benchmarks/bench_backends.py) without burning the cores the GUI and the loader need
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
