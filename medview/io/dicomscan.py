@@ -17,8 +17,10 @@ Every length is checked against the bytes present before it is used.
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
+import threading
 from io import BytesIO
 
 from medview.core.safeio import open_regular
@@ -89,7 +91,51 @@ def wanted_tags() -> frozenset[int]:
     return frozenset(int(t) for t in tags) | {PIXEL_DATA}
 
 
+def _ambiguous(tags) -> frozenset[int]:
+    """Tags whose VR depends on another element ("US or SS": on Pixel Representation):
+    their bytes alone do not fix their value, so they are never taken from the cache."""
+    from pydicom.datadict import dictionary_VR
+
+    return frozenset(t for t in tags if t != PIXEL_DATA and " or " in dictionary_VR(t))
+
+
 _WANTED: frozenset[int] | None = None
+_AMBIGUOUS: frozenset[int] = frozenset()
+
+
+CHARSET = 0x00080005
+#: Converted elements by their exact bytes (and the file's character set): the files of
+#: a series repeat most header values byte for byte, and pydicom's conversion of a value
+#: was a third of a header's reading time. Bounded; sequences are never cached.
+_converted: dict[tuple[bool, bytes, bytes], object] = {}
+MAX_CACHED = 4096
+MAX_CACHED_BYTES = 1024
+_cache_lock = threading.Lock()
+
+
+def _remember(key, elem) -> None:
+    with _cache_lock:
+        if len(_converted) >= MAX_CACHED:
+            _converted.pop(next(iter(_converted)))  # oldest first
+        _converted[key] = elem
+
+
+def _fresh(elem):
+    """A new element with the cached value (list values copied: no dataset shares a
+    mutable value with another)."""
+    from pydicom.dataelem import DataElement
+    from pydicom.multival import MultiValue
+
+    value = elem.value
+    if isinstance(value, MultiValue):
+        if isinstance(getattr(value, "_list", None), list):  # a new list, same items
+            new = MultiValue.__new__(MultiValue)
+            new._constructor, new._list = value._constructor, list(value._list)
+            value = new
+        else:
+            value = copy.deepcopy(value)
+    return DataElement(elem.tag, elem.VR, value, already_converted=True,
+                       validation_mode=elem.validation_mode)
 
 
 class _NeedMore(Exception):
@@ -193,8 +239,9 @@ def read_wanted(path: str, size: int | None = None):
     from pydicom.filereader import _read_file_meta_info, read_dataset
     from pydicom.tag import Tag
 
-    global _WANTED
+    global _WANTED, _AMBIGUOUS
     if _WANTED is None:
+        _AMBIGUOUS = _ambiguous(wanted_tags())
         _WANTED = wanted_tags()
     with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size if size is None else size
@@ -227,8 +274,19 @@ def read_wanted(path: str, size: int | None = None):
         # encapsulated (compressed) pixel data: decoding dominates there, and pydicom's
         # reader checks the fragments' framing as it reads them
         return None
-    stream = b"".join(buf[s:e] for _tag, s, e in found)
-    dataset = read_dataset(BytesIO(stream), implicit, True)
+    charset = next((bytes(buf[s:e]) for tag, s, e in found if tag == CHARSET), b"")
+    known, todo = [], []
+    for tag, s, e in found:
+        key = (implicit, charset, bytes(buf[s:e]))
+        elem = _converted.get(key)
+        (known if elem is not None else todo).append((tag, key, elem))
+    dataset = read_dataset(BytesIO(b"".join(key[2] for _t, key, _e in todo)), implicit, True)
+    for _tag, _key, elem in known:
+        dataset._dict[elem.tag] = _fresh(elem)
+    for tag, key, _elem in todo:
+        elem = dataset[tag]  # converted now; a malformed value sends the file to dcmread
+        if elem.VR != "SQ" and len(key[2]) <= MAX_CACHED_BYTES and tag not in _AMBIGUOUS:
+            _remember(key, elem)
     if pixel is not None:
         _start, value_tell, length, vr = pixel
         vr_text = vr.decode() if vr else "OW"
