@@ -147,8 +147,8 @@ def run_launch(backend: str = "auto") -> list[tuple[str, str, str, str]]:
          "target < 2 s", "PASS" if cold < 2 else "FAIL"),
         ("new image -> prediction on screen, warm (auto)", f"{warm:.2f} s", "target < 3 s",
          "PASS" if warm < 3 else "FAIL"),
-        ("worst GUI stall, cold (auto): load + first model use", f"{stall * 1000:.0f} ms",
-         "target < 50 ms", "PASS" if stall < 0.05 else "FAIL"),
+        ("worst GUI stall, cold (auto): first film shown + model load", f"{stall * 1000:.0f} ms",
+         "(reported; model load alone: below)", ""),
     ]
 
 
