@@ -113,10 +113,20 @@ MAX_CACHED_BYTES = 1024
 _cache_lock = threading.Lock()
 
 
+def _recall(key):
+    """The cached element for ``key``, marked as just used (least recently used first
+    out: a series' shared values stay while per-file UIDs come and go)."""
+    with _cache_lock:
+        elem = _converted.pop(key, None)
+        if elem is not None:
+            _converted[key] = elem
+        return elem
+
+
 def _remember(key, elem) -> None:
     with _cache_lock:
         if len(_converted) >= MAX_CACHED:
-            _converted.pop(next(iter(_converted)))  # oldest first
+            _converted.pop(next(iter(_converted)))  # the least recently used
         _converted[key] = elem
 
 
@@ -278,7 +288,7 @@ def read_wanted(path: str, size: int | None = None):
     known, todo = [], []
     for tag, s, e in found:
         key = (implicit, charset, bytes(buf[s:e]))
-        elem = _converted.get(key)
+        elem = _recall(key)
         (known if elem is not None else todo).append((tag, key, elem))
     dataset = read_dataset(BytesIO(b"".join(key[2] for _t, key, _e in todo)), implicit, True)
     for _tag, _key, elem in known:
