@@ -1,10 +1,9 @@
 """Entry point of the packaged app: the same command line as the installed ``medview``."""
 
 import multiprocessing
-import sys
 
 if __name__ == "__main__":
     multiprocessing.freeze_support()
-    from medview.cli import main
+    from medview.cli import run
 
-    sys.exit(main())
+    run()  # exits; headless predict/explain/info/models without the slow teardown
