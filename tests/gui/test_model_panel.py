@@ -363,3 +363,24 @@ def test_safe_markdown_drops_images_links_and_references():
     out = safe_markdown(md)
     assert "/dev/zero" not in out and "http" not in out and "/etc/x" not in out
     assert "chart" in out and "the site" in out and out.startswith("# T")
+
+
+def test_the_engine_box_chooses_the_backend(qtbot, ai_window):
+    """Auto runs the exported graph on the CPU (the details line says ONNX Runtime);
+    choosing PyTorch in the Engine box runs torch, with the same result."""
+    win, data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    panel.device_box.setCurrentText("cpu")
+    panel.show_overlay.setChecked(False)
+    _open(qtbot, win, _files(data, "patch", 1))
+    results, details = {}, {}
+    for key in ("auto", "torch"):
+        panel.backend_box.setCurrentIndex(panel.backend_box.findData(key))
+        with qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
+            panel.run_button.click()
+        results[key], details[key] = got.args[0], panel.details.text()
+    assert results["auto"].backend == "onnx" and "(ONNX Runtime)" in details["auto"]
+    assert results["torch"].backend == "torch" and "(PyTorch)" in details["torch"]
+    assert results["auto"].probabilities == pytest.approx(results["torch"].probabilities,
+                                                          abs=1e-4)
