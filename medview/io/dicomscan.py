@@ -131,19 +131,22 @@ def _remember(key, elem) -> None:
 
 
 def _fresh(elem):
-    """A new element with the cached value (list values copied: no dataset shares a
-    mutable value with another)."""
+    """The cached element for a new dataset: the same object when its value is immutable
+    (text, numbers, a person name: nothing in medview or pydicom changes a read header
+    element in place), a new element with a new list for multi-valued ones, so no
+    dataset shares a mutable value with another."""
     from pydicom.dataelem import DataElement
     from pydicom.multival import MultiValue
 
     value = elem.value
-    if isinstance(value, MultiValue):
-        if isinstance(getattr(value, "_list", None), list):  # a new list, same items
-            new = MultiValue.__new__(MultiValue)
-            new._constructor, new._list = value._constructor, list(value._list)
-            value = new
-        else:
-            value = copy.deepcopy(value)
+    if not isinstance(value, (MultiValue, list)):
+        return elem
+    if isinstance(getattr(value, "_list", None), list):  # a new list, same items
+        new = MultiValue.__new__(MultiValue)
+        new._constructor, new._list = value._constructor, list(value._list)
+        value = new
+    else:
+        value = copy.deepcopy(value)
     return DataElement(elem.tag, elem.VR, value, already_converted=True,
                        validation_mode=elem.validation_mode)
 
