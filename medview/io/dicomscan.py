@@ -151,6 +151,56 @@ def _fresh(elem):
                        validation_mode=elem.validation_mode)
 
 
+class _All:
+    """Every tag (the file meta group is taken whole)."""
+
+    def __contains__(self, _tag) -> bool:
+        return True
+
+
+def _dataset(buf: bytes, found, implicit: bool, charset: bytes):
+    """A pydicom Dataset of the ``found`` elements (tag, start, end) of ``buf``: values
+    another file already had come from the cache, the rest are parsed by pydicom and
+    converted now (a malformed one raises, and the caller falls back to dcmread)."""
+    from pydicom.filereader import read_dataset
+
+    known, todo = [], []
+    for tag, s, e in found:
+        key = (implicit, charset, bytes(buf[s:e]))
+        elem = _recall(key)
+        (known if elem is not None else todo).append((tag, key, elem))
+    dataset = read_dataset(BytesIO(b"".join(key[2] for _t, key, _e in todo)), implicit, True)
+    for _tag, _key, elem in known:
+        dataset._dict[elem.tag] = _fresh(elem)
+    for tag, key, _elem in todo:
+        elem = dataset[tag]
+        if elem.VR != "SQ" and len(key[2]) <= MAX_CACHED_BYTES and tag not in _AMBIGUOUS:
+            _remember(key, elem)
+    return dataset
+
+
+def _file_meta(buf: bytes):
+    """(FileMetaDataset, offset of the data set) from the bytes after the preamble: the
+    group is explicit VR little endian and starts with its length; anything else is
+    unusual (pydicom's reader copes with files that lie about it)."""
+    from pydicom.dataset import FileMetaDataset
+
+    group, elem = struct.unpack_from("<HH", buf, 132)
+    if (group, elem) != (0x0002, 0x0000) or buf[136:138] != b"UL":
+        raise _Unusual("no file meta group length")
+    (length,) = struct.unpack_from("<I", buf, 140)
+    end = 144 + length
+    if end + 4 > len(buf):
+        raise _NeedMore
+    if struct.unpack_from("<H", buf, end)[0] == 0x0002:
+        raise _Unusual("the meta group is longer than its length says")
+    head = bytes(buf[:end])
+    _pos, found, _pixel = _walk(head, 132, False, _All(), 0, [0], complete=True)
+    if any(tag >> 16 != 0x0002 for tag, _s, _e in found):
+        raise _Unusual("a non-meta element inside the meta group")
+    return FileMetaDataset(_dataset(head, found, False, b"")), end
+
+
 class _NeedMore(Exception):
     """The walk reached the end of the bytes read so far."""
 
@@ -249,7 +299,6 @@ def read_wanted(path: str, size: int | None = None):
     deferred), or None when the fast path does not apply (the caller uses dcmread)."""
     from pydicom.dataelem import RawDataElement
     from pydicom.dataset import FileDataset
-    from pydicom.filereader import _read_file_meta_info, read_dataset
     from pydicom.tag import Tag
 
     global _WANTED, _AMBIGUOUS
@@ -262,11 +311,8 @@ def read_wanted(path: str, size: int | None = None):
         if len(buf) < 132 or buf[128:132] != b"DICM":
             return None
         try:
-            fp = BytesIO(buf)
-            fp.seek(132)
-            meta = _read_file_meta_info(fp)
-            start = fp.tell()
-        except Exception:
+            meta, start = _file_meta(buf)
+        except (_Unusual, _NeedMore, struct.error):
             return None
         syntax = str(meta.get("TransferSyntaxUID", ""))
         if not syntax or syntax in (BIG_ENDIAN, DEFLATED):
@@ -288,18 +334,7 @@ def read_wanted(path: str, size: int | None = None):
         # reader checks the fragments' framing as it reads them
         return None
     charset = next((bytes(buf[s:e]) for tag, s, e in found if tag == CHARSET), b"")
-    known, todo = [], []
-    for tag, s, e in found:
-        key = (implicit, charset, bytes(buf[s:e]))
-        elem = _recall(key)
-        (known if elem is not None else todo).append((tag, key, elem))
-    dataset = read_dataset(BytesIO(b"".join(key[2] for _t, key, _e in todo)), implicit, True)
-    for _tag, _key, elem in known:
-        dataset._dict[elem.tag] = _fresh(elem)
-    for tag, key, _elem in todo:
-        elem = dataset[tag]  # converted now; a malformed value sends the file to dcmread
-        if elem.VR != "SQ" and len(key[2]) <= MAX_CACHED_BYTES and tag not in _AMBIGUOUS:
-            _remember(key, elem)
+    dataset = _dataset(buf, found, implicit, charset)
     if pixel is not None:
         _start, value_tell, length, vr = pixel
         vr_text = vr.decode() if vr else "OW"
