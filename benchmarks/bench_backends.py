@@ -33,6 +33,8 @@ try:
 except ImportError:
     from common import compile_bytecode, print_table
 
+from medview.inference.graph_export import median_seconds
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILMS = os.path.join(ROOT, "..", "shared", "datasets", "pediatric-cxr", "val")
 
@@ -55,16 +57,6 @@ def _inputs(pred, n: int = 32) -> tuple[np.ndarray, str]:
         vols = [ImageVolume(rng.integers(0, 256, (1, 512, 512), np.uint8)) for _ in range(n)]
         what = f"{n} random films"
     return np.stack([pred.prepare(v, 0).tensor for v in vols]), what
-
-
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _engines(card):
@@ -123,9 +115,9 @@ def run_backends() -> list[tuple[str, str, str, str]]:
     for _round in range(3):  # alternate the engines
         for n in names:
             fn = engines[n]
-            one[n].append(_median(lambda fn=fn: [fn(x[i:i + 1]) for i in range(8)], 2) / 8)
-            b8[n].append(_median(lambda fn=fn: fn(x[:8]), 2) / 8)
-            b16[n].append(_median(lambda fn=fn: fn(x[:16]), 2) / 16)
+            one[n].append(median_seconds(lambda fn=fn: [fn(x[i:i + 1]) for i in range(8)], 2) / 8)
+            b8[n].append(median_seconds(lambda fn=fn: fn(x[:8]), 2) / 8)
+            b16[n].append(median_seconds(lambda fn=fn: fn(x[:16]), 2) / 16)
     base1 = statistics.median(one[names[0]])
     base16 = statistics.median(b16[names[0]])
     rows = [("inputs", what, "same prepared tensors for every engine", "")]
@@ -179,7 +171,7 @@ def run_threads() -> list[tuple[str, str, str, str]]:
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _round in range(5):
         for k, s in sessions.items():
-            times[k].append(_median(lambda s=s: s.run(["logits"], {"x": x}), 10))
+            times[k].append(median_seconds(lambda s=s: s.run(["logits"], {"x": x}), 10))
     base = statistics.median(times["ONNX Runtime, 1 thread"])
     return [(k, f"{statistics.median(v) * 1000:.1f} ms", f"{base / statistics.median(v):.2f}x "
              "vs 1 thread", "") for k, v in times.items()]
@@ -195,8 +187,8 @@ def run_cam_and_ig() -> list[tuple[str, str, str, str]]:
     pred = Predictor(card, "cpu", "onnx")
     x, _ = _inputs(pred, 4)
     t = x[0]
-    fwd = _median(lambda: pred.forward(t[None]), 15)
-    cam = _median(lambda: cam_for_slice(pred, t, 1, (224, 224)), 15)
+    fwd = median_seconds(lambda: pred.forward(t[None]), 15)
+    cam = median_seconds(lambda: cam_for_slice(pred, t, 1, (224, 224)), 15)
     r = cam / fwd
     rows = [
         ("graph path: one forward (logits + gate features)", f"{fwd * 1000:.1f} ms",
@@ -207,7 +199,7 @@ def run_cam_and_ig() -> list[tuple[str, str, str, str]]:
     model = Predictor(card, "cpu", "torch").model
     spec = card.preprocessing
     black = [(0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)]
-    torch_cam = _median(lambda: explain(model, t, 1, "gradcam", black=black), 5)
+    torch_cam = median_seconds(lambda: explain(model, t, 1, "gradcam", black=black), 5)
     rows.append(("torch path: captum Grad-CAM", f"{torch_cam * 1000:.1f} ms",
                  f"{torch_cam / cam:.1f}x the graph path's", ""))
     ref = None
@@ -218,7 +210,7 @@ def run_cam_and_ig() -> list[tuple[str, str, str, str]]:
         real = saliency.IG_INTERNAL_BATCH
         saliency.IG_INTERNAL_BATCH = ibs
         try:
-            ms = _median(lambda: explain(model, t, 1, "ig", black=black), 3)
+            ms = median_seconds(lambda: explain(model, t, 1, "ig", black=black), 3)
             out = explain(model, t, 1, "ig", black=black)
         finally:
             saliency.IG_INTERNAL_BATCH = real

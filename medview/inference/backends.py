@@ -178,7 +178,7 @@ class OnnxBackend:
         except Exception as exc:  # ONNX Runtime's own errors are plain RuntimeErrors
             raise WeightsError(f"exported graph refused by ONNX Runtime: {exc}") from exc
         self.lock = threading.Lock()
-        self._head: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._head: np.ndarray | None = None
 
     def run(self, batch: np.ndarray, batch_size: int = 16,
             maps: bool = False) -> dict[str, np.ndarray]:
@@ -193,18 +193,17 @@ class OnnxBackend:
             out[scope.INPUT_STAGE] = input_thumbnail(x)
         return out
 
-    def head(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The linear classifier after the global average pool (weight (K, C), bias),
-        read from the verified weights file once."""
+    def head(self) -> np.ndarray:
+        """The weight (K, C) of the linear classifier after the global average pool (its
+        bias does not enter Grad-CAM), read from the verified weights file once."""
         from medview.models.weights import read_tensor
 
         name = self.card.card.graph.cam_head
         if not name:
             raise BackendError("this model's graph has no verified linear head")
         if self._head is None:
-            w = read_tensor(self.card.weights_path, self.card.weights_sha256,
-                            f"{name}.weight", root=self.card.folder)
-            self._head = (w, None)
+            self._head = read_tensor(self.card.weights_path, self.card.weights_sha256,
+                                     f"{name}.weight", root=self.card.folder)
         return self._head
 
 

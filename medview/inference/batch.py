@@ -17,7 +17,12 @@ from collections.abc import Generator, Iterable
 from medview.core.progress import CancelToken, Progress, drain
 from medview.core.safeio import fsync_dir, plain_text
 from medview.inference.rows import prediction_header, prediction_row
-from medview.inference.session import InferenceSession, ScoredItem, ScoredProgress, batch_chunk
+from medview.inference.session import (
+    SCORING_BATCH,
+    InferenceSession,
+    ScoredItem,
+    ScoredProgress,
+)
 
 
 def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
@@ -29,7 +34,7 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
     :class:`ScoredProgress` carrying ``(unit index, ScoredItem)`` in ``item`` as each is
     scored; returns the files skipped when scanning (the same on every rank) and those
     of this rank's units that could not be read. Units are read one at a time and scored
-    ``chunk`` at a time (:func:`~medview.inference.session.batch_chunk`), never holding
+    ``chunk`` (:data:`~medview.inference.session.SCORING_BATCH`) at a time, never holding
     more than :data:`MAX_PENDING_BYTES` of pixels; nothing is kept after it is yielded."""
     from medview.io.loader import iter_read_unit, iter_scan
 
@@ -38,7 +43,7 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
     mine = list(range(rank, len(units), world))
     yield Progress(0, len(mine), "loading model")
     pred = session.predictor(card, device, backend)
-    size = chunk or batch_chunk(pred)
+    size = chunk or SCORING_BATCH
     pending: list = []  # (unit index, volume, prepared input)
     done = 0
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from medview.inference import scope
 from medview.inference.backends import FEATURE_MAPS, LOGITS, PRE_LOGITS, ort_session
+from medview.inference.predictor import calibrated_probabilities
 from medview.models.card import GRAPH_FILE, Card, GraphSpec
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,6 @@ class _GraphModule:
         return GraphModule()
 
 
-def _probabilities(logits: np.ndarray, card: Card) -> np.ndarray:
-    z = np.asarray(logits, np.float64) / float(card.calibration.temperature)
-    if card.output_activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _cam_head(model, maps: np.ndarray, pre: np.ndarray, logits: np.ndarray) -> str:
     """The module name of the classifier when the head is verified to be a global
     average pool followed by a linear layer ("" otherwise)."""
@@ -114,14 +106,16 @@ def _cam_head(model, maps: np.ndarray, pre: np.ndarray, logits: np.ndarray) -> s
     return names[0]
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
+    """The median time of ``repeats`` calls of ``fn`` after one warm-up call (also used
+    by the benchmarks)."""
     fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
+    return float(np.median(times))
 
 
 def export_graph(model, card: Card, stages: tuple[str, ...] = (),
@@ -177,8 +171,8 @@ def export_graph(model, card: Card, stages: tuple[str, ...] = (),
                 if r.shape != g.shape or not np.isfinite(g).all():
                     raise GraphExportError(f"the graph's {n} output is wrong (shape or "
                                            "non-finite values)")
-            worst = max(worst, float(np.abs(_probabilities(ref[0], card)
-                                            - _probabilities(got[0], card)).max()))
+            diff = calibrated_probabilities(ref[0], card) - calibrated_probabilities(got[0], card)
+            worst = max(worst, float(np.abs(diff).max()))
             ref_all.append(ref)
     if worst > tolerance:
         raise GraphExportError(f"the exported graph differs from torch by {worst:.2g} in a "
@@ -189,7 +183,7 @@ def export_graph(model, card: Card, stages: tuple[str, ...] = (),
     if time_repeats:
         one = x[:1]
         t_ms = _torch_ms(model, one, time_repeats)
-        g_ms = _median_ms(lambda: session.run([LOGITS], {"x": one}), time_repeats)
+        g_ms = median_seconds(lambda: session.run([LOGITS], {"x": one}), time_repeats) * 1000
         speed = {"torch_ms": round(t_ms, 2), "graph_ms": round(g_ms, 2)}
     wrapper.remove()
     spec = GraphSpec(file=GRAPH_FILE, sha256=hashlib.sha256(data).hexdigest(), format="onnx",
@@ -206,4 +200,4 @@ def _torch_ms(model, one: np.ndarray, repeats: int) -> float:
     m = model.to(memory_format=torch.channels_last)
     xt = torch.from_numpy(one).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        return _median_ms(lambda: m(xt), repeats)
+        return median_seconds(lambda: m(xt), repeats) * 1000

@@ -26,7 +26,7 @@ from medview.core.volume import ImageVolume
 from medview.imaging.model_input import pixels_sha256, prepare
 from medview.inference import scope
 from medview.inference.features import SCORE
-from medview.models.card import ModelCard
+from medview.models.card import Card, ModelCard
 from medview.models.weights import WeightsError, read_scope_statistics
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,17 @@ def choose_device(requested: str = "auto") -> str:
         raise ValueError(f"device {requested!r} is not available here (available: "
                          f"{', '.join(devices)})")
     return requested
+
+
+def calibrated_probabilities(logits: np.ndarray, card: Card) -> np.ndarray:
+    """Class probabilities of raw logits (N, K): the card's temperature, then its output
+    activation (softmax or sigmoid)."""
+    z = np.asarray(logits, np.float64) / float(card.calibration.temperature)
+    if card.output_activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 @dataclass
@@ -121,7 +132,6 @@ class Predictor:
         self.positive = classes.index(pos) if pos in classes else None
         self.threshold = card.card.threshold
         self.gate = load_gate(card)
-        self.requested_backend = backend
         t = time.perf_counter()
         name, dev = backends.resolve(card, device, backend)
         self.engine = None
@@ -196,12 +206,7 @@ class Predictor:
         return out
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        z = np.asarray(logits, np.float64) / self.card.temperature
-        if self.card.card.output_activation == "sigmoid":
-            return 1.0 / (1.0 + np.exp(-z))
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return calibrated_probabilities(logits, self.card.card)
 
     def decide(self, probs: np.ndarray) -> tuple[str, str]:
         classes = self.card.classes

@@ -23,6 +23,13 @@ from medview.core.volume import ImageVolume
 from medview.inference.predictor import Predictor, PreparedInput
 from medview.models.card import ModelCard
 
+#: Prepared images per forward pass when scoring a list. Measured per image on a 2-core CPU
+#: (benchmarks/bench_backends.py): channels_last torch 30 ms at batch 1, 19 ms at 8, 32 ms
+#: at 16; ONNX Runtime 13.8, 13.0 and 14.9 ms (torch NCHW was slower in batches, which is
+#: why scoring used to go one by one). Eight also keeps the first worklist row within a
+#: second.
+SCORING_BATCH = 8
+
 
 @dataclass
 class ScoredItem:
@@ -134,12 +141,12 @@ class InferenceSession:
               cancel: CancelToken | None = None, backend: str = "auto",
               chunk: int | None = None) -> Generator[Progress, None, list[ScoredItem]]:
         """Score the default slice of every volume. Images are prepared one by one and
-        scored ``chunk`` at a time (:func:`batch_chunk`: batched where that measured
-        faster on the backend); every image is a progress step and a cancel point."""
+        scored ``chunk`` (default :data:`SCORING_BATCH`) at a time; every image is a
+        progress step and a cancel point."""
         volumes = list(volumes)
         yield Progress(0, len(volumes), "loading model")
         pred = self.predictor(card, device, backend)
-        size = chunk or batch_chunk(pred)
+        size = chunk or SCORING_BATCH
         rows: list[ScoredItem] = []
         for start in range(0, len(volumes), size):
             _check(cancel)
@@ -154,16 +161,6 @@ class InferenceSession:
         return rows
 
 
-def batch_chunk(pred: Predictor) -> int:
-    """How many prepared images one forward pass takes when scoring a list: 8. Measured
-    per image on a 2-core CPU (benchmarks/bench_backends.py): channels_last torch 30 ms
-    at batch 1, 19 ms at batch 8, 32 ms at batch 16; ONNX Runtime 13.8, 13.0 and 14.9 ms;
-    (torch NCHW was slower in batches, which is why scoring used to go one by one). Eight
-    also keeps the first worklist row within a second."""
-    del pred  # the same on every backend measured so far
-    return 8
-
-
 def cam_for_slice(pred: Predictor, tensor: np.ndarray, target: int,
                   shape: tuple[int, int]) -> np.ndarray:
     """Grad-CAM on the graph backend: the class activation map of the graph's feature
@@ -174,6 +171,6 @@ def cam_for_slice(pred: Predictor, tensor: np.ndarray, target: int,
     from medview.inference.backends import class_activation_map
 
     feats = pred.forward(tensor[np.newaxis], maps=True)
-    weight, _ = pred.engine.head()
+    weight = pred.engine.head()
     cam = class_activation_map(feats["feature_maps"][0], weight, target, tensor.shape[-2:])
     return np.clip(resize_map(normalise_map(cam), shape), 0, 1)

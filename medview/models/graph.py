@@ -21,7 +21,7 @@ import importlib.util
 import os
 import sys
 
-from medview.core.safeio import UnsafeFileError, open_regular
+from medview.core.safeio import UnsafeFileError, read_capped
 from medview.models.weights import WeightsError
 
 #: The bundled graphs are ~14 MB; a model folder's graph may not exceed this.
@@ -124,8 +124,7 @@ def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
     """The bytes of a verified graph file (regular file inside ``root``, size cap, sha256,
     structure); the runtime is then given these bytes, never the path."""
     try:
-        with open_regular(path, max_bytes=max_bytes, root=root) as f:
-            data = f.read(max_bytes + 1)
+        data = read_capped(path, max_bytes, root=root)
     except FileNotFoundError as exc:
         raise WeightsError("exported graph refused: the file named by the card is "
                            "missing") from exc
@@ -133,8 +132,6 @@ def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
         raise WeightsError(f"exported graph refused: {exc.reason}") from exc
     except OSError as exc:
         raise WeightsError(f"exported graph refused: unreadable ({exc.strerror})") from exc
-    if len(data) > max_bytes:
-        raise WeightsError("exported graph refused: the file is too large")
     if hashlib.sha256(data).hexdigest() != sha256:
         raise WeightsError("exported graph refused: its sha256 does not match the card "
                            "(modified or corrupted)")

@@ -111,6 +111,15 @@ def check_shapes(header: dict, expected: dict[str, tuple[int, ...]]) -> None:
         raise WeightsError("refused: weights do not fit the architecture: " + ", ".join(parts))
 
 
+def _check_sha256(data: bytes, expected: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise WeightsError(
+            f"refused: weights sha256 {actual[:12]}... does not match the card's "
+            f"{expected[:12]}... (file changed or corrupted)"
+        )
+
+
 def load_verified_state_dict(path: str, expected_sha256: str,
                              expected_shapes: dict[str, tuple[int, ...]] | None = None,
                              root: str | None = None) -> dict:
@@ -124,12 +133,7 @@ def load_verified_state_dict(path: str, expected_sha256: str,
     from safetensors.torch import load as load_bytes
 
     _, data = _read(path, root, expected_shapes, whole=True)
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected_sha256:
-        raise WeightsError(
-            f"refused: weights sha256 {actual[:12]}... does not match the card's "
-            f"{expected_sha256[:12]}... (file changed or corrupted)"
-        )
+    _check_sha256(data, expected_sha256)
     try:
         return load_bytes(data)
     except Exception as exc:
@@ -182,11 +186,7 @@ def read_tensor(path: str, expected_sha256: str, name: str, root: str | None = N
     from safetensors.numpy import load as load_numpy
 
     header, data = _read(path, root, whole=True)
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected_sha256:
-        raise WeightsError(
-            f"refused: weights sha256 {actual[:12]}... does not match the card's "
-            f"{expected_sha256[:12]}... (file changed or corrupted)")
+    _check_sha256(data, expected_sha256)
     if name not in header or name == "__metadata__":
         raise WeightsError(f"refused: the weights have no tensor {name!r}")
     try:
