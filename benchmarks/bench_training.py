@@ -40,7 +40,8 @@ def _dataset(root: str) -> str:
 
 
 def _engine_epoch_seconds(data: str, strategy: str, augment: bool) -> tuple[float, float]:
-    from medview.training.engine import TrainConfig, train
+    from medview.training.engine import train
+    from medview.training.types import TrainConfig
 
     cfg = TrainConfig(data=data, base="efficientnet-lite0", strategy=strategy, epochs=2,
                       image_size=SIZE, batch_size=BATCH, augment=augment, n_bootstrap=10,

@@ -12,6 +12,8 @@ import math
 import sys
 from collections.abc import Sequence
 
+from medview.cli_common import progress_bar
+
 BACKENDS = ("auto", "torch", "onnx")
 BACKEND_HELP = ("auto (default): on the CPU the model's exported graph on ONNX Runtime when "
                 "its card says it agrees with PyTorch, else PyTorch; torch; onnx (CPU)")
@@ -137,7 +139,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medview.core.progress import drain
     from medview.models.registry import user_models_dir
     from medview.training import distributed
-    from medview.training.engine import TrainConfig, checkpoint_dir_for, print_event, train
+    from medview.training.engine import checkpoint_dir_for, print_event, train
+    from medview.training.strategies import strategy_for
+    from medview.training.types import TrainConfig
 
     overrides = {"data": args.data, "base": args.base, "strategy": args.strategy,
                  "epochs": args.epochs, "image_size": args.image_size, "name": args.name,
@@ -150,6 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
         cfg.data = os.path.abspath(cfg.data)
         cfg.validate()
+        strategy_for(cfg.strategy)
         out = os.path.abspath(cfg.out or user_models_dir())
         ckpt = checkpoint_dir_for(cfg, out)
         if args.cluster_script:
@@ -200,25 +205,6 @@ def _session(model: str, device: str, backend: str = "auto"):
     return session, card
 
 
-def _progress_bar(what: str):
-    """A progress bar on stderr (tqdm), quiet when stderr is not a terminal; returns the
-    callback for :func:`drain` and the bar (close it at the end)."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, desc=what, file=sys.stderr, disable=None, leave=False,
-               dynamic_ncols=True)
-
-    def on_step(step) -> None:
-        total = getattr(step, "total", 0)
-        if total and bar.total != total:
-            bar.reset(total=total)
-        bar.n = getattr(step, "done", bar.n)
-        bar.set_postfix_str(getattr(step, "message", "") or "", refresh=False)
-        bar.refresh()
-
-    return on_step, bar
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from medview import cli_pacs
     from medview.core.progress import drain
@@ -250,7 +236,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args) else None
     json_rows: list[dict] = []
     count = [0]
-    on_step, bar = _progress_bar("scoring")
+    on_step, bar = progress_bar("scoring")
 
     def scored(step) -> None:
         on_step(step)
@@ -344,7 +330,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     from medview.core.progress import CancelToken
 
-    on_step, bar = _progress_bar(f"saliency ({args.method})")
+    on_step, bar = progress_bar(f"saliency ({args.method})")
     token = CancelToken()
     token.on_progress = on_step  # one step per forward pass inside captum
     try:

@@ -75,14 +75,14 @@ def cmd_find(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from medview.cli import _progress_bar
+    from medview.cli_common import progress_bar
     from medview.core.progress import drain
     from medview.pacs import cache
 
     settings = _settings(args)
     client = _client(args)
     dest = args.out or settings.cache_root()
-    on_step, bar = _progress_bar("retrieving")
+    on_step, bar = progress_bar("retrieving")
     try:
         result = drain(client.iter_retrieve(args.study_uid, dest, args.series,
                                             method=args.method), on_step)
@@ -124,13 +124,13 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from medview.cli import _progress_bar
+    from medview.cli_common import progress_bar
     from medview.core.progress import drain
     from medview.reports.deid import iter_export
 
     if not args.deidentify:
         return _err("medview export writes de-identified copies only: add --deidentify")
-    on_step, bar = _progress_bar("de-identifying")
+    on_step, bar = progress_bar("de-identifying")
     try:
         r = drain(iter_export(args.paths, args.out, keep_burned_in=args.keep_burned_in),
                   on_step)
@@ -251,7 +251,7 @@ class ResultWriter:
     def finish(self) -> int:
         """Send what was written (``--send``); 0, or 1 when something was not written
         or not sent."""
-        from medview.cli import _progress_bar
+        from medview.cli_common import progress_bar
         from medview.core.progress import drain
 
         args = self.args
@@ -260,7 +260,7 @@ class ResultWriter:
         if args.send and self.files:
             from medview.pacs import PacsError, connect
 
-            on_step, bar = _progress_bar("sending")
+            on_step, bar = progress_bar("sending")
             try:
                 r = drain(connect(args.send, _settings(args)).iter_store(self.files), on_step)
             except PacsError as exc:

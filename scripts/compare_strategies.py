@@ -20,7 +20,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from medview.core.progress import drain
-from medview.training.engine import STRATEGIES, TrainConfig, train
+from medview.training.engine import train
+from medview.training.strategies import STRATEGIES
+from medview.training.types import TrainConfig
 
 
 def run_one(cfg: TrainConfig) -> dict:

@@ -16,7 +16,8 @@ from safetensors.numpy import load_file
 
 from medview.core.errors import CancelledError
 from medview.core.progress import CancelToken, drain
-from medview.training.engine import TrainConfig, train
+from medview.training.engine import train
+from medview.training.types import TrainConfig
 from tests.tiny import write_patch_dataset
 
 # a transformer test network: no batch norm, so one process with batch 16 and two

@@ -210,7 +210,8 @@ def test_export_fsyncs_files_and_folder(folder, tmp_path, monkeypatch):
 
 def test_default_names_never_come_from_the_data_folder(tmp_path):
     from medview.core.progress import drain
-    from medview.training.engine import TrainConfig, train
+    from medview.training.engine import train
+    from medview.training.types import TrainConfig
     from tests.tiny import write_patch_dataset
 
     data = write_patch_dataset(str(tmp_path / "Doe_John_1962"), n_per_class=12)

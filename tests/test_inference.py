@@ -8,7 +8,8 @@ import pytest
 
 from medview.core.volume import ImageVolume
 from medview.explain import METHODS, explain, saliency_for_slice
-from medview.inference.predictor import Predictor, choose_device
+from medview.inference.devices import choose_device
+from medview.inference.predictor import Predictor
 from medview.io import load
 from medview.models.card import read_card
 from tests.tiny import PATCH

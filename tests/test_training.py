@@ -12,8 +12,9 @@ from medview.inference.predictor import load_gate
 from medview.models.card import read_card
 from medview.training import data as tdata
 from medview.training import metrics as M
-from medview.training.engine import TrainConfig, TrainingError, train
+from medview.training.engine import train
 from medview.training.export import TMP_PREFIX, export_model
+from medview.training.types import TrainConfig, TrainingError
 from tests.tiny import train_tiny, write_patch_dataset
 
 

@@ -40,8 +40,9 @@ def write_patch_dataset(root: str, n_per_class: int = 24, size: int = 64, seed: 
 def train_tiny(data: str, out: str, model_id: str = "tiny-patch", **kw) -> str:
     """Train the tiny timm test network on ``data`` and export it into ``out``."""
     from medview.core.progress import drain
-    from medview.training.engine import TrainConfig, train
+    from medview.training.engine import train
     from medview.training.export import export_model
+    from medview.training.types import TrainConfig
 
     args = dict(data=data, base="timm:test_efficientnet", strategy="full", epochs=8,
                 image_size=64, batch_size=8, lr=2e-3, augment=False, n_bootstrap=50,

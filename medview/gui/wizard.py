@@ -40,9 +40,9 @@ from medview.core.modeling import DEVICES
 from medview.gui.workers import JobRunner
 from medview.models.pretrained import IMAGENET_BASES
 from medview.training import data as tdata
-from medview.training.engine import TrainConfig
 from medview.training.preview import ScanReport, scan_dataset
 from medview.training.strategies import STRATEGIES
+from medview.training.types import TrainConfig
 
 #: the wizard's starting values are the engine's defaults
 DEFAULTS = TrainConfig()
@@ -382,7 +382,7 @@ class ModelPage(QWizardPage):
         """The current settings as train.json plus torchrun and SLURM scripts."""
         from medview.models.registry import user_models_dir
         from medview.training.distributed import write_cluster_scripts
-        from medview.training.engine import TrainConfig
+        from medview.training.types import TrainConfig
 
         cfg = TrainConfig(data=os.path.abspath(self.wiz.report.dataset.source),
                           split_fractions=self.wiz.split_page.fractions(),
@@ -493,7 +493,8 @@ class TrainPage(QWizardPage):
         self.start()
 
     def start(self) -> None:
-        from medview.training.engine import TrainConfig, train
+        from medview.training.engine import train
+        from medview.training.types import TrainConfig
 
         r = self.wiz.report
         kw = self.wiz.model_page.config_kwargs()

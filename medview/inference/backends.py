@@ -242,8 +242,8 @@ class TorchBackend:
     def __init__(self, card: ModelCard, device: str, gate: scope.ScopeGate | None) -> None:
         import torch
 
+        from medview.inference.devices import choose_device
         from medview.inference.features import StageTap, TorchScorer
-        from medview.inference.predictor import choose_device
         from medview.models.loading import load_model
 
         torch_threads(torch)

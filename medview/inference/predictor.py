@@ -32,31 +32,6 @@ from medview.models.weights import WeightsError, read_scope_statistics
 log = logging.getLogger(__name__)
 
 
-def available_devices() -> list[str]:
-    import torch
-
-    out = ["cpu"]
-    if torch.cuda.is_available():
-        out.insert(0, "cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.insert(0, "mps")
-    return out
-
-
-def choose_device(requested: str = "auto") -> str:
-    """CUDA if available, else MPS, else CPU; an explicit request must be available."""
-    devices = available_devices()
-    if requested in ("auto", "", None):
-        for d in ("cuda", "mps", "cpu"):
-            if d in devices:
-                return d
-    if requested not in devices:
-        raise ValueError(f"device {requested!r} is not available here (available: "
-                         f"{', '.join(devices)})")
-    return requested
-
-
 def calibrated_probabilities(logits: np.ndarray, card: Card) -> np.ndarray:
     """Class probabilities of raw logits (N, K): the card's temperature, then its output
     activation (softmax or sigmoid)."""

@@ -8,9 +8,8 @@
   train.json --out DIR`` (or ``predict ...``) runs the same worker on every node; the
   wizard and ``medview train --cluster-script DIR`` write ready torchrun and SLURM scripts.
 
-:class:`Comm` is what the engine sees: rank, world size, the few collectives it needs,
-and how to wrap a module for training. The single-process :class:`Comm` does nothing,
-so one code path trains on one process or many.
+:class:`medview.training.comm.Comm` is what the engine sees; this module launches and
+runs the workers.
 """
 
 from __future__ import annotations
@@ -19,165 +18,8 @@ import contextlib
 import json
 import os
 import sys
-from dataclasses import dataclass
 
-import numpy as np
-
-#: what torchrun sets in every worker's environment
-_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-#: seconds a collective (or the connection at start) may wait for the other processes
-ENV_TIMEOUT = "MEDVIEW_DIST_TIMEOUT_S"
-DEFAULT_TIMEOUT_S = 300.0
-
-
-@dataclass
-class Comm:
-    """One process: every collective is the identity."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    backend: str = ""
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def shard(self, items):
-        """This process's share of ``items`` (every ``world``-th, from ``rank``)."""
-        return items[self.rank::self.world]
-
-    def sum(self, values: list[float]) -> list[float]:
-        return list(values)
-
-    def gather_strided(self, local: np.ndarray, n: int) -> np.ndarray:
-        """Reassemble rows computed by each rank on :meth:`shard` of ``n`` items, in the
-        items' order, on every rank."""
-        return local
-
-    def broadcast(self, values: list[float]) -> list[float]:
-        """Rank 0's values on every rank (one decision)."""
-        return list(values)
-
-    def barrier(self) -> None:
-        return None
-
-    def wrap(self, module):
-        """The module to train with (DDP on many processes)."""
-        return module
-
-    def close(self) -> None:
-        return None
-
-
-class TorchComm(Comm):
-    """A process of a torchrun job, connected by ``torch.distributed``."""
-
-    def _device(self):
-        import torch
-
-        return (torch.device("cuda", self.local_rank) if self.backend == "nccl"
-                else torch.device("cpu"))
-
-    def sum(self, values: list[float]) -> list[float]:
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64, device=self._device())
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.cpu().tolist()
-
-    def gather_strided(self, local: np.ndarray, n: int) -> np.ndarray:
-        import torch
-        import torch.distributed as dist
-
-        per = -(-n // self.world)
-        width = local.shape[1:] if local.ndim > 1 else ()
-        pad = np.zeros((per, *width), dtype=np.float64)
-        pad[:len(local)] = local
-        t = torch.from_numpy(pad).to(self._device())
-        parts = [torch.empty_like(t) for _ in range(self.world)]
-        dist.all_gather(parts, t)
-        out = np.zeros((n, *width), dtype=np.float64)
-        for r, part in enumerate(parts):
-            count = len(range(r, n, self.world))
-            out[r::self.world] = part.cpu().numpy()[:count]
-        return out.astype(local.dtype if local.size else np.float64)
-
-    def broadcast(self, values: list[float]) -> list[float]:
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64, device=self._device())
-        dist.broadcast(t, src=0)
-        return t.cpu().tolist()
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-    def wrap(self, module):
-        """DDP around ``module``. On CUDA (NCCL) batch norm becomes SyncBatchNorm, so
-        trained batch-norm layers see the statistics of the whole effective batch as on
-        one process; gloo on CPU has no SyncBatchNorm, so there each process normalises
-        with its own batch (frozen batch norm, in eval mode, is unaffected)."""
-        from torch.nn import SyncBatchNorm
-        from torch.nn.parallel import DistributedDataParallel
-
-        if self.backend == "nccl":
-            module = SyncBatchNorm.convert_sync_batchnorm(module)
-            return DistributedDataParallel(module, device_ids=[self.local_rank])
-        return DistributedDataParallel(module)
-
-    def close(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def in_torchrun() -> bool:
-    return all(k in os.environ for k in _ENV) and int(os.environ["WORLD_SIZE"]) > 1
-
-
-def backend_for(device: str) -> str:
-    """NCCL for CUDA training, gloo otherwise."""
-    return "nccl" if str(device).startswith("cuda") else "gloo"
-
-
-def connect(device: str = "cpu") -> Comm:
-    """The communicator of this process: torchrun's environment, or a single process."""
-    if not in_torchrun():
-        return Comm()
-    import datetime
-
-    import torch.distributed as dist
-
-    backend = backend_for(device)
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if backend == "nccl":
-        import torch
-
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        # Collectives run every step; the longest wait is for rank 0 writing a checkpoint.
-        # A rendezvous that hangs (seen now and then on gloo after torchrun restarted the
-        # workers) fails after this and torchrun tries again.
-        timeout_s = float(os.environ.get(ENV_TIMEOUT, DEFAULT_TIMEOUT_S))
-        timeout = datetime.timedelta(seconds=timeout_s)
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        # the process group's keys live under this run's and this restart's own prefix,
-        # so a restarted worker can never read an address a dead one left behind
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                              world, is_master=rank == 0 and os.environ.get(
-                                  "TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true",
-                              timeout=timeout)
-        prefix = (f"medview/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
-                  f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
-        dist.init_process_group(backend, store=dist.PrefixStore(prefix, store), rank=rank,
-                                world_size=world, timeout=timeout)
-    return TorchComm(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+from medview.training.comm import connect
 
 
 def launch(nproc: int, worker_args: list[str], max_restarts: int = 3) -> int:
@@ -265,7 +107,8 @@ def _train_worker(argv: list[str]) -> int:
     import argparse
 
     from medview.core.progress import drain
-    from medview.training.engine import TrainConfig, checkpoint_dir_for, print_event, train
+    from medview.training.engine import checkpoint_dir_for, print_event, train
+    from medview.training.types import TrainConfig
 
     p = argparse.ArgumentParser(prog="medview.training.distributed train")
     p.add_argument("--config", required=True, help="the run's settings (JSON)")
@@ -345,7 +188,7 @@ def iter_train_processes(cfg, nproc: int, work_dir: str, cancel=None):
     from medview.models.card import read_card
     from medview.models.loading import load_model
     from medview.training import data as tdata
-    from medview.training.engine import TrainEvent, TrainingError, TrainResult
+    from medview.training.types import TrainEvent, TrainingError, TrainResult
 
     os.makedirs(work_dir, exist_ok=True)
     config = write_worker_config(cfg, os.path.join(work_dir, "train.json"))

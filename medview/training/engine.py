@@ -18,137 +18,25 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from medview.core.errors import MedviewError
 from medview.core.modeling import Preprocessing
 from medview.core.progress import CancelToken, relay
-from medview.inference.scope import ScopeGate
 from medview.models.card import Card, json_safe
 from medview.training import data as tdata
 from medview.training import metrics as M
 from medview.training.export import prepare_graph
 from medview.training.gatefit import fit_trust_gate
-from medview.training.strategies import STRATEGIES, TrainingRun, strategy_for
-
-
-class TrainingError(MedviewError):
-    """Training cannot start or go on (the message says why)."""
-
-
-@dataclass
-class TrainConfig:
-    data: str = ""
-    base: str = "efficientnet-lite0"
-    weights_file: str | None = None  # local safetensors for a "timm:<arch>" base
-    strategy: str = "partial"
-    epochs: int = 8
-    image_size: int = 224
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    unfreeze_blocks: int = 2
-    lr_decay: float = 0.5
-    augment: bool = True
-    rotation_deg: float = 7.0
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    translate: float = 0.05
-    brightness: float = 0.1
-    contrast: float = 0.1
-    hflip: bool = False
-    balance: str = "weights"  # weights | sampler | none
-    patience: int = 3
-    seed: int = 0
-    label_column: str = "label"
-    label_map: dict = field(default_factory=dict)
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    min_per_class: int = 10
-    positive_class: str | None = None
-    min_sensitivity: float = 0.95
-    name: str | None = None
-    id: str | None = None
-    version: str = "1.0.0"
-    out: str | None = None
-    device: str = "cpu"
-    num_threads: int | None = None
-    max_train_images: int | None = None
-    n_bootstrap: int = 1000
-    card: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_file(cls, path: str, **overrides) -> TrainConfig:
-        from medview.core.safeio import read_capped
-
-        try:
-            raw = json.loads(read_capped(path, 1024 * 1024).decode("utf-8"))
-        except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors
-            raise TrainingError("the config file is not valid JSON") from exc
-        if not isinstance(raw, dict):
-            raise TrainingError("the config file must hold a JSON object")
-        names = {f.name for f in fields(cls)}
-        unknown = set(raw) - names
-        if unknown:
-            raise TrainingError(f"{path}: unknown config key(s): {', '.join(sorted(unknown))}")
-        if "data" in raw and not os.path.isabs(raw["data"]):
-            raw["data"] = os.path.normpath(os.path.join(os.path.dirname(path), raw["data"]))
-        for key in ("scale_range", "split_fractions"):
-            if key in raw:
-                raw[key] = tuple(raw[key])
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**raw)
-
-    def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise TrainingError(f"unknown strategy {self.strategy!r}; use one of "
-                                f"{', '.join(STRATEGIES)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.image_size < 16:
-            raise TrainingError("epochs, batch size and image size must be positive")
-        if self.balance not in ("weights", "sampler", "none"):
-            raise TrainingError("balance must be weights, sampler or none")
-
-
-@dataclass
-class TrainEvent:
-    """One progress report: stage, epoch/step counters, loss and validation metrics."""
-
-    stage: str
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    steps: int = 0
-    loss: float | None = None
-    metrics: dict = field(default_factory=dict)
-    eta_s: float | None = None
-    message: str = ""
-
-    @property
-    def milestone(self) -> bool:
-        """An event every listener must see (an epoch's end, early stopping, ...), as
-        opposed to the frequent per-step ones that may be thinned."""
-        return self.stage not in ("load", "train")
-
-
-@dataclass
-class TrainResult:
-    model: object
-    config: TrainConfig
-    classes: list[str]
-    card: Card
-    history: list[dict]
-    val_probs: np.ndarray
-    val_y: np.ndarray
-    test_probs: np.ndarray
-    test_y: np.ndarray
-    warnings: list[str]
-    dataset: tdata.Dataset
-    splits: dict[str, list[int]]
-    #: the trust gate fitted on this run's features (written beside the weights)
-    gate: ScopeGate | None = None
-    #: the exported graph and its card section, checked against torch on validation
-    #: images (:func:`medview.training.export.prepare_graph`); None when not exported
-    graph: tuple | None = None
+from medview.training.strategies import STRATEGIES, strategy_for
+from medview.training.types import (
+    TrainConfig,
+    TrainEvent,
+    TrainingError,
+    TrainingRun,
+    TrainResult,
+)
 
 
 # ----------------------------------------------------------------------------- model
@@ -493,16 +381,17 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
     after every epoch, and read back at the start to resume); see
     :func:`medview.training.export.export_model`. Runs are seeded: the same seed, data
     and machine give bit-identical weights. With ``comm`` (a
-    :class:`medview.training.distributed.Comm` of several processes) every process
+    :class:`medview.training.comm.Comm` of several processes) every process
     trains its share under DDP; only rank 0 evaluates, fits the gate, writes the
     checkpoint and returns the result (the others return None).
     """
     import torch
 
     from medview.training import checkpoint as ckpt
-    from medview.training.distributed import Comm
+    from medview.training.comm import Comm
 
     cfg.validate()
+    strategy_for(cfg.strategy)  # an unknown name fails before any data is read
     comm = comm or Comm()
     cancel = cancel or CancelToken()
     torch.manual_seed(cfg.seed)
@@ -684,7 +573,7 @@ def _training_device(requested: str, warns: list[str]) -> str:
     """The device to train on: "auto" picks CUDA, then MPS, then the CPU (as the panel
     does); a requested device that is not available falls back to the CPU with a
     warning."""
-    from medview.inference.predictor import available_devices
+    from medview.inference.devices import available_devices
 
     have = available_devices()
     if requested in ("auto", "", None):

@@ -69,7 +69,8 @@ def augmentation_preview(paths: list[str], size: int, augment: bool = True,
 
     from medview.imaging.model_input import display_grey, resize_grey
     from medview.io import load
-    from medview.training.engine import TrainConfig, augment_batch
+    from medview.training.engine import augment_batch
+    from medview.training.types import TrainConfig
 
     imgs = []
     for k, path in enumerate(paths):

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from medview.training.types import TrainEvent, TrainingError, TrainingRun
+
 
 def layer_groups(model) -> list[list]:
     """Parameter-holding modules from the top (head first) to the stem."""
@@ -140,8 +142,6 @@ class FeatureStrategy(Strategy):
 
         import torch
 
-        from medview.training.engine import TrainEvent
-
         yield TrainEvent("features", message="computing backbone features once")
         t0 = time.monotonic()
         train = run.features(run.train_idx)
@@ -200,33 +200,9 @@ STRATEGIES: dict[str, Strategy] = _all()
 
 
 def strategy_for(name: str) -> Strategy:
-    """A fresh strategy object (strategies may hold per-run state, e.g. feature caches)."""
-    return _all()[name]
-
-
-@dataclass
-class TrainingRun:
-    """What a strategy works on during one training run (built by the engine)."""
-
-    cfg: Any
-    model: Any
-    images: Any  # uint8 tensor (N, H, W) of all images
-    train_idx: Any
-    val_idx: Any
-    device: str
-    to_input: Any  # (B, H, W) images -> normalised model input
-    augment: Any  # (B, H, W) images -> augmented images
-    predict_logits: Any  # indices -> logits (np.ndarray), eval mode
-    features: Any  # indices -> pooled backbone features (tensor)
-    wrap: Any = None  # module -> the module to train with (DDP on several processes)
-    optimizer: Any = None
-    train_model: Any = None  # what training batches run through (set with the optimizer)
-    feature_seconds: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.wrap is None:
-            self.wrap = _identity
-
-
-def _identity(module):
-    return module
+    """A fresh strategy object (strategies may hold per-run state, e.g. feature caches);
+    :class:`TrainingError` naming the choices for an unknown name."""
+    strategies = _all()
+    if name not in strategies:
+        raise TrainingError(f"unknown strategy {name!r}; use one of {', '.join(strategies)}")
+    return strategies[name]

@@ -1,0 +1,25 @@
+"""What the command-line modules share (the subcommands of :mod:`medview.cli` and the PACS
+ones of :mod:`medview.cli_pacs`)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def progress_bar(what: str):
+    """A progress bar on stderr (tqdm), quiet when stderr is not a terminal; returns the
+    callback for :func:`drain` and the bar (close it at the end)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=what, file=sys.stderr, disable=None, leave=False,
+               dynamic_ncols=True)
+
+    def on_step(step) -> None:
+        total = getattr(step, "total", 0)
+        if total and bar.total != total:
+            bar.reset(total=total)
+        bar.n = getattr(step, "done", bar.n)
+        bar.set_postfix_str(getattr(step, "message", "") or "", refresh=False)
+        bar.refresh()
+
+    return on_step, bar
