@@ -217,9 +217,13 @@ def test_received_instances_that_lie_about_themselves_are_refused(tmp_path):
     good = dcmread(paths[0]).SOPInstanceUID
     assert arrive(paths[0], good) == 0x0000
     assert arrive(paths[1], "../../../etc/passwd") != 0x0000  # names no file
+    # not UIDs, and nothing in them a path would trip on: refused by the UID check,
+    # with a refusal status the server sees (never Success)
+    assert arrive(paths[1], "1.2.840.evil") == 0xC211
+    assert arrive(paths[1], "1." + "2" * 70) == 0xC211
     assert arrive(paths[1], good) == 0x0000  # accepted, then its header says otherwise
     receiver.finish()
-    assert (receiver.received, receiver.failed) == (1, 2)
+    assert (receiver.received, receiver.failed) == (1, 4)
     kept = [os.path.join(d, f) for d, _s, fs in os.walk(dest) for f in fs]
     assert [os.path.basename(k) for k in kept] == [f"{good}.dcm"]
     assert dcmread(kept[0]).SOPInstanceUID == good

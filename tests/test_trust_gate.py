@@ -128,6 +128,12 @@ def test_population_reasons_from_dicom_tags(tiny_model, tmp_path):
     assert old.population.age_years == pytest.approx(6.0, abs=0.01)
     assert any("patient age 6 y" in r for r in scope.population_reasons(pred.card.card,
                                                                          old, 0))
+    # the lower bound holds too: 11 months is before the 1st birthday, 12 months is in
+    infant = film(PatientAge="011M")
+    assert "patient age 11 months, model is for 1-5 y" in scope.population_reasons(
+        pred.card.card, infant, 0)
+    assert pred.predict(infant, 0).withheld
+    assert not scope.population_reasons(pred.card.card, film(PatientAge="012M"), 0)
     lateral = film(ViewPosition="LL", BodyPartExamined="SKULL")
     reasons = scope.population_reasons(pred.card.card, lateral, 0)
     assert "view LL (lateral), model is for AP" in reasons
