@@ -242,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         on_step(step)
         if not isinstance(step, ScoredProgress) or step.item is None:
             return
-        _k, item = step.item
+        item = step.item
         count[0] += 1
         if writer is not None:
             writer.row(prediction_row(item.path, item.prediction, anyway))
@@ -284,12 +284,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _pred_dict(p, score_out_of_scope: bool = False) -> dict:
     """One prediction for ``--json``: as the CSV, an out-of-scope image has no label and
     no probabilities (null) unless ``score_out_of_scope``."""
-    hide = p.withheld and not score_out_of_scope
-    shown = p if hide else p.revealed()
+    from medview.core.presentation import present
+
+    shown = present(p, reveal=score_out_of_scope)
     return {"model_id": p.model_id, "model_version": p.model_version,
-            "predicted": None if hide else shown.label, "decision": shown.decision,
-            "probabilities": None if hide else dict(zip(p.classes, p.probabilities,
-                                                        strict=True)),
+            "predicted": shown.label, "decision": shown.decision,
+            "probabilities": shown.probabilities,
             "in_scope": p.in_scope, "ood_score": p.ood_score, "ood_limit": p.ood_limit,
             "scope_reasons": p.scope_reasons,
             "threshold": p.threshold, "input_sha256": p.input_sha256, "device": p.device,

@@ -77,15 +77,17 @@ def cmd_find(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     from medview.cli_common import progress_bar
     from medview.core.progress import drain
-    from medview.pacs import cache
+    from medview.pacs.retrieve import iter_retrieve_series
 
     settings = _settings(args)
     client = _client(args)
     dest = args.out or settings.cache_root()
+    limit = None if args.out else settings.cache_limit_mb * 1024**2
     on_step, bar = progress_bar("retrieving")
     try:
-        result = drain(client.iter_retrieve(args.study_uid, dest, args.series,
-                                            method=args.method), on_step)
+        done = drain(iter_retrieve_series(client, [(args.study_uid, args.series)], dest,
+                                          method=args.method, cache_limit_bytes=limit),
+                     on_step)
     except KeyboardInterrupt:
         bar.close()
         print("cancelled: instances received so far are kept; run the same command again "
@@ -93,18 +95,20 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-    if not args.out:
-        removed = cache.enforce_limit(dest, settings.cache_limit_mb * 1024**2,
-                                      keep=[result.study_uid])
-        if removed:
-            print(f"cache limit: removed {len(removed)} older study/studies", file=sys.stderr)
-    print(result.summary())
-    print(f"files in {plain_text(result.folder)}")
-    if args.open and result.received + result.already_present:
+    if done.evicted:
+        print(f"cache limit: removed {len(done.evicted)} older study/studies",
+              file=sys.stderr)
+    folders: dict[str, str] = {}
+    for r in done.results:
+        print(r.summary())
+        folders.update(r.series_folders)
+    if done.results:
+        print(f"files in {plain_text(done.results[0].folder)}")
+    if args.open and folders:
         from medview.gui.app import main as gui_main
 
-        return gui_main(list(result.series_folders.values()))
-    return 0 if result.complete else 1
+        return gui_main(list(folders.values()))
+    return 0 if done.complete else 1
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -66,7 +66,9 @@ def test_two_processes_train_the_same_weights_as_one_with_the_same_effective_bat
     assert r.returncode == 0, r.stderr[-3000:]
     ddp = os.path.join(root, "models", "ddp")
     diff = max_difference(weights(ddp), weights(os.path.join(root, "models", "single")))
-    assert diff < 1e-4, diff  # float summation order only
+    # float summation order only, grown by AdamW's normalised steps over 6 epochs (up to
+    # 1.5e-4 seen with timm 1.0.31); a wrong effective batch moves weights by ~1e-2
+    assert diff < 5e-4, diff
     with open(os.path.join(ddp, "card.json")) as f:
         training = json.load(f)["training"]
     assert (training["world_size"], training["effective_batch_size"]) == (2, 16)

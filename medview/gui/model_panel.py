@@ -45,6 +45,7 @@ from PySide6.QtWidgets import (
 )
 
 from medview.core.modeling import DEVICES, Prediction
+from medview.core.presentation import present
 from medview.core.progress import Progress
 from medview.core.volume import ImageVolume
 from medview.explain.saliency import METHODS
@@ -634,12 +635,11 @@ class ModelPanel(QWidget):
         self._revealed = False
         self._saliency = None
         self.overlay_changed.emit(None)
-        if p.withheld:
+        shown = present(p)
+        if shown.withheld:
             # no decision, no bars, no saliency until the user deliberately asks
             self.bars.clear()
-            self.scope_banner.setText(
-                "OUT OF SCOPE: no result is shown. This image is outside what this model "
-                "was built for:\n" + "\n".join(f"- {r}" for r in p.scope_reasons))
+            self.scope_banner.setText(shown.banner)
             self.scope_banner.setVisible(True)
             self.show_anyway.setVisible(True)
             self._fit_width()
@@ -710,13 +710,15 @@ class ModelPanel(QWidget):
         if p is None or not p.withheld or self._revealed:
             return
         self._revealed = True
-        shown = p.revealed()
-        self._show_bars(shown)
+        shown = present(p, reveal=True)
+        self._show_bars(p.revealed())
         self.decision.setText(shown.decision)
+        self.scope_banner.setText(shown.banner)
+        self._fit_banner()
         self.show_anyway.setVisible(False)
         self.class_box.setCurrentText(shown.label if shown.label in p.classes
                                       else p.classes[0])
-        self.prediction_ready.emit(shown)
+        self.prediction_ready.emit(p.revealed())
         if self.show_overlay.isChecked():
             self.explain(prep=self._prep)
 
@@ -850,14 +852,14 @@ class ModelPanel(QWidget):
         desc, _path, p = self._worklist[k]
         volume = self._worklist_volumes[k]
         grey = QColor("#9a9a9a")
+        shown = present(p)
         cells = [QTableWidgetItem(desc), QTableWidgetItem(study_text(volume)),
-                 QTableWidgetItem("out of scope" if p.withheld else p.label)]
-        for v in p.probabilities:
-            cells.append(NumberItem(None if p.withheld else float(v)))
-        cells.append(QTableWidgetItem({True: "yes", False: "no", None: "unchecked"}[
-            p.in_scope]))
-        notes = [f"out of scope: {x}" for x in p.scope_reasons] + list(p.warnings)
-        cells.append(QTableWidgetItem("; ".join(notes)))
+                 QTableWidgetItem(shown.label_text)]
+        for c in p.classes:
+            cells.append(NumberItem(None if shown.probabilities is None
+                                    else float(shown.probabilities[c])))
+        cells.append(QTableWidgetItem(shown.scope_text))
+        cells.append(QTableWidgetItem("; ".join(shown.notes)))
         cells[0].setData(Qt.ItemDataRole.UserRole, k)  # which worklist entry, after sorting
         r = self.worklist.rowCount()
         self.worklist.insertRow(r)

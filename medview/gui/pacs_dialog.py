@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
@@ -43,6 +42,7 @@ from medview.pacs import (
     load_settings,
     save_settings,
 )
+from medview.pacs.retrieve import SeriesArrived, iter_retrieve_series
 
 LAST_SERVER_KEY = "pacs/last_server"
 _ERROR_STYLE = "color: #c62828; font-weight: bold;"
@@ -151,14 +151,6 @@ class PacsSettingsDialog(QDialog):
             self.error.setText(str(exc))
             return
         self.accept()
-
-
-@dataclass(frozen=True)
-class SeriesArrived(Progress):
-    """A retrieve step: one series is complete in the cache (a milestone)."""
-
-    folder: str = ""
-    milestone: bool = True
 
 
 class OpenFromPacsDialog(QDialog):
@@ -392,22 +384,9 @@ class OpenFromPacsDialog(QDialog):
         limit = self.settings.cache_limit_mb * 1024**2
 
         def job(token):
-            from medview.pacs import cache
-
-            results = []
-            for study_uid, series_uid in wanted:
-                series = ([series_uid] if series_uid else
-                          [s.series_uid for s in client.find_series(study_uid)])
-                for k, uid in enumerate(series):  # series by series: each opens when in
-                    token.raise_if_cancelled()
-                    r = yield from client.iter_retrieve(study_uid, dest, uid, token)
-                    results.append(r)
-                    folder = r.series_folders.get(uid, "")
-                    if r.received + r.already_present:
-                        yield SeriesArrived(k + 1, len(series), f"series {k + 1} of "
-                                            f"{len(series)} in", folder=folder)
-                cache.enforce_limit(dest, limit, keep=[s for s, _ in wanted])
-            return results
+            done = yield from iter_retrieve_series(client, wanted, dest, token,
+                                                   cache_limit_bytes=limit)
+            return done.results
 
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)

@@ -12,17 +12,13 @@ import csv
 import os
 import sys
 import tempfile
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 
 from medview.core.progress import CancelToken, Progress, drain
 from medview.core.safeio import fsync_dir, plain_text
+from medview.core.volume import ImageVolume
 from medview.inference.rows import prediction_header, prediction_row
-from medview.inference.session import (
-    SCORING_BATCH,
-    InferenceSession,
-    ScoredItem,
-    ScoredProgress,
-)
+from medview.inference.session import InferenceSession, ScoredProgress, score_stream
 
 
 def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
@@ -30,12 +26,11 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
                       rank: int = 0, world: int = 1, backend: str = "auto",
                       chunk: int | None = None
                       ) -> Generator[Progress, None, tuple[list, list]]:
-    """Score every ``world``-th unit under ``paths`` from ``rank``. Yields
-    :class:`ScoredProgress` carrying ``(unit index, ScoredItem)`` in ``item`` as each is
-    scored; returns the files skipped when scanning (the same on every rank) and those
-    of this rank's units that could not be read. Units are read one at a time and scored
-    ``chunk`` (:data:`~medview.inference.session.SCORING_BATCH`) at a time, never holding
-    more than :data:`MAX_PENDING_BYTES` of pixels; nothing is kept after it is yielded."""
+    """Score every ``world``-th unit under ``paths`` from ``rank`` with
+    :func:`~medview.inference.session.score_stream`: units are read one at a time as the
+    scorer asks for them. Yields :class:`ScoredProgress` steps whose item's ``key`` is the
+    unit's index; returns the files skipped when scanning (the same on every rank) and
+    those of this rank's units that could not be read."""
     from medview.io.loader import iter_read_unit, iter_scan
 
     units, scan_skipped = drain(iter_scan(paths, cancel))
@@ -43,41 +38,15 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
     mine = list(range(rank, len(units), world))
     yield Progress(0, len(mine), "loading model")
     pred = session.predictor(card, device, backend)
-    size = chunk or SCORING_BATCH
-    pending: list = []  # (unit index, volume, prepared input)
-    done = 0
 
-    def flush():
-        nonlocal done
-        predictions = pred.predict_many([p for _k, _v, p in pending])
-        for (k, volume, _p), prediction in zip(pending, predictions, strict=True):
-            i = volume.default_index
-            done += 1
-            yield ScoredProgress(done, len(mine), "scoring",
-                                 (k, ScoredItem(volume, i, volume.source_of(i), prediction)))
-        pending.clear()
+    def read() -> Iterator[tuple[int, ImageVolume | None]]:
+        for k in mine:
+            volume, bad = drain(iter_read_unit(units[k], cancel))
+            skipped.extend(bad)
+            yield k, volume
 
-    for k in mine:
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        volume, bad = drain(iter_read_unit(units[k], cancel))
-        skipped.extend(bad)
-        if volume is None:
-            done += 1
-            continue
-        pending.append((k, volume, pred.prepare(volume, volume.default_index)))
-        del volume
-        if len(pending) >= size or sum(v.pixels.nbytes for _k, v, _p in pending) \
-                > MAX_PENDING_BYTES:
-            yield from flush()
-    if pending:
-        yield from flush()
+    yield from score_stream(pred, read(), len(mine), cancel, chunk)
     return scan_skipped, skipped
-
-
-#: Volumes waiting to be scored together may hold at most this many pixel bytes (a batch
-#: of chest films is a few MB; a batch of CT series is scored as it comes).
-MAX_PENDING_BYTES = 256 * 1024**2
 
 
 class RowWriter:
@@ -175,5 +144,5 @@ def score_shard(paths: list[str], model: str, csv_path: str, comm, device: str =
 
 def _part_row(part: RowWriter, step, score_out_of_scope: bool) -> None:
     if isinstance(step, ScoredProgress) and step.item is not None:
-        k, item = step.item
-        part.row([str(k), *prediction_row(item.path, item.prediction, score_out_of_scope)])
+        item = step.item
+        part.row([str(item.key), *prediction_row(item.path, item.prediction, score_out_of_scope)])

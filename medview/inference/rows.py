@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterable
 
 from medview.core.modeling import Prediction
+from medview.core.presentation import present
 from medview.core.safeio import atomic_write_bytes, plain_text
 
 #: A spreadsheet treats a cell starting with one of these as a formula (CSV injection).
@@ -34,15 +35,15 @@ def in_scope_text(p: Prediction) -> str:
 
 
 def prediction_row(path: str, p: Prediction, score_out_of_scope: bool = False) -> list[str]:
-    """One CSV row. For an out-of-scope image the label and probabilities are left empty
-    unless ``score_out_of_scope``; the reasons lead the warnings either way."""
-    shown = p.revealed() if score_out_of_scope else p
-    hide = p.withheld and not score_out_of_scope
-    probs = ["" for _ in p.probabilities] if hide else [f"{v:.6f}" for v in p.probabilities]
+    """One CSV row, of what :func:`~medview.core.presentation.present` allows: for an
+    out-of-scope image the label and probabilities are left empty unless
+    ``score_out_of_scope``; the reasons lead the warnings either way."""
+    shown = present(p, reveal=score_out_of_scope)
+    probs = (["" for _ in p.probabilities] if shown.probabilities is None
+             else [f"{v:.6f}" for v in shown.probabilities.values()])
     score = "" if p.ood_score is None else f"{p.ood_score:.3f}"
-    notes = [f"out of scope: {r}" for r in p.scope_reasons] + list(p.warnings)
-    return [csv_text(path), csv_text(p.model_id), csv_text(shown.label), *probs,
-            in_scope_text(p), score, csv_text("; ".join(notes))]
+    return [csv_text(path), csv_text(p.model_id), csv_text(shown.label or ""), *probs,
+            in_scope_text(p), score, csv_text("; ".join(shown.notes))]
 
 
 def predictions_csv(rows: Iterable[tuple[str, Prediction]], classes: list[str],

@@ -39,6 +39,8 @@ class ScoredItem:
     index: int
     path: str
     prediction: Prediction
+    #: the caller's key for this row (the input's position in the caller's list)
+    key: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,25 +142,60 @@ class InferenceSession:
     def batch(self, card: ModelCard, volumes: Iterable[ImageVolume], device: str = "auto",
               cancel: CancelToken | None = None, backend: str = "auto",
               chunk: int | None = None) -> Generator[Progress, None, list[ScoredItem]]:
-        """Score the default slice of every volume. Images are prepared one by one and
-        scored ``chunk`` (default :data:`SCORING_BATCH`) at a time; every image is a
-        progress step and a cancel point."""
+        """Score the default slice of every volume (already in memory) through
+        :func:`score_stream`; returns the rows in input order."""
         volumes = list(volumes)
         yield Progress(0, len(volumes), "loading model")
         pred = self.predictor(card, device, backend)
-        size = chunk or SCORING_BATCH
         rows: list[ScoredItem] = []
-        for start in range(0, len(volumes), size):
-            _check(cancel)
-            group = volumes[start:start + size]
-            preps = [pred.prepare(v, v.default_index) for v in group]
-            for v, prediction in zip(group, pred.predict_many(preps), strict=True):
-                _check(cancel)
-                i = v.default_index
-                item = ScoredItem(v, i, v.source_of(i), prediction)
-                rows.append(item)
-                yield ScoredProgress(len(rows), len(volumes), "scoring", item)
+        for step in score_stream(pred, enumerate(volumes), len(volumes), cancel, chunk):
+            if step.item is not None:
+                rows.append(step.item)
+            yield step
         return rows
+
+
+#: Volumes waiting to be scored together may hold at most this many pixel bytes (a batch
+#: of chest films is a few MB; a batch of CT series is scored as it comes).
+MAX_PENDING_BYTES = 256 * 1024**2
+
+
+def score_stream(pred: Predictor, volumes: Iterable[tuple[int, ImageVolume | None]],
+                 total: int, cancel: CancelToken | None = None, chunk: int | None = None
+                 ) -> Generator[ScoredProgress, None, None]:
+    """The one batch scorer (the CLI, the worklist and the torchrun workers all use it).
+
+    ``volumes`` yields ``(key, volume)`` lazily (a None volume: an input that could not
+    be read; it counts as done). The default slice of each is prepared as it arrives and
+    scored ``chunk`` (:data:`SCORING_BATCH`) at a time, never holding more than
+    :data:`MAX_PENDING_BYTES` of pixels; each row is yielded as a :class:`ScoredProgress`
+    step (``done`` of ``total``) and nothing is kept after it. Every input is a cancel
+    point."""
+    size = chunk or SCORING_BATCH
+    pending: list[tuple[int, ImageVolume, PreparedInput]] = []
+    done = 0
+
+    def flush() -> Generator[ScoredProgress, None, None]:
+        nonlocal done
+        predictions = pred.predict_many([p for _k, _v, p in pending])
+        for (k, volume, _p), prediction in zip(pending, predictions, strict=True):
+            i = volume.default_index
+            done += 1
+            yield ScoredProgress(done, total, "scoring",
+                                 ScoredItem(volume, i, volume.source_of(i), prediction, k))
+        pending.clear()
+
+    for k, volume in volumes:
+        _check(cancel)
+        if volume is None:
+            done += 1
+            continue
+        pending.append((k, volume, pred.prepare(volume, volume.default_index)))
+        if len(pending) >= size or sum(v.pixels.nbytes for _k, v, _p in pending) \
+                > MAX_PENDING_BYTES:
+            yield from flush()
+    if pending:
+        yield from flush()
 
 
 def cam_for_slice(pred: Predictor, tensor: np.ndarray, target: int,

@@ -10,6 +10,7 @@ interface whatever the protocol: ``echo()``, ``find_studies(query)``,
 
 from __future__ import annotations
 
+from medview.pacs.protocol import PacsClient
 from medview.pacs.records import (
     EchoResult,
     InstanceRecord,
@@ -29,7 +30,7 @@ from medview.pacs.servers import (
 )
 
 
-def connect(url_or_name: str, settings: PacsSettings | None = None):
+def connect(url_or_name: str, settings: PacsSettings | None = None) -> PacsClient:
     """A client for a server URL or a saved server's name."""
     settings = settings or load_settings()
     server = settings.resolve(url_or_name)
@@ -42,6 +43,6 @@ def connect(url_or_name: str, settings: PacsSettings | None = None):
     return WebClient(server, settings)
 
 
-__all__ = ["EchoResult", "InstanceRecord", "PacsError", "PacsSettings", "Query",
+__all__ = ["EchoResult", "InstanceRecord", "PacsClient", "PacsError", "PacsSettings", "Query",
            "RetrieveResult", "SeriesRecord", "Server", "StoreResult", "StudyRecord",
            "connect", "load_settings", "parse_server", "save_settings"]

@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from medview.core.modeling import Prediction
+from medview.core.presentation import present
 from medview.core.safeio import atomic_write_bytes, open_regular
 
 SCHEME = "99MEDVIEW"
@@ -100,11 +101,11 @@ def structured_report(source: Dataset, p: Prediction, *, frame: int | None = Non
     source_image = hd.sr.SourceImageForMeasurementGroup.from_source_image(
         source, referenced_frame_numbers=[frame] if frame else None)
     unit = codes.UCUM.NoUnits
+    shown = present(p, reveal=reveal)
     measurements = [
         hd.sr.Measurement(name=_concept(f"P-{cls}", f"Probability of {cls}"),
                           value=float(prob), unit=unit)
-        for cls, prob in zip(p.classes, p.probabilities, strict=True)
-        if reveal or not p.withheld]
+        for cls, prob in (shown.probabilities or {}).items()]
     if p.threshold is not None:
         measurements.append(hd.sr.Measurement(
             name=_concept("THRESHOLD", "Decision threshold"), value=float(p.threshold),
@@ -122,10 +123,10 @@ def structured_report(source: Dataset, p: Prediction, *, frame: int | None = Non
         evaluations.append(hd.sr.QualitativeEvaluation(
             name=_concept("IN-SCOPE", "Image within the model's scope"),
             value=codes.SCT.Yes if p.in_scope else codes.SCT.No))
-    if p.withheld:
+    if shown.out_of_scope:
         decision = _concept("WITHHELD", "Withheld: image out of the model's scope")
     else:
-        decision = _concept(f"C-{p.label}", p.label or "no decision")
+        decision = _concept(f"C-{shown.label}", shown.label or "no decision")
     evaluations.append(hd.sr.QualitativeEvaluation(
         name=_concept("DECISION", "Model decision"), value=decision))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
