@@ -516,7 +516,16 @@ class TrainPage(QWizardPage):
             self.job = self.wiz.jobs.start(
                 "train", lambda tok: iter_train_processes(cfg, nproc, work, tok))
         else:
-            self.job = self.wiz.jobs.start("train", lambda tok: train(cfg, tok))
+            # one folder per settings beside the models: a cancelled run started again
+            # with the same settings resumes from its last finished epoch
+            from medview.models.registry import user_models_dir
+            from medview.training.engine import checkpoint_dir_for
+
+            cfg.data = os.path.abspath(cfg.data)
+            ckpt = checkpoint_dir_for(cfg, self.wiz.models_dir or user_models_dir())
+            self.wiz.checkpoint_dir = ckpt
+            self.job = self.wiz.jobs.start(
+                "train", lambda tok: train(cfg, tok, checkpoint_dir=ckpt))
         self.job.progress.connect(self._on_event)
         self.job.succeeded.connect(lambda res, j=self.job: self._on_done(j, res))
         self.job.failed.connect(lambda exc, j=self.job: self._on_failed(j, exc))
@@ -584,7 +593,8 @@ class TrainPage(QWizardPage):
         if job is self.job:
             self._running = False
             self.cancel_button.setEnabled(False)
-            self.status.setText("Cancelled. Nothing was written.")
+            self.status.setText("Cancelled. No model was written; training again with the "
+                                "same settings resumes from the last finished epoch.")
             self.wiz.training_failed.emit("cancelled")
 
     def isComplete(self) -> bool:
@@ -759,25 +769,25 @@ class ResultsPage(QWizardPage):
 
     def save(self) -> str | None:
         from medview.models.registry import user_models_dir
-        from medview.training.engine import final_card
-        from medview.training.export import export_model
+        from medview.training.save import save_trained
 
         res = self.wiz.result
         threshold = (self.current_threshold()
                      if res.card.decision.positive_class and self.threshold_touched else None)
-        card = final_card(res, self.name_edit.text().strip() or res.card.name, threshold,
-                          self.wiz.n_bootstrap)
         out = self.wiz.models_dir or user_models_dir()
         try:
-            folder = export_model(res.model, card, out, gate=res.gate,
-                                  graph=res.graph)
+            folder = save_trained(res, out,
+                                  name=self.name_edit.text().strip() or res.card.name,
+                                  threshold=threshold, n_bootstrap=self.wiz.n_bootstrap,
+                                  checkpoint_dir=self.wiz.checkpoint_dir)
         except (FileExistsError, OSError) as exc:
             self.saved_label.setText(f"Not saved: {exc}")
             return None
+        card_id = os.path.basename(folder)  # the folder is named by the card's id
         self.saved_folder = folder
-        self.saved_label.setText(f"Saved as '{card.id}'. It is now selectable in the AI "
+        self.saved_label.setText(f"Saved as '{card_id}'. It is now selectable in the AI "
                                  "model panel.")
-        self.wiz.model_saved.emit(card.id)
+        self.wiz.model_saved.emit(card_id)
         self.completeChanged.emit()
         return folder
 
@@ -806,6 +816,8 @@ class TrainingWizard(QWizard):
         self.models_dir = models_dir
         self.min_per_class = 10
         self.n_bootstrap = 1000
+        #: the one-process run's checkpoint folder (dropped when its model is saved)
+        self.checkpoint_dir: str | None = None
         self.report: ScanReport | None = None
         self.result = None
         self.data_page = DataPage(self)

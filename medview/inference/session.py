@@ -179,6 +179,7 @@ def score_stream(pred: Predictor, volumes: Iterable[tuple[int, ImageVolume | Non
         nonlocal done
         predictions = pred.predict_many([p for _k, _v, p in pending])
         for (k, volume, _p), prediction in zip(pending, predictions, strict=True):
+            _check(cancel)
             i = volume.default_index
             done += 1
             yield ScoredProgress(done, total, "scoring",

@@ -14,7 +14,6 @@ runs the workers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -141,22 +140,15 @@ def finish_training(result, out: str, ckpt: str | None, events_json: bool,
     """Export the model (rank 0), drop the run's checkpoint, print the summary. With
     ``result_json``, also write what the wizard's results page needs beyond the model
     folder (validation and test probabilities and labels, warnings)."""
-    import shutil
-
     from medview.core.safeio import atomic_write_bytes
-    from medview.training.export import export_model
+    from medview.training.save import save_trained
 
-    folder = export_model(result.model, result.card, out, gate=result.gate,
-                          graph=result.graph)
+    folder = save_trained(result, out, checkpoint_dir=ckpt)
     if result_json:
         doc = {"val_probs": result.val_probs.tolist(), "val_y": result.val_y.tolist(),
                "test_probs": result.test_probs.tolist(), "test_y": result.test_y.tolist(),
                "warnings": list(result.warnings), "folder": folder}
         atomic_write_bytes(result_json, json.dumps(doc).encode())
-    if ckpt:
-        shutil.rmtree(ckpt, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the checkpoints folder, when now empty
-            os.rmdir(os.path.dirname(ckpt))
     if events_json:
         print(json.dumps({"stage": "saved", "folder": folder}), flush=True)
     else:
