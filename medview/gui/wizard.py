@@ -838,7 +838,9 @@ class TrainingWizard(QWizard):
             return True
         answer = QMessageBox.question(
             self, "Training is running",
-            "Stop the training? Nothing will be saved and your existing models are untouched.")
+            "Stop the training? No model will be saved and your existing models are "
+            "untouched; training again with the same settings resumes from the last "
+            "finished epoch.")
         if answer != QMessageBox.StandardButton.Yes:
             return False
         self.train_page.stop_and_wait()

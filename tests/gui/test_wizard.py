@@ -142,10 +142,40 @@ def test_cancel_mid_epoch_writes_nothing(qtbot, app_window, tmp_path):
         wiz.train_page.job.progress.connect(on_event)
     assert failed.args[0] == "cancelled"
     assert started and started[0].epoch == 1
-    assert "Nothing was written" in wiz.train_page.status.text()
-    assert not models.exists() or [n for n in os.listdir(models)
-                                   if not n.startswith(TMP_PREFIX)] == []
+    assert "No model was written" in wiz.train_page.status.text()
+    assert not models.exists() or [n for n in os.listdir(models) if not n.startswith(
+        (TMP_PREFIX, ".medview-checkpoints"))] == []
     assert not wiz.train_page.isComplete()
+
+
+def test_a_cancelled_run_resumes_from_its_last_epoch(qtbot, app_window, tmp_path):
+    """One process: the finished epochs are checkpointed beside the models, the same
+    settings started again resume after them, and saving drops the checkpoint."""
+    win, models = app_window
+    wiz = _ready_to_train(qtbot, win, tmp_path, epochs=3)
+    page = wiz.train_page
+
+    def cancel_after_first_epoch(ev):
+        if ev.stage == "epoch" and ev.epoch == 1:
+            page.cancel_button.click()
+
+    with qtbot.waitSignal(wiz.training_failed, timeout=120000):
+        wiz.next()
+        page.job.progress.connect(cancel_after_first_epoch)
+    checkpoints = models / ".medview-checkpoints"
+    assert checkpoints.is_dir() and len(os.listdir(checkpoints)) == 1
+    assert "resumes from the last finished epoch" in page.status.text()
+    events = []
+    with qtbot.waitSignal(wiz.training_finished, timeout=300000):
+        page.start()
+        page.job.progress.connect(events.append)
+    resumed = [ev for ev in events if ev.stage == "resume"]
+    assert resumed and resumed[0].epoch >= 1
+    assert not any(ev.stage == "epoch" and ev.epoch == 1 for ev in events)
+    wiz.next()
+    with qtbot.waitSignal(wiz.model_saved, timeout=30000):
+        wiz.results_page.save_button.click()
+    assert not checkpoints.exists()
 
 
 def test_bad_folders_get_their_messages(qtbot, app_window, tmp_path):
@@ -208,8 +238,9 @@ def test_closing_app_during_training_asks_then_cancels(qtbot, app_window, tmp_pa
     answer.reply = QMessageBox.StandardButton.Yes
     assert win.close()
     assert not wiz.train_page.job.isRunning()
-    assert not models.exists() or [n for n in os.listdir(models)
-                                   if not n.startswith(TMP_PREFIX)] == []
+    # no model; the finished epochs' checkpoint stays for the same run to resume
+    assert not models.exists() or [n for n in os.listdir(models) if not n.startswith(
+        (TMP_PREFIX, ".medview-checkpoints"))] == []
 
 
 def test_wizard_trains_on_two_processes_and_writes_cluster_scripts(qtbot, app_window,
