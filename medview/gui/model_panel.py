@@ -45,7 +45,7 @@ from PySide6.QtWidgets import (
 )
 
 from medview.core.modeling import DEVICES, Prediction
-from medview.core.presentation import present
+from medview.core.presentation import Presented
 from medview.core.progress import Progress
 from medview.core.volume import ImageVolume
 from medview.explain.saliency import METHODS
@@ -54,6 +54,7 @@ from medview.gui.workers import JobRunner
 from medview.imaging.overlay import COLORMAPS, OUT_OF_SCOPE, heatmap_rgba, stamp_out_of_scope
 from medview.inference.backends import BACKEND_LABELS
 from medview.inference.session import InferenceSession
+from medview.state.panel import PanelModel, Saliency
 
 
 def card_readme(card) -> str:
@@ -205,18 +206,11 @@ class ModelPanel(QWidget):
     def __init__(self, jobs: JobRunner, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.jobs = jobs
-        self.registry = None
-        self.cards = []
+        #: what this panel shows, without Qt (the widgets below render it)
+        self.state = PanelModel()
         self.models_loaded = False
-        self.volume: ImageVolume | None = None
-        self.index = 0
         self.volumes_provider = lambda: []
         self.session = InferenceSession()  # the same session the command line uses
-        self._saliency: np.ndarray | None = None
-        self._saliency_info: tuple[str, str] | None = None
-        self._last: Prediction | None = None
-        self._worklist: list[tuple[str, str, Prediction]] = []
-        self._worklist_volumes: list[ImageVolume] = []
 
         self.model_box = QComboBox()
         self.model_box.currentIndexChanged.connect(self._on_model)
@@ -268,8 +262,6 @@ class ModelPanel(QWidget):
         self.show_anyway = QPushButton("Show anyway (greyed, stamped)")
         self.show_anyway.setVisible(False)
         self.show_anyway.clicked.connect(self.reveal)
-        self._prep = None
-        self._revealed = False
         self.decision = _plain_label()
         self.decision.setStyleSheet("font-weight: bold;")
         self.details = _plain_label()
@@ -396,7 +388,29 @@ class ModelPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(tabs)
+        events = self.state.events
+        events.result.connect(self._render_result)
+        events.saliency.connect(self._render_saliency)
+        events.worklist_reset.connect(self._set_worklist_headers)
+        events.worklist_row.connect(self._add_worklist_row)
         self.refresh_models()
+
+    # the state this panel renders, by the names its users read
+    @property
+    def cards(self) -> list:
+        return self.state.cards
+
+    @property
+    def registry(self):
+        return self.state.registry
+
+    @property
+    def volume(self) -> ImageVolume | None:
+        return self.state.volume
+
+    @property
+    def index(self) -> int:
+        return self.state.index
 
     # ------------------------------------------------------------------ models
     def refresh_models(self, select: str | None = None) -> None:
@@ -445,9 +459,8 @@ class ModelPanel(QWidget):
     def _apply_registry(self, job, registry, select: str | None) -> None:
         if not self.jobs.is_current(job):
             return
-        self.registry = registry
-        self.cards = list(self.registry.models)
         current = select or (self.current_card().id if self.current_card() else None)
+        self.state.set_registry(registry)
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for c in self.cards:
@@ -547,33 +560,61 @@ class ModelPanel(QWidget):
     # ------------------------------------------------------------------ image in view
     def set_image(self, volume: ImageVolume | None, index: int) -> None:
         """The image in view changed: stale results go, running jobs for it are cancelled."""
-        if volume is self.volume and index == self.index:
+        if not self.state.set_image(volume, index):  # clears the result when it changed
             return
-        self.volume, self.index = volume, index
         self.jobs.cancel("predict")
         self.jobs.cancel("saliency")
-        self.clear_result()
         if volume is not None and self.auto_run.isChecked() and self.current_card():
             self.run()
 
     def clear_result(self) -> None:
-        self._last = None
-        self._saliency_info = None
-        if hasattr(self, "saliency_note"):
-            self.saliency_note.setVisible(False)
-            self.save_overlay_button.setEnabled(False)
+        self.state.clear_result()
+
+    def _render_result(self, shown: Presented | None) -> None:
+        """Show the state's result (None: no result)."""
+        if shown is None:
             self.send_button.setEnabled(False)
-        self._prep = None
-        self._revealed = False
-        self._saliency = None
-        self.scope_banner.setVisible(False)
-        self.show_anyway.setVisible(False)
-        self.bars.clear()
-        self.decision.setText("")
-        self.details.setText("")
-        self.warnings.setText("")
-        self.seen.clear()
-        self.overlay_changed.emit(None)
+            self.scope_banner.setVisible(False)
+            self.show_anyway.setVisible(False)
+            self.bars.clear()
+            self.decision.setText("")
+            self.details.setText("")
+            self.warnings.setText("")
+            self.seen.clear()
+            return
+        p = shown.prediction
+        if shown.out_of_scope:
+            # no decision, no bars, no saliency until the user deliberately asks
+            self.scope_banner.setText(shown.banner)
+            self.scope_banner.setVisible(True)
+            self.show_anyway.setVisible(not shown.revealed)
+            self._fit_width()
+            self._fit_banner()
+        else:
+            self.scope_banner.setVisible(False)
+            self.show_anyway.setVisible(False)
+        if shown.withheld:
+            self.bars.clear()
+        else:
+            self._show_bars(self.state.shown_prediction)
+        self.decision.setText(shown.decision)
+        self.details.setText(
+            f"{p.model_id} {p.model_version} on {p.device} "
+            f"({BACKEND_LABELS.get(p.backend, p.backend)}): "
+            f"{p.timings_ms.get('inference', 0):.0f} ms inference, "
+            f"{p.timings_ms.get('total', 0):.0f} ms total\n"
+            f"input sha256 {p.input_sha256[:16]}..."
+            + (f"\nscope score {p.ood_score:.1f} (limit {p.ood_limit:.1f})"
+               if p.ood_score is not None else ""))
+        self.warnings.setText("\n".join(f"Warning: {w}" for w in p.warnings))
+        label = shown.label if shown.label in p.classes else p.classes[0]
+        self.class_box.setCurrentText(label)
+
+    def _render_saliency(self, saliency: Saliency | None) -> None:
+        if saliency is None:
+            self.saliency_note.setVisible(False)
+        self.save_overlay_button.setEnabled(saliency is not None)
+        self._emit_overlay()
 
     # ------------------------------------------------------------------ workers
     def warm_up(self) -> None:
@@ -630,41 +671,13 @@ class ModelPanel(QWidget):
         if not self.jobs.is_current(job):
             return
         p, prep = result
-        self._last = p
-        self._prep = prep
-        self._revealed = False
-        self._saliency = None
-        self.overlay_changed.emit(None)
-        shown = present(p)
-        if shown.withheld:
-            # no decision, no bars, no saliency until the user deliberately asks
-            self.bars.clear()
-            self.scope_banner.setText(shown.banner)
-            self.scope_banner.setVisible(True)
-            self.show_anyway.setVisible(True)
-            self._fit_width()
-            self._fit_banner()
-        else:
-            self.scope_banner.setVisible(False)
-            self.show_anyway.setVisible(False)
-            self._show_bars(p)
-        self.decision.setText(p.decision)
-        self.details.setText(
-            f"{p.model_id} {p.model_version} on {p.device} "
-            f"({BACKEND_LABELS.get(p.backend, p.backend)}): "
-            f"{p.timings_ms.get('inference', 0):.0f} ms inference, "
-            f"{p.timings_ms.get('total', 0):.0f} ms total\n"
-            f"input sha256 {p.input_sha256[:16]}..."
-            + (f"\nscope score {p.ood_score:.1f} (limit {p.ood_limit:.1f})"
-               if p.ood_score is not None else ""))
-        self.warnings.setText("\n".join(f"Warning: {w}" for w in p.warnings))
+        self.state.set_prediction(p, prep)  # rendered by _render_result
         self.status.setText("Not a diagnosis. Research use only.")
         seen = np.ascontiguousarray(prep.seen)
         h, w = seen.shape
         img = QImage(seen.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
         self.seen.setPixmap(QPixmap.fromImage(img).scaled(
             160, 160, Qt.AspectRatioMode.KeepAspectRatio))
-        self.class_box.setCurrentText(p.label if p.label in p.classes else p.classes[0])
         self.send_button.setEnabled(self.volume is not None
                                     and self.volume.source_format == "dicom")
         self.prediction_ready.emit(p)
@@ -706,29 +719,20 @@ class ModelPanel(QWidget):
     def reveal(self) -> None:
         """"Show anyway": the withheld result, greyed and stamped OUT OF SCOPE; only now
         is its saliency drawn (stamped too)."""
-        p = self._last
-        if p is None or not p.withheld or self._revealed:
+        if not self.state.reveal():  # rendered by _render_result
             return
-        self._revealed = True
-        shown = present(p, reveal=True)
-        self._show_bars(p.revealed())
-        self.decision.setText(shown.decision)
-        self.scope_banner.setText(shown.banner)
-        self._fit_banner()
-        self.show_anyway.setVisible(False)
-        self.class_box.setCurrentText(shown.label if shown.label in p.classes
-                                      else p.classes[0])
-        self.prediction_ready.emit(p.revealed())
+        self.prediction_ready.emit(self.state.shown_prediction)
         if self.show_overlay.isChecked():
-            self.explain(prep=self._prep)
+            self.explain(prep=self.state.prep)
 
     def explain(self, _checked: bool = False, prep=None) -> None:
         subject = self._subject()
         if subject is None:
             return
         card, volume, index, device = subject
-        if self._last is not None and self._last.withheld and not self._revealed:
-            self.status.setText("Out of scope: saliency is drawn only after \"Show anyway\".")
+        refusal = self.state.saliency_refusal()
+        if refusal:
+            self.status.setText(refusal)
             return
         method = self.method_box.currentData()
         backend = self.backend()
@@ -770,13 +774,10 @@ class ModelPanel(QWidget):
         if not self.jobs.is_current(job):
             return
         sal, note = result
-        self._saliency = sal
-        self._saliency_info = (method, target)
         self.saliency_note.setText(note)
         self.saliency_note.setVisible(bool(note))
-        self.save_overlay_button.setEnabled(True)
+        self.state.set_saliency(sal, method, target)  # rendered by _render_saliency
         self.status.setText(f"{METHODS[method]} for {target}. Not a diagnosis.")
-        self._emit_overlay()
         self.saliency_ready.emit(sal)
 
     #: the overlay is drawn from a strided view of at most this many pixels per side, then
@@ -785,12 +786,13 @@ class ModelPanel(QWidget):
     OVERLAY_MAX_SIDE = 640
 
     def overlay_rgba(self) -> np.ndarray | None:
-        if self._saliency is None or not self.show_overlay.isChecked():
+        sal = self.state.saliency
+        if sal is None or not self.show_overlay.isChecked():
             return None
-        step = max(1, -(-max(self._saliency.shape) // self.OVERLAY_MAX_SIDE))
-        rgba = heatmap_rgba(self._saliency[::step, ::step], self.cmap_box.currentText(),
+        step = max(1, -(-max(sal.values.shape) // self.OVERLAY_MAX_SIDE))
+        rgba = heatmap_rgba(sal.values[::step, ::step], self.cmap_box.currentText(),
                             self.opacity.value() / 100.0)
-        if self._last is not None and self._last.withheld:
+        if self.state.out_of_scope:
             rgba = stamp_out_of_scope(rgba)
         return rgba
 
@@ -818,8 +820,7 @@ class ModelPanel(QWidget):
                                                    backend=backend)
             return list(scored)
 
-        self._worklist, self._worklist_volumes = [], []
-        self._set_worklist_headers(card.classes)
+        self.state.start_worklist(card.classes)  # rendered by _set_worklist_headers
         self.batch_progress.setRange(0, len(volumes))
         self.batch_progress.setValue(0)
         self.batch_progress.setVisible(True)
@@ -830,13 +831,8 @@ class ModelPanel(QWidget):
         j.succeeded.connect(lambda items, jj=j: self._on_batch(jj, items, card.classes))
         j.failed.connect(lambda exc, jj=j: self._end_batch(jj, f"Failed: {exc}"))
         j.cancelled.connect(lambda jj=j: self._end_batch(
-            jj, f"Cancelled after {len(self._worklist)} of {len(volumes)} series; the rows "
+            jj, f"Cancelled after {len(self.state.worklist)} of {len(volumes)} series; the rows "
                 "scored so far are kept."))
-
-    @staticmethod
-    def _row_of(item) -> tuple[str, str, Prediction]:
-        return (item.volume.description or os.path.basename(item.path), item.path,
-                item.prediction)
 
     def _set_worklist_headers(self, classes) -> None:
         headers = ["Series", "Patient / study", "Predicted", *[f"p({c})" for c in classes],
@@ -849,11 +845,10 @@ class ModelPanel(QWidget):
 
     def _add_worklist_row(self, k: int) -> None:
         """Append row ``k`` of the worklist to the table (sorting off while filling)."""
-        desc, _path, p = self._worklist[k]
-        volume = self._worklist_volumes[k]
+        row = self.state.worklist[k]
+        p, shown = row.prediction, row.presented
         grey = QColor("#9a9a9a")
-        shown = present(p)
-        cells = [QTableWidgetItem(desc), QTableWidgetItem(study_text(volume)),
+        cells = [QTableWidgetItem(row.description), QTableWidgetItem(study_text(row.volume)),
                  QTableWidgetItem(shown.label_text)]
         for c in p.classes:
             cells.append(NumberItem(None if shown.probabilities is None
@@ -873,9 +868,7 @@ class ModelPanel(QWidget):
             return
         item = getattr(step, "item", None)
         if item is not None:
-            self._worklist.append(self._row_of(item))
-            self._worklist_volumes.append(item.volume)
-            self._add_worklist_row(len(self._worklist) - 1)
+            self.state.add_scored(item)  # rendered by _add_worklist_row
             self.batch_status.setText(f"Scored {step.done} of {step.total} series...")
         self.batch_progress.setRange(0, max(step.total, 1))
         self.batch_progress.setValue(step.done)
@@ -913,16 +906,9 @@ class ModelPanel(QWidget):
         if not self.jobs.is_current(job):
             return
         # out-of-scope rows are kept apart, after the ones the model may answer
-        items = sorted(items, key=lambda it: it.prediction.withheld)
-        self._worklist = [self._row_of(it) for it in items]
-        self._worklist_volumes = [it.volume for it in items]
-        self._set_worklist_headers(classes)
-        for k in range(len(items)):
-            self._add_worklist_row(k)
-        rows = self._worklist
-        out = sum(p.withheld for _d, _p, p in rows)
-        text = (f"Scored {len(rows)} series"
-                + (f"; {out} out of scope (no result shown)." if out else "."))
+        self.state.finish_worklist(items, classes)  # rendered row by row
+        rows = self.state.worklist
+        text = self.state.worklist_summary
         self._end_batch(job, text + " Double-click a row to open it.")
         self.status.setText(text)
         self.batch_finished.emit(rows)
@@ -930,16 +916,12 @@ class ModelPanel(QWidget):
     def _open_row(self, row: int, _col: int) -> None:
         item = self.worklist.item(row, 0)
         k = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
-        if k is not None and 0 <= k < len(self._worklist_volumes):
-            self.open_requested.emit(self._worklist_volumes[k])
+        if k is not None and 0 <= k < len(self.state.worklist):
+            self.open_requested.emit(self.state.worklist[k].volume)
 
     def export_csv(self, path: str) -> None:
-        from medview.inference.rows import write_predictions_csv
-
         card = self.current_card()
-        classes = self._worklist[0][2].classes if self._worklist else (card.classes if card
-                                                                        else [])
-        write_predictions_csv(path, [(pth, p) for _d, pth, p in self._worklist], classes)
+        self.state.export_worklist(path, card.classes if card else [])
 
     def save_overlay(self, path: str) -> None:
         """The image with its heat-map and a caption (model, class, method, research use
@@ -948,15 +930,14 @@ class ModelPanel(QWidget):
         from medview.reports.figures import saliency_png
 
         card = self.current_card()
-        if self._saliency is None or self._saliency_info is None or card is None:
+        sal = self.state.saliency
+        if sal is None or card is None:
             return
-        method, target = self._saliency_info
         atomic_write_bytes(path, saliency_png(
-            self.volume, self.index, self._saliency, model_id=card.id,
-            model_version=card.version, target=target, method=method,
-            method_name=METHODS[method], colormap=self.cmap_box.currentText(),
-            opacity=self.opacity.value() / 100.0,
-            out_of_scope=bool(self._last is not None and self._last.withheld)))
+            self.volume, self.index, sal.values, model_id=card.id,
+            model_version=card.version, target=sal.target, method=sal.method,
+            method_name=METHODS[sal.method], colormap=self.cmap_box.currentText(),
+            opacity=self.opacity.value() / 100.0, out_of_scope=self.state.out_of_scope))
 
     def _save_as(self, title: str, folders: list[str], name: str, kind: str, write,
                  label: QLabel, done: str, failed: str) -> None:
@@ -975,7 +956,7 @@ class ModelPanel(QWidget):
         label.setText(done.format(path=path))
 
     def _save_overlay_dialog(self) -> None:
-        if self._saliency is None:
+        if self.state.saliency is None:
             return
         folder = os.path.dirname(self.volume.source_of(self.index)) if self.volume else ""
         self._save_as("Save overlay", [folder], "saliency.png", "PNG (*.png)",
@@ -993,21 +974,22 @@ class ModelPanel(QWidget):
         from medview.reports.figures import saliency_figure
 
         card = self.current_card()
-        if self._last is None or self.volume is None or card is None:
+        st = self.state
+        if st.prediction is None or self.volume is None or card is None:
             return None
         figure = None
-        if self._saliency is not None and self._saliency_info is not None:
-            method, target = self._saliency_info
+        if st.saliency is not None:
+            sal = st.saliency
             # drawn in the worker: rendering a full-size film would stall the window
             figure = partial(
-                saliency_figure, self.volume, self.index, self._saliency, model_id=card.id,
-                model_version=card.version, target=target, method_name=METHODS[method],
-                colormap=self.cmap_box.currentText(), opacity=self.opacity.value() / 100.0,
-                out_of_scope=self._last.withheld)
+                saliency_figure, self.volume, self.index, sal.values, model_id=card.id,
+                model_version=card.version, target=sal.target,
+                method_name=METHODS[sal.method], colormap=self.cmap_box.currentText(),
+                opacity=self.opacity.value() / 100.0, out_of_scope=st.out_of_scope)
         frame = self.index + 1 if self.volume.multiframe else None
         factory = send_result_job(server, settings or load_settings(),
-                                  self.volume.source_of(self.index), self._last, figure, frame,
-                                  reveal=self._revealed)
+                                  self.volume.source_of(self.index), st.prediction, figure,
+                                  frame, reveal=st.revealed)
         self.status.setText(f"Sending the result to {server}...")
         what = "the SR and the heat-map" if figure is not None else "the SR"
         job = self.jobs.start("send", factory)
@@ -1037,12 +1019,11 @@ class ModelPanel(QWidget):
     def export_folder(self) -> str:
         """Where the export dialog starts: the folder of the first scored study, else the
         home folder."""
-        folders = [os.path.dirname(path) for _d, path, _p in self._worklist]
-        return next((f for f in folders if f and os.path.isdir(f)), os.path.expanduser("~"))
+        return self.state.export_folder()
 
     def _export_dialog(self) -> None:
-        if not self._worklist:
+        if not self.state.worklist:
             return
         self._save_as("Export worklist", [self.export_folder()], "worklist.csv",
                       "CSV (*.csv)", self.export_csv, self.batch_status,
-                      f"Exported {len(self._worklist)} rows to {{path}}", "Not exported")
+                      f"Exported {len(self.state.worklist)} rows to {{path}}", "Not exported")

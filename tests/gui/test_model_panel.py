@@ -214,7 +214,7 @@ def test_worklist_shows_out_of_scope_rows_apart(qtbot, ai_window, tmp_path):
     with qtbot.waitSignal(panel.batch_finished, timeout=60000) as got:
         panel.batch_button.click()
     rows = got.args[0]
-    assert [p.withheld for _d, _p, p in rows] == [False, False, True]  # sorted apart
+    assert [r.prediction.withheld for r in rows] == [False, False, True]  # sorted apart
     t = panel.worklist
     headers = [t.horizontalHeaderItem(c).text() for c in range(t.columnCount())]
     last = t.rowCount() - 1

@@ -56,7 +56,7 @@ def test_gui_sends_the_result_in_view_to_the_pacs(qtbot, pacs, pacs_env, make_wi
     with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
         panel.run_button.click()
     with qtbot.waitSignal(panel.saliency_ready, timeout=60000):
-        if panel._last.withheld:  # the heat-map needs "show anyway" out of scope
+        if panel.state.out_of_scope:  # the heat-map needs "show anyway" out of scope
             panel.show_anyway.click()
     assert panel.send_button.isEnabled()
     job = panel.send_result(pacs.dimse_url, _settings(pacs))
