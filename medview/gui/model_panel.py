@@ -7,7 +7,6 @@ cancels the job for the old one. Everything from the model card is shown as plai
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -18,28 +17,20 @@ from PySide6.QtGui import (
     QPainter,
     QPen,
     QPixmap,
-    QTextCursor,
-    QTextDocument,
 )
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QDialog,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
     QSlider,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
-    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -49,92 +40,14 @@ from medview.core.presentation import Presented
 from medview.core.progress import Progress
 from medview.core.volume import ImageVolume
 from medview.explain.saliency import METHODS
-from medview.gui.panels import plain_tooltip
+from medview.gui.model_card import ModelCardDialog
+from medview.gui.panels import plain_label
 from medview.gui.workers import JobRunner
+from medview.gui.worklist import WorklistTab
 from medview.imaging.overlay import COLORMAPS, OUT_OF_SCOPE, heatmap_rgba, stamp_out_of_scope
 from medview.inference.backends import BACKEND_LABELS
 from medview.inference.session import InferenceSession
 from medview.state.panel import PanelModel, Saliency
-
-
-def card_readme(card) -> str:
-    """A model folder's README as text: a regular file inside the folder, at most 1 MiB
-    (a FIFO or a link to a device never blocks the window)."""
-    from medview.core.safeio import read_capped
-    from medview.models.card import MAX_README_BYTES, README_FILE
-
-    try:
-        data = read_capped(os.path.join(card.folder, README_FILE), MAX_README_BYTES,
-                           root=card.folder)
-    except FileNotFoundError:
-        return ""
-    except Exception as exc:  # UnsafeFileError (FIFO, device, too large, outside), OSError
-        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-        return f"(README not shown: {reason})"
-    return data.decode("utf-8", errors="replace")
-
-
-def _plain_label(text: str = "", wrap: bool = True) -> QLabel:
-    lab = QLabel(text)
-    lab.setTextFormat(Qt.TextFormat.PlainText)
-    lab.setWordWrap(wrap)
-    lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    return lab
-
-
-def safe_markdown(text: str) -> str:
-    """A README's Markdown without what could make the viewer open something: images
-    become their alt text, links their text, reference definitions are dropped (raw HTML
-    is switched off when rendering). Qt reads an image path straight from disk, so a
-    README naming a FIFO or a device would otherwise hang the window."""
-    import re
-
-    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)
-    text = re.sub(r"!\[([^\]]*)\]\[[^\]]*\]", r"\1", text)
-    text = re.sub(r"(?<!!)\[([^\]]*)\]\([^)]*\)", r"\1", text)
-    text = re.sub(r"(?m)^ {0,3}\[[^\]]+\]:\s*\S+.*$", "", text)
-    return re.sub(r"<(?:https?|file|ftp)://[^>]*>", "", text)
-
-
-class MarkdownView(QTextBrowser):
-    """A model README rendered as Markdown. A README is untrusted: no raw HTML, links are
-    not followed and no resource (image, file, URL) it names is loaded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setOpenLinks(False)
-        self.setOpenExternalLinks(False)
-
-    def setMarkdown(self, text: str) -> None:
-        features = QTextDocument.MarkdownFeature(
-            QTextDocument.MarkdownFeature.MarkdownDialectGitHub.value
-            | QTextDocument.MarkdownFeature.MarkdownNoHTML.value)
-        self.document().setMarkdown(safe_markdown(text), features)
-        self.moveCursor(QTextCursor.MoveOperation.Start)  # open at the top
-
-    def loadResource(self, _type, _name):
-        return None
-
-
-class NumberItem(QTableWidgetItem):
-    """A probability cell: three decimals always, sorted by value (blank sorts first)."""
-
-    def __init__(self, value: float | None) -> None:
-        super().__init__("" if value is None else f"{value:.3f}")
-        self.value = -1.0 if value is None else value
-
-    def __lt__(self, other) -> bool:
-        if isinstance(other, NumberItem):
-            return self.value < other.value
-        return super().__lt__(other)
-
-
-def study_text(volume: ImageVolume) -> str:
-    """Patient and study of a DICOM series for the worklist (on screen only, never
-    logged); empty for PNG/JPEG/NIfTI."""
-    st = volume.study
-    parts = [st.patient_name, st.study_date, st.study_description]
-    return "  ".join(p for p in parts if p)
 
 
 class ProbabilityBars(QWidget):
@@ -217,7 +130,8 @@ class ModelPanel(QWidget):
         self.model_box.activated.connect(lambda _i: self.warm_up())  # a user's choice
         self.card_button = QPushButton("Model card...")
         self.card_button.clicked.connect(self.show_card)
-        self.summary = _plain_label()
+        self._card_dialog: ModelCardDialog | None = None
+        self.summary = plain_label()
         self.device_box = QComboBox()
         self.device_box.addItems(list(DEVICES))
         # what runs the model: auto = the exported graph on ONNX Runtime on the CPU when
@@ -245,7 +159,7 @@ class ModelPanel(QWidget):
         mg = QVBoxLayout(model_group)
         mg.addLayout(pick)
         mg.addWidget(self.summary)
-        self.evidence = _plain_label()
+        self.evidence = plain_label()
         self.evidence.setStyleSheet("background: #fff3cd; color: #7a4b00; font-weight: bold; "
                                     "padding: 4px;")
         self.evidence.setVisible(False)
@@ -255,19 +169,19 @@ class ModelPanel(QWidget):
 
         self.bars = ProbabilityBars()
         # the trust gate: a banner with the reasons, and a deliberate "Show anyway"
-        self.scope_banner = _plain_label()
+        self.scope_banner = plain_label()
         self.scope_banner.setStyleSheet(
             "background: #b71c1c; color: white; font-weight: bold; padding: 6px;")
         self.scope_banner.setVisible(False)
         self.show_anyway = QPushButton("Show anyway (greyed, stamped)")
         self.show_anyway.setVisible(False)
         self.show_anyway.clicked.connect(self.reveal)
-        self.decision = _plain_label()
+        self.decision = plain_label()
         self.decision.setStyleSheet("font-weight: bold;")
-        self.details = _plain_label()
-        self.warnings = _plain_label()
+        self.details = plain_label()
+        self.warnings = plain_label()
         self.warnings.setStyleSheet("color: #b36b00;")
-        self.status = _plain_label()
+        self.status = plain_label()
         result_group = QGroupBox("Result")
         rg = QVBoxLayout(result_group)
         rg.addWidget(self.scope_banner)
@@ -320,7 +234,7 @@ class ModelPanel(QWidget):
         prow.addWidget(self.sal_progress, 1)
         prow.addWidget(self.sal_cancel)
         form.addRow(prow)
-        self.saliency_note = _plain_label()
+        self.saliency_note = plain_label()
         self.saliency_note.setStyleSheet("color: #b36b00; font-weight: bold;")
         self.saliency_note.setVisible(False)
         form.addRow(self.saliency_note)
@@ -344,35 +258,16 @@ class ModelPanel(QWidget):
         sl.addWidget(sal_group)
         sl.addStretch(1)
 
-        self.batch_button = QPushButton("Run on all open series")
+        self.worklist_tab = batch = WorklistTab(self.state)
+        # the tab's widgets, by the names the panel's users know
+        self.batch_button, self.export_button = batch.batch_button, batch.export_button
+        self.worklist, self.batch_status = batch.worklist, batch.batch_status
+        self.batch_progress, self.batch_cancel = batch.batch_progress, batch.batch_cancel
         self.batch_button.clicked.connect(self.run_batch)
-        self.export_button = QPushButton("Export CSV...")
         self.export_button.clicked.connect(self._export_dialog)
-        self.worklist = QTableWidget(0, 0)
-        self.worklist.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.worklist.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.worklist.setSortingEnabled(True)
-        self.worklist.verticalHeader().setVisible(False)
-        self.worklist.horizontalHeader().setStretchLastSection(True)  # Warnings visible
-        self.worklist.cellDoubleClicked.connect(self._open_row)
-        self.batch_progress = QProgressBar()
-        self.batch_progress.setVisible(False)
-        self.batch_cancel = QPushButton("Cancel")
-        self.batch_cancel.setVisible(False)
         self.batch_cancel.clicked.connect(lambda: self.jobs.cancel("batch"))
-        self.batch_status = _plain_label()
-        batch = QWidget()
-        bl = QVBoxLayout(batch)
-        brow = QHBoxLayout()
-        brow.addWidget(self.batch_button)
-        brow.addWidget(self.export_button)
-        bl.addLayout(brow)
-        prow = QHBoxLayout()
-        prow.addWidget(self.batch_progress, 1)
-        prow.addWidget(self.batch_cancel)
-        bl.addLayout(prow)
-        bl.addWidget(self.batch_status)
-        bl.addWidget(self.worklist)
+        batch.open_requested.connect(self.open_requested)
+        batch.width_wanted.connect(self.width_wanted)
 
         tabs = QTabWidget()
         # scrolls rather than squeezing widgets over each other when the reasons are long
@@ -391,8 +286,6 @@ class ModelPanel(QWidget):
         events = self.state.events
         events.result.connect(self._render_result)
         events.saliency.connect(self._render_saliency)
-        events.worklist_reset.connect(self._set_worklist_headers)
-        events.worklist_row.connect(self._add_worklist_row)
         self.refresh_models()
 
     # the state this panel renders, by the names its users read
@@ -511,51 +404,12 @@ class ModelPanel(QWidget):
             self.run()
 
     def show_card(self) -> None:
-        """The model card: where the model was checked (a table, from the validated
-        card), then its README and card.json as plain text."""
-        from medview.models.card import NO_GATE, NOT_CHECKED, gate_summary, where_checked
-
+        """The model card dialog of the chosen model (non-modal)."""
         card = self.current_card()
         if card is None:
             return
-        dlg = QDialog(self)
-        dlg.setWindowTitle(f"Model card: {card.name}")
-        sc = card.card.scope
-        head = _plain_label("Where this model was checked - " + (
-            f"trust gate: {gate_summary(card.card)}" if sc is not None else NO_GATE))
-        head.setStyleSheet("font-weight: bold;")
-        rows = where_checked(card.card)
-        table = QTableWidget(len(rows), 3)
-        table.setHorizontalHeaderLabels(["Where", "Images", "Result"])
-        table.verticalHeader().setVisible(False)
-        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        for r, cells in enumerate(rows):
-            for c, value in enumerate(cells):
-                table.setItem(r, c, QTableWidgetItem(value))
-        table.resizeColumnsToContents()
-        table.horizontalHeader().setStretchLastSection(True)
-        known = _plain_label(
-            (f"Known failure modes: {sc.known_failures}\n" if sc and sc.known_failures
-             else "") + NOT_CHECKED)
-        readme = MarkdownView()
-        readme.setMarkdown(card_readme(card))
-        raw = QPlainTextEdit()
-        raw.setReadOnly(True)
-        raw.setPlainText(json.dumps(card.data, indent=2))
-        docs = QTabWidget()
-        docs.addTab(readme, "README")
-        docs.addTab(raw, "card.json")
-        lay = QVBoxLayout(dlg)
-        lay.addWidget(head)
-        lay.addWidget(table, 2)
-        lay.addWidget(known)
-        lay.addWidget(docs, 3)
-        dlg.resize(900, 760)
-        dlg.setModal(False)
-        dlg.show()
-        self._card_dialog = dlg
-        self._card_table = table
-        self._card_readme = readme
+        self._card_dialog = ModelCardDialog(card, self)
+        self._card_dialog.show()
 
     # ------------------------------------------------------------------ image in view
     def set_image(self, volume: ImageVolume | None, index: int) -> None:
@@ -820,12 +674,8 @@ class ModelPanel(QWidget):
                                                    backend=backend)
             return list(scored)
 
-        self.state.start_worklist(card.classes)  # rendered by _set_worklist_headers
-        self.batch_progress.setRange(0, len(volumes))
-        self.batch_progress.setValue(0)
-        self.batch_progress.setVisible(True)
-        self.batch_cancel.setVisible(True)
-        self.batch_status.setText(f"Scoring {len(volumes)} series...")
+        self.state.start_worklist(card.classes)  # rendered by the worklist tab
+        self.worklist_tab.start(len(volumes))
         j = self.jobs.start("batch", job)
         j.progress.connect(lambda step, jj=j: self._on_batch_step(jj, step))
         j.succeeded.connect(lambda items, jj=j: self._on_batch(jj, items, card.classes))
@@ -834,41 +684,12 @@ class ModelPanel(QWidget):
             jj, f"Cancelled after {len(self.state.worklist)} of {len(volumes)} series; the rows "
                 "scored so far are kept."))
 
-    def _set_worklist_headers(self, classes) -> None:
-        headers = ["Series", "Patient / study", "Predicted", *[f"p({c})" for c in classes],
-                   "In scope", "Warnings"]
-        self.worklist.setSortingEnabled(False)
-        self.worklist.clear()
-        self.worklist.setRowCount(0)
-        self.worklist.setColumnCount(len(headers))
-        self.worklist.setHorizontalHeaderLabels(headers)
-
-    def _add_worklist_row(self, k: int) -> None:
-        """Append row ``k`` of the worklist to the table (sorting off while filling)."""
-        row = self.state.worklist[k]
-        p, shown = row.prediction, row.presented
-        grey = QColor("#9a9a9a")
-        cells = [QTableWidgetItem(row.description), QTableWidgetItem(study_text(row.volume)),
-                 QTableWidgetItem(shown.label_text)]
-        for c in p.classes:
-            cells.append(NumberItem(None if shown.probabilities is None
-                                    else float(shown.probabilities[c])))
-        cells.append(QTableWidgetItem(shown.scope_text))
-        cells.append(QTableWidgetItem("; ".join(shown.notes)))
-        cells[0].setData(Qt.ItemDataRole.UserRole, k)  # which worklist entry, after sorting
-        r = self.worklist.rowCount()
-        self.worklist.insertRow(r)
-        for c, item in enumerate(cells):
-            if p.withheld:
-                item.setForeground(grey)
-            self.worklist.setItem(r, c, item)
-
     def _on_batch_step(self, job, step) -> None:
         if not self.jobs.is_current(job):
             return
         item = getattr(step, "item", None)
         if item is not None:
-            self.state.add_scored(item)  # rendered by _add_worklist_row
+            self.state.add_scored(item)  # rendered by the worklist tab
             self.batch_status.setText(f"Scored {step.done} of {step.total} series...")
         self.batch_progress.setRange(0, max(step.total, 1))
         self.batch_progress.setValue(step.done)
@@ -876,31 +697,7 @@ class ModelPanel(QWidget):
     def _end_batch(self, job, text: str) -> None:
         if not self.jobs.is_current(job) and self.jobs.current("batch") is not None:
             return
-        self.batch_progress.setVisible(False)
-        self.batch_cancel.setVisible(False)
-        self.worklist.setSortingEnabled(True)
-        self._fit_columns()
-        self.batch_status.setText(text)
-
-    #: names are cut (the full text is in the tooltip) so the result columns stay in view
-    NAME_COLUMN_MAX = 140
-    WORKLIST_MAX_WIDTH = 760
-
-    def _fit_columns(self) -> None:
-        t = self.worklist
-        t.resizeColumnsToContents()
-        for c in (0, 1):  # Series, Patient / study
-            if t.columnWidth(c) > self.NAME_COLUMN_MAX:
-                t.setColumnWidth(c, self.NAME_COLUMN_MAX)
-        for r in range(t.rowCount()):
-            for c in (0, 1):
-                item = t.item(r, c)
-                if item is not None:
-                    item.setToolTip(plain_tooltip(item.text()))
-        # ask for the room the results need (the dock widens once; the user can still
-        # narrow it, and the table then scrolls)
-        need = sum(t.columnWidth(c) for c in range(t.columnCount())) + 40
-        self.width_wanted.emit(min(need, self.WORKLIST_MAX_WIDTH))
+        self.worklist_tab.end(text)
 
     def _on_batch(self, job, items, classes) -> None:
         if not self.jobs.is_current(job):
@@ -912,12 +709,6 @@ class ModelPanel(QWidget):
         self._end_batch(job, text + " Double-click a row to open it.")
         self.status.setText(text)
         self.batch_finished.emit(rows)
-
-    def _open_row(self, row: int, _col: int) -> None:
-        item = self.worklist.item(row, 0)
-        k = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
-        if k is not None and 0 <= k < len(self.state.worklist):
-            self.open_requested.emit(self.state.worklist[k].volume)
 
     def export_csv(self, path: str) -> None:
         card = self.current_card()

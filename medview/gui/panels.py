@@ -10,6 +10,7 @@ from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -24,6 +25,15 @@ from medview.core.volume import ImageVolume, SkippedFile
 from medview.imaging import render_slice
 
 THUMB = 72
+
+
+def plain_label(text: str = "", wrap: bool = True) -> QLabel:
+    """A label that shows ``text`` literally (never as rich text), selectable."""
+    lab = QLabel(text)
+    lab.setTextFormat(Qt.TextFormat.PlainText)
+    lab.setWordWrap(wrap)
+    lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return lab
 
 
 def plain_tooltip(text: str) -> str:

@@ -230,7 +230,7 @@ def test_model_card_dialog_leads_with_where_the_model_was_checked(qtbot, ai_wind
     panel = win.model_panel
     panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
     panel.show_card()
-    table = panel._card_table
+    table = panel._card_dialog.table
     where = [table.item(r, 0).text() for r in range(table.rowCount())]
     assert where[0].startswith("internal test split")
     assert any("inverted" in w for w in where)
@@ -346,7 +346,7 @@ def test_card_readme_is_rendered_markdown_and_loads_nothing(qtbot, ai_window, tm
     panel = win.model_panel
     panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
     panel.show_card()
-    view = panel._card_readme
+    view = panel._card_dialog.readme
     assert "# " not in view.toPlainText().splitlines()[0]  # a heading, not raw Markdown
     assert view.document().toMarkdown().startswith("#")
     fifo = tmp_path / "fifo"
@@ -357,7 +357,7 @@ def test_card_readme_is_rendered_markdown_and_loads_nothing(qtbot, ai_window, tm
 
 
 def test_safe_markdown_drops_images_links_and_references():
-    from medview.gui.model_panel import safe_markdown
+    from medview.gui.model_card import safe_markdown
 
     md = "# T\n![chart](/dev/zero) see [the site](http://x.test) <http://y.test>\n[r]: /etc/x\n"
     out = safe_markdown(md)
