@@ -18,6 +18,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check medview tests benchmarks scripts packaging
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
@@ -31,6 +32,7 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medview tests benchmarks scripts packaging
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # The desktop app: a one-folder PyInstaller bundle in dist/medview/ (see packaging/README.md).
 package: $(STAMP)

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import bench_trust_gate as B
 from medview.inference import scope
+from medview.models.card import SCOPE_METHODS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     probs = pred.probabilities(te[scope.LOGITS]) if same else None  # AUC only if comparable
     positive = card.classes.index(card.positive_class) if card.positive_class else 1
     compare = {}
-    for method in scope.METHODS:
+    for method in SCOPE_METHODS:
         for pct in (97.5, 99.0):
             gate = scope.fit_gate(method, tr, ty, va, pct, stages)
             rep = B.benchmark(gate, te, yte, probs, ood, benign, positive)

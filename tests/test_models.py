@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from medview.models.card import CardError, read_card, validate_card
+from medview.models.card import Card, CardError, read_card
 from medview.models.loading import load_model
 from medview.models.registry import discover_models
 from medview.models.weights import WeightsError
@@ -59,7 +59,7 @@ def test_broken_cards_are_refused_with_a_clear_reason(model_copy, mutate, messag
     card = _card(model_copy)
     mutate(card)
     with pytest.raises(CardError, match=message):
-        validate_card(card)
+        Card.from_dict(card)
 
 
 def test_broken_card_does_not_stop_other_models(model_copy, monkeypatch):

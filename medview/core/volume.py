@@ -110,6 +110,12 @@ class ImageVolume:
         if self.rescale_intercept is None:
             self.rescale_intercept = np.zeros(n)
 
+    def rescale(self, index: int) -> tuple[float, float]:
+        """(slope, intercept) of the modality LUT of slice ``index``."""
+        slope, intercept = self.rescale_slope, self.rescale_intercept
+        return (1.0 if slope is None else float(slope[index]),
+                0.0 if intercept is None else float(intercept[index]))
+
     @property
     def n_slices(self) -> int:
         return int(self.pixels.shape[0])

@@ -23,9 +23,7 @@ def modality_slice(volume: ImageVolume, index: int) -> np.ndarray:
     stored = volume.pixels[index]
     if volume.is_rgb:
         return stored.astype(np.float32)
-    return apply_modality_lut(
-        stored, float(volume.rescale_slope[index]), float(volume.rescale_intercept[index])
-    )
+    return apply_modality_lut(stored, *volume.rescale(index))
 
 
 def render_slice(
@@ -58,6 +56,5 @@ def value_at(volume: ImageVolume, index: int, row: int, col: int) -> float | tup
     stored = volume.pixels[index, row, col]
     if volume.is_rgb:
         return tuple(int(v) for v in stored)
-    return float(stored) * float(volume.rescale_slope[index]) + float(
-        volume.rescale_intercept[index]
-    )
+    slope, intercept = volume.rescale(index)
+    return float(stored) * slope + intercept

@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import threading
+from typing import Protocol
 
 import numpy as np
 
@@ -40,6 +41,24 @@ BACKEND_LABELS = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
 
 class BackendError(ValueError):
     """A backend was asked for that this model or machine cannot run."""
+
+
+class Backend(Protocol):
+    """What the :class:`~medview.inference.predictor.Predictor` runs a model on."""
+
+    #: "torch" or "onnx"
+    name: str
+    #: where it computes ("cpu", "cuda", "mps"); a GPU backend may fall back to "cpu"
+    device: str
+    #: notes for the user about how it runs (e.g. a GPU fallback), shown once each
+    notices: list[str]
+
+    def run(self, batch: np.ndarray, batch_size: int = 16,
+            maps: bool = False) -> dict[str, np.ndarray]:
+        """One forward pass of a prepared batch (N, C, H, W float32): the logits, the
+        pre-logit embedding, the gate's stage statistics (and the last feature maps with
+        ``maps``, where the backend has them)."""
+        ...
 
 
 def cpu_threads() -> int:
@@ -173,6 +192,7 @@ class OnnxBackend:
             raise WeightsError(f"exported graph refused: it lacks the trust gate's stage "
                                f"{missing[0]!r}")
         self.thumbnail = gate is not None and scope.INPUT_STAGE in gate.stages
+        self.notices: list[str] = []
         try:
             self.session = ort_session(data)
         except Exception as exc:  # ONNX Runtime's own errors are plain RuntimeErrors
@@ -198,7 +218,8 @@ class OnnxBackend:
         bias does not enter Grad-CAM), read from the verified weights file once."""
         from medview.models.weights import read_tensor
 
-        name = self.card.card.graph.cam_head
+        graph = self.card.card.graph
+        name = graph.cam_head if graph is not None else ""
         if not name:
             raise BackendError("this model's graph has no verified linear head")
         if self._head is None:
@@ -289,7 +310,7 @@ class TorchBackend:
                         continue
                     self.model = self.model.to("cpu")
                     self.device = "cpu"
-                    if self.scorer is not None:
+                    if self.scorer is not None and self.gate is not None:
                         self.scorer = TorchScorer(self.gate, "cpu")
                     notice = "GPU out of memory: the model now runs on the CPU"
                     if notice not in self.notices:

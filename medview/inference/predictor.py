@@ -109,18 +109,18 @@ class Predictor:
         self.gate = load_gate(card)
         t = time.perf_counter()
         name, dev = backends.resolve(card, device, backend)
-        self.engine = None
+        engine: backends.Backend | None = None
         if name == "onnx":
             try:
-                self.engine = backends.OnnxBackend(card, self.gate)
+                engine = backends.OnnxBackend(card, self.gate)
             except WeightsError as exc:
                 if backend == "onnx":
                     raise
                 # the graph is an accelerator, never a requirement: torch still runs
                 self.notices.append(f"{exc}; the model runs on PyTorch instead")
                 log.warning("exported graph refused; falling back to torch")
-        if self.engine is None:
-            self.engine = backends.TorchBackend(card, dev, self.gate)
+        self.engine: backends.Backend = (
+            engine if engine is not None else backends.TorchBackend(card, dev, self.gate))
         self.load_ms = (time.perf_counter() - t) * 1000
         self._torch_model = None
 
@@ -154,6 +154,10 @@ class Predictor:
     @property
     def tap(self):
         """The torch backend's stage tap (fitting and tests)."""
+        from medview.inference.backends import TorchBackend
+
+        if not isinstance(self.engine, TorchBackend):
+            raise ValueError("the stage tap needs the PyTorch backend")
         return self.engine.tap
 
     # ------------------------------------------------------------------ preparation
@@ -175,7 +179,7 @@ class Predictor:
         (graph backend) also the last feature maps."""
         with self.lock:
             out = self.engine.run(batch, batch_size, maps=maps)
-        for notice in getattr(self.engine, "notices", ()):
+        for notice in self.engine.notices:
             if notice not in self.notices:
                 self.notices.append(notice)
         return out
@@ -239,7 +243,7 @@ class Predictor:
         label, decision = self.decide(probs)
         reasons = list(prep.reasons)
         limit = None
-        if score is not None:
+        if score is not None and self.gate is not None:
             limit = float(self.gate.limit)
             if not score <= limit:  # NaN is out of scope too
                 reasons.insert(0, scope.content_reason(score, limit))

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-METHODS = ("mahalanobis", "knn", "energy", "combined", "multi_depth")
+from medview.models.card import SCOPE_METHODS
+
 DEFAULT_METHOD = "multi_depth"
 #: The limit: this percentile of the validation images' scores (see ``fit_gate``).
 DEFAULT_PERCENTILE = 99.0
@@ -222,8 +223,9 @@ def fit_gate(method: str, train: dict[str, np.ndarray], train_labels: np.ndarray
     validation images' scores (so about ``percentile`` % of in-distribution images pass).
     ``multi_depth`` scores each of ``stages`` (names of ``train``'s arrays; the
     pre-logits may be one, and are then class-conditional)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown scope method {method!r}; use one of {', '.join(METHODS)}")
+    if method not in SCOPE_METHODS:
+        raise ValueError(f"unknown scope method {method!r}; use one of "
+                         f"{', '.join(SCOPE_METHODS)}")
     stats: dict[str, np.ndarray] = {}
     labels = np.asarray(train_labels)
     if method == "multi_depth":

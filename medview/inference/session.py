@@ -128,7 +128,8 @@ class InferenceSession:
         _check(cancel)
         yield Progress(1, 2, "saliency")
         k = card.classes.index(target)
-        if method == "gradcam" and pred.backend == "onnx" and card.card.graph.cam_head:
+        graph = card.card.graph
+        if method == "gradcam" and pred.backend == "onnx" and graph and graph.cam_head:
             return cam_for_slice(pred, p.tensor, k, (volume.rows, volume.cols))
         from medview.explain import saliency_for_slice
 
@@ -206,9 +207,12 @@ def cam_for_slice(pred: Predictor, tensor: np.ndarray, target: int,
     and resized back to the slice's ``shape`` = (rows, cols)."""
     from medview.explain.saliency import normalise_map
     from medview.imaging.model_input import resize_map
-    from medview.inference.backends import class_activation_map
+    from medview.inference.backends import OnnxBackend, class_activation_map
 
+    engine = pred.engine
+    if not isinstance(engine, OnnxBackend):
+        raise ValueError("a class activation map from the graph needs the graph backend")
     feats = pred.forward(tensor[np.newaxis], maps=True)
-    weight = pred.engine.head()
+    weight = engine.head()
     cam = class_activation_map(feats["feature_maps"][0], weight, target, tensor.shape[-2:])
     return np.clip(resize_map(normalise_map(cam), shape), 0, 1)

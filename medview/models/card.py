@@ -13,7 +13,7 @@ import math
 import os
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 
 from medview.core.errors import MedviewError
 from medview.core.modeling import Preprocessing
@@ -30,6 +30,8 @@ GRAPH_FILE = "graph.onnx"
 GRAPH_FORMATS = ("onnx",)
 MAX_GRAPH_TOLERANCE = 1e-3
 #: Out-of-distribution methods a card may name (implemented in medview.inference.scope).
+#: The trust gate's out-of-distribution methods (medview.inference.scope implements them;
+#: this is the one list, read by the card's checks, the gate fitting and the scripts)
 SCOPE_METHODS = ("mahalanobis", "knn", "energy", "combined", "multi_depth")
 #: A feature stage is a module path inside the model: names and dots only.
 STAGE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}(\.[A-Za-z0-9_]{1,64}){0,7}")
@@ -68,196 +70,95 @@ class CardError(MedviewError):
         self.reason = reason
 
 
-# field -> (type(s), required)
-_TOP: dict[str, tuple[Any, bool]] = {
-    "schema_version": (int, True),
-    "id": (str, True),
-    "name": (str, True),
-    "version": (str, True),
-    "parent": (dict, True),
-    "architecture": (dict, True),
-    "classes": (list, True),
-    "output_activation": (str, True),
-    "thresholds": (dict, True),
-    "decision": (dict, True),
-    "calibration": (dict, True),
-    "input": (dict, True),
-    "preprocessing": (dict, True),
-    "metrics": (dict, True),
-    "training_data": (dict, True),
-    "training": (dict, True),
-    "intended_use": (str, True),
-    "out_of_scope": (str, True),
-    "limitations": (list, True),
-    "weights": (dict, True),
-    "license": (str, True),
-    "flags": (list, False),
-    "description": (str, False),
-    "changelog": (list, False),
-    "scope": (dict, False),
-    "graph": (dict, False),
-}
+def _hex64(value: str, where: str, name: str) -> None:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise CardError(where, f"{name} must be 64 lowercase hex digits")
 
 
-def _require(card: dict, path: str, key: str, typ, where: str):
-    if key not in card:
-        raise CardError(where, f"missing field {path}{key}")
-    value = card[key]
-    if typ is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
-    if not ok:
-        name = typ.__name__ if isinstance(typ, type) else str(typ)
-        raise CardError(where, f"field {path}{key} must be {name}")
-    return value
+def _type_ok(value: Any, tp: Any) -> bool:
+    """Whether a JSON value has the type a card field declares (the outer type: lists'
+    and objects' contents are checked by the section's rules)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is Any:
+        return True
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict or hasattr(tp, "__dataclass_fields__"):
+        return isinstance(value, dict)
+    return isinstance(value, tp)
 
 
-def validate_card(card: Any, where: str = "card.json") -> dict:
-    """Check a card's structure and values; return it unchanged or raise :class:`CardError`."""
-    if not isinstance(card, dict):
-        raise CardError(where, "a card must be a JSON object")
-    version = card.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise CardError(where, f"unsupported schema_version {version!r} (expected "
-                               f"{SCHEMA_VERSION})")
-    for key, (typ, required) in _TOP.items():
-        if required or key in card:
-            _require(card, "", key, typ, where)
-    unknown = set(card) - set(_TOP)
-    if unknown:
-        raise CardError(where, f"unknown field(s): {', '.join(sorted(unknown))}")
-    if not card["id"] or any(c in card["id"] for c in "/\\:") or card["id"].startswith("."):
-        raise CardError(where, "id must be a plain name (no slashes)")
-    arch = card["architecture"]
-    arch_name = _require(arch, "architecture.", "name", str, where)
-    if not ARCH_NAME.fullmatch(arch_name):
-        raise CardError(where, "architecture.name must be a plain timm model name (letters, "
-                               "digits, underscores; no hub or folder prefixes)")
-    for key, value in _require(arch, "architecture.", "args", dict, where).items():
-        check = ARCH_ARGS.get(key)
-        if check is None:
-            raise CardError(where, f"architecture.args.{key} is not allowed (allowed: "
-                                   f"{', '.join(ARCH_ARGS)})")
-        if not check(value):
-            raise CardError(where, f"architecture.args.{key} has an invalid value {value!r}")
-    classes = card["classes"]
-    if len(classes) < 2:
-        raise CardError(where, "a classifier needs at least two classes")
-    names = []
-    for k, c in enumerate(classes):
-        if not isinstance(c, dict):
-            raise CardError(where, f"classes[{k}] must be an object")
-        names.append(_require(c, f"classes[{k}].", "name", str, where))
-        _require(c, f"classes[{k}].", "description", str, where)
-    if len(set(names)) != len(names):
-        raise CardError(where, "class names must be unique")
-    if card["output_activation"] not in ("softmax", "sigmoid"):
-        raise CardError(where, "output_activation must be softmax or sigmoid")
-    for cls, thr in card["thresholds"].items():
-        if cls not in names:
-            raise CardError(where, f"threshold for unknown class {cls!r}")
-        if not isinstance(thr, (int, float)) or not 0.0 <= thr <= 1.0:
-            raise CardError(where, f"threshold for {cls!r} must be in [0, 1]")
-    decision = card["decision"]
-    rule = _require(decision, "decision.", "rule", str, where)
-    positive = decision.get("positive_class")
-    if positive is not None and positive not in names:
-        raise CardError(where, f"decision.positive_class {positive!r} is not a class")
-    if not rule:
-        raise CardError(where, "decision.rule must say how the label is chosen")
-    temp = _require(card["calibration"], "calibration.", "temperature", float, where)
-    if not temp > 0:
-        raise CardError(where, "calibration.temperature must be positive")
-    pre = card["preprocessing"]
-    size = _require(pre, "preprocessing.", "size", list, where)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool)
-                                 and 8 <= s <= MAX_INPUT_SIDE for s in size):
-        raise CardError(where, f"preprocessing.size must be [height, width], each 8 to "
-                               f"{MAX_INPUT_SIDE} pixels")
-    channels = _require(pre, "preprocessing.", "channels", int, where)
-    if channels not in (1, 3):
-        raise CardError(where, "preprocessing.channels must be 1 or 3")
-    for key in ("mean", "std"):
-        vals = _require(pre, "preprocessing.", key, list, where)
-        if len(vals) != channels or not all(isinstance(v, (int, float)) for v in vals):
-            raise CardError(where, f"preprocessing.{key} needs one number per channel")
-    if any(v <= 0 for v in pre["std"]):
-        raise CardError(where, "preprocessing.std must be positive")
-    if pre.get("interpolation", "bilinear") not in ("bilinear", "bicubic", "nearest", "area"):
-        raise CardError(where, "preprocessing.interpolation is not supported")
-    if pre.get("window", "display") != "display":
-        raise CardError(where, "preprocessing.window must be 'display'")
-    inp = card["input"]
-    _require(inp, "input.", "modalities", list, where)
-    _require(inp, "input.", "dimensionality", str, where)
-    weights = card["weights"]
-    sha = _require(weights, "weights.", "sha256", str, where)
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise CardError(where, "weights.sha256 must be 64 lowercase hex digits")
-    if _require(weights, "weights.", "file", str, where) != WEIGHTS_FILE:
-        raise CardError(where, f"weights.file must be {WEIGHTS_FILE}")
-    if "scope" in card:
-        _validate_scope(card["scope"], where)
-    if "graph" in card:
-        _validate_graph(card["graph"], where)
-    return card
+def _type_name(tp: Any) -> str:
+    import typing
+
+    tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    origin = typing.get_origin(tp) or tp
+    if origin is list:
+        return "list"
+    if origin is dict or hasattr(tp, "__dataclass_fields__"):
+        return "dict"
+    return getattr(origin, "__name__", str(origin))
 
 
-def _validate_graph(graph: dict, where: str) -> None:
-    if _require(graph, "graph.", "file", str, where) != GRAPH_FILE:
-        raise CardError(where, f"graph.file must be {GRAPH_FILE}")
-    if _require(graph, "graph.", "format", str, where) not in GRAPH_FORMATS:
-        raise CardError(where, f"graph.format must be one of {', '.join(GRAPH_FORMATS)}")
-    sha = _require(graph, "graph.", "sha256", str, where)
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise CardError(where, "graph.sha256 must be 64 lowercase hex digits")
-    tol = _require(graph, "graph.", "tolerance", float, where)
-    if not 0.0 < tol <= MAX_GRAPH_TOLERANCE:
-        raise CardError(where, f"graph.tolerance must be in (0, {MAX_GRAPH_TOLERANCE}]")
-    diff = _require(graph, "graph.", "max_abs_diff", float, where)
-    if not (math.isfinite(diff) and diff >= 0):
-        raise CardError(where, "graph.max_abs_diff must be a finite number >= 0")
-    head = graph.get("cam_head", "")
-    if not isinstance(head, str) or (head and not STAGE_NAME.fullmatch(head)):
-        raise CardError(where, "graph.cam_head must be a module name (letters, digits, "
-                               "underscores, dots) or empty")
-    outputs = _require(graph, "graph.", "outputs", list, where)
-    if len(outputs) > 16 or not all(isinstance(n, str) and STAGE_NAME.fullmatch(n)
-                                    for n in outputs):
-        raise CardError(where, "graph.outputs must be at most 16 output names")
+class Section:
+    """A part of the card that parses and validates itself: :meth:`parse` checks that
+    every required field is there, that no unknown one is, and each field's type (from
+    the dataclass's own annotations), builds the section (nested sections parsed the
+    same way) and runs :meth:`check`, the section's value rules."""
 
+    @classmethod
+    def parse(cls, data: Any, where: str = "card.json", path: str = "") -> Self:
+        import types
+        import typing
 
-def _validate_scope(scope: dict, where: str) -> None:
-    method = _require(scope, "scope.", "method", str, where)
-    if method not in SCOPE_METHODS:
-        raise CardError(where, f"scope.method must be one of {', '.join(SCOPE_METHODS)}")
-    if _require(scope, "scope.", "file", str, where) != SCOPE_FILE:
-        raise CardError(where, f"scope.file must be {SCOPE_FILE}")
-    sha = _require(scope, "scope.", "sha256", str, where)
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise CardError(where, "scope.sha256 must be 64 lowercase hex digits")
-    limit = _require(scope, "scope.", "limit", float, where)
-    if not math.isfinite(limit):
-        raise CardError(where, "scope.limit must be a finite number")
-    pct = _require(scope, "scope.", "percentile", float, where)
-    if not 50.0 <= pct <= 100.0:
-        raise CardError(where, "scope.percentile must be between 50 and 100")
-    stages = scope.get("stages", [])
-    if not isinstance(stages, list) or len(stages) > 8 or not all(
-            isinstance(n, str) and STAGE_NAME.fullmatch(n) for n in stages):
-        raise CardError(where, "scope.stages must be at most 8 module names (letters, digits, "
-                               "underscores, dots)")
-    for key in ("body_parts", "view_positions"):
-        vals = scope.get(key, [])
-        if not isinstance(vals, list) or not all(isinstance(v, str) and v for v in vals):
-            raise CardError(where, f"scope.{key} must be a list of DICOM defined terms")
-    age = scope.get("age_years")
-    if age is not None and not (
-            isinstance(age, list) and len(age) == 2
-            and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in age)
-            and 0 <= age[0] <= age[1] <= 150):
-        raise CardError(where, "scope.age_years must be [youngest, oldest] in years, 0 to 150")
+        if not isinstance(data, dict):
+            raise CardError(where, f"{path.rstrip('.') or 'a card'} must be a JSON object")
+        hints = typing.get_type_hints(cls)
+        spec: Any = cls  # a dataclass (every section is one)
+        names = {f.name for f in fields(spec)}
+        unknown = set(data) - names
+        if unknown:
+            inside = f" in {path.rstrip('.')}" if path else ""
+            raise CardError(where, f"unknown field(s){inside}: {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for f in fields(spec):
+            required = f.default is MISSING and f.default_factory is MISSING
+            if f.name not in data:
+                if required:
+                    raise CardError(where, f"missing field {path}{f.name}")
+                continue
+            value, tp = data[f.name], hints[f.name]
+            if not _type_ok(value, tp):
+                raise CardError(where, f"field {path}{f.name} must be {_type_name(tp)}")
+            options = (typing.get_args(tp) if typing.get_origin(tp) in (
+                typing.Union, types.UnionType) else (tp,))
+            section = next((a for a in options
+                            if isinstance(a, type) and issubclass(a, Section)), None)
+            if section is not None and value is not None:
+                value = section.parse(value, where, f"{path}{f.name}.")
+            elif typing.get_origin(tp) is list:
+                (item,) = typing.get_args(tp)
+                if isinstance(item, type) and issubclass(item, Section):
+                    value = [item.parse(v, where, f"{path}{f.name}[{k}].")
+                             for k, v in enumerate(value)]
+            kwargs[f.name] = value
+        obj = cls(**kwargs)
+        obj.check(where)
+        return obj
+
+    def check(self, where: str) -> None:
+        """The section's value rules (:class:`CardError` when one fails)."""
 
 
 def json_safe(value):
@@ -274,40 +175,62 @@ def json_safe(value):
 
 
 # ---------------------------------------------------------------------- typed card
-# One typed definition of the card. ``validate_card`` checks a JSON document against the
-# rules above; ``Card.from_dict`` builds the typed object from a valid one, ``to_dict``
-# writes it back, and ``card_json_schema`` derives the checked-in JSON Schema
-# (``card.schema.json``) from these classes. New sections go here.
+# One typed definition of the card: each section is a :class:`Section` that parses and
+# checks itself (types from its annotations, values in its ``check``); ``Card.from_dict``
+# builds the typed card from a JSON document, ``to_dict`` writes it back, and
+# ``card_json_schema`` derives the checked-in JSON Schema (``card.schema.json``) from
+# these classes. New sections go here.
 
 
 @dataclass(frozen=True)
-class ClassSpec:
+class ClassSpec(Section):
     name: str
     description: str
 
 
 @dataclass(frozen=True)
-class Architecture:
+class Architecture(Section):
     """A timm architecture from the local registry and its whitelisted arguments."""
 
     name: str
     args: dict[str, Any] = field(default_factory=dict)
 
+    def check(self, where: str) -> None:
+        if not ARCH_NAME.fullmatch(self.name):
+            raise CardError(where, "architecture.name must be a plain timm model name "
+                                   "(letters, digits, underscores; no hub or folder prefixes)")
+        for key, value in self.args.items():
+            rule = ARCH_ARGS.get(key)
+            if rule is None:
+                raise CardError(where, f"architecture.args.{key} is not allowed (allowed: "
+                                       f"{', '.join(ARCH_ARGS)})")
+            if not rule(value):
+                raise CardError(where, f"architecture.args.{key} has an invalid value "
+                                       f"{value!r}")
+
 
 @dataclass(frozen=True)
-class Decision:
+class Decision(Section):
     rule: str
     positive_class: str | None = None
 
+    def check(self, where: str) -> None:
+        if not self.rule:
+            raise CardError(where, "decision.rule must say how the label is chosen")
+
 
 @dataclass(frozen=True)
-class Calibration:
+class Calibration(Section):
     temperature: float
     method: str = ""
 
+    def check(self, where: str) -> None:
+        if not self.temperature > 0:
+            raise CardError(where, "calibration.temperature must be positive")
+
 
 @dataclass(frozen=True)
-class InputSpec:
+class InputSpec(Section):
     modalities: list[str]
     dimensionality: str
     photometric: str = ""
@@ -315,7 +238,7 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
-class PreprocessingSpec:
+class PreprocessingSpec(Section):
     size: list[int]
     channels: int
     mean: list[float]
@@ -323,15 +246,39 @@ class PreprocessingSpec:
     interpolation: str = "bilinear"
     window: str = "display"
 
+    def check(self, where: str) -> None:
+        if len(self.size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                          and 8 <= v <= MAX_INPUT_SIDE for v in self.size):
+            raise CardError(where, f"preprocessing.size must be [height, width], each 8 to "
+                                   f"{MAX_INPUT_SIDE} pixels")
+        if self.channels not in (1, 3):
+            raise CardError(where, "preprocessing.channels must be 1 or 3")
+        for key in ("mean", "std"):
+            vals = getattr(self, key)
+            if len(vals) != self.channels or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                raise CardError(where, f"preprocessing.{key} needs one number per channel")
+        if any(v <= 0 for v in self.std):
+            raise CardError(where, "preprocessing.std must be positive")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest", "area"):
+            raise CardError(where, "preprocessing.interpolation is not supported")
+        if self.window != "display":
+            raise CardError(where, "preprocessing.window must be 'display'")
+
 
 @dataclass(frozen=True)
-class WeightsSpec:
+class WeightsSpec(Section):
     file: str
     sha256: str
 
+    def check(self, where: str) -> None:
+        _hex64(self.sha256, where, "weights.sha256")
+        if self.file != WEIGHTS_FILE:
+            raise CardError(where, f"weights.file must be {WEIGHTS_FILE}")
+
 
 @dataclass(frozen=True)
-class ScopeSpec:
+class ScopeSpec(Section):
     """The trust gate: where the model may answer.
 
     Content: an out-of-distribution ``method`` over the model's own features, its
@@ -356,9 +303,34 @@ class ScopeSpec:
     checked: dict[str, Any] = field(default_factory=dict)
     known_failures: str = ""
 
+    def check(self, where: str) -> None:
+        if self.method not in SCOPE_METHODS:
+            raise CardError(where, f"scope.method must be one of {', '.join(SCOPE_METHODS)}")
+        if self.file != SCOPE_FILE:
+            raise CardError(where, f"scope.file must be {SCOPE_FILE}")
+        _hex64(self.sha256, where, "scope.sha256")
+        if not math.isfinite(self.limit):
+            raise CardError(where, "scope.limit must be a finite number")
+        if not 50.0 <= self.percentile <= 100.0:
+            raise CardError(where, "scope.percentile must be between 50 and 100")
+        if len(self.stages) > 8 or not all(isinstance(n, str) and STAGE_NAME.fullmatch(n)
+                                           for n in self.stages):
+            raise CardError(where, "scope.stages must be at most 8 module names (letters, "
+                                   "digits, underscores, dots)")
+        for key in ("body_parts", "view_positions"):
+            if not all(isinstance(v, str) and v for v in getattr(self, key)):
+                raise CardError(where, f"scope.{key} must be a list of DICOM defined terms")
+        age = self.age_years
+        if age is not None and not (
+                len(age) == 2
+                and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in age)
+                and 0 <= age[0] <= age[1] <= 150):
+            raise CardError(where, "scope.age_years must be [youngest, oldest] in years, "
+                                   "0 to 150")
+
 
 @dataclass(frozen=True)
-class GraphSpec:
+class GraphSpec(Section):
     """The model exported as a graph for a faster runtime (ONNX Runtime on the CPU).
 
     ``file`` (``sha256``) holds the same network as the weights with ``outputs``: the
@@ -383,15 +355,29 @@ class GraphSpec:
     cam_head: str = ""
     speed: dict[str, float] = field(default_factory=dict)
 
+    def check(self, where: str) -> None:
+        if self.file != GRAPH_FILE:
+            raise CardError(where, f"graph.file must be {GRAPH_FILE}")
+        if self.format not in GRAPH_FORMATS:
+            raise CardError(where, f"graph.format must be one of {', '.join(GRAPH_FORMATS)}")
+        _hex64(self.sha256, where, "graph.sha256")
+        if not 0.0 < self.tolerance <= MAX_GRAPH_TOLERANCE:
+            raise CardError(where, f"graph.tolerance must be in (0, {MAX_GRAPH_TOLERANCE}]")
+        if not (math.isfinite(self.max_abs_diff) and self.max_abs_diff >= 0):
+            raise CardError(where, "graph.max_abs_diff must be a finite number >= 0")
+        if self.cam_head and not STAGE_NAME.fullmatch(self.cam_head):
+            raise CardError(where, "graph.cam_head must be a module name (letters, digits, "
+                                   "underscores, dots) or empty")
+        if len(self.outputs) > 16 or not all(isinstance(n, str) and STAGE_NAME.fullmatch(n)
+                                             for n in self.outputs):
+            raise CardError(where, "graph.outputs must be at most 16 output names")
+
 
 _OPTIONAL = ("flags", "description", "changelog", "scope", "graph")
-_SECTIONS = {"architecture": Architecture, "decision": Decision, "calibration": Calibration,
-             "input": InputSpec, "preprocessing": PreprocessingSpec, "weights": WeightsSpec,
-             "scope": ScopeSpec, "graph": GraphSpec}
 
 
 @dataclass(frozen=True)
-class Card:
+class Card(Section):
     """Everything a model card says, typed. Free-form reports (metrics per split,
     training data, recipe, lineage) stay JSON objects."""
 
@@ -425,24 +411,33 @@ class Card:
     @classmethod
     def from_dict(cls, data: Any, where: str = "card.json") -> Card:
         """The typed card of a JSON document, validated (:class:`CardError` otherwise)."""
-        data = validate_card(data, where)
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in data:
-                continue
-            value = data[f.name]
-            section = _SECTIONS.get(f.name)
-            if section is not None:
-                known = {sf.name for sf in fields(section)}
-                extra = set(value) - known
-                if extra:
-                    raise CardError(where, f"unknown field(s) in {f.name}: "
-                                           f"{', '.join(sorted(extra))}")
-                value = section(**value)
-            elif f.name == "classes":
-                value = [ClassSpec(c["name"], c["description"]) for c in value]
-            kwargs[f.name] = value
-        return cls(**kwargs)
+        if not isinstance(data, dict):
+            raise CardError(where, "a card must be a JSON object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:  # before anything else: a newer card has new fields
+            raise CardError(where, f"unsupported schema_version {version!r} (expected "
+                                   f"{SCHEMA_VERSION})")
+        return cls.parse(data, where)
+
+    def check(self, where: str) -> None:
+        if not self.id or any(c in self.id for c in "/\\:") or self.id.startswith("."):
+            raise CardError(where, "id must be a plain name (no slashes)")
+        names = [c.name for c in self.classes]
+        if len(names) < 2:
+            raise CardError(where, "a classifier needs at least two classes")
+        if len(set(names)) != len(names):
+            raise CardError(where, "class names must be unique")
+        if self.output_activation not in ("softmax", "sigmoid"):
+            raise CardError(where, "output_activation must be softmax or sigmoid")
+        for cls, thr in self.thresholds.items():
+            if cls not in names:
+                raise CardError(where, f"threshold for unknown class {cls!r}")
+            if not isinstance(thr, (int, float)) or isinstance(thr, bool) \
+                    or not 0.0 <= thr <= 1.0:
+                raise CardError(where, f"threshold for {cls!r} must be in [0, 1]")
+        positive = self.decision.positive_class
+        if positive is not None and positive not in names:
+            raise CardError(where, f"decision.positive_class {positive!r} is not a class")
 
     def to_dict(self) -> dict:
         """The card as the JSON document it is stored as (optional fields left out when
@@ -552,8 +547,10 @@ NOT_CHECKED = ("Not checked: anything not in this table (other hospitals, scanne
 
 def gate_summary(card: Card) -> str:
     """The trust gate and the population in one paragraph (README, card dialog, wizard);
-    the caller checks that the card has a ``scope``."""
+    :data:`NO_GATE` for a card without a ``scope``."""
     sc = card.scope
+    if sc is None:
+        return NO_GATE
     return (f"{sc.method} out-of-distribution score, limit {sc.limit:.4g} (the "
             f"{sc.percentile:g}th percentile of the validation images' scores; "
             f"{sc.in_distribution_pass_rate:.1%} of them pass). Population: "

@@ -46,8 +46,9 @@ def onnx_schema():
                 raise WeightsError("the exported graph cannot be checked: the onnx package "
                                    "is not installed")
             path = os.path.join(os.path.dirname(spec.origin), "onnx_ml_pb2.py")
-            if os.path.isfile(path):
-                mspec = importlib.util.spec_from_file_location("onnx.onnx_ml_pb2", path)
+            mspec = (importlib.util.spec_from_file_location("onnx.onnx_ml_pb2", path)
+                     if os.path.isfile(path) else None)
+            if mspec is not None and mspec.loader is not None:
                 module = importlib.util.module_from_spec(mspec)
                 mspec.loader.exec_module(module)
                 # registered under its own name, so a later ``import onnx`` reuses it

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from medview.core.errors import MedviewError
 from medview.core.progress import file_sha256
@@ -119,7 +120,7 @@ def load_imagenet_base(base_id: str, num_classes: int | None = None):
         source = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise BaseWeightsError(f"cannot read the {base_id} weights: {exc}") from exc
-    model = timm.create_model(base.architecture, pretrained=False)
+    model: Any = timm.create_model(base.architecture, pretrained=False)  # timm's, untyped
     target = model.state_dict()
     mapped = map_state_dict_in_order(source, list(target), {k: v.shape for k, v in
                                                              target.items()})

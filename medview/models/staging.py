@@ -16,7 +16,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from types import ModuleType
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows

@@ -472,8 +472,8 @@ class DimseClient:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 meta = dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-            ts = meta.file_meta.TransferSyntaxUID
-            metas.append((p, str(meta.file_meta.MediaStorageSOPClassUID), str(ts)))
+            metas.append((p, str(meta.file_meta.MediaStorageSOPClassUID),
+                          str(meta.file_meta.TransferSyntaxUID)))
         ae = _ae(self.settings)
         pairs = sorted({(c, t) for _p, c, t in metas})
         if len(pairs) > 120:

@@ -160,8 +160,9 @@ def load_settings(path: str | None = None) -> PacsSettings:
         return s
     if not isinstance(doc, dict):
         return s
-    typed = {"ae_title": str, "port": int, "cache_dir": str, "cache_limit_mb": int,
-             "timeout_s": (int, float)}
+    typed: dict[str, type | tuple[type, ...]] = {
+        "ae_title": str, "port": int, "cache_dir": str, "cache_limit_mb": int,
+        "timeout_s": (int, float)}
     for key, kind in typed.items():
         if isinstance(doc.get(key), kind) and not isinstance(doc.get(key), bool):
             setattr(s, key, doc[key])

@@ -83,10 +83,11 @@ class WebClient:
             why = "connection refused" if "refused" in str(exc).lower() else _short(exc)
             raise PacsError(f"{self.server.url}: {why}") from None
         except requests.exceptions.HTTPError as exc:
-            code = exc.response.status_code if exc.response is not None else "?"
+            status = exc.response.status_code if exc.response is not None else None
+            code = "?" if status is None else status
             hint = {401: " (the server wants a login)", 403: " (access denied)",
                     404: " (no DICOMweb service at this URL: check the path, e.g. "
-                         "/dicom-web)"}.get(code, "")
+                         "/dicom-web)"}.get(status or 0, "")
             raise PacsError(f"{self.server.url}: HTTP {code}{hint}") from None
 
     def echo(self) -> EchoResult:
