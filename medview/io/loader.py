@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from medview.core.errors import failure_reason, must_propagate
 from medview.core.progress import CancelToken, Progress, drain, relay
@@ -66,6 +67,22 @@ def discover(paths: Iterable[str]) -> tuple[list[str], list[SkippedFile]]:
     return files, skipped
 
 
+class FileReader(Protocol):
+    """A reader of one non-DICOM file (a DICOM series is built from its planned headers
+    by :func:`medview.io.series.iter_build_volume`): the whole file's image, or a typed
+    :class:`~medview.core.errors.LoadError` naming the reason."""
+
+    def __call__(self, unit: LoadUnit) -> ImageVolume: ...
+
+
+def _read_raster_unit(unit: LoadUnit) -> ImageVolume:
+    return read_raster(unit.path)
+
+
+def _read_itk_unit(unit: LoadUnit) -> ImageVolume:
+    return read_itk(unit.path, unit.fmt, list(unit.data_files))
+
+
 @dataclass
 class LoadUnit:
     """What one step of loading reads: a raster or ITK file, or one planned DICOM
@@ -80,6 +97,10 @@ class LoadUnit:
     @property
     def size(self) -> int:
         return len(self.plan.headers) if self.plan is not None else 1
+
+
+#: the reader of each kind of single-file unit
+FILE_READERS: dict[str, FileReader] = {"raster": _read_raster_unit, "itk": _read_itk_unit}
 
 
 def iter_scan(
@@ -131,10 +152,9 @@ def iter_read_unit(
     """Read one unit; a failure costs only this unit (its files are returned as
     skipped, with the reason)."""
     try:
-        if unit.kind == "raster":
-            return read_raster(unit.path), []
-        if unit.kind == "itk":
-            return read_itk(unit.path, unit.fmt, list(unit.data_files)), []
+        reader = FILE_READERS.get(unit.kind)
+        if reader is not None:
+            return reader(unit), []
         return (yield from iter_build_volume(unit.plan, cancel))
     except BaseException as exc:
         if must_propagate(exc):
