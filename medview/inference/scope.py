@@ -13,7 +13,7 @@ validation split, and the statistics stored as safetensors. Three published scor
 ``combined`` normalises each score by its validation mean and spread and takes the
 largest, so that what one score misses another can catch.
 
-``multi_depth`` (the default, chosen on measured numbers: see the README) applies the
+``multi_depth`` (the default, chosen on measured numbers: docs/trust-gate.md) applies the
 Mahalanobis score at several depths of the same forward pass, as Lee et al. do: the
 channel means and standard deviations of the last two feature stages (the last one is
 what the pre-logit embedding is pooled from) and an 8 x 8 thumbnail of the input, one
