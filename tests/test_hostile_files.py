@@ -16,6 +16,7 @@ from medview.imaging import render_slice
 from medview.io import load
 from tests import hostile
 from tests.factory import make_dataset, write, write_series
+from tests.timing import generous
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +58,7 @@ def test_every_hostile_class_in_one_folder_in_seconds_and_bounded_memory(tmp_pat
     shapes = [s["shape"] for s in doc["series"]]
     assert [3, 16, 16] in shapes  # the good series
     assert len(doc["series"]) == 1 + 1 + 5  # + parallel-orientation + numeric-nonsense files
-    assert seconds < 30
+    assert seconds < generous(30)
     assert peak_mib < 1536
 
 
@@ -208,7 +209,7 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path, builder):
     name = builder(str(tmp_path))
     t = time.perf_counter()
     result = load([str(tmp_path / name)])
-    assert time.perf_counter() - t < 5
+    assert time.perf_counter() - t < generous(2)  # decoding the bomb takes minutes
     assert "memory limit" in result.skipped[0].reason
     assert "MEDVIEW_MAX_IMAGE_MEMORY" in result.skipped[0].reason
 

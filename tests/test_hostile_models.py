@@ -19,6 +19,7 @@ from medview.models.card import CardError, read_card
 from medview.models.loading import load_model
 from medview.models.registry import discover_models
 from medview.models.weights import WeightsError
+from tests.timing import generous
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,10 +182,11 @@ def test_huge_sparse_weights_are_refused_in_milliseconds_before_hashing(folder, 
         f.write(struct.pack("<Q", len(header)) + header)
         f.truncate(8 + len(header) + 3 * 1024**3)  # sparse: 3 GiB, no disk used
     monkeypatch.setattr(weights.hashlib, "sha256", no_hashing)
+    import timm  # noqa: F401  (imported before timing: the bound is about the file)
     t = time.perf_counter()
     with pytest.raises(WeightsError, match="do not fit"):
         load_model(read_card(str(folder)))
-    assert time.perf_counter() - t < 1.0
+    assert time.perf_counter() - t < generous(1.0)
 
 
 def test_export_fsyncs_files_and_folder(folder, tmp_path, monkeypatch):

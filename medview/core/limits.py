@@ -20,7 +20,7 @@ ENV_VAR = "MEDVIEW_MAX_IMAGE_MEMORY"
 DEFAULT_BUDGET = 2 * 1024**3
 _MIN_BUDGET = 16 * 1024**2
 
-#: Full-size copies a decoder makes, per reader (measured: see README "Reliability").
+#: Full-size copies a decoder makes, per reader (measured: see docs/reliability.md).
 COPIES_NATIVE_DICOM = 2  # read from the file, copied into the series array
 COPIES_COMPRESSED_DICOM = 3  # decoder's output buffer, pydicom's array, the series array
 COPIES_RASTER = 4  # Pillow's image, a mode conversion, numpy's view copy, the stacked pages

@@ -125,9 +125,9 @@ def cancel_points(model, cancel: CancelToken | None, expected_forwards: int = 0)
 
 
 #: Integrated Gradients' steps per forward pass (captum's ``internal_batch_size``): the
-#: method is allocation-bound on a CPU: 4 steps per pass took 1130 ms against 2172 ms for
-#: all 24 at once and 1454 ms for 8 (benchmarks/bench_backends.py; 3 was as fast, 2
-#: slower), the maps equal to 4e-7. Each pass is also a cancel point.
+#: method is allocation-bound on a CPU, and 4 steps per pass was the fastest choice
+#: (benchmarks/bench_backends.py; docs/performance.md), the maps equal to all-at-once
+#: within 4e-7. Each pass is also a cancel point.
 IG_INTERNAL_BATCH = 4
 
 

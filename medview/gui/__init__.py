@@ -6,8 +6,8 @@ import sys
 def _import_pyqtgraph() -> None:
     """Import pyqtgraph without its CUDA probe: its RawImageWidget (which medview does not
     use) imports NVIDIA's ``cuda.bindings`` when that is installed, as it is beside a CUDA
-    build of torch, and that took 120 ms of every launch. The module is hidden only while
-    pyqtgraph is imported."""
+    build of torch, and that slowed every launch (docs/performance.md). The module is hidden
+    only while pyqtgraph is imported."""
     name = "cuda.bindings.runtime"
     if "pyqtgraph" in sys.modules or name in sys.modules:
         return

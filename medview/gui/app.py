@@ -92,8 +92,8 @@ def application_class():
 
 def prefetch_runtime() -> threading.Thread:
     """Import ONNX Runtime in a background thread while the window is being built: its
-    native module holds the interpreter lock for about 50 ms while it initialises, which
-    would otherwise be a visible stall when the first model loads."""
+    native module holds the interpreter lock while it initialises, which would otherwise
+    be a visible stall when the first model loads."""
 
     def work() -> None:
         try:

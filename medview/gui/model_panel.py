@@ -140,7 +140,7 @@ class ModelPanel(QWidget):
         for key, text in (("auto", "Auto"), ("torch", "PyTorch"), ("onnx", "ONNX Runtime")):
             self.backend_box.addItem(text, key)
         self.backend_box.setToolTip(
-            "Auto: on the CPU, the model's exported graph on ONNX Runtime (2-3x faster) "
+            "Auto: on the CPU, the model's exported graph on ONNX Runtime (faster) "
             "when its card says it agrees with PyTorch; on a GPU, PyTorch.")
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)

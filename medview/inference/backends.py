@@ -273,8 +273,8 @@ class TorchBackend:
         self.gate = gate
         self.model = load_model(card).to(self.device)
         if self.device == "cpu":
-            # NHWC convolutions: 1.4-1.8x faster at batch 16 on this CPU, same outputs
-            # to 1e-6 (benchmarks/bench_backends.py)
+            # NHWC convolutions: faster on the CPU, same outputs to 1e-6
+            # (benchmarks/bench_backends.py, docs/performance.md)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tap = StageTap(self.model, gate.stages if gate else ())
         self.scorer = (TorchScorer(gate, self.device)

@@ -23,11 +23,9 @@ from medview.core.volume import ImageVolume
 from medview.inference.predictor import Predictor, PreparedInput
 from medview.models.card import ModelCard
 
-#: Prepared images per forward pass when scoring a list. Measured per image on a 2-core CPU
-#: (benchmarks/bench_backends.py): channels_last torch 30 ms at batch 1, 19 ms at 8, 32 ms
-#: at 16; ONNX Runtime 13.8, 13.0 and 14.9 ms (torch NCHW was slower in batches, which is
-#: why scoring used to go one by one). Eight also keeps the first worklist row within a
-#: second.
+#: Prepared images per forward pass when scoring a list: the fastest per image on both
+#: backends on a CPU (benchmarks/bench_backends.py; numbers in docs/performance.md), and
+#: small enough that the first worklist row appears quickly.
 SCORING_BATCH = 8
 
 

@@ -273,7 +273,7 @@ def read_itk(path: str, fmt: str, data_files: list[str] | None = None) -> ImageV
             spacing_known = [False, False, False]
             warns.append("no voxel spacing in the header: distances are in voxels")
 
-    import SimpleITK as sitk  # 0.14 s to import: only when such a file is opened
+    import SimpleITK as sitk  # slow to import: only when such a file is opened
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)

@@ -11,7 +11,8 @@ one input ``x`` and the outputs the card lists. Every failure is a
 :class:`~medview.models.weights.WeightsError` and the model falls back to torch.
 
 The check uses ONNX's own protobuf schema (``onnx/onnx_ml_pb2.py``) loaded on its own:
-importing the whole ``onnx`` package takes over a second, the schema 30 ms.
+importing the whole ``onnx`` package costs far more start-up time than the schema
+(docs/performance.md).
 """
 
 from __future__ import annotations
