@@ -20,6 +20,9 @@ from medview.training.engine import train
 from medview.training.types import TrainConfig
 from tests.tiny import write_patch_dataset
 
+# one of the slowest files: `pytest -m "not slow"` leaves it out
+pytestmark = pytest.mark.slow
+
 # a transformer test network: no batch norm, so one process with batch 16 and two
 # processes with batch 8 each compute the same gradients (batch norm on CPU normalises
 # per process; on CUDA medview uses SyncBatchNorm)

@@ -7,6 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# one of the slowest files: `pytest -m "not slow"` leaves it out
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: seconds of the campaign run by ``make test`` (``FUZZ_SECONDS`` overrides)
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "60"))

@@ -17,6 +17,9 @@ from medview.pacs import PacsError, connect
 from tests.orthanc import Orthanc, write_study
 from tests.pacs_fixtures import _patch_film, _settings, require_orthanc
 
+# one of the slowest files: `pytest -m "not slow"` leaves it out
+pytestmark = pytest.mark.slow
+
 
 def medview(pacs_env, *args, timeout=300):
     return subprocess.run([sys.executable, "-m", "medview", *args], capture_output=True,

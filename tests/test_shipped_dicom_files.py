@@ -10,6 +10,9 @@ from medview.io import load
 from medview.io.dicom import DECODER_PACKAGES
 from tests.testdata import local_file, local_files
 
+# one of the slowest files: `pytest -m "not slow"` leaves it out
+pytestmark = pytest.mark.slow
+
 FILES = sorted(f for f in local_files() if os.path.isfile(f))
 
 # Files that pydicom itself cannot decode (broken on purpose) or that are not images.

@@ -17,6 +17,9 @@ from medview.training.export import TMP_PREFIX, export_model
 from medview.training.types import TrainConfig, TrainingError
 from tests.tiny import train_tiny, write_patch_dataset
 
+# one of the slowest files: `pytest -m "not slow"` leaves it out
+pytestmark = pytest.mark.slow
+
 
 def _samples(n_patients=30, per_patient=3, seed=0):
     rng = np.random.default_rng(seed)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from medview.pacs import connect
 from tests.pacs_fixtures import _patch_film, _settings
+
+# one of the slowest files: `pytest -m "not slow"` leaves it out
+pytestmark = pytest.mark.slow
 
 
 def test_gui_open_from_pacs_retrieves_into_the_series_browser(qtbot, pacs, pacs_env, make_window):

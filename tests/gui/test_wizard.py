@@ -8,6 +8,9 @@ import pytest
 from medview.training.export import TMP_PREFIX
 from tests.tiny import write_patch_dataset
 
+# one of the slowest files: `pytest -m "not slow"` leaves it out
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def app_window(make_window, tmp_path, monkeypatch):
