@@ -17,7 +17,8 @@ from medview.cli_common import progress_bar
 BACKENDS = ("auto", "torch", "onnx")
 BACKEND_HELP = ("auto (default): on the CPU the model's exported graph on ONNX Runtime when "
                 "its card says it agrees with PyTorch, else PyTorch; torch; onnx (CPU)")
-SUBCOMMANDS = ("info", "models", "train", "predict", "explain", "pacs", "export", "selftest")
+SUBCOMMANDS = ("info", "models", "train", "predict", "explain", "pacs", "export", "audit",
+               "selftest")
 
 
 def _show(text: str) -> str:
@@ -207,6 +208,7 @@ def _session(model: str, device: str, backend: str = "auto"):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from medview import cli_pacs
+    from medview.core import audit
     from medview.core.progress import drain
     from medview.inference.batch import RowWriter, iter_score_stream
     from medview.inference.rows import prediction_header, prediction_row
@@ -235,6 +237,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = cli_pacs.ResultWriter(args, session, card) if cli_pacs.results_wanted(
         args) else None
     json_rows: list[dict] = []
+    audit_rows: list[tuple[str, dict]] = []
+    output = "csv" if writer is not None else ("json" if args.json else "stdout")
     count = [0]
     on_step, bar = progress_bar("scoring")
 
@@ -244,6 +248,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             return
         item = step.item
         count[0] += 1
+        audit_rows.append(("result_exported", {**audit.prediction_fields(
+            item.prediction, shown_anyway=bool(anyway and item.prediction.withheld)),
+            "output": output}))
         if writer is not None:
             writer.row(prediction_row(item.path, item.prediction, anyway))
         if args.json:
@@ -259,6 +266,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         skipped = scan_skipped + read_skipped
         if writer is not None:
             writer.commit()
+        audit.record_many(audit_rows)
     except BaseException:
         if writer is not None:
             writer.discard()
@@ -292,7 +300,9 @@ def _pred_dict(p, score_out_of_scope: bool = False) -> dict:
             "probabilities": shown.probabilities,
             "in_scope": p.in_scope, "ood_score": p.ood_score, "ood_limit": p.ood_limit,
             "scope_reasons": p.scope_reasons,
-            "threshold": p.threshold, "input_sha256": p.input_sha256, "device": p.device,
+            "threshold": p.threshold, "input_sha256": p.input_sha256,
+            "weights_sha256": p.weights_sha256, "computed_by": p.computed_by,
+            "device": p.device,
             "backend": p.backend, "timings_ms": p.timings_ms, "warnings": p.warnings}
 
 
@@ -342,6 +352,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         v, index, sal, model_id=card.id, model_version=card.version, target=target,
         method=args.method, method_name=METHODS[args.method], colormap=args.colormap,
         opacity=args.opacity, out_of_scope=pred.withheld))
+    from medview.core import audit
+
+    audit.record("saliency_saved", **audit.prediction_fields(
+        pred, shown_anyway=pred.withheld), method=args.method, target=target, output="png")
     print(f"{pred.decision}\nsaliency ({args.method}) for {target} written to "
           f"{_show(args.out)}")
     from medview.explain.shortcut import note_for_slice
@@ -354,6 +368,43 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for w in pred.warnings:
         print(f"warning: {w}")
     return 0
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from medview.core import audit
+
+    since = args.since or ""
+    if since and not (len(since) == 10 and since[4] == "-" and since[7] == "-"):
+        print("error: --since takes a date as YYYY-MM-DD", file=sys.stderr)
+        return 2
+    print(f"audit log: {_show(audit.audit_dir())}", file=sys.stderr)
+    for name, line, entry in audit.iter_entries():
+        if entry is None:
+            print(f"{name} line {line}: not a log entry", file=sys.stderr)
+            continue
+        if str(entry.get("time", "")) < since:
+            continue
+        if args.json:
+            print(json.dumps(entry))
+            continue
+        fields = {k: v for k, v in entry.items()
+                  if k not in ("seq", "time", "user", "event", "prev", "hash")}
+        detail = ", ".join(f"{k}={_show(json.dumps(v) if not isinstance(v, str) else v)}"
+                           for k, v in fields.items())
+        print(f"{entry.get('seq')} {entry.get('time')} {_show(str(entry.get('user')))} "
+              f"{entry.get('event')}: {detail}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from medview.core import audit
+
+    v = audit.verify()
+    if v.ok:
+        print(f"audit log intact: {v.entries} entries; newest hash {v.newest_hash}")
+        return 0
+    print(f"audit log BROKEN after {v.entries} intact entries: {_show(v.broken)}")
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,6 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "and stamped OUT OF SCOPE")
     ex.set_defaults(func=cmd_explain)
     cli_pacs.add_parsers(sub)
+    au = sub.add_parser("audit", help="show or verify the audit log of results shown, "
+                                      "saved, sent and exported")
+    asub = au.add_subparsers(dest="audit_command", required=True)
+    show = asub.add_parser("show", help="print the log's entries")
+    show.add_argument("--since", help="only entries from this date (YYYY-MM-DD) on")
+    show.add_argument("--json", action="store_true", help="one JSON object per line")
+    show.set_defaults(func=cmd_audit_show)
+    ver = asub.add_parser("verify", help="check the hash chain; exit 1 and the first "
+                                         "broken link when an entry was altered or removed")
+    ver.set_defaults(func=cmd_audit_verify)
     st = sub.add_parser("selftest", help="check models, decoders, inference and saliency")
     st.set_defaults(func=lambda _a: __import__("medview.selftest", fromlist=["x"])
                     .run_selftest())

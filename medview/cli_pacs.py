@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 
@@ -136,8 +137,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _err("medview export writes de-identified copies only: add --deidentify")
     on_step, bar = progress_bar("de-identifying")
     try:
-        r = drain(iter_export(args.paths, args.out, keep_burned_in=args.keep_burned_in),
-                  on_step)
+        r = drain(iter_export(args.paths, args.out, keep_burned_in=args.keep_burned_in,
+                              retain_modified_dates=args.retain_dates,
+                              clean_descriptors=args.clean_descriptors,
+                              on_file=lambda rep: print(f"{plain_text(rep.output)}: "
+                                                        f"{rep.summary()}")), on_step)
     finally:
         bar.close()
     for path, reason in r.skipped:
@@ -146,7 +150,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"warning: {r.burned_in} image(s) flagged with burned-in annotation "
               f"({'kept: check their pixels' if args.keep_burned_in else 'left out'})",
               file=sys.stderr)
-    print(f"wrote {len(r.written)} de-identified file(s) under {plain_text(args.out)}")
+    print(f"wrote {len(r.written)} de-identified file(s) under {plain_text(args.out)} "
+          f"({'; '.join(r.options)})")
+    if r.report_path:
+        print(f"report (what was removed, replaced, shifted, kept per file): "
+              f"{plain_text(r.report_path)}")
     return 0 if r.written else 2
 
 
@@ -197,7 +205,14 @@ def add_parsers(sub) -> None:
     ex.add_argument("--deidentify", action="store_true", required=False)
     ex.add_argument("--out", required=True, help="folder to write into")
     ex.add_argument("--keep-burned-in", action="store_true", dest="keep_burned_in",
-                    help="also export images flagged with burned-in annotation")
+                    help="also export images flagged with burned-in annotation, or likely "
+                         "to show burned-in text (secondary captures, ultrasound)")
+    ex.add_argument("--retain-dates", action="store_true", dest="retain_dates",
+                    help="PS3.15 option: Retain Longitudinal Temporal Information with "
+                         "Modified Dates (dates shifted by one offset, not removed)")
+    ex.add_argument("--clean-descriptors", action="store_true", dest="clean_descriptors",
+                    help="PS3.15 option: Clean Descriptors (study/series descriptions kept, "
+                         "with the file's names, IDs and dates cut out)")
     ex.set_defaults(func=cmd_export)
 
 
@@ -215,6 +230,12 @@ def results_wanted(args) -> bool:
     return bool(args.sr_dir or args.send or args.sc)
 
 
+def _sop_of(path: str) -> str:
+    """``SR:<SOP Instance UID>`` of a result file (named ``SR_<uid>.dcm``)."""
+    kind, _sep, rest = os.path.basename(path).partition("_")
+    return f"{kind}:{rest.removesuffix('.dcm')}"
+
+
 class ResultWriter:
     """SR (and SC) files for each scored DICOM image as it is scored, then ``--send``."""
 
@@ -223,17 +244,31 @@ class ResultWriter:
         self.folder = args.sr_dir or tempfile.mkdtemp(prefix="medview-results-")
         self.series: dict = {}
         self.files: list[str] = []
+        self.written: list[tuple] = []  # (prediction, its result files), for the audit
         self.problems = 0
         self.count = 0
 
     def add(self, item) -> None:
+        """Write the result files of one scored image; a failure costs this image only
+        (a line on stderr), never the batch."""
+        self.count += 1
+        try:
+            self._add(item)
+        except Exception as exc:  # any failure: this file only
+            from medview.reports.dicom_results import NoDicomSource
+
+            self.problems += 1
+            why = str(exc) if isinstance(exc, NoDicomSource) else type(exc).__name__
+            print(f"no DICOM result for {plain_text(item.path)}: {plain_text(why)}",
+                  file=sys.stderr)
+
+    def _add(self, item) -> None:
         from medview.core.progress import drain
-        from medview.reports.dicom_results import NoDicomSource, write_result
+        from medview.reports.dicom_results import write_result
         from medview.reports.figures import saliency_figure
 
         args, card = self.args, self.card
         p = item.prediction
-        self.count += 1
         figure = None
         if args.sc and (not p.withheld or args.score_out_of_scope):
             shown = p.revealed()
@@ -243,24 +278,27 @@ class ResultWriter:
             figure = saliency_figure(item.volume, item.index, sal, model_id=card.id,
                                      model_version=card.version, target=shown.label,
                                      method_name="Grad-CAM", out_of_scope=p.withheld)
-        try:
-            self.files += write_result(
-                self.folder, item.volume.source_of(item.index), p,
-                frame=item.index + 1 if item.volume.multiframe else None, figure=figure,
-                series_by_study=self.series, reveal=args.score_out_of_scope)
-        except NoDicomSource as exc:
-            self.problems += 1
-            print(f"no SR for {plain_text(item.path)}: {exc}", file=sys.stderr)
+        files = write_result(
+            self.folder, item.volume.source_of(item.index), p,
+            frame=item.index + 1 if item.volume.multiframe else None, figure=figure,
+            series_by_study=self.series, reveal=args.score_out_of_scope)
+        self.files += files
+        self.written.append((p, files))
 
     def finish(self) -> int:
         """Send what was written (``--send``); 0, or 1 when something was not written
         or not sent."""
         from medview.cli_common import progress_bar
+        from medview.core import audit
         from medview.core.progress import drain
 
         args = self.args
         print(f"wrote {len(self.files)} DICOM result file(s) to {plain_text(self.folder)}",
               file=sys.stderr)
+        audit.record_many([("result_written", {
+            **audit.prediction_fields(p, shown_anyway=bool(args.score_out_of_scope
+                                                           and p.withheld)),
+            "objects": [_sop_of(f) for f in files]}) for p, files in self.written])
         if args.send and self.files:
             from medview.pacs import PacsError, connect
 
@@ -274,6 +312,9 @@ class ResultWriter:
                 bar.close()
             print(f"sent {r.sent} of {len(self.files)} result file(s) to {args.send}",
                   file=sys.stderr)
+            audit.record("result_sent", destination=audit.server_text(args.send),
+                         objects=[_sop_of(f) for f in self.files], sent=r.sent,
+                         failed=r.failed)
             for m in r.messages:
                 print(f"warning: {plain_text(m)}", file=sys.stderr)
             self.problems += r.failed

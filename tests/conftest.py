@@ -1,6 +1,12 @@
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# the suite's audit entries (and those of the processes it starts) go to a folder of its
+# own, never into the user's audit log
+if "MEDVIEW_AUDIT_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["MEDVIEW_AUDIT_DIR"] = tempfile.mkdtemp(prefix="medview-test-audit-")
 
 import socket
 

@@ -215,7 +215,7 @@ def test_cli_predict_csv_and_explain_png(tiny_model, tmp_path, capsys):
     assert main(["predict", data, "--model", folder, "--csv", str(out), "--device", "cpu"]) == 0
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "in_scope",
-                       "ood_score", "warnings"]
+                       "ood_score", "warnings", "model_file", "model_sha256"]
     assert len(rows) == 1 + 96
     correct = sum(r[2] == os.path.basename(os.path.dirname(r[0])) for r in rows[1:])
     assert correct >= 90

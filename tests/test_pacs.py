@@ -122,7 +122,7 @@ def test_structured_report_holds_the_answer_and_references_the_image(tmp_path):
     assert content["Image within the model's scope"] == "Yes"
     assert content["Algorithm Name"] == "tiny-patch"
     params = [v for k, v in _content(sr) if k == "Algorithm Parameters"]
-    assert f"weights sha256 {'ab' * 32}" in params
+    assert f"weights sha256 {'ab' * 32} (verified)" in params
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
     refs = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert refs.ReferencedSOPInstanceUID == src.SOPInstanceUID
@@ -139,6 +139,60 @@ def test_structured_report_holds_the_answer_and_references_the_image(tmp_path):
     assert withheld["Image within the model's scope"] == "No"
     assert read_back.CompletionFlag == "PARTIAL"
     assert heatmap_capture(read_source(paths[0]), np.zeros((8, 8, 3), np.uint8), "x")
+
+
+def test_results_copy_only_the_identity_their_iods_need(tmp_path):
+    """No comments, no descriptions, nothing the SR or SC IOD does not ask for: a film's
+    PatientComments and a StudyDescription carrying a name stay out of both objects."""
+    from pydicom.uid import generate_uid
+
+    from medview.reports.dicom_results import write_result
+
+    _uid, paths = write_study(str(tmp_path / "src"), modality="CR", n=1, size=32)
+    ds = dcmread(paths[0])
+    ds.PatientComments = "Comment-Secret-Doe"
+    ds.StudyDescription = "Chest for Desc-Secret-Doe"
+    ds.AdditionalPatientHistory = "History-Secret-Doe"
+    ds.InstitutionName = "Inst-Secret-Doe"
+    ds.FrameOfReferenceUID = generate_uid()  # a projection film with a frame of reference
+    for key in ("StudyTime", "PatientBirthDate", "ImageOrientationPatient",
+                "PatientOrientation"):
+        if key in ds:
+            delattr(ds, key)  # Type 2 attributes real films omit
+    ds.save_as(paths[0])
+    files = write_result(str(tmp_path / "out"), paths[0], _prediction(),
+                         figure=(np.zeros((16, 16, 3), np.uint8), ["caption"]))
+    for f in files:
+        data = open(f, "rb").read()
+        for secret in (b"Comment-Secret", b"Desc-Secret", b"History-Secret", b"Inst-Secret"):
+            assert secret not in data, (os.path.basename(f), secret)
+        out = dcmread(f)
+        assert out.PatientID == ds.PatientID and out.StudyInstanceUID == ds.StudyInstanceUID
+        assert "StudyTime" in out and "PatientBirthDate" in out  # present, empty
+
+
+def test_one_failing_result_never_aborts_the_batch(tiny_model, tmp_path, monkeypatch):
+    """predict --sr-dir --sc: a result that cannot be written is one line on stderr; the
+    other images still get theirs."""
+    from medview.cli import main
+    from medview.reports import dicom_results
+
+    folder, _data = tiny_model
+    paths = [write_study(str(tmp_path / f"src{k}"), modality="CR", n=1, size=64)[1][0]
+             for k in range(3)]  # three films, three series
+    real = dicom_results.write_result
+
+    def flaky(out, source, *a, **k):
+        if source == paths[1]:
+            raise AttributeError("a Type 2 attribute is missing")
+        return real(out, source, *a, **k)
+
+    monkeypatch.setattr(dicom_results, "write_result", flaky)
+    rc = main(["predict", *paths, "--model", folder, "--sr-dir", str(tmp_path / "sr"),
+               "--score-out-of-scope", "--csv", str(tmp_path / "p.csv")])
+    assert rc == 1  # something was not written
+    assert len([f for f in os.listdir(tmp_path / "sr") if f.startswith("SR_")]) == 2
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 4  # every row scored
 
 
 @pytest.mark.skipif(shutil.which("dsrdump") is None,
@@ -184,7 +238,7 @@ def test_deidentified_export_remaps_identity_consistently(tmp_path):
     for ds in out:
         blob = " ".join(str(e.value) for e in ds.iterall() if e.VR not in ("OB", "OW"))
         assert "Smith" not in blob and "MRN-778899" not in blob and "ACC123" not in blob
-        assert "DICOGNITO" in str(ds.DeidentificationMethod)
+        assert "Basic Application Confidentiality Profile" in ds.DeidentificationMethod
         assert ds.StudyInstanceUID != study_uid
         assert study_uid not in " ".join(r.written)  # no old UID in a file name
         assert 0x00091010 not in ds

@@ -188,7 +188,7 @@ def test_cli_withholds_out_of_scope_rows_unless_asked(tiny_model, tmp_path, caps
     rows = {os.path.basename(r["path"]): r for r in csv.DictReader(out.open())}
     header = next(csv.reader(out.open()))
     assert header == ["path", "model_id", "predicted", "p_patch", "p_plain", "in_scope",
-                      "ood_score", "warnings"]
+                      "ood_score", "warnings", "model_file", "model_sha256"]
     g = rows["gradient.png"]
     assert g["in_scope"] == "false" and g["predicted"] == "" and g["p_patch"] == ""
     assert float(g["ood_score"]) > 0 and "out of scope: looks unlike" in g["warnings"]

@@ -54,6 +54,9 @@ class Prediction:
     scope_reasons: list[str] = field(default_factory=list)
     withheld_label: str = ""
     withheld_decision: str = ""
+    #: the model file that computed the outputs and its sha256, verified when the model
+    #: was loaded: {"file": "graph.onnx" | "weights.safetensors", "sha256": ...}
+    computed_by: dict[str, str] = field(default_factory=dict)
 
     @property
     def withheld(self) -> bool:

@@ -67,6 +67,7 @@ class MainWindow(QMainWindow):
     load_finished = Signal(object)  # LoadResult
     load_failed = Signal(str)
     volume_shown = Signal(int)
+    audit_log_shown = Signal(bool)  # the audit dialog is filled; whether the chain holds
 
     def __init__(self, settings: QSettings | None = None) -> None:
         super().__init__()
@@ -194,6 +195,7 @@ class MainWindow(QMainWindow):
                     self.act_zoom_out, self.act_cine):
             view_menu.addAction(act)
         help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(QAction("Audit log...", self, triggered=self.show_audit_log))
         help_menu.addAction(QAction("About medview", self, triggered=self._about))
 
     def _build_status(self) -> None:
@@ -494,6 +496,54 @@ class MainWindow(QMainWindow):
         folder = QFileDialog.getExistingDirectory(self, "Export de-identified copies into")
         if folder:
             self.export_deidentified(folder)
+
+    def show_audit_log(self) -> None:
+        """The audit log's newest entries and whether its hash chain is intact (read in a
+        worker: the log may be long; shown as plain text)."""
+        from PySide6.QtWidgets import QDialog, QPlainTextEdit, QVBoxLayout
+
+        from medview.core import audit
+
+        dlg = QDialog(self)
+        dlg.setWindowTitle("Audit log")
+        status = QLabel("Checking the log...")
+        status.setTextFormat(Qt.TextFormat.PlainText)
+        status.setWordWrap(True)
+        text = QPlainTextEdit()
+        text.setReadOnly(True)
+        lay = QVBoxLayout(dlg)
+        lay.addWidget(status)
+        lay.addWidget(text)
+        dlg.resize(900, 600)
+        dlg.setModal(False)
+        dlg.show()
+        self._dialogs.append(dlg)
+        self.audit_dialog = (dlg, status, text)
+
+        def job(_token):
+            yield from ()
+            v = audit.verify()
+            lines = []
+            for _name, _line, entry in audit.iter_entries():
+                if entry is None:
+                    continue
+                extra = {k: x for k, x in entry.items()
+                         if k not in ("seq", "time", "user", "event", "prev", "hash")}
+                lines.append(f"{entry.get('seq')}  {entry.get('time')}  {entry.get('user')}  "
+                             f"{entry.get('event')}  {extra}")
+            return v, lines[-500:]
+
+        def done(result) -> None:
+            v, lines = result
+            status.setText(
+                (f"Intact: {v.entries} entries, hash-chained; newest hash {v.newest_hash}. "
+                 if v.ok else f"BROKEN after {v.entries} intact entries: {v.broken}. ")
+                + f"Kept in {audit.audit_dir()}.")
+            text.setPlainText("\n".join(reversed(lines)) or "No entries yet.")
+            self.audit_log_shown.emit(v.ok)
+
+        handle = self.jobs.start("audit", job)
+        handle.succeeded.connect(done)
 
     def _about(self) -> None:
         from medview import __version__

@@ -104,6 +104,20 @@ class ProbabilityBars(QWidget):
         p.end()
 
 
+def _audit(event: str, p: Prediction | None, shown_anyway: bool = False, **extra) -> None:
+    """An audit entry for a result shown or saved, written off the GUI thread (an fsync
+    must not stall the window)."""
+    import threading
+
+    from medview.core import audit
+
+    if p is None:
+        return
+    fields = {**audit.prediction_fields(p, shown_anyway=shown_anyway), **extra}
+    threading.Thread(target=audit.record, args=(event,), kwargs=fields, daemon=True,
+                     name="medview-audit").start()
+
+
 class ModelPanel(QWidget):
     """Model picker, run controls, results, saliency and the batch worklist."""
 
@@ -458,6 +472,8 @@ class ModelPanel(QWidget):
             f"{p.timings_ms.get('inference', 0):.0f} ms inference, "
             f"{p.timings_ms.get('total', 0):.0f} ms total\n"
             f"input sha256 {p.input_sha256[:16]}..."
+            + (f"\ncomputed by {p.computed_by['file']} sha256 "
+               f"{p.computed_by['sha256'][:16]}... (verified)" if p.computed_by else "")
             + (f"\nscope score {p.ood_score:.1f} (limit {p.ood_limit:.1f})"
                if p.ood_score is not None else ""))
         self.warnings.setText("\n".join(f"Warning: {w}" for w in p.warnings))
@@ -526,6 +542,7 @@ class ModelPanel(QWidget):
             return
         p, prep = result
         self.state.set_prediction(p, prep)  # rendered by _render_result
+        _audit("result_shown", p)
         self.status.setText("Not a diagnosis. Research use only.")
         seen = np.ascontiguousarray(prep.seen)
         h, w = seen.shape
@@ -575,6 +592,7 @@ class ModelPanel(QWidget):
         is its saliency drawn (stamped too)."""
         if not self.state.reveal():  # rendered by _render_result
             return
+        _audit("result_shown", self.state.prediction, shown_anyway=True)
         self.prediction_ready.emit(self.state.shown_prediction)
         if self.show_overlay.isChecked():
             self.explain(prep=self.state.prep)
@@ -729,6 +747,8 @@ class ModelPanel(QWidget):
             model_version=card.version, target=sal.target, method=sal.method,
             method_name=METHODS[sal.method], colormap=self.cmap_box.currentText(),
             opacity=self.opacity.value() / 100.0, out_of_scope=self.state.out_of_scope))
+        _audit("saliency_saved", self.state.prediction, shown_anyway=self.state.revealed,
+               method=sal.method, target=sal.target, output="png")
 
     def _save_as(self, title: str, folders: list[str], name: str, kind: str, write,
                  label: QLabel, done: str, failed: str) -> None:

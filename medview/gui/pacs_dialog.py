@@ -447,6 +447,14 @@ def send_result_job(server: str, settings: PacsSettings, source_path: str, predi
                                  frame=frame, reveal=reveal)
             client = connect(server, settings)
             result = yield from client.iter_store(files, token)
+            from medview.core import audit
+
+            audit.record("result_sent", **audit.prediction_fields(prediction,
+                                                                    shown_anyway=reveal),
+                         destination=audit.server_text(server), sent=result.sent,
+                         failed=result.failed,
+                         objects=[os.path.basename(f).removesuffix(".dcm").replace("_", ":", 1)
+                                  for f in files])
         finally:
             for name in os.listdir(folder):
                 os.remove(os.path.join(folder, name))

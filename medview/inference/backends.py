@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from medview.inference import scope
-from medview.models.card import ModelCard
+from medview.models.card import WEIGHTS_FILE, ModelCard
 from medview.models.weights import WeightsError
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class Backend(Protocol):
     device: str
     #: notes for the user about how it runs (e.g. a GPU fallback), shown once each
     notices: list[str]
+    #: the model file that computes the results and its verified sha256
+    #: ({"file": "graph.onnx" | "weights.safetensors", "sha256": ...})
+    computed_by: dict[str, str]
 
     def run(self, batch: np.ndarray, batch_size: int = 16,
             maps: bool = False) -> dict[str, np.ndarray]:
@@ -105,6 +108,8 @@ def graph_usable(card: ModelCard) -> str:
     g = card.card.graph
     if g is None:
         return "the model has no exported graph"
+    if g.weights_sha256 != card.weights_sha256:
+        return "its exported graph is not bound to these weights (exported from others)"
     if not g.max_abs_diff <= g.tolerance:
         return (f"its exported graph differs from torch by {g.max_abs_diff:.2g} "
                 f"(tolerance {g.tolerance:.2g})")
@@ -178,12 +183,24 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, card: ModelCard, gate: scope.ScopeGate | None) -> None:
-        from medview.models.graph import read_graph
+        from medview.models.card import GRAPH_FILE
+        from medview.models.graph import check_bound_to_weights, read_graph
+        from medview.models.weights import read_verified_tensors
 
         spec = card.card.graph
         if spec is None:
             raise BackendError(f"model {card.id!r} has no exported graph")
+        if spec.weights_sha256 != card.weights_sha256:
+            raise WeightsError("exported graph refused: it was not exported from this "
+                               "model's weights (graph.weights_sha256 differs)")
+        # both files verified: the weights (regular file in the folder, size, sha256) and
+        # the graph (the same, and its structure); then the graph's parameters must be
+        # the weights' (a changed classifier is refused)
+        self.weights = read_verified_tensors(card.weights_path, card.weights_sha256,
+                                             root=card.folder)
         data = read_graph(card.graph_path, spec.sha256, spec.outputs, root=card.folder)
+        check_bound_to_weights(data, self.weights)
+        self.computed_by = {"file": GRAPH_FILE, "sha256": spec.sha256}
         self.card = card
         self.device = "cpu"
         self.stages = tuple(s for s in (gate.stages if gate else ()) if s != scope.INPUT_STAGE)
@@ -215,16 +232,13 @@ class OnnxBackend:
 
     def head(self) -> np.ndarray:
         """The weight (K, C) of the linear classifier after the global average pool (its
-        bias does not enter Grad-CAM), read from the verified weights file once."""
-        from medview.models.weights import read_tensor
-
+        bias does not enter Grad-CAM), from the weights verified when the backend loaded."""
         graph = self.card.card.graph
         name = graph.cam_head if graph is not None else ""
-        if not name:
+        if not name or f"{name}.weight" not in self.weights:
             raise BackendError("this model's graph has no verified linear head")
         if self._head is None:
-            self._head = read_tensor(self.card.weights_path, self.card.weights_sha256,
-                                     f"{name}.weight", root=self.card.folder)
+            self._head = np.asarray(self.weights[f"{name}.weight"], np.float32)
         return self._head
 
 
@@ -280,6 +294,8 @@ class TorchBackend:
         self.scorer = (TorchScorer(gate, self.device)
                        if gate is not None and gate.method == "multi_depth" else None)
         self.notices: list[str] = []
+        #: the file that computes the results: the weights, verified by load_model
+        self.computed_by = {"file": WEIGHTS_FILE, "sha256": card.weights_sha256}
         self.lock = threading.Lock()
 
     def _run(self, batch: np.ndarray, maps: bool = False) -> dict[str, np.ndarray]:

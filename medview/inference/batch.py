@@ -45,7 +45,7 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
             skipped.extend(bad)
             yield k, volume
 
-    yield from score_stream(pred, read(), len(mine), cancel, chunk)
+    yield from score_stream(pred, read(), len(mine), cancel, chunk, failed=skipped)
     return scan_skipped, skipped
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medview.core.errors import MedviewError
 from medview.core.modeling import Prediction
 from medview.core.volume import ImageVolume
 from medview.imaging.model_input import pixels_sha256, prepare
@@ -30,6 +31,15 @@ from medview.models.card import Card, ModelCard
 from medview.models.weights import WeightsError, read_scope_statistics
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteOutput(MedviewError):
+    """The model computed NaN or infinite outputs for an image: no result for it."""
+
+    def __init__(self, index: int = 0) -> None:
+        super().__init__("the model produced non-finite outputs (NaN or infinity) for this "
+                         "image: no result (the model or its weights are broken)")
+        self.index = index
 
 
 def calibrated_probabilities(logits: np.ndarray, card: Card) -> np.ndarray:
@@ -231,7 +241,11 @@ class Predictor:
         t = time.perf_counter()
         scores = self.gate_score(feats)
         gate_ms = (time.perf_counter() - t) * 1000 / len(preps)
-        probs = self.probabilities(feats[scope.LOGITS])
+        logits = feats[scope.LOGITS]
+        probs = self.probabilities(logits)
+        bad = ~(np.isfinite(logits).all(axis=1) & np.isfinite(probs).all(axis=1))
+        if bad.any():  # a failed prediction, never a label
+            raise NonFiniteOutput(int(np.flatnonzero(bad)[0]))
         return [self._prediction(prep, probs[k], None if scores is None else float(scores[k]),
                                  {"preprocess": round((prep_ms or [0.0] * len(preps))[k], 2),
                                   "inference": round(infer_ms, 2),
@@ -274,4 +288,5 @@ class Predictor:
             scope_reasons=reasons,
             withheld_label=label if withheld else "",
             withheld_decision=decision if withheld else "",
+            computed_by=dict(self.engine.computed_by),
         )

@@ -25,7 +25,7 @@ def csv_text(text: str) -> str:
 
 def prediction_header(classes: list[str]) -> list[str]:
     return ["path", "model_id", "predicted", *[f"p_{c}" for c in classes], "in_scope",
-            "ood_score", "warnings"]
+            "ood_score", "warnings", "model_file", "model_sha256"]
 
 
 def in_scope_text(p: Prediction) -> str:
@@ -43,7 +43,8 @@ def prediction_row(path: str, p: Prediction, score_out_of_scope: bool = False) -
              else [f"{v:.6f}" for v in shown.probabilities.values()])
     score = "" if p.ood_score is None else f"{p.ood_score:.3f}"
     return [csv_text(path), csv_text(p.model_id), csv_text(shown.label or ""), *probs,
-            in_scope_text(p), score, csv_text("; ".join(shown.notes))]
+            in_scope_text(p), score, csv_text("; ".join(shown.notes)),
+            csv_text(p.computed_by.get("file", "")), csv_text(p.computed_by.get("sha256", ""))]
 
 
 def predictions_csv(rows: Iterable[tuple[str, Prediction]], classes: list[str],

@@ -19,8 +19,8 @@ import numpy as np
 
 from medview.core.modeling import Prediction
 from medview.core.progress import CancelToken, Progress
-from medview.core.volume import ImageVolume
-from medview.inference.predictor import Predictor, PreparedInput
+from medview.core.volume import ImageVolume, SkippedFile
+from medview.inference.predictor import NonFiniteOutput, Predictor, PreparedInput
 from medview.models.card import ModelCard
 
 #: Prepared images per forward pass when scoring a list: the fastest per image on both
@@ -160,7 +160,8 @@ MAX_PENDING_BYTES = 256 * 1024**2
 
 
 def score_stream(pred: Predictor, volumes: Iterable[tuple[int, ImageVolume | None]],
-                 total: int, cancel: CancelToken | None = None, chunk: int | None = None
+                 total: int, cancel: CancelToken | None = None, chunk: int | None = None,
+                 failed: list[SkippedFile] | None = None
                  ) -> Generator[ScoredProgress, None, None]:
     """The one batch scorer (the CLI, the worklist and the torchrun workers all use it).
 
@@ -169,20 +170,38 @@ def score_stream(pred: Predictor, volumes: Iterable[tuple[int, ImageVolume | Non
     scored ``chunk`` (:data:`SCORING_BATCH`) at a time, never holding more than
     :data:`MAX_PENDING_BYTES` of pixels; each row is yielded as a :class:`ScoredProgress`
     step (``done`` of ``total``) and nothing is kept after it. Every input is a cancel
-    point."""
+    point. An image the model gives no finite output for is no row: it goes to
+    ``failed`` with the reason, and the rest of its chunk is scored one by one."""
     size = chunk or SCORING_BATCH
     pending: list[tuple[int, ImageVolume, PreparedInput]] = []
     done = 0
 
+    def one_by_one() -> list[Prediction | None]:
+        out: list[Prediction | None] = []
+        for _k, volume, prep in pending:
+            try:
+                out.append(pred.predict_many([prep])[0])
+            except NonFiniteOutput as exc:
+                out.append(None)
+                if failed is not None:
+                    failed.append(SkippedFile(volume.source_of(volume.default_index),
+                                              str(exc)))
+        return out
+
     def flush() -> Generator[ScoredProgress, None, None]:
         nonlocal done
-        predictions = pred.predict_many([p for _k, _v, p in pending])
+        try:
+            predictions: list[Prediction | None] = list(
+                pred.predict_many([p for _k, _v, p in pending]))
+        except NonFiniteOutput:
+            predictions = one_by_one()
         for (k, volume, _p), prediction in zip(pending, predictions, strict=True):
             _check(cancel)
             i = volume.default_index
             done += 1
-            yield ScoredProgress(done, total, "scoring",
-                                 ScoredItem(volume, i, volume.source_of(i), prediction, k))
+            item = (None if prediction is None else
+                    ScoredItem(volume, i, volume.source_of(i), prediction, k))
+            yield ScoredProgress(done, total, "scoring", item)
         pending.clear()
 
     for k, volume in volumes:

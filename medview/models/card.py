@@ -29,6 +29,9 @@ GRAPH_FILE = "graph.onnx"
 #: Graph formats a card may name, and the largest agreement tolerance it may state.
 GRAPH_FORMATS = ("onnx",)
 MAX_GRAPH_TOLERANCE = 1e-3
+#: The calibration temperature a card may hold: logits divided by more than this are a
+#: coin toss, by less than this saturate every probability (fitting never leaves it)
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 #: Out-of-distribution methods a card may name (implemented in medview.inference.scope).
 #: The trust gate's out-of-distribution methods (medview.inference.scope implements them;
 #: this is the one list, read by the card's checks, the gate fitting and the scripts)
@@ -225,8 +228,10 @@ class Calibration(Section):
     method: str = ""
 
     def check(self, where: str) -> None:
-        if not self.temperature > 0:
-            raise CardError(where, "calibration.temperature must be positive")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            raise CardError(where, f"calibration.temperature must be between "
+                                   f"{MIN_TEMPERATURE} and {MAX_TEMPERATURE} (a positive, "
+                                   "finite scale of the logits)")
 
 
 @dataclass(frozen=True)
@@ -354,8 +359,13 @@ class GraphSpec(Section):
     checked_on: int
     cam_head: str = ""
     speed: dict[str, float] = field(default_factory=dict)
+    #: the weights file (sha256) the graph was exported from: a graph is used only with
+    #: exactly these weights (empty in cards written before graphs were bound)
+    weights_sha256: str = ""
 
     def check(self, where: str) -> None:
+        if self.weights_sha256:
+            _hex64(self.weights_sha256, where, "graph.weights_sha256")
         if self.file != GRAPH_FILE:
             raise CardError(where, f"graph.file must be {GRAPH_FILE}")
         if self.format not in GRAPH_FORMATS:

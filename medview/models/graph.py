@@ -121,6 +121,59 @@ def check_graph_bytes(data: bytes, outputs: list[str] | None = None) -> None:
                            "card is missing")
 
 
+#: ONNX TensorProto data types medview compares with weights (float32 only: a trained
+#: model's parameters)
+_FLOAT = 1
+
+
+def graph_parameters(data: bytes) -> dict:
+    """The float32 initializers of a graph, by name (numpy arrays)."""
+    import numpy as np
+
+    pb = onnx_schema()
+    model = pb.ModelProto()
+    model.ParseFromString(data)
+    out = {}
+    for t in model.graph.initializer:
+        if t.data_type != _FLOAT:
+            continue
+        shape = tuple(int(d) for d in t.dims)
+        if t.raw_data:
+            arr = np.frombuffer(t.raw_data, dtype="<f4")
+        else:
+            arr = np.asarray(t.float_data, dtype=np.float32)
+        if arr.size != int(np.prod(shape, dtype=np.int64)):
+            raise WeightsError("exported graph refused: a parameter's data does not fit "
+                               "its shape")
+        out[t.name] = arr.reshape(shape)
+    return out
+
+
+def check_bound_to_weights(data: bytes, weights: dict) -> int:
+    """Refuse a graph whose parameters are not the weights': every graph parameter that
+    the weights file also holds (by name, the exporter's ``model.`` prefix aside; the
+    classifier always is, the convolutions are folded with their batch norms and are
+    not) must be equal to it, and at least one must be there. Returns how many were
+    compared."""
+    import numpy as np
+
+    compared = 0
+    for name, value in graph_parameters(data).items():
+        key = name.removeprefix("model.")
+        if key not in weights:
+            continue
+        ref = np.asarray(weights[key], dtype=np.float32)
+        if ref.shape != value.shape or not np.array_equal(ref, value):
+            raise WeightsError(f"exported graph refused: its parameter {key!r} differs from "
+                               "the model's weights (the graph does not compute this "
+                               "model)")
+        compared += 1
+    if not compared:
+        raise WeightsError("exported graph refused: it shares no parameter with the "
+                           "model's weights")
+    return compared
+
+
 def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
                root: str | None = None, max_bytes: int = MAX_GRAPH_BYTES) -> bytes:
     """The bytes of a verified graph file (regular file inside ``root``, size cap, sha256,

@@ -179,6 +179,20 @@ def save_weights(model, path: str, metadata: dict[str, str] | None = None) -> st
     return hashlib.sha256(data).hexdigest()
 
 
+def read_verified_tensors(path: str, expected_sha256: str, root: str | None = None) -> dict:
+    """Every tensor of a verified weights file (regular file inside ``root``, size cap,
+    header, sha256) as numpy arrays, without torch: the graph backend checks its graph
+    against them and reads the class-activation-map head from them."""
+    from safetensors.numpy import load as load_numpy
+
+    _, data = _read(path, root, whole=True)
+    _check_sha256(data, expected_sha256)
+    try:
+        return load_numpy(data)
+    except Exception as exc:
+        raise WeightsError(f"refused: unreadable safetensors data ({exc})") from exc
+
+
 def read_tensor(path: str, expected_sha256: str, name: str, root: str | None = None):
     """One tensor of a verified weights file as a float32 numpy array, without torch
     (the class-activation-map head of the exported-graph backend)."""

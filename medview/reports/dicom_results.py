@@ -66,6 +66,32 @@ def read_source(path: str) -> Dataset:
     return ds
 
 
+#: The source attributes a result object may copy: what the SR and SC IODs need to sit in
+#: the source's patient and study and to reference the image (Patient and General Study
+#: modules, Type 1 and 2), nothing else - no comments, no descriptions.
+IDENTITY_TYPE1 = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+IDENTITY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                  "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def iod_source(source: Dataset, with_frame_of_reference: bool = False) -> Dataset:
+    """The part of ``source`` a result may copy (:data:`IDENTITY_TYPE1`,
+    :data:`IDENTITY_TYPE2`; a Type 2 attribute the file omits is present and empty, as
+    the IODs require). The Frame of Reference only with ``with_frame_of_reference`` (a
+    result in the patient coordinate system)."""
+    out = Dataset()
+    for key in IDENTITY_TYPE1:
+        if key in source:
+            setattr(out, key, source[key].value)
+    out.Modality = str(source.get("Modality", "") or "OT")
+    for key in IDENTITY_TYPE2:
+        value = source.get(key)
+        setattr(out, key, value if value is not None else "")
+    if with_frame_of_reference and source.get("FrameOfReferenceUID"):
+        out.FrameOfReferenceUID = source.FrameOfReferenceUID
+    return out
+
+
 @dataclass
 class ResultSeries:
     """The series (one for SRs, one for heat-maps) results of one study go into."""
@@ -95,8 +121,11 @@ def structured_report(source: Dataset, p: Prediction, *, frame: int | None = Non
     series = series or ResultSeries()
     algorithm = hd.sr.AlgorithmIdentification(
         name=p.model_id[:64], version=p.model_version[:64] or "unknown",
-        parameters=[f"weights sha256 {p.weights_sha256}",
-                    f"input sha256 {p.input_sha256}", f"device {p.device}"],
+        parameters=[f"weights sha256 {p.weights_sha256} (verified)",
+                    *([f"computed by {p.computed_by['file']} sha256 "
+                       f"{p.computed_by['sha256']} (verified)"] if p.computed_by else []),
+                    f"input sha256 {p.input_sha256}", f"device {p.device}",
+                    f"backend {p.backend}"],
         manufacturer=MANUFACTURER)
     source_image = hd.sr.SourceImageForMeasurementGroup.from_source_image(
         source, referenced_frame_numbers=[frame] if frame else None)
@@ -146,7 +175,7 @@ def structured_report(source: Dataset, p: Prediction, *, frame: int | None = Non
         procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging"),
         imaging_measurements=[group])
     sr = hd.sr.ComprehensiveSR(
-        evidence=[source], content=report[0], series_instance_uid=series.sr_series_uid,
+        evidence=[iod_source(source)], content=report[0], series_instance_uid=series.sr_series_uid,
         series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(),
         instance_number=series.take(), manufacturer=MANUFACTURER, is_complete=False,
         is_final=False, is_verified=False)
@@ -175,13 +204,19 @@ def heatmap_capture(source: Dataset, rgb: np.ndarray, caption: str, *,
     orientation = source.get("PatientOrientation")
     orientation = tuple(str(v) for v in orientation) if orientation and len(
         orientation) == 2 else ("", "")
+    # highdicom asks for a coordinate system and a valid orientation: the film's when it
+    # has one; else a placeholder that is then emptied (Patient Orientation is Type 2C:
+    # present and empty when unknown)
+    patient = all(orientation)
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB",
-        bits_allocated=8, coordinate_system="PATIENT" if all(orientation) else None,
+        ref_dataset=iod_source(source, with_frame_of_reference=patient), pixel_array=rgb,
+        photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
         series_instance_uid=series.sc_series_uid, series_number=SC_SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=series.take(),
         manufacturer=MANUFACTURER,
-        patient_orientation=orientation if all(orientation) else None)
+        patient_orientation=orientation if patient else ("L", "F"))
+    if not patient:
+        sc.PatientOrientation = ""
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = caption[:10240]
     sc.DerivationDescription = caption[:1024]

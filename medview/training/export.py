@@ -141,6 +141,7 @@ def export_model(model, card: Card | dict, out_dir: str, extra_readme: str = "",
             graph = prepare_graph(model, card, gate, check_inputs)
         if graph:
             data, spec = graph
+            spec = replace(spec, weights_sha256=sha)  # bound to exactly these weights
             with open(os.path.join(tmp, GRAPH_FILE), "xb") as f:
                 f.write(data)
                 f.flush()

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from medview.models.card import MAX_TEMPERATURE, MIN_TEMPERATURE
+
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, np.float64) / float(temperature)
@@ -70,7 +72,7 @@ def calibration_curve(prob_pos: np.ndarray, y_pos: np.ndarray, bins: int = 10):
 
 
 #: The temperature search interval; a fit at either end is not a calibration.
-TEMPERATURE_BOUNDS = (0.05, 20.0)
+TEMPERATURE_BOUNDS = (MIN_TEMPERATURE, MAX_TEMPERATURE)  # what a card may hold
 
 
 def at_temperature_bound(t: float) -> bool:

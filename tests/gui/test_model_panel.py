@@ -103,7 +103,7 @@ def test_worklist_runs_on_all_series_and_exports_csv(qtbot, ai_window, tmp_path)
     panel.export_csv(str(out))
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "in_scope",
-                       "ood_score", "warnings"]
+                       "ood_score", "warnings", "model_file", "model_sha256"]
     assert sorted(r[2] for r in rows[1:]) == ["patch", "patch", "plain", "plain"]
     assert [r[5] for r in rows[1:]] == ["true"] * 4
     assert all(np.isclose(float(r[3]) + float(r[4]), 1.0) for r in rows[1:])
@@ -187,6 +187,40 @@ def test_out_of_scope_image_is_withheld_until_show_anyway(qtbot, ai_window, tmp_
     overlay = win.view.overlay_item.image
     top = overlay[: max(2, overlay.shape[0] // 24)].reshape(-1, 4)
     assert top[:, 3].min() == 255 and top[:, 0].mean() > 150  # the red stamp band
+    # the banner now says the result is shown on request, not that none is shown
+    assert "shown on request" in panel.scope_banner.text()
+    assert "no result is shown" not in panel.scope_banner.text()
+
+
+def test_results_shown_are_in_the_audit_log(qtbot, ai_window, tmp_path, monkeypatch):
+    import json
+
+    from medview.core import audit
+
+    monkeypatch.setenv(audit.ENV_DIR, str(tmp_path / "audit"))
+    win, _data = ai_window
+    panel = win.model_panel
+    panel.model_box.setCurrentIndex([c.id for c in panel.cards].index("tiny-patch"))
+    panel.show_overlay.setChecked(False)
+    _open(qtbot, win, [_gradient(tmp_path)])
+    with qtbot.waitSignal(panel.prediction_ready, timeout=60000):
+        panel.run_button.click()
+    panel.show_anyway.click()
+    log = tmp_path / "audit" / audit.LOG_FILE
+
+    def entries():
+        return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+    qtbot.waitUntil(lambda: len(entries()) == 2, timeout=10000)
+    first, second = entries()
+    assert first["event"] == second["event"] == "result_shown"
+    assert first["in_scope"] is False and first["shown_anyway"] is False
+    assert second["shown_anyway"] is True and first["input_sha256"] == second["input_sha256"]
+    with qtbot.waitSignal(win.audit_log_shown, timeout=10000) as shown:
+        win.show_audit_log()
+    assert shown.args[0] is True  # the chain holds
+    _dlg, status, text = win.audit_dialog
+    assert "Intact: 2 entries" in status.text() and "result_shown" in text.toPlainText()
 
 
 def test_auto_run_never_shows_a_decision_out_of_scope(qtbot, ai_window, tmp_path):
