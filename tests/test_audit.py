@@ -3,6 +3,7 @@ edited, deleted or reordered entry is found; nobody named in it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -36,7 +37,7 @@ def test_entries_chain_and_verify(log_dir):
     entries = [json.loads(x) for x in _lines(log_dir)]
     assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5]
     assert entries[0]["prev"] == audit.GENESIS
-    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(entries))
     assert {"time", "user", "event"} <= set(entries[0])
 
 

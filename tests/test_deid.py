@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,13 +142,13 @@ def _found(data: bytes, needles: list[str]) -> list[str]:
 def test_no_planted_string_survives_in_any_output_byte(tmp_path, options):
     src = planted_film(str(tmp_path / "src"))
     needles = _strings()
-    assert len(_found(open(src, "rb").read(), needles)) == len(needles)  # all planted
+    assert len(_found(Path(src).read_bytes(), needles)) == len(needles)  # all planted
     out = tmp_path / "out"
     r = drain(iter_export([src], str(out), **options))
     assert len(r.written) == 1
     for root, _dirs, files in os.walk(out):
         for name in files:
-            data = open(os.path.join(root, name), "rb").read()
+            data = Path(root, name).read_bytes()
             assert _found(data, needles) == [], name
     ds = dcmread(r.written[0])
     assert ds.preamble == b"\0" * 128

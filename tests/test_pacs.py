@@ -163,7 +163,8 @@ def test_results_copy_only_the_identity_their_iods_need(tmp_path):
     files = write_result(str(tmp_path / "out"), paths[0], _prediction(),
                          figure=(np.zeros((16, 16, 3), np.uint8), ["caption"]))
     for f in files:
-        data = open(f, "rb").read()
+        with open(f, "rb") as fh:
+            data = fh.read()
         for secret in (b"Comment-Secret", b"Desc-Secret", b"History-Secret", b"Inst-Secret"):
             assert secret not in data, (os.path.basename(f), secret)
         out = dcmread(f)

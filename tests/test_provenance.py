@@ -117,7 +117,7 @@ def test_results_name_the_file_that_computed_them(tiny_model, tmp_path, backend)
 
 
 def test_non_finite_outputs_are_a_failure_not_a_label(tiny_model, tmp_path, monkeypatch):
-    folder, data = tiny_model
+    folder, _data = tiny_model
     pred = Predictor(read_card(folder), "cpu", "torch")
     real = pred.engine.run
 
@@ -136,7 +136,7 @@ def test_a_batch_keeps_going_past_an_image_with_non_finite_outputs(tiny_model, m
     from medview.core.progress import drain
     from medview.inference.session import score_stream
 
-    folder, data = tiny_model
+    folder, _data = tiny_model
     pred = Predictor(read_card(folder), "cpu", "torch")
     real = pred.engine.run
 
