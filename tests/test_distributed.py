@@ -181,10 +181,18 @@ def test_prediction_on_two_processes_writes_the_same_csv_as_one(tiny_model, tmp_
     write_study(str(inputs / "dicom"), modality="CT", n=3, size=32)
     (inputs / "broken.png").write_bytes(b"not a png")
     one, two = str(tmp_path / "one.csv"), str(tmp_path / "two.csv")
-    r1 = medview("predict", str(inputs), "--model", model, "--csv", one)
+    env = dict(os.environ, MEDVIEW_AUDIT_DIR=str(tmp_path / "audit"))
+    r1 = medview("predict", str(inputs), "--model", model, "--csv", one, env=env)
     assert r1.returncode == 0, r1.stderr
-    r2 = medview("predict", str(inputs), "--model", model, "--csv", two, "--nproc", "2")
+    r2 = medview("predict", str(inputs), "--model", model, "--csv", two, "--nproc", "2",
+                 env=env)
     assert r2.returncode == 0, r2.stderr[-3000:]
+    # every row of both runs is in one intact audit chain; the workers say their rank
+    from medview.core import audit
+
+    entries = [e for _f, _n, e in audit.iter_entries(str(tmp_path / "audit"))]
+    assert len(entries) == 18 and {e.get("rank") for e in entries[9:]} == {0, 1}
+    assert audit.verify(str(tmp_path / "audit")).ok
     with open(one, "rb") as f1, open(two, "rb") as f2:
         a, b = f1.read(), f2.read()
     assert a == b

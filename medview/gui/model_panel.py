@@ -118,6 +118,17 @@ def _audit(event: str, p: Prediction | None, shown_anyway: bool = False, **extra
                      name="medview-audit").start()
 
 
+def _audit_many(event: str, predictions: list[Prediction], **extra) -> None:
+    """Audit entries for many results (a worklist), one write, off the GUI thread."""
+    import threading
+
+    from medview.core import audit
+
+    entries = [(event, {**audit.prediction_fields(p), **extra}) for p in predictions]
+    threading.Thread(target=audit.record_many, args=(entries,), daemon=True,
+                     name="medview-audit").start()
+
+
 class ModelPanel(QWidget):
     """Model picker, run controls, results, saliency and the batch worklist."""
 
@@ -723,6 +734,7 @@ class ModelPanel(QWidget):
         # out-of-scope rows are kept apart, after the ones the model may answer
         self.state.finish_worklist(items, classes)  # rendered row by row
         rows = self.state.worklist
+        _audit_many("result_shown", [r.prediction for r in rows], output="worklist")
         text = self.state.worklist_summary
         self._end_batch(job, text + " Double-click a row to open it.")
         self.status.setText(text)
@@ -731,6 +743,8 @@ class ModelPanel(QWidget):
     def export_csv(self, path: str) -> None:
         card = self.current_card()
         self.state.export_worklist(path, card.classes if card else [])
+        _audit_many("result_exported", [r.prediction for r in self.state.worklist],
+                    output="csv")
 
     def save_overlay(self, path: str) -> None:
         """The image with its heat-map and a caption (model, class, method, research use

@@ -122,13 +122,26 @@ def score_shard(paths: list[str], model: str, csv_path: str, comm, device: str =
 
     session = InferenceSession()
     card = discover_models().get(model)
+    from medview.core import audit
+
     part = RowWriter(part_path(csv_path, comm.rank), None)
+    audit_rows: list[tuple[str, dict]] = []
+
+    def on_step(step) -> None:
+        _part_row(part, step, score_out_of_scope)
+        item = getattr(step, "item", None)
+        if item is not None:
+            p = item.prediction
+            audit_rows.append(("result_exported", {**audit.prediction_fields(
+                p, shown_anyway=score_out_of_scope and p.withheld), "output": "csv",
+                "rank": comm.rank}))
+
     try:
         gen = iter_score_stream(session, card, paths, device, rank=comm.rank,
                                 world=comm.world, backend=backend)
-        scan_skipped, skipped = drain(gen, lambda step: _part_row(part, step,
-                                                                 score_out_of_scope))
+        scan_skipped, skipped = drain(gen, on_step)
         part.commit()
+        audit.record_many(audit_rows)
     except BaseException:
         part.discard()
         raise
