@@ -80,3 +80,34 @@ def test_config_that_is_a_fifo_or_not_json_never_hangs(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{nope")
     assert main(["train", "--config", str(tmp_path / "bad.json")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_partial_csvs_of_a_killed_predict_are_cleaned_at_the_next_start(tiny_model, tmp_path):
+    """kill -9 during ``predict --csv`` left a hidden partial CSV (with file paths); the
+    next writer in that folder removes it, never one a live writer still holds."""
+    import signal
+    import subprocess
+    import sys
+
+    from medview.inference.batch import PARTIAL_PREFIX, RowWriter
+
+    folder, data = tiny_model
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import sys, time; from medview.inference.batch import RowWriter; "
+            "w = RowWriter(sys.argv[1], ['path']); w.row(['/data/Doe^John/1.dcm']); "
+            "w.f.flush(); print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out / "a.csv")],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    live = RowWriter(str(out / "b.csv"), ["path"])  # the other writer is alive: kept
+    assert len([n for n in os.listdir(out) if n.startswith(PARTIAL_PREFIX)]) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    live.discard()
+    assert len([n for n in os.listdir(out) if n.startswith(PARTIAL_PREFIX)]) == 1
+    film = os.path.join(data, "plain", sorted(os.listdir(os.path.join(data, "plain")))[0])
+    from medview.cli import main
+
+    assert main(["predict", film, "--model", folder, "--csv", str(out / "c.csv")]) == 0
+    assert sorted(os.listdir(out)) == ["c.csv"]  # the killed writer's partial is gone

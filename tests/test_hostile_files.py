@@ -283,3 +283,40 @@ def test_small_deflated_file_still_loads(tmp_path):
     name = hostile.deflate_bomb(str(tmp_path), 1024)
     (vol,) = load([str(tmp_path / name)]).volumes
     assert vol.shape == (1, 8, 8)
+
+
+def _nrrd(path, extra: bytes) -> str:
+    data = np.zeros((4, 4), np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 4 4\nencoding: raw\n" + extra
+                + b"\n" + data)
+    return str(path)
+
+
+@pytest.mark.parametrize(("name", "extra", "why"), [
+    ("long-space.nrrd", b"space: " + b"x" * 1030 + b"\n", "longer than"),
+    ("long-content.nrrd", b"content: " + b"y" * 5000 + b"\n", "longer than"),
+    ("many-pairs.nrrd", b"".join(b"k%d:=v\n" % i for i in range(300)), "more than"),
+    ("many-labels.nrrd", b"labels: " + b'"a" ' * 120 + b"\n", "more entries than"),
+    ("unknown-field.nrrd", b"evil field: 1\n", "not one NRRD defines"),
+    ("control.nrrd", b"content: a\x01b\n", "control characters"),
+])
+def test_nrrd_headers_that_crash_the_native_reader_never_reach_it(tmp_path, name, extra, why):
+    """A NRRD field of about 1 KiB segfaulted SimpleITK (exit 139, nothing printed): the
+    header is validated in Python first. Run as a process: a native crash would kill it."""
+    folder = tmp_path / "study"
+    write_series(folder, n=3)
+    _nrrd(folder / name, extra)
+    _nrrd(folder / "good.nrrd", b"content: a fine 2-D image\n")
+    rc, out, _seconds, _peak = hostile.run_info_measured(str(folder), ROOT)
+    assert rc == 0, out  # the process survived and loaded the rest
+    doc = json.loads(out)
+    skipped = {os.path.basename(s["path"]): s["reason"] for s in doc["skipped"]}
+    assert why in skipped[name]
+    assert len(doc["series"]) == 2  # the DICOM series and the good NRRD
+
+
+def test_skip_reasons_are_capped():
+    from medview.core.volume import MAX_REASON, SkippedFile
+
+    assert len(SkippedFile("x", "y" * 73146).reason) == MAX_REASON

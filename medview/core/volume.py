@@ -152,10 +152,19 @@ class ImageVolume:
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file that was not loaded, and why (plain text)."""
+    """A file that was not loaded, and why (plain text, at most :data:`MAX_REASON`
+    characters: a reason may quote the file, and a file may be built to flood it)."""
 
     path: str
     reason: str
+
+    def __post_init__(self) -> None:
+        if len(self.reason) > MAX_REASON:
+            object.__setattr__(self, "reason", self.reason[:MAX_REASON - 1] + "…")
+
+
+#: The longest skip reason kept (characters).
+MAX_REASON = 300
 
 
 @dataclass

@@ -49,14 +49,61 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
     return scan_skipped, skipped
 
 
+#: The hidden partial CSV a writer fills before renaming it over the target.
+PARTIAL_PREFIX = ".medview-partial-"
+
+
+def _locked(fd: int) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting; False when another process
+    holds it (on a system without flock: True)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def clean_stale_partials(folder: str) -> int:
+    """Remove partial CSVs (they hold file paths) left in ``folder`` by a writer that was
+    killed: each is locked while its writer lives, so one whose lock is free is stale.
+    Returns how many were removed."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(PARTIAL_PREFIX)]
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if _locked(fd):
+                os.remove(path)
+                removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 class RowWriter:
-    """CSV rows written as they come to a temporary file beside the target, renamed over
-    it (after fsync) by :meth:`commit`."""
+    """CSV rows written as they come to a hidden temporary file beside the target (locked
+    while written), renamed over it (after fsync) by :meth:`commit`. Partial files of
+    writers that were killed are removed when a new one starts in the same folder."""
 
     def __init__(self, path: str, header: list[str] | None) -> None:
         self.path = path
         folder = os.path.dirname(os.path.abspath(path))
-        fd, self.tmp = tempfile.mkstemp(prefix=".medview-", dir=folder)
+        clean_stale_partials(folder)
+        fd, self.tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=folder)
+        _locked(fd)
         self.f = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self.w = csv.writer(self.f, lineterminator="\n")
         self.rows = 0

@@ -105,23 +105,89 @@ def _count_gzip_bytes(path: str, limit: int) -> int:
     return total
 
 
-def text_header(path: str) -> dict[str, str]:
-    """Key/value lines of a NRRD or MetaImage header (up to the data)."""
+#: Limits of a NRRD or MetaImage text header, checked before a native reader sees the
+#: file: SimpleITK's NRRD reader (teem) crashes the process on a field longer than about
+#: 1 KiB, so no line may be longer than MAX_HEADER_LINE, and a header has at most
+#: MAX_HEADER_LINES lines and MAX_HEADER_BYTES bytes.
+MAX_HEADER_LINE = 512
+MAX_HEADER_LINES = 128
+MAX_HEADER_BYTES = 32 * 1024
+
+#: NRRD's own fields (teem's list); anything else must be a ``key:=value`` pair
+NRRD_FIELDS = frozenset({
+    "dimension", "type", "encoding", "sizes", "endian", "content", "min", "max",
+    "old min", "oldmin", "old max", "oldmax", "spacings", "thicknesses", "axis mins",
+    "axismins", "axis maxs", "axismaxs", "centers", "centerings", "labels", "units",
+    "kinds", "space", "space dimension", "space directions", "space origin",
+    "space units", "measurement frame", "sample units", "sampleunits", "line skip",
+    "lineskip", "byte skip", "byteskip", "data file", "datafile", "block size",
+    "blocksize", "number",
+})
+#: the NRRD fields that hold one entry per axis
+_PER_AXIS = ("sizes", "spacings", "thicknesses", "axis mins", "axismins", "axis maxs",
+             "axismaxs", "centers", "centerings", "labels", "units", "kinds",
+             "space directions")
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9 _.-]{0,63}")
+
+
+def text_header(path: str, fmt: str = "") -> dict[str, str]:
+    """Key/value lines of a NRRD or MetaImage header (up to the data), refusing what the
+    native readers are known to break on: a line over :data:`MAX_HEADER_LINE` bytes, more
+    than :data:`MAX_HEADER_LINES` lines, control characters, keys that are not names,
+    and (``fmt`` "nrrd") a field NRRD does not define.
+
+    Raises
+    ------
+    CorruptFileError
+        Naming the limit the header breaks.
+    """
     fields: dict[str, str] = {}
+    total = 0
     with open_regular(path) as f:
-        for _ in range(200):
-            line = f.readline(4096)
+        for n in range(MAX_HEADER_LINES + 1):
+            line = f.readline(MAX_HEADER_LINE + 1)
             if not line or line in (b"\n", b"\r\n"):
                 break
-            text = line.decode("latin-1").strip()
+            if n == MAX_HEADER_LINES:
+                raise CorruptFileError(path, f"the text header has more than "
+                                             f"{MAX_HEADER_LINES} lines; refused")
+            if len(line) > MAX_HEADER_LINE or (not line.endswith(b"\n")
+                                               and len(line) == MAX_HEADER_LINE + 1):
+                raise CorruptFileError(path, f"a header line is longer than "
+                                             f"{MAX_HEADER_LINE} bytes; refused (such "
+                                             "fields crash the native reader)")
+            total += len(line)
+            if total > MAX_HEADER_BYTES:
+                raise CorruptFileError(path, "the text header is too large; refused")
+            text = line.decode("latin-1").rstrip("\r\n")
+            if any(ord(c) < 32 and c != "\t" for c in text):
+                raise CorruptFileError(path, "the text header holds control characters")
+            text = text.strip()
+            if n == 0 and fmt == "nrrd" or text.startswith("#"):
+                continue  # the NRRD magic line; comments
             for sep in (":=", ":", "="):
                 if sep in text:
                     key, value = text.split(sep, 1)
-                    fields[key.strip().lower()] = value.strip()
+                    key = key.strip()
+                    if not _KEY.fullmatch(key):
+                        raise CorruptFileError(path, "a header key is not a plain name")
+                    if fmt == "nrrd" and sep == ":" and key.lower() not in NRRD_FIELDS:
+                        raise CorruptFileError(path, f"NRRD field {key[:40]!r} is not one "
+                                                     "NRRD defines")
+                    fields[key.lower()] = value.strip()
                     break
             if text.lower().startswith("elementdatafile"):
                 break
     return fields
+
+
+def _axis_items(key: str, value: str) -> int:
+    """How many per-axis entries a NRRD field value holds."""
+    if key in ("labels", "units"):
+        return value.count('"') // 2
+    if key == "space directions":
+        return len(re.findall(r"\(|\bnone\b", value))
+    return len(value.split())
 
 
 def _data_file_reference(path: str, fmt: str, fields: dict[str, str]) -> str | None:
@@ -154,7 +220,7 @@ def detached_data_files(path: str, fmt: str, fields: dict[str, str] | None = Non
         Naming the header and what was wrong with its data file.
     """
     if fields is None:
-        fields = text_header(path) if fmt in ("meta", "nrrd") else {}
+        fields = text_header(path, fmt) if fmt in ("meta", "nrrd") else {}
     ref = _data_file_reference(path, fmt, fields)
     if ref is None:
         return []
@@ -226,6 +292,13 @@ def check_text_header(path: str, fmt: str, fields: dict[str, str]) -> None:
         if not fields.get("type"):
             raise CorruptFileError(path, "NRRD header has no type")
         n = ndims[0]
+        for key in _PER_AXIS:
+            if key in fields and _axis_items(key, fields[key]) > n:
+                raise CorruptFileError(path, f"NRRD field {key!r} has more entries than "
+                                             f"the image has axes ({n})")
+        space_dim = fields.get("space dimension")
+        if space_dim is not None and _ints(space_dim) not in ([1], [2], [3], [4]):
+            raise CorruptFileError(path, "NRRD space dimension must be 1 to 4")
     if len(sizes) != n or any(not 0 < v < 2**31 for v in sizes):
         raise CorruptFileError(path, f"image sizes must be {n} positive numbers")
     for key in _GEOMETRY_KEYS:
@@ -243,7 +316,7 @@ def read_itk(path: str, fmt: str, data_files: list[str] | None = None) -> ImageV
     (:func:`detached_data_files`)."""
     warns: list[str] = []
     spacing_known = [True, True, True]
-    fields = text_header(path) if fmt in ("meta", "nrrd") else {}
+    fields = text_header(path, fmt) if fmt in ("meta", "nrrd") else {}
     if fmt in ("meta", "nrrd"):
         check_text_header(path, fmt, fields)
     if data_files is None:

@@ -224,6 +224,64 @@ def text_header(rng: random.Random, data: bytes) -> bytes:
     return b"\n".join(lines) + body
 
 
+def _split_header(data: bytes) -> tuple[list[bytes], bytes]:
+    end = data.find(b"\n\n")
+    if end < 0:
+        end = data.find(b"ElementDataFile")
+        end = data.find(b"\n", end) + 1 if end >= 0 else min(len(data), 400)
+    return data[:end].split(b"\n"), data[end:]
+
+
+#: the lengths the long-field strategy tries: around the native readers' fixed buffers
+#: (a NRRD field of about 1 KiB crashed SimpleITK's reader) and far past them
+LONG_LENGTHS = (255, 256, 511, 512, 513, 1023, 1024, 1025, 1030, 2048, 4097, 65537)
+
+
+def text_long_field(rng: random.Random, data: bytes) -> bytes:
+    """One header value made very long (a real field, or a new one)."""
+    lines, body = _split_header(data)
+    k = rng.randrange(1, max(2, len(lines)))
+    filler = rng.choice((b"x", b"1 ", b"(1,0,0) ", b'"a" ', b"left-", b"\t"))
+    value = (filler * (rng.choice(LONG_LENGTHS) // len(filler) + 1))
+    key = rng.choice((b"space", b"content", b"labels", b"space directions", b"kinds",
+                      b"Comment", b"AnatomicalOrientation", b"sizes"))
+    if k < len(lines) and b":" in lines[k] and rng.random() < 0.5:
+        key = lines[k].split(b":", 1)[0]
+    sep = b"=" if b" = " in data[:200] else b": "
+    lines.insert(k, key + sep + value)
+    return b"\n".join(lines) + body
+
+
+def text_many_fields(rng: random.Random, data: bytes) -> bytes:
+    """Hundreds or thousands of header lines (fields, key/value pairs, comments) or
+    per-axis fields with far more entries than axes."""
+    lines, body = _split_header(data)
+    n = rng.choice((100, 127, 128, 129, 300, 3000))
+    kind = rng.randrange(3)
+    if kind == 0:
+        extra = [b"key%d:=value%d" % (i, i) for i in range(n)]
+    elif kind == 1:
+        extra = [b"# comment %d" % i for i in range(n)]
+    else:
+        extra = [rng.choice((b"labels: ", b"units: ", b"kinds: ", b"spacings: "))
+                 + b" ".join([b'"a"'] * n)]
+    k = rng.randrange(1, max(2, len(lines)))
+    return b"\n".join(lines[:k] + extra + lines[k:]) + body
+
+
+def text_deep_nesting(rng: random.Random, data: bytes) -> bytes:
+    """Deeply nested or unbalanced brackets and quotes in a structured field."""
+    lines, body = _split_header(data)
+    depth = rng.choice((50, 500, 5000))
+    value = rng.choice((b"(" * depth + b"1" + b")" * depth, b"(" * depth,
+                        b'"' * depth, b"[" * depth + b"]"))
+    key = rng.choice((b"space directions", b"measurement frame", b"space origin",
+                      b"TransformMatrix", b"Offset"))
+    sep = b" = " if b" = " in data[:200] else b": "
+    lines.insert(rng.randrange(1, max(2, len(lines))), key + sep + value)
+    return b"\n".join(lines) + body
+
+
 def png_header(rng: random.Random, data: bytes) -> bytes:
     if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 33:
         return bit_flips(rng, data)
@@ -248,7 +306,8 @@ def mutators_for(name: str, data: bytes):
     if name.endswith((".nii", ".nii.gz")):
         return (*BLIND, nifti_header, nifti_header)
     if name.endswith((".nrrd", ".mha", ".mhd", ".nhdr")):
-        return (*BLIND, text_header, text_header)
+        return (*BLIND, text_header, text_header, text_long_field, text_many_fields,
+                text_deep_nesting)
     if name.endswith(".png"):
         return (*BLIND, png_header)
     return BLIND
