@@ -99,26 +99,46 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not reg.models:
         print("no models found")
     for m in reg.models:
-        s = m.summary()
-        test = m.card.metrics.get("test", {})
-        auc = test.get("auc", {})
-        perf = (f"test AUC {auc.get('value')} (95% CI {auc.get('ci95', [None, None])[0]}-"
-                f"{auc.get('ci95', [None, None])[1]}, n={test.get('n')})" if auc else
-                "no test metrics")
-        small = m.card.evidence_warning
-        if small:
-            perf += f"\n    WARNING: {small}"
-        print(f"{s['id']}  {s['name']} v{s['version']}  [{s['source']}]\n"
-              f"    classes: {', '.join(s['classes'])}\n"
-              f"    input: {s['input']['dimensionality']} {', '.join(s['input']['modalities'])},"
-              f" {s['input']['size'][0]}x{s['input']['size'][1]}, "
-              f"{s['input']['channels']} channel(s)\n"
-              f"    intended use: {s['intended_use']}\n    {perf}\n"
-              f"    {_gate_line(m.card)}\n"
-              f"    weights sha256: {s['weights_sha256']}")
+        try:
+            print(_model_text(m))
+        except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+            # one malformed free-form section never stops the listing
+            print(f"refused {_show(m.id)}: malformed card ({type(exc).__name__} in its "
+                  "metrics or scope)")
     for e in reg.errors:
         print(f"refused {_show(e.where)}: {_show(e.reason)}")
     return 0
+
+
+def _metric(value) -> str:
+    return _show(str(value)) if isinstance(value, (int, float, str)) else "?"
+
+
+def _model_text(m) -> str:
+    """One model for ``medview models``: every text from the card as plain text (a card
+    is untrusted: no escape sequence reaches the terminal)."""
+    s = m.summary()
+    test = m.card.metrics.get("test")
+    test = test if isinstance(test, dict) else {}
+    auc = test.get("auc")
+    if isinstance(auc, dict) and "value" in auc:
+        ci = auc.get("ci95") if isinstance(auc.get("ci95"), list) else [None, None]
+        ci = [*ci, None, None][:2]
+        perf = (f"test AUC {_metric(auc.get('value'))} (95% CI {_metric(ci[0])}-"
+                f"{_metric(ci[1])}, n={_metric(test.get('n'))})")
+    else:
+        perf = "no test metrics"
+    small = m.card.evidence_warning
+    if small:
+        perf += f"\n    WARNING: {_show(small)}"
+    inp = s["input"]
+    return (f"{_show(s['id'])}  {_show(s['name'])} v{_show(s['version'])}  [{s['source']}]\n"
+            f"    classes: {_show(', '.join(s['classes']))}\n"
+            f"    input: {_show(inp['dimensionality'])} {_show(', '.join(inp['modalities']))},"
+            f" {inp['size'][0]}x{inp['size'][1]}, {inp['channels']} channel(s)\n"
+            f"    intended use: {_show(s['intended_use'])}\n    {perf}\n"
+            f"    {_show(_gate_line(m.card))}\n"
+            f"    weights sha256: {s['weights_sha256']}")
 
 
 def _gate_line(card) -> str:
@@ -127,8 +147,9 @@ def _gate_line(card) -> str:
     sc = card.scope
     if sc is None:
         return "trust gate: none (answers any image; nothing checks it is like its training data)"
-    it = (sc.checked or {}).get("internal_test") or {}
-    passed = f", test images in scope {it['in_scope']}" if "in_scope" in it else ""
+    it = (sc.checked or {}).get("internal_test")
+    passed = (f", test images in scope {it['in_scope']}"
+              if isinstance(it, dict) and "in_scope" in it else "")
     return (f"trust gate: {sc.method}, limit {sc.limit:.4g} (validation {sc.percentile:g}th "
             f"percentile{passed}); population: {population_text(card)}")
 

@@ -229,3 +229,54 @@ def test_default_names_never_come_from_the_data_folder(tmp_path):
     assert "Doe" not in final
     td = result.card.training_data
     assert len(td["content_sha256"]) == 64 and "24 images" in td["source"]
+
+
+def _models_cli(models_dir) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medview", "models"], capture_output=True,
+                          env=dict(os.environ, MEDVIEW_MODELS_DIR=str(models_dir)),
+                          timeout=120)
+
+
+def test_card_text_reaches_the_terminal_as_plain_text(folder):
+    card = _card(folder)
+    card["name"] = "Evil \x1b]0;pwned\x07 \x1b[2J name"
+    card["intended_use"] = "use \x1b[31mred\x1b[0m \x9b6n"
+    card["classes"][0]["name"] = "pa\x1b[1mtch"
+    card["thresholds"] = {card["classes"][0]["name"]: 0.5}
+    card["decision"]["positive_class"] = card["classes"][0]["name"]
+    _write(folder, card)
+    r = _models_cli(folder.parent)
+    assert r.returncode == 0, r.stderr
+    assert b"\x1b" not in r.stdout and b"\x07" not in r.stdout and b"\xc2\x9b" not in r.stdout
+    assert b"Evil" in r.stdout
+
+
+@pytest.mark.parametrize("metrics", [
+    {"test": {"auc": "not a dict", "n": 10}},
+    {"test": {"auc": {"value": 0.9, "ci95": "x"}, "counts": [1, 2]}},
+    {"test": ["a", "list"]},
+    {"test": {"auc": {"value": {"nested": 1}, "ci95": [None]}, "n": {"x": 1}}},
+])
+def test_a_malformed_card_never_stops_the_listing(folder, metrics):
+    card = _card(folder)
+    card["metrics"] = metrics
+    _write(folder, card)
+    other = folder.parent / "other"
+    shutil.copytree(folder, other)
+    oc = _card(other)
+    oc["id"] = "other"
+    oc["metrics"] = {}
+    _write(other, oc)
+    r = _models_cli(folder.parent)
+    assert r.returncode == 0, r.stderr
+    assert b"other" in r.stdout and b"Traceback" not in r.stderr
+
+
+def test_models_does_not_list_a_model_whose_weights_are_a_fifo(folder, monkeypatch):
+    monkeypatch.setenv("MEDVIEW_MODELS_DIR", str(folder.parent))
+    w = folder / "weights.safetensors"
+    os.remove(w)
+    os.mkfifo(w)
+    reg = _finishes(discover_models)["value"]
+    assert "tiny-patch" not in [m.id for m in reg.models]
+    assert any("not a regular file" in e.reason for e in reg.errors)

@@ -163,7 +163,7 @@ def text_header(path: str, fmt: str = "") -> dict[str, str]:
             if any(ord(c) < 32 and c != "\t" for c in text):
                 raise CorruptFileError(path, "the text header holds control characters")
             text = text.strip()
-            if n == 0 and fmt == "nrrd" or text.startswith("#"):
+            if (n == 0 and fmt == "nrrd") or text.startswith("#"):
                 continue  # the NRRD magic line; comments
             for sep in (":=", ":", "="):
                 if sep in text:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Self
 
@@ -484,7 +485,9 @@ class Card(Section):
         fewer than SMALL_TEST_SET test images, or fewer than 10 of some class."""
         m = self.headline_metrics
         n = m.get("n")
-        counts = [v for v in (m.get("counts") or {}).values() if isinstance(v, int)]
+        raw_counts = m.get("counts")
+        counts = [v for v in (raw_counts.values() if isinstance(raw_counts, dict) else [])
+                  if isinstance(v, int) and not isinstance(v, bool)]
         split = "test" if self.metrics.get("test") else "validation"
         if not isinstance(n, int):
             return f"no {split} metrics: performance unknown"
@@ -496,8 +499,13 @@ class Card(Section):
 
     @property
     def headline_metrics(self) -> dict:
-        """The test split's metrics, else the validation split's (``{}`` if neither)."""
-        return self.metrics.get("test") or self.metrics.get("validation") or {}
+        """The test split's metrics, else the validation split's (``{}`` if neither, or if
+        the card holds something else there: the metrics are free-form JSON)."""
+        for split in ("test", "validation"):
+            m = self.metrics.get(split)
+            if isinstance(m, dict) and m:
+                return m
+        return {}
 
 
 def population_text(card: Card) -> str:
@@ -766,3 +774,26 @@ def read_card(folder: str, source: str = "bundled") -> ModelCard:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise CardError(where, f"unreadable card: {reason}") from exc
     return ModelCard(Card.from_dict(data, where), os.path.abspath(folder), source)
+
+
+def check_weights_file(card: ModelCard, where: str = "") -> None:
+    """The weights file must be a regular, non-empty file of a plausible size inside the
+    model folder - checked from its metadata, never by opening it (a FIFO would block,
+    a device would never end). The contents are verified when the model is loaded."""
+    from medview.core.safeio import inside
+    from medview.models.weights import MAX_WEIGHTS_BYTES
+
+    where = where or os.path.join(os.path.basename(card.folder), WEIGHTS_FILE)
+    path = card.weights_path
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CardError(where, "the weights file is missing") from exc
+    if not inside(path, card.folder):
+        raise CardError(where, "the weights file lies outside the model folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise CardError(where, "the weights file is not a regular file (FIFO, device or "
+                               "socket?)")
+    if not 0 < st.st_size <= MAX_WEIGHTS_BYTES:
+        raise CardError(where, f"the weights file has an implausible size ({st.st_size} "
+                               "bytes)")

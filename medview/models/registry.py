@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 
 from medview.core.errors import must_propagate
-from medview.models.card import CARD_FILE, CardError, ModelCard, read_card
+from medview.models.card import CARD_FILE, CardError, ModelCard, check_weights_file, read_card
 from medview.models.staging import clean_stale_exports
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def _scan(folder: str | None, source: str, reg: Registry, seen: set[str]) -> Non
             continue
         try:
             card = read_card(path, source)
+            check_weights_file(card)  # listed only with a plausible weights file
         except CardError as exc:
             log.warning("model card refused: %s", exc.reason)
             reg.errors.append(exc)
