@@ -566,11 +566,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    from medview.core.errors import CancelledError, MedviewError
     from medview.pacs import PacsError
 
     try:
         return args.func(args)
     except PacsError as exc:
+        print(f"error: {_show(str(exc))}", file=sys.stderr)
+        return 2
+    except CancelledError:
+        raise
+    except MedviewError as exc:  # a model, file or setting refused, with the reason
         print(f"error: {_show(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # unwritable --out/--csv, a full disk, an unreadable --config

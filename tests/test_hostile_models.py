@@ -280,3 +280,95 @@ def test_models_does_not_list_a_model_whose_weights_are_a_fifo(folder, monkeypat
     reg = _finishes(discover_models)["value"]
     assert "tiny-patch" not in [m.id for m in reg.models]
     assert any("not a regular file" in e.reason for e in reg.errors)
+
+
+def test_a_tiny_folder_naming_a_huge_architecture_is_refused_before_building(folder,
+                                                                             monkeypatch):
+    """The parameters are counted on a skeleton (the meta device) and refused past the
+    budget before any memory is taken or any weights byte is read."""
+    import medview.models.loading as loading
+
+    card = _card(folder)
+    card["architecture"] = {"name": "vit_large_patch16_224", "args": {"num_classes": 2}}
+    _write(folder, card)
+
+    def built(*_a, **_k):
+        raise AssertionError("the real model was built")
+
+    monkeypatch.setattr(loading, "build_from_card", built)
+    with pytest.raises(WeightsError, match="model memory budget"):
+        load_model(read_card(str(folder)))
+    monkeypatch.setenv("MEDVIEW_MAX_MODEL_MEMORY", str(1024))  # and the budget is a setting
+    card["architecture"] = {"name": "test_efficientnet", "args": {"num_classes": 2}}
+    _write(folder, card)
+    with pytest.raises(WeightsError, match="budget"):
+        load_model(read_card(str(folder)))
+
+
+def test_weights_in_an_unexpected_dtype_are_refused(folder):
+    import hashlib
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    w = folder / "weights.safetensors"
+    tensors = {k: (v.astype(np.float64) if v.dtype == np.float32 else v)
+               for k, v in load_file(str(w)).items()}
+    save_file(tensors, str(w))
+    card = _card(folder)
+    card["weights"]["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
+    _write(folder, card)
+    with pytest.raises(WeightsError, match="stored as F64"):
+        load_model(read_card(str(folder)))
+
+
+def _graph_with(folder, build) -> None:
+    import hashlib
+
+    import onnx
+
+    path = folder / "graph.onnx"
+    model = onnx.load_model_from_string(path.read_bytes())
+    build(model)
+    data = model.SerializeToString()
+    path.write_bytes(data)
+    card = _card(folder)
+    card["graph"]["sha256"] = hashlib.sha256(data).hexdigest()
+    _write(folder, card)
+
+
+def test_a_graph_that_asks_for_huge_tensors_is_refused(folder):
+    """Standard operators only, but ConstantOfShape of 10^11 elements: refused by the
+    graph check with the reason, never an allocation or a traceback."""
+    from onnx import helper, numpy_helper
+
+    from medview.inference.predictor import Predictor
+
+    def build(model):
+        import numpy as np
+
+        shape = numpy_helper.from_array(np.array([100000, 1000000], np.int64), "huge_shape")
+        model.graph.initializer.append(shape)
+        model.graph.node.append(helper.make_node("ConstantOfShape", ["huge_shape"],
+                                                 ["huge_out"]))
+
+    _graph_with(folder, build)
+    with pytest.raises(WeightsError, match="ConstantOfShape asks for more than"):
+        Predictor(read_card(str(folder)), "cpu", "onnx")
+
+
+def test_a_graph_failing_in_onnx_runtime_is_a_clear_model_error(folder, monkeypatch):
+    import numpy as np
+
+    from medview.core.volume import ImageVolume
+    from medview.inference.predictor import Predictor
+
+    pred = Predictor(read_card(str(folder)), "cpu", "onnx")
+
+    class Broken:
+        def run(self, *_a, **_k):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad_alloc")
+
+    monkeypatch.setattr(pred.engine, "session", Broken())
+    with pytest.raises(WeightsError, match="failed in ONNX Runtime"):
+        pred.predict(ImageVolume(np.zeros((1, 64, 64), np.uint8)), 0)

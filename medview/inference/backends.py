@@ -224,7 +224,13 @@ class OnnxBackend:
         parts = []
         with self.lock:
             for i in range(0, len(x), max(1, batch_size)):
-                parts.append(self.session.run(names, {"x": x[i:i + batch_size]}))
+                try:
+                    parts.append(self.session.run(names, {"x": x[i:i + batch_size]}))
+                except Exception as exc:  # ONNX Runtime's errors are plain RuntimeErrors
+                    raise WeightsError(f"the model's exported graph failed in ONNX "
+                                       f"Runtime ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                                       ")") from exc
         out = {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
         if self.thumbnail:
             out[scope.INPUT_STAGE] = input_thumbnail(x)

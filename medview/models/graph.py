@@ -30,6 +30,14 @@ MAX_GRAPH_BYTES = 1024**3
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 #: ONNX TensorProto.DataLocation.EXTERNAL
 _EXTERNAL = 1
+#: The most elements a tensor of the graph may declare, or a shape constant may ask an
+#: operator to make: far above any classifier's activations at the card's input size (a
+#: 1024x1024x3 input is 3e6), far below what exhausts a workstation.
+MAX_TENSOR_ELEMENTS = 2**28
+#: operators whose integer input is a shape (or repeat counts) of what they allocate
+_SHAPE_OPS = {"ConstantOfShape": 0, "Expand": 1, "Reshape": 1, "Tile": 1, "Resize": 3,
+              "Upsample": 1, "Range": 1}
+_INT64, _INT32 = 7, 6
 _schema = None
 
 
@@ -66,9 +74,54 @@ def _check_tensor(t, where: str) -> None:
                            "to data outside the graph file")
 
 
+def _elements(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= max(int(d), 0)
+    return n
+
+
+def _int_values(t) -> list[int]:
+    """The values of an integer tensor stored in the graph (raw or typed)."""
+    import numpy as np
+
+    if t.data_type not in (_INT64, _INT32):
+        return []
+    if t.raw_data:
+        return np.frombuffer(t.raw_data, "<i8" if t.data_type == _INT64 else "<i4").tolist()
+    return list(t.int64_data or t.int32_data)
+
+
+def _check_sizes(g) -> None:
+    """Refuse tensors, and shape constants of allocating operators, past
+    :data:`MAX_TENSOR_ELEMENTS` (a graph of standard operators can still ask the runtime
+    for 10^11 elements)."""
+    constants = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.HasField("t"):
+                    constants[node.output[0]] = a.t
+    for t in list(g.initializer) + [c for c in constants.values()]:
+        if _elements(t.dims) > MAX_TENSOR_ELEMENTS:
+            raise WeightsError(f"exported graph refused: tensor {t.name[:60]!r} declares "
+                               "too many elements")
+    for node in g.node:
+        k = _SHAPE_OPS.get(node.op_type)
+        if k is None or len(node.input) <= k or node.input[k] not in constants:
+            continue
+        values = _int_values(constants[node.input[k]])
+        if node.op_type == "Range":
+            continue  # start/limit/delta: bounded by the output size check below
+        if values and _elements(v for v in values if v > 0) > MAX_TENSOR_ELEMENTS:
+            raise WeightsError(f"exported graph refused: {node.op_type} asks for more than "
+                               f"{MAX_TENSOR_ELEMENTS} elements")
+
+
 def _check_graph(g, depth: int = 0) -> None:
     if depth > 8:
         raise WeightsError("exported graph refused: subgraphs nested too deeply")
+    _check_sizes(g)
     for t in g.initializer:
         _check_tensor(t, "initializer")
     for st in g.sparse_initializer:

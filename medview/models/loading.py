@@ -10,8 +10,28 @@ function that can load a pickle or open the network.
 
 from __future__ import annotations
 
+import os
+
 from medview.models.card import ARCH_ARGS, ARCH_NAME, ModelCard
-from medview.models.weights import WeightsError, load_into, load_verified_state_dict
+from medview.models.weights import (
+    WEIGHT_DTYPES,
+    WeightsError,
+    load_into,
+    load_verified_state_dict,
+)
+
+#: The most memory a model's parameters may take once built (float32), so that a tiny
+#: model folder naming a huge architecture is refused before anything is allocated.
+#: ``MEDVIEW_MAX_MODEL_MEMORY`` (bytes) overrides; the bundled models take 14 MB.
+MODEL_BUDGET_ENV = "MEDVIEW_MAX_MODEL_MEMORY"
+DEFAULT_MODEL_BUDGET = 1024**3
+
+
+def model_budget() -> int:
+    try:
+        return max(1, int(os.environ.get(MODEL_BUDGET_ENV, DEFAULT_MODEL_BUDGET)))
+    except ValueError:
+        return DEFAULT_MODEL_BUDGET
 
 
 def _model_kwargs(card: ModelCard) -> tuple[str, dict]:
@@ -55,14 +75,20 @@ def expected_shapes(card: ModelCard) -> dict[str, tuple[int, ...]]:
     name, args = _model_kwargs(card)
     with torch.device("meta"):
         skeleton = _create(name, args)
-    return {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    need = 4 * sum(int(v.numel()) for v in skeleton.state_dict().values())
+    if need > model_budget():
+        raise WeightsError(f"refused: architecture {name!r} needs {need / 1024**2:.0f} MiB "
+                           f"for its parameters alone, over the model memory budget of "
+                           f"{model_budget() / 1024**2:.0f} MiB ({MODEL_BUDGET_ENV})")
+    return shapes
 
 
 def load_model(card: ModelCard):
     """The model of ``card`` with weights checked against the card's sha256, in eval mode."""
-    shapes = expected_shapes(card)
+    shapes = expected_shapes(card)  # refuses an architecture over the memory budget
     state = load_verified_state_dict(card.weights_path, card.weights_sha256, shapes,
-                                     root=card.folder)
+                                     root=card.folder, dtypes=WEIGHT_DTYPES)
     model = build_from_card(card)
     load_into(model, state)
     model.eval()

@@ -19,6 +19,9 @@ MAX_HEADER = 16 * 1024 * 1024
 #: Bundled models are ~14 MB; a model folder's weights may not exceed this.
 MAX_WEIGHTS_BYTES = 4 * 1024**3
 ALLOWED_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+#: the dtypes a model's weights may be stored in (num_batches_tracked is int64); other
+#: safetensors files (the trust gate's statistics) may use any of ALLOWED_DTYPES
+WEIGHT_DTYPES = frozenset({"F32", "F16", "BF16", "I64"})
 
 
 class WeightsError(MedviewError):
@@ -65,12 +68,19 @@ def _parse_header(f, size: int) -> dict:
 
 
 def _read(path: str, root: str | None, expected_shapes=None, whole: bool = False,
-          max_bytes: int = MAX_WEIGHTS_BYTES) -> tuple[dict, bytes]:
+          max_bytes: int = MAX_WEIGHTS_BYTES, dtypes=None) -> tuple[dict, bytes]:
     """The checked header (and with ``whole`` the file's bytes) of a weights file that is
-    a regular file inside ``root``; every failure is a :class:`WeightsError`."""
+    a regular file inside ``root``; with ``dtypes``, every tensor must be stored in one of
+    them. Every failure is a :class:`WeightsError`."""
     try:
         with open_regular(path, max_bytes=max_bytes, root=root) as f:
             header = _parse_header(f, os.fstat(f.fileno()).st_size)
+            if dtypes is not None:
+                odd = sorted({str(v.get("dtype")) for k, v in header.items()
+                              if k != "__metadata__" and str(v.get("dtype")) not in dtypes})
+                if odd:
+                    raise WeightsError(f"refused: weights stored as {', '.join(odd)} (a "
+                                       f"model's weights are {', '.join(sorted(dtypes))})")
             if expected_shapes is not None:
                 check_shapes(header, expected_shapes)
             if not whole:
@@ -122,7 +132,7 @@ def _check_sha256(data: bytes, expected: str) -> None:
 
 def load_verified_state_dict(path: str, expected_sha256: str,
                              expected_shapes: dict[str, tuple[int, ...]] | None = None,
-                             root: str | None = None) -> dict:
+                             root: str | None = None, dtypes=None) -> dict:
     """The tensors of a safetensors file whose sha256 matches the card.
 
     Order of checks, cheapest first: a regular file inside ``root``; the header (size,
@@ -132,7 +142,7 @@ def load_verified_state_dict(path: str, expected_sha256: str,
     """
     from safetensors.torch import load as load_bytes
 
-    _, data = _read(path, root, expected_shapes, whole=True)
+    _, data = _read(path, root, expected_shapes, whole=True, dtypes=dtypes)
     _check_sha256(data, expected_sha256)
     try:
         return load_bytes(data)
@@ -185,7 +195,7 @@ def read_verified_tensors(path: str, expected_sha256: str, root: str | None = No
     against them and reads the class-activation-map head from them."""
     from safetensors.numpy import load as load_numpy
 
-    _, data = _read(path, root, whole=True)
+    _, data = _read(path, root, whole=True, dtypes=WEIGHT_DTYPES)
     _check_sha256(data, expected_sha256)
     try:
         return load_numpy(data)
