@@ -98,3 +98,68 @@ def test_implicit_vr_files_take_the_fast_path(tmp_path, monkeypatch):
     assert read_wanted(out) is not None
     result = _same_both_ways(out, monkeypatch)
     assert result.volumes and result.volumes[0].pixels.shape == (1, 64, 64)
+
+
+def _with_tail(tmp_path, name: str, tail: bytes) -> str:
+    ds = make_dataset(np.zeros((8, 8), np.uint16), modality="CT")
+    ds.PatientName = "GOOD^PATIENT"
+    path = write(ds, tmp_path / name)
+    with open(path, "ab") as f:
+        f.write(tail)
+    return path
+
+
+def _elem(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+        return struct.pack("<HH", group, element) + vr + b"\0\0" + struct.pack(
+            "<I", len(value)) + value
+    return struct.pack("<HH", group, element) + vr + struct.pack("<H", len(value)) + value
+
+
+@pytest.mark.parametrize(("name", "tail", "fast"), [
+    ("other-patient", _elem(0x0010, 0x0010, b"PN", b"OTHER^PATIENT "), False),
+    ("second-pixels", _elem(0x7FE0, 0x0010, b"OW", b"\x01\x02" * 8), False),
+    ("window", _elem(0x0028, 0x1050, b"DS", b"1234"), False),
+    ("zeros", b"\0" * 64, True),
+    ("padding", _elem(0xFFFC, 0xFFFC, b"OB", b"\0" * 16), True),
+])
+def test_what_follows_pixel_data_never_makes_two_patients(tmp_path, name, tail, fast):
+    """The fast walk stops at Pixel Data; pydicom reads on. Anything after it but trailing
+    padding sends the file to the full reader, so medview, a PACS and the de-identifier
+    all see one patient."""
+    from pydicom import dcmread
+
+    from tests.fuzz.differential import disagreement
+
+    path = _with_tail(tmp_path, f"{name}.dcm", tail)
+    assert (read_wanted(path) is not None) == fast
+    assert disagreement(path) == ""
+    result = load([path])
+    if result.volumes:  # the name shown is the one every other reader sees
+        assert result.volumes[0].study.patient_name == dicom.person_name_text(
+            str(dcmread(path, force=True).PatientName))
+    else:  # a second Pixel Data of the wrong size: the full reader's refusal
+        assert result.skipped and result.skipped[0].reason
+
+
+def test_the_fast_and_full_readers_agree_on_every_fuzzer_mutant(tmp_path):
+    """The differential check on a fixed sample of the fuzzer's DICOM mutants (``make
+    fuzz`` runs it on every mutant): a disagreement is a finding."""
+    import random
+
+    from tests.fuzz.differential import disagreement
+    from tests.fuzz.mutate import mutate
+    from tests.fuzz.seeds import seeds
+
+    rng = random.Random(2026)
+    pool = [(n, d) for n, d in seeds() if n.endswith(".dcm")]
+    found = []
+    for k in range(300):
+        name, data = rng.choice(pool)
+        mutant, ops = mutate(rng, name, data)
+        path = tmp_path / f"m{k}.dcm"
+        path.write_bytes(mutant)
+        why = disagreement(str(path))
+        if why:
+            found.append((ops, why))
+    assert found == []

@@ -39,11 +39,13 @@ def test_every_input_that_ever_crashed_or_hung_now_loads():
     assert rc == 0, [f for f in files if f["status"] != "ok"]
 
 
-def test_short_fuzz_campaign_finds_no_crash_and_no_hang(tmp_path):
+def test_short_fuzz_campaign_finds_no_crash_no_hang_and_no_disagreement(tmp_path):
     rc, out, _err = _run("--seconds", str(SECONDS), "--seed", "1", "--save", str(tmp_path),
                         "--json", timeout=SECONDS + 300)
     report = json.loads(out)
     assert report["inputs"] > SECONDS * 5  # it really ran
     assert report["crashes"] == report["hangs"] == report["over_memory"] == 0, (
+        f"kept in {tmp_path}; copy them into tests/data/regressions: {report['findings']}")
+    assert report["disagreements"] == 0, (
         f"kept in {tmp_path}; copy them into tests/data/regressions: {report['findings']}")
     assert rc == 0, report["findings"]

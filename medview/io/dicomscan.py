@@ -294,6 +294,37 @@ def _walk(buf: bytes, pos: int, implicit: bool, wanted: frozenset[int] | None, d
             found.append((tag, start, pos))
 
 
+#: The most bytes after Pixel Data that are checked to be padding (more: full reader).
+MAX_TRAILER = 1024 * 1024
+PADDING = 0xFFFCFFFC
+
+
+def _only_padding_after(path: str, end: int, size: int, implicit: bool) -> bool:
+    """Whether the bytes after Pixel Data (``end`` to ``size``) are trailing padding
+    only: nothing, zero bytes, or one Data Set Trailing Padding element (FFFC,FFFC)
+    reaching exactly to the end of the file."""
+    if end >= size:
+        return True
+    if size - end > MAX_TRAILER:
+        return False
+    with open_regular(path) as f:
+        f.seek(end)
+        tail = f.read(size - end)
+    if len(tail) != size - end:
+        return False
+    if not tail.strip(b"\0"):
+        return True
+    if len(tail) < 8 or struct.unpack_from("<HH", tail, 0) != (0xFFFC, 0xFFFC):
+        return False
+    if implicit:
+        length, head = struct.unpack_from("<I", tail, 4)[0], 8
+    elif tail[4:6] == b"OB" and len(tail) >= 12:
+        length, head = struct.unpack_from("<I", tail, 8)[0], 12
+    else:
+        return False
+    return head + length == len(tail)
+
+
 def read_wanted(path: str, size: int | None = None):
     """The image file's ``FileDataset`` holding only the wanted elements (Pixel Data
     deferred), or None when the fast path does not apply (the caller uses dcmread)."""
@@ -332,6 +363,11 @@ def read_wanted(path: str, size: int | None = None):
     if pixel is not None and pixel[2] == UNDEFINED:
         # encapsulated (compressed) pixel data: decoding dominates there, and pydicom's
         # reader checks the fragments' framing as it reads them
+        return None
+    if pixel is not None and not _only_padding_after(path, pixel[1] + pixel[2], size,
+                                                     implicit):
+        # elements after Pixel Data: the full reader reads on where this walk stopped
+        # (another patient's name there would be one file with two patients)
         return None
     charset = next((bytes(buf[s:e]) for tag, s, e in found if tag == CHARSET), b"")
     dataset = _dataset(buf, found, implicit, charset)

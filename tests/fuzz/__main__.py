@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fuzzed {report['inputs']} inputs in {report['seconds']:.0f} s "
               f"({report['inputs_per_second']}/s) from {report['seeds']} seeds")
         print(f"crashes {report['crashes']}, hangs {report['hangs']}, over memory "
-              f"{report['over_memory']}, peak RSS {report['peak_rss_mib']} MiB")
+              f"{report['over_memory']}, fast/full header disagreements "
+              f"{report['disagreements']}, peak RSS {report['peak_rss_mib']} MiB")
         print("per format: " + ", ".join(f"{k} {v}" for k, v in
                                          sorted(report["per_format"].items())))
         for f in report["findings"]:

@@ -98,6 +98,44 @@ def tag_duplication(rng: random.Random, data: bytes) -> bytes:
     return data[:at] + data[a:b] + data[at:]
 
 
+def _element(tag: int, vr: bytes, value: bytes, implicit: bool) -> bytes:
+    if len(value) % 2:
+        value += b" " if vr not in (b"OB", b"UN", b"OW") else b"\0"
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack("<I", len(value)) + value
+    if vr in LONG_VRS:
+        return head + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return head + vr + struct.pack("<H", len(value)) + value
+
+
+def append_after_pixels(rng: random.Random, data: bytes) -> bytes:
+    """Elements after Pixel Data, where one reader stops and another reads on: another
+    patient's name and ID, a second window, a second Pixel Data, or padding."""
+    implicit = b"1.2.840.10008.1.2\0" in data[:1024] or b"1.2.840.10008.1.2 " in data[:1024]
+    choices = (
+        [_element(0x00100010, b"PN", b"OTHER^PATIENT", implicit),
+         _element(0x00100020, b"LO", b"OTHER-ID", implicit)],
+        [_element(0x00281050, b"DS", b"1234", implicit),
+         _element(0x00281051, b"DS", b"1", implicit)],
+        [_element(0x7FE00010, b"OW", b"\x01\x02" * 32, implicit)],
+        [_element(0x00080018, b"UI", b"1.2.3.4.5", implicit)],
+        [_element(0xFFFCFFFC, b"OB", b"\0" * 16, implicit)],  # trailing padding
+        [b"\0" * rng.choice((1, 2, 16, 200))],
+    )
+    return data + b"".join(rng.choice(choices))
+
+
+def swap_elements(rng: random.Random, data: bytes) -> bytes:
+    """Two neighbouring elements' bytes exchanged (out of order, or a value moved)."""
+    elems = _explicit_elements(data)
+    if len(elems) < 3:
+        return splice(rng, data)
+    k = rng.randrange(len(elems) - 2)
+    a, b, c = elems[k][0], elems[k + 1][0], elems[k + 2][0]
+    return data[:a] + data[b:c] + data[a:b] + data[c:]
+
+
 def _edit_dataset(rng: random.Random, data: bytes, edit) -> bytes:
     import pydicom
 
@@ -297,7 +335,8 @@ def png_header(rng: random.Random, data: bytes) -> bytes:
 
 
 BLIND = (bit_flips, byte_sets, truncate, splice)
-DICOM = (length_inflation, tag_duplication, syntax_swap, semantic_edit, semantic_edit)
+DICOM = (length_inflation, tag_duplication, syntax_swap, semantic_edit, semantic_edit,
+         append_after_pixels, swap_elements)
 
 
 def mutators_for(name: str, data: bytes):

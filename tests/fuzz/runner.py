@@ -2,6 +2,8 @@
 limit, and fuzzing campaigns built on that.
 
 Outcomes: ``ok`` (the child finished: the file loaded or was skipped with a reason),
+``disagreement`` (a DICOM file medview's fast header walk and pydicom's full reader read
+differently: see :mod:`tests.fuzz.differential`),
 ``crash`` (an exception escaped, or the child died from a signal such as SIGABRT from a
 native allocator or SIGSEGV), ``hang`` (still running at the time limit; killed),
 ``memory`` (finished, but its peak RSS passed 1.5 GiB: something decoded past the budget).
@@ -55,6 +57,15 @@ def info_path(path: str) -> None:
     json.dumps(doc)
     for v in result.volumes:
         render_slice(v, v.default_index, None)
+    from tests.fuzz.differential import disagreement
+
+    why = disagreement(path)
+    if why:
+        raise Disagreement(why)
+
+
+class Disagreement(Exception):
+    """The two DICOM header parsers read one file differently."""
 
 
 def preload() -> None:
@@ -119,6 +130,8 @@ def run_one(path: str, target: Callable[[str], None] = info_path,
             detail = f"killed by signal {signal.Signals(os.WTERMSIG(wstatus)).name}"
         elif os.WEXITSTATUS(wstatus) != 0:
             status, detail = "crash", message or f"exit code {os.WEXITSTATUS(wstatus)}"
+            if message.startswith("Disagreement:"):
+                status = "disagreement"
         else:
             status = "ok"
     if status == "ok" and rusage is not None and rusage.ru_maxrss > RSS_LIMIT_KIB:
@@ -181,7 +194,7 @@ def campaign(seconds: float, seed: int = 0, save_dir: str | None = None) -> dict
     return {"seconds": seconds, "seed": seed, "seeds": len(pool), "inputs": inputs,
             "inputs_per_second": round(inputs / max(seconds, 1e-9), 1),
             "ok": counts["ok"], "crashes": counts["crash"], "hangs": counts["hang"],
-            "over_memory": counts["memory"],
+            "over_memory": counts["memory"], "disagreements": counts["disagreement"],
             "peak_rss_mib": round(peak / 1024, 1), "per_format": dict(per_kind),
             "findings": findings}
 
