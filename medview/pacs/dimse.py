@@ -40,6 +40,8 @@ from medview.core.limits import fmt_bytes
 from medview.core.progress import CancelToken, Progress
 from medview.pacs import cache
 from medview.pacs.records import (
+    MAX_INSTANCE_BYTES,
+    MAX_MATCHES,
     EchoResult,
     InstanceRecord,
     Query,
@@ -55,9 +57,7 @@ from medview.pacs.servers import PacsError, PacsSettings, Server
 log = logging.getLogger(__name__)
 
 #: Most results one C-FIND may return before medview stops reading (narrow the query).
-MAX_MATCHES = 2000
 #: Largest instance kept from the network (bytes); a bigger one is refused.
-MAX_INSTANCE_BYTES = 4 * 1024**3
 #: Transfer syntaxes accepted for storage: uncompressed, then what medview decodes (or
 #: keeps as received: the files are stored as they arrive).
 UNCOMPRESSED_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]

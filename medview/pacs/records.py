@@ -26,6 +26,11 @@ def count(value) -> int | None:
     return n if n >= 0 else None
 
 
+#: The most matches a query may return (the user is asked to narrow it).
+MAX_MATCHES = 2000
+#: The largest instance accepted from a server, whatever the protocol.
+MAX_INSTANCE_BYTES = 4 * 1024**3
+
 @dataclass(frozen=True)
 class Query:
     """Study-level matching keys; empty = any. ``study_date`` is ``YYYYMMDD`` or a range

@@ -1,11 +1,25 @@
-"""DICOMweb on dicomweb-client: QIDO-RS (echo, find), WADO-RS (retrieve), STOW-RS (store).
+"""DICOMweb: QIDO-RS (echo, find), WADO-RS (retrieve), STOW-RS (store).
+
+The server is untrusted, like a file. QIDO and WADO requests go through medview's own
+transport on a ``requests`` session (dicomweb-client stores results, STOW-RS):
+
+- never leave the configured origin: a redirect to another scheme, host or port is
+  refused before it is followed (queries carry patient IDs and names);
+- every request has an idle limit (the settings' timeout, per read) *and* a deadline for
+  the whole answer (:data:`DEADLINE_FACTOR` times the timeout, at least
+  :data:`MIN_DEADLINE_S`), so a server trickling one byte every few seconds is cut off;
+- answers are read in chunks and bounded: a QIDO answer to :data:`MAX_QIDO_BYTES`, parsed
+  with nesting and match limits (:data:`MAX_MATCHES`); a WADO-RS instance is streamed to
+  a temporary file, never held in memory, and refused past ``MAX_INSTANCE_BYTES`` (the
+  DIMSE limit), then checked like a DIMSE one: the instance, study and series asked for.
 
 Retrieve asks for one instance per request over one kept-alive HTTP session, so a
-transfer can be resumed instance by instance and at most one instance is in memory.
+transfer can be resumed instance by instance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -18,6 +32,8 @@ from medview.core.errors import CancelledError
 from medview.core.progress import CancelToken, Progress
 from medview.pacs import cache
 from medview.pacs.records import (
+    MAX_INSTANCE_BYTES,
+    MAX_MATCHES,
     EchoResult,
     InstanceRecord,
     Query,
@@ -30,8 +46,15 @@ from medview.pacs.records import (
 )
 from medview.pacs.servers import PacsError, PacsSettings, Server
 
-MAX_MATCHES = 2000
 STORE_BATCH = 16
+#: the whole-answer deadline: this many times the per-read timeout (at least MIN_DEADLINE_S)
+DEADLINE_FACTOR = 6.0
+MIN_DEADLINE_S = 30.0
+#: a QIDO answer larger than this is refused (2000 studies of JSON are ~2 MB)
+MAX_QIDO_BYTES = 64 * 1024**2
+#: JSON nested deeper than this is refused (DICOM JSON of a QIDO answer is ~5 deep)
+MAX_JSON_DEPTH = 32
+CHUNK = 256 * 1024
 
 
 def _value(item: dict, keyword: str):
@@ -55,15 +78,112 @@ class WebClient:
     """One DICOMweb service."""
 
     def __init__(self, server: Server, settings: PacsSettings) -> None:
+        import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.server = server
         self.settings = settings
-        self._client = DICOMwebClient(url=server.url, timeout=settings.timeout_s)
+        self._session = requests.Session()
+        self._session.hooks["response"].append(self._same_origin)
+        self._client = DICOMwebClient(url=server.url, timeout=settings.timeout_s,
+                                      session=self._session)
         # dicomweb-client retries failed requests 5 times with exponential back-off (30 s
         # for a refused connection); medview answers within the timeout and the user
         # retries (a retrieve resumes)
         self._client.set_http_retry_params(retry=False)
+
+    # -- transport ------------------------------------------------------------------
+    def _origin(self, url: str) -> tuple[str, str, int | None]:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        port = u.port or {"http": 80, "https": 443}.get(u.scheme)
+        return u.scheme.lower(), (u.hostname or "").lower(), port
+
+    def _same_origin(self, response, *_args, **_kwargs):
+        """A response hook: a redirect elsewhere is refused before it is followed."""
+        if response.is_redirect:
+            from urllib.parse import urljoin
+
+            target = urljoin(response.url, response.headers.get("location", ""))
+            if self._origin(target) != self._origin(self.server.url):
+                response.close()
+                raise PacsError(f"{self.server.url}: the server redirected to another "
+                                "address; not followed (queries carry patient data)")
+        return response
+
+    @property
+    def deadline_s(self) -> float:
+        return max(MIN_DEADLINE_S, DEADLINE_FACTOR * float(self.settings.timeout_s))
+
+    def _get(self, path: str, params: list | None, accept: str, sink, max_bytes: int,
+             what: str) -> str:
+        """GET ``path`` (below the service URL), streaming the body into ``sink`` (a
+        callable taking chunks) within the deadline and ``max_bytes``; returns the
+        Content-Type."""
+        url = self.server.url.rstrip("/") + path
+        deadline = time.monotonic() + self.deadline_s
+
+        def request():
+            return self._session.get(url, params=params, headers={"Accept": accept},
+                                     stream=True, timeout=self.settings.timeout_s,
+                                     allow_redirects=True)
+
+        late = PacsError(f"{self.server.url}: {what} not complete within "
+                         f"{self.deadline_s:g} s (deadline); refused")
+        with self._call(request) as r:
+            self._call(r.raise_for_status)
+            # a reader blocked on a trickling server wakes when the deadline shuts the
+            # socket down (the per-read timeout alone never fires on one byte at a time)
+            watchdog = _deadline_watchdog(r, deadline)
+            try:
+                total = 0
+                chunks = r.iter_content(CHUNK)
+                while True:
+                    try:
+                        chunk = self._call(next, chunks, None)
+                    except PacsError:
+                        if time.monotonic() >= deadline:
+                            raise late from None
+                        raise
+                    if chunk is None:
+                        break
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise PacsError(f"{self.server.url}: {what} larger than "
+                                        f"{max_bytes // 1024**2} MiB; refused")
+                    if time.monotonic() > deadline:
+                        raise late
+                    sink(chunk)
+                if time.monotonic() >= deadline:
+                    raise late  # the socket was shut: the answer may look complete
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+            return r.headers.get("content-type", "")
+
+    def _qido(self, path: str, params: list) -> list[dict]:
+        """A QIDO-RS search: at most MAX_MATCHES results, each a DICOM JSON object."""
+        import json
+
+        parts: list[bytes] = []
+        self._get(path, params, "application/dicom+json", parts.append, MAX_QIDO_BYTES,
+                  "the search answer")
+        body = b"".join(parts)
+        if not body.strip():
+            return []
+        _check_json_depth(body, self.server.url)
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            raise PacsError(f"{self.server.url}: the search answer is not valid JSON") \
+                from None
+        if not isinstance(doc, list):
+            raise PacsError(f"{self.server.url}: the search answer is not a list")
+        if len(doc) > MAX_MATCHES:
+            raise PacsError(f"{self.server.url}: more than {MAX_MATCHES} matches: narrow "
+                            "the query")
+        return [it for it in doc if isinstance(it, dict)]
 
     def _call(self, fn, *args, **kwargs):
         import requests
@@ -82,6 +202,14 @@ class WebClient:
         except requests.exceptions.ConnectionError as exc:
             why = "connection refused" if "refused" in str(exc).lower() else _short(exc)
             raise PacsError(f"{self.server.url}: {why}") from None
+        except requests.exceptions.TooManyRedirects:
+            raise PacsError(f"{self.server.url}: too many redirects") from None
+        except (requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError) as exc:
+            raise PacsError(f"{self.server.url}: the answer was cut off or malformed "
+                            f"({type(exc).__name__})") from None
+        except RecursionError:
+            raise PacsError(f"{self.server.url}: the answer is nested too deeply") from None
         except requests.exceptions.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
             code = "?" if status is None else status
@@ -92,15 +220,16 @@ class WebClient:
 
     def echo(self) -> EchoResult:
         t0 = time.perf_counter()
-        self._call(self._client.search_for_studies, limit=1)
+        self._qido("/studies", [("limit", "1")])
         return EchoResult(self.server.url, (time.perf_counter() - t0) * 1000, "QIDO-RS")
 
     def find_studies(self, query: Query) -> list[StudyRecord]:
-        items = self._call(self._client.search_for_studies, search_filters=query.filters(),
-                           fields=["StudyDescription", "ModalitiesInStudy",
-                                   "NumberOfStudyRelatedSeries",
-                                   "NumberOfStudyRelatedInstances"],
-                           limit=MAX_MATCHES) or []
+        params = [*query.filters().items(),
+                  *(("includefield", f) for f in ("StudyDescription", "ModalitiesInStudy",
+                                                  "NumberOfStudyRelatedSeries",
+                                                  "NumberOfStudyRelatedInstances")),
+                  ("limit", str(MAX_MATCHES + 1))]
+        items = self._qido("/studies", params)
         out = []
         for it in items:
             uid = text(_value(it, "StudyInstanceUID"))
@@ -118,9 +247,9 @@ class WebClient:
 
     def find_series(self, study_uid: str) -> list[SeriesRecord]:
         study_uid = cache.check_uid(study_uid, "study UID")
-        items = self._call(self._client.search_for_series, study_instance_uid=study_uid,
-                           fields=["SeriesDescription", "SeriesNumber",
-                                   "NumberOfSeriesRelatedInstances"]) or []
+        items = self._qido(f"/studies/{study_uid}/series",
+                           [("includefield", f) for f in ("SeriesDescription", "SeriesNumber",
+                                                          "NumberOfSeriesRelatedInstances")])
         out = []
         for it in items:
             uid = text(_value(it, "SeriesInstanceUID"))
@@ -133,14 +262,14 @@ class WebClient:
 
     def find_instances(self, study_uid: str, series_uid: str | None = None
                        ) -> list[InstanceRecord]:
-        kwargs = {"study_instance_uid": cache.check_uid(study_uid, "study UID")}
+        path = f"/studies/{cache.check_uid(study_uid, 'study UID')}"
         if series_uid:
-            kwargs["series_instance_uid"] = cache.check_uid(series_uid, "series UID")
+            path += f"/series/{cache.check_uid(series_uid, 'series UID')}"
+        path += "/instances"
         out = []
         offset = 0
         while True:  # QIDO servers page their answers
-            items = self._call(self._client.search_for_instances, offset=offset,
-                               limit=1000, **kwargs) or []
+            items = self._qido(path, [("offset", str(offset)), ("limit", "1000")])
             for it in items:
                 series = text(_value(it, "SeriesInstanceUID"))
                 sop = text(_value(it, "SOPInstanceUID"))
@@ -172,23 +301,23 @@ class WebClient:
         for k, w in enumerate(missing):
             if cancel is not None and cancel.cancelled:
                 raise CancelledError(f"retrieve cancelled: {result.summary()}")
-            try:
-                ds = self._call(self._client.retrieve_instance, study_uid, w.series_uid,
-                                w.sop_uid)
-            except PacsError as exc:
-                if result.received == 0 and k == 0:
-                    raise
-                result.message = str(exc)
-                break
-            if str(getattr(ds, "SOPInstanceUID", "")) != w.sop_uid:
-                result.failed += 1
-                continue
             final = cache.instance_path(dest, study_uid, w.series_uid, w.sop_uid)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".medview-", dir=os.path.dirname(final))
             os.close(fd)
             try:
-                ds.save_as(tmp, enforce_file_format=True)
+                try:
+                    self._fetch_instance(study_uid, w.series_uid, w.sop_uid, tmp)
+                except PacsError as exc:
+                    if result.received == 0 and k == 0:
+                        raise
+                    result.message = str(exc)
+                    break
+                why = _mismatch(tmp, study_uid, w.series_uid, w.sop_uid)
+                if why:
+                    result.failed += 1
+                    result.message = why
+                    continue
                 cache.commit_file(tmp, final)
             finally:
                 if os.path.exists(tmp):
@@ -198,6 +327,20 @@ class WebClient:
                            f"{result.received} of {len(missing)} instance(s)")
         yield Progress(result.received, len(missing), result.summary())
         return result
+
+    def _fetch_instance(self, study: str, series: str, sop: str, tmp: str) -> None:
+        """One instance by WADO-RS into the file ``tmp``: the multipart answer is streamed
+        through :class:`_MultipartToFile` (one part kept: the DICOM file), never held in
+        memory, refused past MAX_INSTANCE_BYTES."""
+        path = f"/studies/{study}/series/{series}/instances/{sop}"
+        with open(tmp, "wb") as f:
+            parser = _MultipartToFile(f)
+            ctype = self._get(path, None,
+                              'multipart/related; type="application/dicom"',
+                              parser.feed, MAX_INSTANCE_BYTES + 64 * 1024, "the instance")
+            parser.finish(ctype, self.server.url)
+            f.flush()
+            os.fsync(f.fileno())
 
     def iter_store(self, paths: Iterable[str], cancel: CancelToken | None = None
                    ) -> Generator[Progress, None, StoreResult]:
@@ -219,6 +362,132 @@ class WebClient:
             yield Progress(min(start + STORE_BATCH, len(paths)), len(paths),
                            f"sent {out.sent} of {len(paths)}")
         return out
+
+
+def _deadline_watchdog(response, deadline: float):
+    """A timer that shuts the response's socket down at ``deadline`` (None when the
+    socket cannot be reached: then only the per-read timeout and the checks between
+    chunks apply)."""
+    import socket
+    import threading
+
+    try:
+        sock = response.raw._fp.fp.raw._sock  # http.client's socket under urllib3
+    except AttributeError:
+        return None
+
+    def shut() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), shut)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _check_json_depth(body: bytes, url: str) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH before parsing it (a 100,000-deep
+    answer made the parser raise RecursionError)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise PacsError(f"{url}: the search answer is nested too deeply; refused")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+
+class _MultipartToFile:
+    """A multipart/related body streamed into a file: the first part's content is
+    written, its headers and the boundaries are not. Only the bytes that may still be a
+    boundary are held back (a few dozen)."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+        self.buf = b""
+        self.state = "preamble"  # preamble -> headers -> body -> done
+        self.delimiter = b""
+        self.single = False  # the server answered with one part, not multipart
+
+    def feed(self, chunk: bytes) -> None:
+        self.buf += chunk
+        while True:
+            if self.state == "preamble":
+                if (not self.buf.startswith((b"--", b"\r\n--")) and len(self.buf) >= 132
+                        and self.buf[128:132] == b"DICM"):
+                    self.single, self.state = True, "body"  # one part, not multipart
+                    continue
+                end = self.buf.find(b"\r\n")
+                if end < 0:
+                    if len(self.buf) > 4096:
+                        raise PacsError("the instance answer has no multipart boundary")
+                    return
+                line = self.buf[:end]
+                self.buf = self.buf[end + 2:]
+                if line.startswith(b"--") and len(line) > 2:
+                    self.delimiter = b"\r\n" + line
+                    self.state = "headers"
+            elif self.state == "headers":
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self.buf) > 16384:
+                        raise PacsError("the instance answer's part headers are too long")
+                    return
+                self.buf = self.buf[end + 4:]
+                self.state = "body"
+            elif self.state == "body":
+                if self.single:
+                    self.out.write(self.buf)
+                    self.buf = b""
+                    return
+                at = self.buf.find(self.delimiter)
+                if at >= 0:
+                    self.out.write(self.buf[:at])
+                    self.buf = b""
+                    self.state = "done"
+                    return
+                keep = len(self.delimiter)
+                if len(self.buf) > keep:
+                    self.out.write(self.buf[:-keep])
+                    self.buf = self.buf[-keep:]
+                return
+            else:
+                self.buf = b""  # epilogue and further parts are not kept
+                return
+
+    def finish(self, content_type: str, url: str) -> None:
+        if self.state != "done" and not (self.single and self.state == "body"):
+            raise PacsError(f"{url}: the instance answer was cut off")
+
+
+def _mismatch(path: str, study: str, series: str, sop: str) -> str:
+    """Why a received file is not the instance asked for ("" when it is): its SOP
+    Instance, Study and Series UIDs must be those requested, as on the DIMSE path."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            head = dcmread(path, stop_before_pixels=True,
+                           specific_tags=["SOPInstanceUID", "StudyInstanceUID",
+                                          "SeriesInstanceUID"])
+    except Exception as exc:
+        return f"an instance that is not a DICOM file was refused ({type(exc).__name__})"
+    got = (str(head.get("SOPInstanceUID", "")), str(head.get("StudyInstanceUID", "")),
+           str(head.get("SeriesInstanceUID", "")))
+    if got != (sop, study, series):
+        return "an instance that does not match what was requested was refused"
+    return ""
 
 
 def _short(exc: Exception) -> str:
