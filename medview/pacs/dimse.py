@@ -185,9 +185,14 @@ class DimseClient:
         ae.add_requested_context(FIND)
         assoc = self._associate(ae)
         out: list[Dataset] = []
+        watchdog = _Watchdog(assoc, self.settings.deadline_s)  # the whole answer
         try:
             for status, ds in assoc.send_c_find(identifier, FIND):
                 code = getattr(status, "Status", None)
+                if code is None and watchdog.fired:
+                    raise PacsError(f"{self.server.url}: the query's answer was not "
+                                    f"complete within {self.settings.deadline_s:g} s "
+                                    "(deadline); aborted")
                 if code is None:
                     raise PacsError(self._lost(assoc, "query"))
                 if code in (0xFF00, 0xFF01) and ds is not None:
@@ -199,8 +204,12 @@ class DimseClient:
                     raise PacsError(f"{self.server.url}: C-FIND failed with status "
                                     f"{hex(code)}")
         finally:
+            watchdog.stop()
             if assoc.is_established:
                 assoc.release()
+        if watchdog.fired:
+            raise PacsError(f"{self.server.url}: the query's answer was not complete "
+                            f"within {self.settings.deadline_s:g} s (deadline); aborted")
         return out
 
     def find_studies(self, query: Query) -> list[StudyRecord]:
@@ -385,7 +394,8 @@ class DimseClient:
             roles.append(build_role(sop_class, scp_role=True))
         receiver.start()
         assoc = self._associate(ae, ext_neg=roles,
-                                evt_handlers=[(evt.EVT_C_STORE, receiver.handle)])
+                                evt_handlers=[(evt.EVT_C_STORE, receiver.handle),
+                                              (evt.EVT_DATA_RECV, receiver.on_data)])
         if not any(cx.abstract_syntax == GET for cx in assoc.accepted_contexts):
             assoc.release()
             raise _Refused(f"{self.server.url} does not offer C-GET")
@@ -404,7 +414,8 @@ class DimseClient:
             cx.transfer_syntax = list(STORAGE_SYNTAXES)
         try:
             scp = ae.start_server(("0.0.0.0", self.settings.port), block=False,
-                                  evt_handlers=[(evt.EVT_C_STORE, receiver.handle)])
+                                  evt_handlers=[(evt.EVT_C_STORE, receiver.handle),
+                                                (evt.EVT_DATA_RECV, receiver.on_data)])
         except OSError as exc:
             raise PacsError(f"cannot listen on port {self.settings.port} for C-MOVE "
                             f"({exc.strerror or exc}); change the port in Settings") from None
@@ -420,14 +431,22 @@ class DimseClient:
             scp.shutdown()
 
     def _drive(self, assoc, responses, receiver, result, total, cancel):
+        # each instance must arrive within the deadline (a whole study may take longer)
+        watchdog = _Watchdog(assoc, self.settings.deadline_s,
+                             lambda: receiver.accepted + receiver.failed)
         try:
             yield from self._responses(assoc, responses, receiver, result, total, cancel)
         except GeneratorExit:  # the caller stopped (cancel): end the transfer at once
             assoc.abort()
             raise
         finally:
+            watchdog.stop()
             if assoc.is_established:
                 assoc.release()
+        if watchdog.fired:
+            result.message = (f"no instance arrived within {self.settings.deadline_s:g} s "
+                              "(deadline); the transfer was aborted - retrieve again to "
+                              "fetch the rest")
         yield Progress(result.received, total, result.summary())
 
     def _responses(self, assoc, responses, receiver, result, total, cancel):
@@ -503,6 +522,36 @@ class DimseClient:
         return out
 
 
+class _Watchdog:
+    """Aborts an association that makes no progress for ``limit`` seconds: a query whose
+    whole answer is late (``progress`` never changes), a retrieve whose next instance is
+    late. pynetdicom's timeouts are per message, so a server trickling its answers under
+    them would otherwise keep medview waiting forever."""
+
+    def __init__(self, assoc, limit: float, progress=lambda: 0) -> None:
+        self.assoc, self.limit, self.progress = assoc, limit, progress
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="medview-dimse-deadline")
+        self._thread.start()
+
+    def _run(self) -> None:
+        last, since = self.progress(), time.monotonic()
+        while not self._stop.wait(0.1):
+            now = self.progress()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > self.limit:
+                self.fired = True
+                with contextlib.suppress(Exception):
+                    self.assoc.abort()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class _Refused(Exception):
     """The server refused this way of retrieving; another may work."""
 
@@ -526,6 +575,9 @@ class _Receiver:
         self.failed = 0
         self.errors: list[str] = []
         self._lock = threading.Lock()
+        #: bytes received since the last instance was handed over (pynetdicom writes an
+        #: arriving instance to a temporary file as it comes: bounded here, while it comes)
+        self.arriving = 0
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -550,7 +602,24 @@ class _Receiver:
                 self.errors.append(why)
         return 0xA700 if "large" in why else 0xC211
 
+    def on_data(self, event) -> None:
+        """pynetdicom's EVT_DATA_RECV: abort the association once more bytes than one
+        instance may have arrive without an instance completing (the temporary file
+        pynetdicom writes would otherwise grow without bound before any refusal)."""
+        with self._lock:
+            self.arriving += len(event.data)
+            over = self.arriving > MAX_INSTANCE_BYTES + (1 << 20)
+        if over:
+            self._fail(f"an instance larger than {fmt_bytes(MAX_INSTANCE_BYTES)} was "
+                       "refused while it arrived (too large)")
+            with self._lock:
+                self.arriving = 0
+            with contextlib.suppress(Exception):
+                event.assoc.abort()
+
     def handle(self, event) -> int:
+        with self._lock:
+            self.arriving = 0
         sop = str(event.request.AffectedSOPInstanceUID or "")
         try:
             src = str(event.dataset_path)

@@ -90,6 +90,11 @@ def parse_server(text: str) -> Server:
                     "http(s)://host:port/dicom-web (DICOMweb), or a saved server's name")
 
 
+#: the deadline: this many times the per-read timeout, and at least MIN_DEADLINE_S
+DEADLINE_FACTOR = 6.0
+MIN_DEADLINE_S = 30.0
+
+
 @dataclass
 class PacsSettings:
     """medview's own node and the saved servers."""
@@ -100,6 +105,13 @@ class PacsSettings:
     cache_dir: str = ""  # empty: the platform cache folder
     cache_limit_mb: int = DEFAULT_CACHE_LIMIT_MB
     timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def deadline_s(self) -> float:
+        """The whole-operation deadline beside the per-read ``timeout_s``: a query's whole
+        answer, one retrieved instance, must arrive within it (a server trickling a byte
+        at a time never trips the per-read timeout)."""
+        return max(MIN_DEADLINE_S, DEADLINE_FACTOR * float(self.timeout_s))
 
     def resolve(self, text: str) -> Server:
         """A saved server's name or a URL."""

@@ -6,8 +6,8 @@ transport on a ``requests`` session (dicomweb-client stores results, STOW-RS):
 - never leave the configured origin: a redirect to another scheme, host or port is
   refused before it is followed (queries carry patient IDs and names);
 - every request has an idle limit (the settings' timeout, per read) *and* a deadline for
-  the whole answer (:data:`DEADLINE_FACTOR` times the timeout, at least
-  :data:`MIN_DEADLINE_S`), so a server trickling one byte every few seconds is cut off;
+  the whole answer (``PacsSettings.deadline_s``), so a server trickling one byte every
+  few seconds is cut off;
 - answers are read in chunks and bounded: a QIDO answer to :data:`MAX_QIDO_BYTES`, parsed
   with nesting and match limits (:data:`MAX_MATCHES`); a WADO-RS instance is streamed to
   a temporary file, never held in memory, and refused past ``MAX_INSTANCE_BYTES`` (the
@@ -47,9 +47,6 @@ from medview.pacs.records import (
 from medview.pacs.servers import PacsError, PacsSettings, Server
 
 STORE_BATCH = 16
-#: the whole-answer deadline: this many times the per-read timeout (at least MIN_DEADLINE_S)
-DEADLINE_FACTOR = 6.0
-MIN_DEADLINE_S = 30.0
 #: a QIDO answer larger than this is refused (2000 studies of JSON are ~2 MB)
 MAX_QIDO_BYTES = 64 * 1024**2
 #: JSON nested deeper than this is refused (DICOM JSON of a QIDO answer is ~5 deep)
@@ -114,7 +111,7 @@ class WebClient:
 
     @property
     def deadline_s(self) -> float:
-        return max(MIN_DEADLINE_S, DEADLINE_FACTOR * float(self.settings.timeout_s))
+        return self.settings.deadline_s
 
     def _get(self, path: str, params: list | None, accept: str, sink, max_bytes: int,
              what: str) -> str:
