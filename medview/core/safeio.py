@@ -34,6 +34,20 @@ def is_regular_file(path: str) -> bool:
         return False
 
 
+def try_lock(fd: int) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting; False when another process
+    holds it. Where the system has no ``flock`` (Windows) it always succeeds."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 def inside(path: str, root: str) -> bool:
     """Whether ``path``, with every link resolved, lies inside the folder ``root``."""
     try:

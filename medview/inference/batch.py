@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Generator, Iterable, Iterator
 
 from medview.core.progress import CancelToken, Progress, drain
-from medview.core.safeio import fsync_dir, plain_text
+from medview.core.safeio import fsync_dir, plain_text, try_lock
 from medview.core.volume import ImageVolume
 from medview.inference.rows import prediction_header, prediction_row
 from medview.inference.session import InferenceSession, ScoredProgress, score_stream
@@ -53,20 +53,6 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
 PARTIAL_PREFIX = ".medview-partial-"
 
 
-def _locked(fd: int) -> bool:
-    """Take an exclusive lock on ``fd`` without waiting; False when another process
-    holds it (on a system without flock: True)."""
-    try:
-        import fcntl
-    except ImportError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
 def clean_stale_partials(folder: str) -> int:
     """Remove partial CSVs (they hold file paths) left in ``folder`` by a writer that was
     killed: each is locked while its writer lives, so one whose lock is free is stale.
@@ -83,7 +69,7 @@ def clean_stale_partials(folder: str) -> int:
         except OSError:
             continue
         try:
-            if _locked(fd):
+            if try_lock(fd):
                 os.remove(path)
                 removed += 1
         except OSError:
@@ -103,7 +89,7 @@ class RowWriter:
         folder = os.path.dirname(os.path.abspath(path))
         clean_stale_partials(folder)
         fd, self.tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=folder)
-        _locked(fd)
+        try_lock(fd)
         self.f = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self.w = csv.writer(self.f, lineterminator="\n")
         self.rows = 0

@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from types import ModuleType
 
+from medview.core.safeio import try_lock
+
 fcntl: ModuleType | None
 try:
     import fcntl
@@ -29,16 +31,6 @@ LOCK_FILE = ".lock"
 #: A staging folder without a lock file is only removed when older than this (it may
 #: have been created a moment ago by another process that has not locked it yet).
 STALE_SECONDS = 24 * 3600
-
-
-def _try_lock(fd: int) -> bool:
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
 
 
 def _is_stale(folder: str) -> bool:
@@ -54,7 +46,7 @@ def _is_stale(folder: str) -> bool:
     except OSError:
         return False
     try:
-        return _try_lock(fd)  # nobody holds it: its process has ended
+        return try_lock(fd)  # nobody holds it: its process has ended
     finally:
         os.close(fd)  # closing releases our own lock
 
@@ -82,7 +74,7 @@ def staging_folder(out_dir: str) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir)
     fd = os.open(os.path.join(tmp, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        _try_lock(fd)
+        try_lock(fd)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -165,3 +165,18 @@ def enforce_limit(root: str, limit_bytes: int, keep: Iterable[str] = ()) -> list
         removed.append(name)
     return removed
 
+
+def instance_identity(path: str) -> tuple[str, str, str]:
+    """(SOP Instance, Study Instance, Series Instance UID) of a received file, read from
+    its header only (whatever the protocol that brought it; raises when it is not DICOM)."""
+    import warnings
+
+    from pydicom import dcmread
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head = dcmread(path, stop_before_pixels=True,
+                       specific_tags=["SOPInstanceUID", "StudyInstanceUID",
+                                      "SeriesInstanceUID"])
+    return (str(head.get("SOPInstanceUID", "")), str(head.get("StudyInstanceUID", "")),
+            str(head.get("SeriesInstanceUID", "")))

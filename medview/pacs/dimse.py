@@ -655,15 +655,9 @@ class _Receiver:
                 return
             sop, tmp = item
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    head = dcmread(tmp, stop_before_pixels=True,
-                                   specific_tags=["SOPInstanceUID", "SeriesInstanceUID",
-                                                  "StudyInstanceUID"])
-                series = str(head.get("SeriesInstanceUID", ""))
+                got_sop, got_study, series = cache.instance_identity(tmp)
                 known = self.by_sop.get(sop) if self.by_sop is not None else None
-                if (str(head.get("SOPInstanceUID", "")) != sop
-                        or str(head.get("StudyInstanceUID", "")) != self.study_uid
+                if (got_sop != sop or got_study != self.study_uid
                         or (self.series_uid and series != self.series_uid)
                         or (self.by_sop is not None and known is None)
                         or (known is not None and known.series_uid != series)):

@@ -473,15 +473,9 @@ def _mismatch(path: str, study: str, series: str, sop: str) -> str:
     """Why a received file is not the instance asked for ("" when it is): its SOP
     Instance, Study and Series UIDs must be those requested, as on the DIMSE path."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            head = dcmread(path, stop_before_pixels=True,
-                           specific_tags=["SOPInstanceUID", "StudyInstanceUID",
-                                          "SeriesInstanceUID"])
+        got = cache.instance_identity(path)
     except Exception as exc:
         return f"an instance that is not a DICOM file was refused ({type(exc).__name__})"
-    got = (str(head.get("SOPInstanceUID", "")), str(head.get("StudyInstanceUID", "")),
-           str(head.get("SeriesInstanceUID", "")))
     if got != (sop, study, series):
         return "an instance that does not match what was requested was refused"
     return ""
