@@ -320,3 +320,34 @@ def test_skip_reasons_are_capped():
     from medview.core.volume import MAX_REASON, SkippedFile
 
     assert len(SkippedFile("x", "y" * 73146).reason) == MAX_REASON
+
+
+def test_a_native_crash_in_a_reader_costs_one_file_not_the_process(tmp_path):
+    """The next unknown native crash: the reader runs in a child process, so a segfault
+    or an abort there is that file's refusal. Shown with SimpleITK's own reader on the
+    NRRD that segfaulted it (its header check bypassed), and with an abort."""
+    from medview.core.errors import LoadError
+    from medview.io import isolate
+
+    if not isolate.enabled():
+        pytest.skip("reader isolation is off here (a frozen bundle or Windows)")
+    crasher = _nrrd(tmp_path / "crash.nrrd", b"space: " + b"x" * 1030 + b"\n")
+    with pytest.raises(LoadError, match=r"crashed the native reader \(SIGSEGV\)"):
+        isolate.run(crasher, "SimpleITK", "ReadImage", crasher)
+    with pytest.raises(LoadError, match=r"crashed the native reader \(SIGABRT\)"):
+        isolate.run(crasher, "os", "abort")
+    good = _nrrd(tmp_path / "good.nrrd", b"content: fine\n")
+    assert isolate.run(good, "medview.io.itk", "read_itk_here", good, "nrrd").shape == (
+        1, 4, 4)  # and the next file reads
+
+
+def test_the_childs_budget_is_the_callers(tmp_path, monkeypatch):
+    """A setting made after the reader process started still applies to the next read."""
+    from medview.io import isolate, load
+
+    if not isolate.enabled():
+        pytest.skip("reader isolation is off here")
+    good = _nrrd(tmp_path / "a.nrrd", b"content: fine\n")
+    assert load([good]).volumes  # the reader process is running now
+    monkeypatch.setenv("MEDVIEW_MAX_IMAGE_MEMORY", "123M")
+    assert isolate.run(good, "os", "getenv", "MEDVIEW_MAX_IMAGE_MEMORY") == "123M"

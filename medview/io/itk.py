@@ -310,10 +310,23 @@ def check_text_header(path: str, fmt: str, fields: dict[str, str]) -> None:
 
 
 def read_itk(path: str, fmt: str, data_files: list[str] | None = None) -> ImageVolume:
-    """Read a NIfTI / NRRD / MetaImage file into an LPS-oriented :class:`ImageVolume`.
+    """Read a NIfTI / NRRD / MetaImage file into an LPS-oriented :class:`ImageVolume`, in
+    a child process where that is possible (:mod:`medview.io.isolate`: a native crash
+    costs this file only).
 
     ``data_files``: the header's checked detached data files, if the caller has them
     (:func:`detached_data_files`)."""
+    from medview.io import isolate
+
+    if isolate.enabled():
+        volume: ImageVolume = isolate.run(path, __name__, "read_itk_here", path, fmt,
+                                          data_files)
+        return volume
+    return read_itk_here(path, fmt, data_files)
+
+
+def read_itk_here(path: str, fmt: str, data_files: list[str] | None = None) -> ImageVolume:
+    """:func:`read_itk` in this process (header checks, then SimpleITK)."""
     warns: list[str] = []
     spacing_known = [True, True, True]
     fields = text_header(path, fmt) if fmt in ("meta", "nrrd") else {}

@@ -99,6 +99,8 @@ def run_one(path: str, target: Callable[[str], None] = info_path,
             os.dup2(devnull, 2)  # native decoders print panics and warnings
             resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
             os.environ["MEDVIEW_MAX_IMAGE_MEMORY"] = CHILD_BUDGET
+            # this forked child already isolates the readers: no child of its own
+            os.environ["MEDVIEW_ISOLATE_READERS"] = "0"
             target(path)
         except BaseException as exc:
             code = 3
