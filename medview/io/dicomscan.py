@@ -167,16 +167,20 @@ def _dataset(buf: bytes, found, implicit: bool, charset: bytes):
     known, todo = [], []
     for tag, s, e in found:
         key = (implicit, charset, bytes(buf[s:e]))
-        elem = _recall(key)
+        # the character set is always parsed with the new elements: pydicom decodes their
+        # text with it (taken from the cache it was missing, and text decoded otherwise)
+        elem = None if tag == CHARSET else _recall(key)
         (known if elem is not None else todo).append((tag, key, elem))
     dataset = read_dataset(BytesIO(b"".join(key[2] for _t, key, _e in todo)), implicit, True)
     for _tag, _key, elem in known:
         dataset._dict[elem.tag] = _fresh(elem)
     for tag, key, _elem in todo:
         elem = dataset[tag]
-        if elem.VR != "SQ" and len(key[2]) <= MAX_CACHED_BYTES and tag not in _AMBIGUOUS:
+        if (elem.VR != "SQ" and len(key[2]) <= MAX_CACHED_BYTES and tag not in _AMBIGUOUS
+                and tag != CHARSET):
             _remember(key, elem)
     return dataset
+
 
 
 def _file_meta(buf: bytes):
