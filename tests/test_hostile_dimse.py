@@ -4,6 +4,7 @@ while it arrives ends the association."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from types import SimpleNamespace
@@ -73,3 +74,64 @@ def test_an_instance_growing_past_the_cap_ends_the_association(tmp_path, monkeyp
     receiver.handle(SimpleNamespace(request=SimpleNamespace(AffectedSOPInstanceUID="1.2.9"),
                                     dataset_path=str(tmp_path / "missing")))
     assert receiver.arriving == 0
+
+
+def test_a_c_get_server_sending_an_oversized_instance_is_cut_off(tmp_path, monkeypatch):
+    """The server answers C-GET with an instance far past the cap: the association is
+    aborted while it arrives, nothing lands in the cache, and the retrieve says why."""
+    import numpy as np
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (
+        SecondaryCaptureImageStorage,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    from medview.core.progress import drain
+    from medview.pacs import dimse
+    from tests.factory import make_dataset
+
+    monkeypatch.setattr(dimse, "MAX_INSTANCE_BYTES", 1024 * 1024)
+    big = make_dataset(np.zeros((2048, 2048), np.uint16), modality="OT")  # 8 MiB
+    study, series, sop = big.StudyInstanceUID, big.SeriesInstanceUID, big.SOPInstanceUID
+
+    def find(event):
+        ds = Dataset()
+        level = event.identifier.QueryRetrieveLevel
+        ds.QueryRetrieveLevel = level
+        ds.StudyInstanceUID = study
+        if level in ("SERIES", "IMAGE"):
+            ds.SeriesInstanceUID = series
+        if level == "IMAGE":
+            ds.SOPInstanceUID, ds.SOPClassUID = sop, SecondaryCaptureImageStorage
+        if level == "STUDY":
+            ds.NumberOfStudyRelatedInstances = 1
+            ds.SOPClassesInStudy = [SecondaryCaptureImageStorage]
+        yield 0xFF00, ds
+
+    def get(event):
+        yield 1
+        yield 0xFF00, big
+
+    ae = AE(ae_title="HOSTILE")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_supported_context(SecondaryCaptureImageStorage, scu_role=True, scp_role=True)
+    port = _free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False,
+                          evt_handlers=[(evt.EVT_C_FIND, find), (evt.EVT_C_GET, get)])
+    try:
+        client = connect(f"dicom://HOSTILE@127.0.0.1:{port}", PacsSettings(timeout_s=5))
+        try:
+            r = drain(client.iter_retrieve(study, str(tmp_path / "cache"), method="get"))
+        except PacsError as exc:  # refused outright: still nothing kept
+            r = None
+            assert "C-GET" in str(exc) or "aborted" in str(exc)
+        kept = [f for _d, _s, fs in os.walk(tmp_path / "cache") for f in fs
+                if f.endswith(".dcm")]
+        assert kept == []
+        if r is not None:
+            assert r.received == 0 and not r.complete
+            assert "too large" in r.message
+    finally:
+        scp.shutdown()
