@@ -135,3 +135,65 @@ def test_a_c_get_server_sending_an_oversized_instance_is_cut_off(tmp_path, monke
             assert "too large" in r.message
     finally:
         scp.shutdown()
+
+
+def test_a_c_get_that_never_delivers_what_was_asked_is_cut_off_at_the_deadline(
+        tmp_path, monkeypatch):
+    """The server answers C-GET with instance after instance of another study, 0.5 s
+    apart (every message in time for the per-message timeout): none is what was asked
+    for, so no progress; the deadline aborts it instead of 50 x 0.5 s."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (
+        SecondaryCaptureImageStorage,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    from medview.core.progress import drain
+    from tests.factory import make_dataset
+
+    monkeypatch.setattr(servers, "MIN_DEADLINE_S", 1.5)
+    monkeypatch.setattr(servers, "DEADLINE_FACTOR", 1.5)
+    wanted = make_dataset(np.zeros((8, 8), np.uint16), modality="OT")
+    study, series = wanted.StudyInstanceUID, wanted.SeriesInstanceUID
+
+    def find(event):
+        ds = Dataset()
+        level = event.identifier.QueryRetrieveLevel
+        ds.QueryRetrieveLevel = level
+        ds.StudyInstanceUID = study
+        if level in ("SERIES", "IMAGE"):
+            ds.SeriesInstanceUID = series
+        if level == "IMAGE":
+            ds.SOPInstanceUID = wanted.SOPInstanceUID
+            ds.SOPClassUID = SecondaryCaptureImageStorage
+        if level == "STUDY":
+            ds.NumberOfStudyRelatedInstances = 1
+            ds.SOPClassesInStudy = [SecondaryCaptureImageStorage]
+        yield 0xFF00, ds
+
+    def get(event):
+        yield 50
+        for _ in range(50):
+            time.sleep(0.5)
+            other = make_dataset(np.zeros((8, 8), np.uint16), modality="OT")
+            other.StudyInstanceUID = generate_uid()  # not the study asked for
+            yield 0xFF00, other
+
+    ae = AE(ae_title="HOSTILE")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_supported_context(SecondaryCaptureImageStorage, scu_role=True, scp_role=True)
+    port = _free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False,
+                          evt_handlers=[(evt.EVT_C_FIND, find), (evt.EVT_C_GET, get)])
+    try:
+        client = connect(f"dicom://HOSTILE@127.0.0.1:{port}", PacsSettings(timeout_s=1))
+        t = time.monotonic()
+        r = drain(client.iter_retrieve(study, str(tmp_path / "cache"), method="get"))
+        assert "deadline" in r.message and r.received == 0 and not r.complete
+        assert time.monotonic() - t < 10
+    finally:
+        scp.shutdown()

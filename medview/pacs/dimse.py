@@ -431,11 +431,17 @@ class DimseClient:
             scp.shutdown()
 
     def _drive(self, assoc, responses, receiver, result, total, cancel):
-        # each instance must arrive within the deadline (a whole study may take longer)
-        watchdog = _Watchdog(assoc, self.settings.deadline_s,
-                             lambda: receiver.accepted + receiver.failed)
+        # each wanted instance must arrive within the deadline (a whole study may take
+        # longer; refused instances are no progress: a server could send them forever)
+        watchdog = _Watchdog(assoc, self.settings.deadline_s, lambda: receiver.received,
+                             cancel)
         try:
             yield from self._responses(assoc, responses, receiver, result, total, cancel)
+        except _Refused:
+            if not watchdog.fired:
+                raise
+            receiver.finish()  # the deadline ended it: not a refusal, no other method
+            result.received, result.failed = receiver.received, receiver.failed
         except GeneratorExit:  # the caller stopped (cancel): end the transfer at once
             assoc.abort()
             raise
@@ -528,8 +534,9 @@ class _Watchdog:
     late. pynetdicom's timeouts are per message, so a server trickling its answers under
     them would otherwise keep medview waiting forever."""
 
-    def __init__(self, assoc, limit: float, progress=lambda: 0) -> None:
-        self.assoc, self.limit, self.progress = assoc, limit, progress
+    def __init__(self, assoc, limit: float, progress=lambda: 0,
+                 cancel: CancelToken | None = None) -> None:
+        self.assoc, self.limit, self.progress, self.cancel = assoc, limit, progress, cancel
         self.fired = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -540,6 +547,10 @@ class _Watchdog:
         last, since = self.progress(), time.monotonic()
         while not self._stop.wait(0.1):
             now = self.progress()
+            if self.cancel is not None and self.cancel.cancelled:
+                with contextlib.suppress(Exception):  # the user: end it now
+                    self.assoc.abort()
+                return
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since > self.limit:

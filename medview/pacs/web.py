@@ -114,7 +114,7 @@ class WebClient:
         return self.settings.deadline_s
 
     def _get(self, path: str, params: list | None, accept: str, sink, max_bytes: int,
-             what: str) -> str:
+             what: str, cancel: CancelToken | None = None) -> str:
         """GET ``path`` (below the service URL), streaming the body into ``sink`` (a
         callable taking chunks) within the deadline and ``max_bytes``; returns the
         Content-Type."""
@@ -132,7 +132,7 @@ class WebClient:
             self._call(r.raise_for_status)
             # a reader blocked on a trickling server wakes when the deadline shuts the
             # socket down (the per-read timeout alone never fires on one byte at a time)
-            watchdog = _deadline_watchdog(r, deadline)
+            watchdog = _deadline_watchdog(r, deadline, cancel)
             try:
                 total = 0
                 chunks = r.iter_content(CHUNK)
@@ -140,9 +140,14 @@ class WebClient:
                     try:
                         chunk = self._call(next, chunks, None)
                     except PacsError:
+                        if cancel is not None and cancel.cancelled:
+                            raise CancelledError("cancelled while the server sent") \
+                                from None
                         if time.monotonic() >= deadline:
                             raise late from None
                         raise
+                    if cancel is not None and cancel.cancelled:
+                        raise CancelledError("cancelled while the server sent")
                     if chunk is None:
                         break
                     total += len(chunk)
@@ -152,6 +157,8 @@ class WebClient:
                     if time.monotonic() > deadline:
                         raise late
                     sink(chunk)
+                if cancel is not None and cancel.cancelled:
+                    raise CancelledError("cancelled while the server sent")
                 if time.monotonic() >= deadline:
                     raise late  # the socket was shut: the answer may look complete
             finally:
@@ -304,7 +311,7 @@ class WebClient:
             os.close(fd)
             try:
                 try:
-                    self._fetch_instance(study_uid, w.series_uid, w.sop_uid, tmp)
+                    self._fetch_instance(study_uid, w.series_uid, w.sop_uid, tmp, cancel)
                 except PacsError as exc:
                     if result.received == 0 and k == 0:
                         raise
@@ -325,7 +332,8 @@ class WebClient:
         yield Progress(result.received, len(missing), result.summary())
         return result
 
-    def _fetch_instance(self, study: str, series: str, sop: str, tmp: str) -> None:
+    def _fetch_instance(self, study: str, series: str, sop: str, tmp: str,
+                        cancel: CancelToken | None = None) -> None:
         """One instance by WADO-RS into the file ``tmp``: the multipart answer is streamed
         through :class:`_MultipartToFile` (one part kept: the DICOM file), never held in
         memory, refused past MAX_INSTANCE_BYTES."""
@@ -334,7 +342,8 @@ class WebClient:
             parser = _MultipartToFile(f)
             ctype = self._get(path, None,
                               'multipart/related; type="application/dicom"',
-                              parser.feed, MAX_INSTANCE_BYTES + 64 * 1024, "the instance")
+                              parser.feed, MAX_INSTANCE_BYTES + 64 * 1024, "the instance",
+                              cancel)
             parser.finish(ctype, self.server.url)
             f.flush()
             os.fsync(f.fileno())
@@ -361,10 +370,21 @@ class WebClient:
         return out
 
 
-def _deadline_watchdog(response, deadline: float):
-    """A timer that shuts the response's socket down at ``deadline`` (None when the
+class _Watch:
+    def __init__(self) -> None:
+        import threading
+
+        self.stopped = threading.Event()
+
+    def cancel(self) -> None:
+        self.stopped.set()
+
+
+def _deadline_watchdog(response, deadline: float, cancel: CancelToken | None = None):
+    """A thread that shuts the response's socket down at ``deadline``, or as soon as the
+    user cancels (a reader blocked on a trickling server wakes at once). None when the
     socket cannot be reached: then only the per-read timeout and the checks between
-    chunks apply)."""
+    chunks apply."""
     import socket
     import threading
 
@@ -372,15 +392,17 @@ def _deadline_watchdog(response, deadline: float):
         sock = response.raw._fp.fp.raw._sock  # http.client's socket under urllib3
     except AttributeError:
         return None
+    watch = _Watch()
 
-    def shut() -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    def run() -> None:
+        while not watch.stopped.wait(0.1):
+            if time.monotonic() >= deadline or (cancel is not None and cancel.cancelled):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                return
 
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), shut)
-    timer.daemon = True
-    timer.start()
-    return timer
+    threading.Thread(target=run, daemon=True, name="medview-http-deadline").start()
+    return watch
 
 
 def _check_json_depth(body: bytes, url: str) -> None:

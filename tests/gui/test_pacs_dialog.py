@@ -146,3 +146,66 @@ def test_export_study_deidentified_from_the_window(qtbot, make_window, tmp_path)
         ds = dcmread(f)
         assert "Private" not in str(ds.PatientName) and ds.PatientID != "MRN-5555"
     assert "Wrote 4 de-identified file(s)" in win.statusBar().currentMessage()
+
+
+def test_cancel_ends_a_retrieve_from_a_trickling_server_at_once(qtbot, make_window,
+                                                                tmp_path):
+    """The server lists a study, then sends its instance one byte at a time (never
+    silent long enough for the timeout): Cancel in the dialog ends the retrieve within a
+    second or two, long before the deadline, and the window goes on."""
+    import json
+    import time
+
+    from tests.test_hostile_dicomweb import Hostile, _send
+
+    study, series, sop = "1.2.826.0.1.3680043.8.498.71", "1.2.826.0.1.3680043.8.498.72", \
+        "1.2.826.0.1.3680043.8.498.73"
+
+    def play(h):
+        path = h.path.split("?")[0]
+        if path.endswith("/studies"):
+            _send(h, json.dumps([{"0020000D": {"vr": "UI", "Value": [study]},
+                                  "00100020": {"vr": "LO", "Value": ["TRICKLE"]}}]).encode())
+        elif path.endswith("/series"):
+            _send(h, json.dumps([{"0020000E": {"vr": "UI", "Value": [series]},
+                                  "00080060": {"vr": "CS", "Value": ["CR"]}}]).encode())
+        elif path.endswith("/instances"):
+            _send(h, json.dumps([{"0020000E": {"vr": "UI", "Value": [series]},
+                                  "00080018": {"vr": "UI", "Value": [sop]}}]).encode())
+        else:
+            h.send_response(200)
+            h.send_header("Content-Type", 'multipart/related; type="application/dicom"; '
+                                          "boundary=b")
+            h.send_header("Content-Length", "100000000")
+            h.end_headers()
+            try:
+                for _ in range(600):
+                    h.wfile.write(b"-")
+                    h.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+    server = Hostile(play)
+    win = make_window()
+    dlg = win.open_pacs_dialog()
+    try:
+        from medview.pacs import PacsSettings
+
+        dlg.settings = PacsSettings(timeout_s=5, cache_dir=str(tmp_path / "cache"))
+        dlg.server.setCurrentText(server.url)
+        with qtbot.waitSignal(dlg.studies_found, timeout=20000):
+            dlg.find_button.click()
+        dlg.tree.setCurrentItem(dlg.tree.topLevelItem(0))
+        dlg.retrieve_button.click()
+        job = dlg.jobs.current("retrieve")
+        qtbot.waitUntil(lambda: any("/instances/" in p for p in server.requests),
+                        timeout=20000)  # the instance is trickling in now
+        t = time.monotonic()
+        with qtbot.waitSignal(job.cancelled, timeout=10000):
+            dlg.cancel_button.click()
+        assert time.monotonic() - t < 5  # the deadline here is 30 s
+        assert dlg.retrieve_button.isEnabled()
+    finally:
+        dlg.close()
+        server.close()
