@@ -351,3 +351,22 @@ def test_the_childs_budget_is_the_callers(tmp_path, monkeypatch):
     assert load([good]).volumes  # the reader process is running now
     monkeypatch.setenv("MEDVIEW_MAX_IMAGE_MEMORY", "123M")
     assert isolate.run(good, "os", "getenv", "MEDVIEW_MAX_IMAGE_MEMORY") == "123M"
+
+
+def test_an_unguarded_script_reading_a_volume_is_not_run_again(tmp_path):
+    """The reader's child never imports the caller's main script: a script without an
+    ``if __name__ == "__main__"`` guard reads a NRRD once, and is not run twice."""
+    import subprocess
+    import sys
+
+    good = _nrrd(tmp_path / "a.nrrd", b"content: fine\n")
+    script = tmp_path / "unguarded.py"
+    runs = tmp_path / "runs.txt"
+    script.write_text(f"open({str(runs)!r}, 'a').write('ran\\n')\n"
+                      "from medview.io import load\n"
+                      f"print('volumes', len(load([{good!r}]).volumes))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "volumes 1" in r.stdout
+    assert runs.read_text().count("ran") == 1  # not again in the reader's child

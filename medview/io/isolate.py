@@ -81,6 +81,28 @@ def _child(conn, module: str, name: str, args: tuple, env: dict[str, str]) -> No
         conn.close()
 
 
+def _start_without_main(proc) -> None:
+    """Start ``proc`` without the child importing this program's main script (its target
+    lives in an importable module; a script without an ``if __name__ == "__main__"``
+    guard would otherwise run again in the child)."""
+    from multiprocessing import spawn
+
+    with _lock:
+        original = spawn.get_preparation_data
+
+        def preparation(name: str) -> dict:
+            data = original(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = preparation
+        try:
+            proc.start()
+        finally:
+            spawn.get_preparation_data = original
+
+
 def _load_error(kind: str, path: str, reason: str) -> LoadError:
     cls = getattr(errors, kind, None)
     if isinstance(cls, type) and issubclass(cls, LoadError):
@@ -98,7 +120,7 @@ def run(path: str, module: str, name: str, *args: Any) -> Any:
     receive, send = ctx.Pipe(duplex=False)
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     proc = ctx.Process(target=_child, args=(send, module, name, args, env), daemon=True)
-    proc.start()
+    _start_without_main(proc)
     send.close()
     message = None
     try:
