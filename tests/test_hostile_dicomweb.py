@@ -63,6 +63,22 @@ def _send(h, body: bytes, ctype: str = "application/dicom+json", status: int = 2
     h.wfile.write(body)
 
 
+def trickle(h, ctype: str, byte: bytes, count: int, pause: float) -> None:
+    """Answer with ``count`` single bytes, ``pause`` seconds apart (a Content-Length that
+    promises them all, so the client keeps reading)."""
+    h.send_response(200)
+    h.send_header("Content-Type", ctype)
+    h.send_header("Content-Length", str(count))
+    h.end_headers()
+    try:
+        for _ in range(count):
+            h.wfile.write(byte)
+            h.wfile.flush()
+            time.sleep(pause)
+    except OSError:
+        pass
+
+
 def _instances_json(study: str, series: str, sops: list[str]) -> bytes:
     return json.dumps([{"0020000E": {"vr": "UI", "Value": [series]},
                         "00080018": {"vr": "UI", "Value": [sop]},
@@ -176,20 +192,7 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(monkeypatch):
     monkeypatch.setattr(servers, "MIN_DEADLINE_S", 1.5)
     monkeypatch.setattr(servers, "DEADLINE_FACTOR", 1.5)
 
-    def trickle(h):
-        h.send_response(200)
-        h.send_header("Content-Type", "application/dicom+json")
-        h.send_header("Content-Length", "400")
-        h.end_headers()
-        try:
-            for _ in range(400):
-                h.wfile.write(b" ")
-                h.wfile.flush()
-                time.sleep(0.2)
-        except OSError:
-            pass
-
-    server = Hostile(trickle)
+    server = Hostile(lambda h: trickle(h, "application/dicom+json", b" ", 400, 0.2))
     try:
         t = time.monotonic()
         with pytest.raises(PacsError, match="deadline"):

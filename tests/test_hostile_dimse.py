@@ -22,6 +22,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _c_get_server(wanted, get):
+    """A pynetdicom server that lists ``wanted`` (one instance of one study) to C-FIND at
+    every level and answers C-GET with the handler ``get``; returns (server, port)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import (
+        SecondaryCaptureImageStorage,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    def find(event):
+        ds = Dataset()
+        level = event.identifier.QueryRetrieveLevel
+        ds.QueryRetrieveLevel = level
+        ds.StudyInstanceUID = wanted.StudyInstanceUID
+        if level in ("SERIES", "IMAGE"):
+            ds.SeriesInstanceUID = wanted.SeriesInstanceUID
+        if level == "IMAGE":
+            ds.SOPInstanceUID = wanted.SOPInstanceUID
+            ds.SOPClassUID = SecondaryCaptureImageStorage
+        if level == "STUDY":
+            ds.NumberOfStudyRelatedInstances = 1
+            ds.SOPClassesInStudy = [SecondaryCaptureImageStorage]
+        yield 0xFF00, ds
+
+    ae = AE(ae_title="HOSTILE")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_supported_context(SecondaryCaptureImageStorage, scu_role=True, scp_role=True)
+    port = _free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False,
+                          evt_handlers=[(evt.EVT_C_FIND, find), (evt.EVT_C_GET, get)])
+    return scp, port
+
+
 def test_a_trickled_query_answer_is_cut_off_at_the_deadline(monkeypatch):
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
@@ -80,12 +115,6 @@ def test_a_c_get_server_sending_an_oversized_instance_is_cut_off(tmp_path, monke
     """The server answers C-GET with an instance far past the cap: the association is
     aborted while it arrives, nothing lands in the cache, and the retrieve says why."""
     import numpy as np
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import (
-        SecondaryCaptureImageStorage,
-        StudyRootQueryRetrieveInformationModelFind,
-        StudyRootQueryRetrieveInformationModelGet,
-    )
 
     from medview.core.progress import drain
     from medview.pacs import dimse
@@ -93,33 +122,13 @@ def test_a_c_get_server_sending_an_oversized_instance_is_cut_off(tmp_path, monke
 
     monkeypatch.setattr(dimse, "MAX_INSTANCE_BYTES", 1024 * 1024)
     big = make_dataset(np.zeros((2048, 2048), np.uint16), modality="OT")  # 8 MiB
-    study, series, sop = big.StudyInstanceUID, big.SeriesInstanceUID, big.SOPInstanceUID
-
-    def find(event):
-        ds = Dataset()
-        level = event.identifier.QueryRetrieveLevel
-        ds.QueryRetrieveLevel = level
-        ds.StudyInstanceUID = study
-        if level in ("SERIES", "IMAGE"):
-            ds.SeriesInstanceUID = series
-        if level == "IMAGE":
-            ds.SOPInstanceUID, ds.SOPClassUID = sop, SecondaryCaptureImageStorage
-        if level == "STUDY":
-            ds.NumberOfStudyRelatedInstances = 1
-            ds.SOPClassesInStudy = [SecondaryCaptureImageStorage]
-        yield 0xFF00, ds
+    study = big.StudyInstanceUID
 
     def get(event):
         yield 1
         yield 0xFF00, big
 
-    ae = AE(ae_title="HOSTILE")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_supported_context(SecondaryCaptureImageStorage, scu_role=True, scp_role=True)
-    port = _free_port()
-    scp = ae.start_server(("127.0.0.1", port), block=False,
-                          evt_handlers=[(evt.EVT_C_FIND, find), (evt.EVT_C_GET, get)])
+    scp, port = _c_get_server(big, get)
     try:
         client = connect(f"dicom://HOSTILE@127.0.0.1:{port}", PacsSettings(timeout_s=5))
         try:
@@ -144,12 +153,6 @@ def test_a_c_get_that_never_delivers_what_was_asked_is_cut_off_at_the_deadline(
     for, so no progress; the deadline aborts it instead of 50 x 0.5 s."""
     import numpy as np
     from pydicom.uid import generate_uid
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import (
-        SecondaryCaptureImageStorage,
-        StudyRootQueryRetrieveInformationModelFind,
-        StudyRootQueryRetrieveInformationModelGet,
-    )
 
     from medview.core.progress import drain
     from tests.factory import make_dataset
@@ -157,22 +160,7 @@ def test_a_c_get_that_never_delivers_what_was_asked_is_cut_off_at_the_deadline(
     monkeypatch.setattr(servers, "MIN_DEADLINE_S", 1.5)
     monkeypatch.setattr(servers, "DEADLINE_FACTOR", 1.5)
     wanted = make_dataset(np.zeros((8, 8), np.uint16), modality="OT")
-    study, series = wanted.StudyInstanceUID, wanted.SeriesInstanceUID
-
-    def find(event):
-        ds = Dataset()
-        level = event.identifier.QueryRetrieveLevel
-        ds.QueryRetrieveLevel = level
-        ds.StudyInstanceUID = study
-        if level in ("SERIES", "IMAGE"):
-            ds.SeriesInstanceUID = series
-        if level == "IMAGE":
-            ds.SOPInstanceUID = wanted.SOPInstanceUID
-            ds.SOPClassUID = SecondaryCaptureImageStorage
-        if level == "STUDY":
-            ds.NumberOfStudyRelatedInstances = 1
-            ds.SOPClassesInStudy = [SecondaryCaptureImageStorage]
-        yield 0xFF00, ds
+    study = wanted.StudyInstanceUID
 
     def get(event):
         yield 50
@@ -182,13 +170,7 @@ def test_a_c_get_that_never_delivers_what_was_asked_is_cut_off_at_the_deadline(
             other.StudyInstanceUID = generate_uid()  # not the study asked for
             yield 0xFF00, other
 
-    ae = AE(ae_title="HOSTILE")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_supported_context(SecondaryCaptureImageStorage, scu_role=True, scp_role=True)
-    port = _free_port()
-    scp = ae.start_server(("127.0.0.1", port), block=False,
-                          evt_handlers=[(evt.EVT_C_FIND, find), (evt.EVT_C_GET, get)])
+    scp, port = _c_get_server(wanted, get)
     try:
         client = connect(f"dicom://HOSTILE@127.0.0.1:{port}", PacsSettings(timeout_s=1))
         t = time.monotonic()

@@ -156,7 +156,7 @@ def test_cancel_ends_a_retrieve_from_a_trickling_server_at_once(qtbot, make_wind
     import json
     import time
 
-    from tests.test_hostile_dicomweb import Hostile, _send
+    from tests.test_hostile_dicomweb import Hostile, _send, trickle
 
     study, series, sop = "1.2.826.0.1.3680043.8.498.71", "1.2.826.0.1.3680043.8.498.72", \
         "1.2.826.0.1.3680043.8.498.73"
@@ -173,18 +173,8 @@ def test_cancel_ends_a_retrieve_from_a_trickling_server_at_once(qtbot, make_wind
             _send(h, json.dumps([{"0020000E": {"vr": "UI", "Value": [series]},
                                   "00080018": {"vr": "UI", "Value": [sop]}}]).encode())
         else:
-            h.send_response(200)
-            h.send_header("Content-Type", 'multipart/related; type="application/dicom"; '
-                                          "boundary=b")
-            h.send_header("Content-Length", "100000000")
-            h.end_headers()
-            try:
-                for _ in range(600):
-                    h.wfile.write(b"-")
-                    h.wfile.flush()
-                    time.sleep(0.1)
-            except OSError:
-                pass
+            trickle(h, 'multipart/related; type="application/dicom"; boundary=b', b"-", 600,
+                    0.1)
 
     server = Hostile(play)
     win = make_window()
