@@ -67,8 +67,10 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 
 def _clean(text: str, limit: int = 300) -> str:
-    """Free text for the log: control characters out, length bounded."""
-    return re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", str(text))[:limit]
+    """Free text for the log: as plain text (no control or escape characters), bounded."""
+    from medview.core.safeio import plain_text
+
+    return plain_text(str(text))[:limit]
 
 
 def _user() -> str:

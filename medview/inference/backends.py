@@ -184,7 +184,7 @@ class OnnxBackend:
 
     def __init__(self, card: ModelCard, gate: scope.ScopeGate | None) -> None:
         from medview.models.card import GRAPH_FILE
-        from medview.models.graph import check_bound_to_weights, read_graph
+        from medview.models.graph import read_graph
         from medview.models.weights import read_verified_tensors
 
         spec = card.card.graph
@@ -198,8 +198,8 @@ class OnnxBackend:
         # the weights' (a changed classifier is refused)
         self.weights = read_verified_tensors(card.weights_path, card.weights_sha256,
                                              root=card.folder)
-        data = read_graph(card.graph_path, spec.sha256, spec.outputs, root=card.folder)
-        check_bound_to_weights(data, self.weights)
+        data = read_graph(card.graph_path, spec.sha256, spec.outputs, root=card.folder,
+                          weights=self.weights)
         self.computed_by = {"file": GRAPH_FILE, "sha256": spec.sha256}
         self.card = card
         self.device = "cpu"

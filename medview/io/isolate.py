@@ -148,11 +148,7 @@ def run(path: str, module: str, name: str, *args: Any) -> Any:
         return message[1]
     if message[0] == "load":
         _kind, kind, where, reason = message
-        return _raise(_load_error(kind, where or path, reason))
+        raise _load_error(kind, where or path, reason)
     _kind, kind, detail = message
-    return _raise(LoadError(path, f"unexpected error while reading ({kind}"
-                                  f"{': ' + detail if detail else ''})"))
-
-
-def _raise(exc: LoadError) -> Any:
-    raise exc
+    raise LoadError(path, f"unexpected error while reading ({kind}"
+                          f"{': ' + detail if detail else ''})")

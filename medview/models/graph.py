@@ -102,7 +102,7 @@ def _check_sizes(g) -> None:
             for a in node.attribute:
                 if a.HasField("t"):
                     constants[node.output[0]] = a.t
-    for t in list(g.initializer) + [c for c in constants.values()]:
+    for t in constants.values():  # the initializers and the Constant nodes' tensors
         if _elements(t.dims) > MAX_TENSOR_ELEMENTS:
             raise WeightsError(f"exported graph refused: tensor {t.name[:60]!r} declares "
                                "too many elements")
@@ -145,9 +145,9 @@ def _check_graph(g, depth: int = 0) -> None:
                 _check_graph(sub, depth + 1)
 
 
-def check_graph_bytes(data: bytes, outputs: list[str] | None = None) -> None:
+def check_graph_bytes(data: bytes, outputs: list[str] | None = None):
     """Refuse a graph that is not plain, self-contained, standard-operator ONNX with one
-    input ``x`` and (when given) every one of ``outputs``."""
+    input ``x`` and (when given) every one of ``outputs``; returns the parsed model."""
     pb = onnx_schema()
     model = pb.ModelProto()
     try:
@@ -172,6 +172,7 @@ def check_graph_bytes(data: bytes, outputs: list[str] | None = None) -> None:
     if missing:
         raise WeightsError(f"exported graph refused: output {missing[0]!r} named by the "
                            "card is missing")
+    return model
 
 
 #: ONNX TensorProto data types medview compares with weights (float32 only: a trained
@@ -179,42 +180,33 @@ def check_graph_bytes(data: bytes, outputs: list[str] | None = None) -> None:
 _FLOAT = 1
 
 
-def graph_parameters(data: bytes) -> dict:
-    """The float32 initializers of a graph, by name (numpy arrays)."""
+def _parameter(t):
+    """A float32 initializer as a numpy array (its data checked against its shape)."""
     import numpy as np
 
-    pb = onnx_schema()
-    model = pb.ModelProto()
-    model.ParseFromString(data)
-    out = {}
-    for t in model.graph.initializer:
-        if t.data_type != _FLOAT:
-            continue
-        shape = tuple(int(d) for d in t.dims)
-        if t.raw_data:
-            arr = np.frombuffer(t.raw_data, dtype="<f4")
-        else:
-            arr = np.asarray(t.float_data, dtype=np.float32)
-        if arr.size != int(np.prod(shape, dtype=np.int64)):
-            raise WeightsError("exported graph refused: a parameter's data does not fit "
-                               "its shape")
-        out[t.name] = arr.reshape(shape)
-    return out
+    shape = tuple(int(d) for d in t.dims)
+    arr = (np.frombuffer(t.raw_data, dtype="<f4") if t.raw_data
+           else np.asarray(t.float_data, dtype=np.float32))
+    if arr.size != int(np.prod(shape, dtype=np.int64)):
+        raise WeightsError("exported graph refused: a parameter's data does not fit its "
+                           "shape")
+    return arr.reshape(shape)
 
 
-def check_bound_to_weights(data: bytes, weights: dict) -> int:
-    """Refuse a graph whose parameters are not the weights': every graph parameter that
-    the weights file also holds (by name, the exporter's ``model.`` prefix aside; the
-    classifier always is, the convolutions are folded with their batch norms and are
-    not) must be equal to it, and at least one must be there. Returns how many were
-    compared."""
+def check_bound_to_weights(model, weights: dict) -> int:
+    """Refuse a graph (a parsed ModelProto) whose parameters are not the weights': every
+    float32 graph parameter that the weights file also holds (by name, the exporter's
+    ``model.`` prefix aside; the classifier always is, the convolutions are folded with
+    their batch norms and are not) must be equal to it, and at least one must be there.
+    Only those parameters are converted. Returns how many were compared."""
     import numpy as np
 
     compared = 0
-    for name, value in graph_parameters(data).items():
-        key = name.removeprefix("model.")
-        if key not in weights:
+    for t in model.graph.initializer:
+        key = t.name.removeprefix("model.")
+        if t.data_type != _FLOAT or key not in weights:
             continue
+        value = _parameter(t)
         ref = np.asarray(weights[key], dtype=np.float32)
         if ref.shape != value.shape or not np.array_equal(ref, value):
             raise WeightsError(f"exported graph refused: its parameter {key!r} differs from "
@@ -228,9 +220,11 @@ def check_bound_to_weights(data: bytes, weights: dict) -> int:
 
 
 def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
-               root: str | None = None, max_bytes: int = MAX_GRAPH_BYTES) -> bytes:
+               root: str | None = None, max_bytes: int = MAX_GRAPH_BYTES,
+               weights: dict | None = None) -> bytes:
     """The bytes of a verified graph file (regular file inside ``root``, size cap, sha256,
-    structure); the runtime is then given these bytes, never the path."""
+    structure; with ``weights``, bound to them: :func:`check_bound_to_weights`); the
+    runtime is then given these bytes, never the path. The file is parsed once."""
     try:
         data = read_capped(path, max_bytes, root=root)
     except FileNotFoundError as exc:
@@ -243,5 +237,7 @@ def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
     if hashlib.sha256(data).hexdigest() != sha256:
         raise WeightsError("exported graph refused: its sha256 does not match the card "
                            "(modified or corrupted)")
-    check_graph_bytes(data, outputs)
+    model = check_graph_bytes(data, outputs)
+    if weights is not None:
+        check_bound_to_weights(model, weights)
     return data

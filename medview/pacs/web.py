@@ -8,9 +8,9 @@ transport on a ``requests`` session (dicomweb-client stores results, STOW-RS):
 - every request has an idle limit (the settings' timeout, per read) *and* a deadline for
   the whole answer (``PacsSettings.deadline_s``), so a server trickling one byte every
   few seconds is cut off;
-- answers are read in chunks and bounded: a QIDO answer to :data:`MAX_QIDO_BYTES`, parsed
-  with nesting and match limits (:data:`MAX_MATCHES`); a WADO-RS instance is streamed to
-  a temporary file, never held in memory, and refused past ``MAX_INSTANCE_BYTES`` (the
+- answers are read in chunks and bounded: a QIDO answer to :data:`MAX_QIDO_BYTES` and
+  :data:`MAX_MATCHES` (too deep nesting stops the JSON parser); a WADO-RS instance is
+  streamed to a temporary file, never held in memory, and refused past ``MAX_INSTANCE_BYTES`` (the
   DIMSE limit), then checked like a DIMSE one: the instance, study and series asked for.
 
 Retrieve asks for one instance per request over one kept-alive HTTP session, so a
@@ -49,8 +49,6 @@ from medview.pacs.servers import PacsError, PacsSettings, Server
 STORE_BATCH = 16
 #: a QIDO answer larger than this is refused (2000 studies of JSON are ~2 MB)
 MAX_QIDO_BYTES = 64 * 1024**2
-#: JSON nested deeper than this is refused (DICOM JSON of a QIDO answer is ~5 deep)
-MAX_JSON_DEPTH = 32
 CHUNK = 256 * 1024
 
 
@@ -176,10 +174,12 @@ class WebClient:
         body = b"".join(parts)
         if not body.strip():
             return []
-        _check_json_depth(body, self.server.url)
         try:
             doc = json.loads(body)
-        except (ValueError, RecursionError):
+        except RecursionError:  # the C parser stops deep nesting itself, in C
+            raise PacsError(f"{self.server.url}: the search answer is nested too deeply; "
+                            "refused") from None
+        except ValueError:
             raise PacsError(f"{self.server.url}: the search answer is not valid JSON") \
                 from None
         if not isinstance(doc, list):
@@ -403,29 +403,6 @@ def _deadline_watchdog(response, deadline: float, cancel: CancelToken | None = N
 
     threading.Thread(target=run, daemon=True, name="medview-http-deadline").start()
     return watch
-
-
-def _check_json_depth(body: bytes, url: str) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH before parsing it (a 100,000-deep
-    answer made the parser raise RecursionError)."""
-    depth = 0
-    in_string = escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise PacsError(f"{url}: the search answer is nested too deeply; refused")
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
 
 
 class _MultipartToFile:

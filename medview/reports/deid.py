@@ -241,10 +241,10 @@ class Deidentifier:
         return None
 
     def _remap_value(self, value):
-        if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(
-                value, (str, bytes))):
-            return [self.uid(v) for v in value]
-        return self.uid(value) if value else value
+        """A UID value remapped (each of a multi-valued one)."""
+        if not value or isinstance(value, str):
+            return self.uid(value) if value else value
+        return [self.uid(v) for v in value]
 
     def _shift(self, elem: DataElement) -> bool:
         """Shift a DA/DT value back by the export's offset; False if it is not a date."""
