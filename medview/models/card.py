@@ -384,7 +384,33 @@ class GraphSpec(Section):
             raise CardError(where, "graph.outputs must be at most 16 output names")
 
 
-_OPTIONAL = ("flags", "description", "changelog", "scope", "graph")
+@dataclass(frozen=True)
+class RelianceSpec(Section):
+    """What the model relies on: the shortcut audit of training
+    (:mod:`medview.training.audit`) on the ``split`` (``n`` films). ``auc`` is on the
+    films as they are; ``masked_auc`` with parts of them hidden (the lungs, the
+    periphery, burned-in markers); ``flip_rate`` the share of decisions that change
+    under each benign variation; ``lung_estimate`` how often the lung-field estimate
+    found two lungs; ``warnings`` the findings in words."""
+
+    split: str
+    n: int
+    auc: float | None
+    masked_auc: dict[str, Any]
+    flip_rate: dict[str, float]
+    lung_estimate: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def check(self, where: str) -> None:
+        values = [self.auc, *self.masked_auc.values(), *self.flip_rate.values()]
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 and 0.0 <= v <= 1.0) for v in values):
+            raise CardError(where, "reliance AUCs and flip rates must be numbers in [0, 1]")
+        if self.n < 0 or len(self.masked_auc) > 16 or len(self.flip_rate) > 32:
+            raise CardError(where, "reliance: too many entries or a negative count")
+
+
+_OPTIONAL = ("flags", "description", "changelog", "scope", "graph", "reliance")
 
 
 @dataclass(frozen=True)
@@ -418,6 +444,7 @@ class Card(Section):
     changelog: list[Any] | None = None
     scope: ScopeSpec | None = None
     graph: GraphSpec | None = None
+    reliance: RelianceSpec | None = None
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "card.json") -> Card:
@@ -589,6 +616,51 @@ def checked_section(card: Card) -> list[str]:
     return lines
 
 
+#: what the audit's masks are called in words for clinicians
+_HIDDEN_WORDS = {
+    "lungs hidden (central chest box)": "with the central chest (where the lungs are) "
+                                        "replaced by grey",
+    "lungs hidden (lung-field estimate)": "with the lung fields (as estimated) replaced by "
+                                          "grey",
+    "periphery hidden (outer 15%)": "with the edges of the film (outer 15%) replaced by "
+                                    "grey",
+    "markers and text removed": "with burned-in markers and text removed",
+}
+
+
+def reliance_lines(card: Card) -> list[str]:
+    """What the model relies on, in sentences for clinicians (README, card dialog,
+    wizard); a line saying it was not checked when the card has no audit."""
+    r = card.reliance
+    if r is None:
+        return ["Not checked: this model's card has no shortcut audit (what it relies on "
+                "is unknown)."]
+    what = "the classes" if card.decision.positive_class is None else (
+        f"{card.decision.positive_class} from the rest")
+    out = [f"Checked on the {r.split} split ({r.n} films), full films: AUC "
+           f"{r.auc if r.auc is not None else 'n/a'}. How well it still tells {what} "
+           "(AUC; 0.50 is chance):"]
+    for key, v in r.masked_auc.items():
+        out.append(f"- {_HIDDEN_WORDS.get(key, key)}: {v if v is not None else 'n/a'}")
+    if r.flip_rate:
+        worst = max(r.flip_rate.items(), key=lambda kv: kv[1])
+        out.append(f"Decisions that change when the same film is re-encoded, resized, "
+                   f"blurred, rotated, cropped or windowed differently: at most "
+                   f"{worst[1]:.1%} ({worst[0]}); "
+                   + ", ".join(f"{k} {v:.1%}" for k, v in r.flip_rate.items()) + ".")
+    le = r.lung_estimate
+    if le.get("estimated_share") is not None:
+        out.append(f"The lung-field estimate found two lungs on {le['estimated_share']:.0%} "
+                   "of these films (the central box was used on the rest).")
+    out += [f"Warning: {w}" for w in r.warnings]
+    return out
+
+
+def reliance_section(card: Card) -> list[str]:
+    """README lines: what the model relies on."""
+    return ["## What the model relies on (shortcut audit)", "", *reliance_lines(card), ""]
+
+
 def preprocessing_of(card: Card) -> Preprocessing:
     """How an image becomes this model's input: the one function that training,
     inference, the command line and the panel all use to read the card's preprocessing."""
@@ -606,7 +678,8 @@ def build_card(*, id: str, name: str, version: str, parent: dict, architecture: 
                training_data: dict, training: dict, intended_use: str, out_of_scope: str,
                limitations: list[str], license: str, flags: list[str] | None = None,
                arch_args: dict | None = None, weights_sha256: str = "0" * 64,
-               description: str | None = None, scope: dict | None = None) -> Card:
+               description: str | None = None, scope: dict | None = None,
+               reliance: dict | None = None) -> Card:
     """The one builder of new cards (the training engine's, the wizard's edits go through
     :meth:`Card.replace`). The weights hash is filled in when the weights are written."""
     data = {
@@ -635,6 +708,8 @@ def build_card(*, id: str, name: str, version: str, parent: dict, architecture: 
         data["description"] = description
     if scope is not None:
         data["scope"] = scope
+    if reliance is not None:
+        data["reliance"] = reliance
     return Card.from_dict(data, f"{id}/{CARD_FILE}")
 
 
@@ -754,6 +829,7 @@ class ModelCard:
             "metrics": c.metrics,
             "scope": None if c.scope is None else asdict(c.scope),
             "graph": None if c.graph is None else asdict(c.graph),
+            "reliance": None if c.reliance is None else asdict(c.reliance),
             "weights_sha256": self.weights_sha256,
             "source": self.source,
             "folder": self.folder,

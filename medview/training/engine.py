@@ -25,6 +25,7 @@ import numpy as np
 from medview.core.modeling import Preprocessing
 from medview.core.progress import CancelToken, relay
 from medview.models.card import Card, json_safe
+from medview.training import audit
 from medview.training import data as tdata
 from medview.training import metrics as M
 from medview.training.export import prepare_graph
@@ -153,6 +154,56 @@ def augment_batch(batch_u8, cfg: TrainConfig, gen):
     x = (x - mean) * u(1 - cfg.contrast, 1 + cfg.contrast).view(-1, 1, 1, 1) + mean
     x = x + u(-cfg.brightness, cfg.brightness).view(-1, 1, 1, 1)
     return (x.clamp_(0, 1) * 255).squeeze(1)
+
+
+def cannot_tell_loss(logits):
+    """Per film: the cross-entropy to the uniform distribution minus its minimum (log K),
+    so 0 when every class is equally likely: "a film without lungs cannot tell"."""
+    import torch.nn.functional as F
+
+    logp = F.log_softmax(logits.float(), dim=1)
+    return -logp.mean(dim=1) - math.log(logp.shape[1])
+
+
+def make_augment(cfg: TrainConfig, gen, masks):
+    """The training augmentation: with ``cfg.robust``, the hospital variations, the
+    lungs pasted into other films of the batch and, appended after the batch, its
+    lung-hidden counterfactual films (:mod:`medview.training.robust`); then the
+    geometric and brightness augmentation (:func:`augment_batch`). ``masks`` are the
+    lung-field estimates of every image (rows of ``images``), or None."""
+    import torch
+
+    from medview.training import robust
+
+    def augment(batch_u8, rows):
+        if not cfg.robust:
+            return augment_batch(batch_u8, cfg, gen)
+        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
+        raw = batch_u8.numpy()
+        m = None if masks is None else masks[np.asarray(rows)]
+        films = robust.vary_batch(robust.swap_outside(raw, m, rng), rng)
+        k = -(-len(raw) * robust.COUNTERFACTUAL_SHARE // 1) if cfg.counterfactual_weight else 0
+        k = int(k)
+        if k:
+            hidden = robust.vary_batch(robust.lungs_hidden(
+                raw[:k], None if m is None else m[:k], rng), rng)
+            films = np.concatenate([films, hidden])
+        return augment_batch(torch.from_numpy(np.ascontiguousarray(films)), cfg, gen)
+
+    return augment
+
+
+def lung_masks(images: np.ndarray, rows, cancel=None) -> np.ndarray:
+    """Lung-field estimates (bool (N, H, W)) for ``rows`` of ``images``; other rows stay
+    empty."""
+    from medview.imaging.lungs import lung_field
+
+    out = np.zeros(images.shape, bool)
+    for r in rows:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        out[r] = lung_field(images[r])[0]
+    return out
 
 
 def _device_of(model):
@@ -302,13 +353,18 @@ def _train_one_epoch(run: TrainingRun, strategy, loss_fn, class_weights, y_t, or
     for step in range(steps):
         cancel.raise_if_cancelled()
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        logits = strategy.train_logits(run, idx)
+        out = strategy.train_logits(run, idx)
+        logits, hidden = out[:len(idx)], out[len(idx):]  # films, then lung-hidden films
         target = y_t[run.train_idx[idx.numpy()]].to(run.device)
         per_sample = loss_fn(logits, target)  # weight[target] * nll, no reduction
         w = class_weights[target] if class_weights is not None else None
         local_w = float(w.sum()) if w is not None else float(len(idx))
-        total_w = comm.sum([local_w])[0] if comm.world > 1 else local_w
+        total_w, total_h = (comm.sum([local_w, float(len(hidden))]) if comm.world > 1
+                            else (local_w, float(len(hidden))))
         loss = per_sample.sum() * (comm.world / total_w)
+        if len(hidden) and cfg.counterfactual_weight > 0:
+            loss = loss + cfg.counterfactual_weight * cannot_tell_loss(hidden).sum() * (
+                comm.world / max(total_h, 1.0))
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
@@ -453,10 +509,15 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
         return torch.from_numpy(whole).float().to(device)
 
     strategy = strategy_for(cfg.strategy)
+    masks = None
+    if cfg.augment and cfg.robust and strategy.augments:
+        yield TrainEvent("features", message="estimating the lung fields of the training "
+                                             "films (robust recipe)")
+        masks = lung_masks(images, train_idx, cancel)
     run = TrainingRun(
         cfg=cfg, model=model, images=images_t, train_idx=train_idx, val_idx=val_idx,
         device=device, to_input=lambda b: _to_input(b, mean, std),
-        augment=lambda b: augment_batch(b, cfg, gen),
+        augment=make_augment(cfg, gen, masks),
         predict_logits=sharded_logits, features=sharded_features, wrap=comm.wrap)
     yield from strategy.prepare(run)
 
@@ -549,6 +610,18 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
             warns.append(f"small {name} set ({m['n']} images): wide confidence intervals")
     if run.feature_seconds is not None:
         history[0]["feature_cache_seconds"] = round(run.feature_seconds, 2)
+    reliance = None
+    if cfg.audit:
+        audit_idx = test_idx if len(test_idx) else val_idx
+        yield TrainEvent("evaluate", message="shortcut audit: what the model relies on "
+                                             "(lungs hidden, edges hidden, re-encoded films)")
+        threshold = thresholds.get(classes[positive]) if positive is not None else None
+        reliance = audit.shortcut_audit(
+            lambda arr: M.softmax(_predict_logits(model, torch.from_numpy(arr), mean, std,
+                                                  cfg.batch_size, cancel), temperature),
+            images[audit_idx], y_all[audit_idx], classes, positive, threshold,
+            "test" if len(test_idx) else "validation", cancel)
+        warns += reliance["warnings"]
     yield TrainEvent("evaluate", message="fitting the trust gate (what this model may "
                                          "answer)")
     gate, scope_spec = fit_trust_gate(
@@ -558,7 +631,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
     card = _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds,
                       rule, positive, metrics, history, best_epoch, warns,
                       time.monotonic() - started, model, scope_spec, ev.calibration_method,
-                      comm)
+                      comm, reliance)
     model.to("cpu")
     yield TrainEvent("evaluate", message="exporting the graph for fast CPU inference")
     graph = prepare_graph(model, card, gate, _to_input(images_t[val_idx[:32]], mean,
@@ -596,7 +669,8 @@ def _versions() -> dict[str, str]:
 
 
 #: TrainConfig fields that only matter when augmentation runs
-AUGMENT_KEYS = ("rotation_deg", "scale_range", "translate", "brightness", "contrast", "hflip")
+AUGMENT_KEYS = ("rotation_deg", "scale_range", "translate", "brightness", "contrast", "hflip",
+                "robust", "counterfactual_weight")
 
 #: the card text a config may set (``TrainConfig.card``); anything else is refused
 CARD_TEXT_KEYS = ("class_descriptions", "intended_use", "out_of_scope", "limitations",
@@ -610,7 +684,7 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
                positive, metrics, history, best_epoch, warns, seconds, model,
                scope_spec: dict | None = None,
                calibration_method: str = "temperature scaling fitted on the validation split",
-               comm=None) -> Card:
+               comm=None, reliance: dict | None = None) -> Card:
     from medview.models.card import build_card
 
     arch = model.pretrained_cfg["architecture"]
@@ -680,7 +754,8 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
         flags=["locally trained, not clinically validated"],
         description=text.get("description"),
         scope=None if scope_spec is None else {
-            **scope_spec, **{k: text[k] for k in POPULATION_KEYS if k in text}})
+            **scope_spec, **{k: text[k] for k in POPULATION_KEYS if k in text}},
+        reliance=None if reliance is None else json_safe(reliance))
 
 
 def final_card(result: TrainResult, name: str, threshold: float | None = None,

@@ -23,6 +23,7 @@ from medview.models.card import (
     WeightsSpec,
     checked_section,
     json_safe,
+    reliance_section,
 )
 from medview.models.staging import LOCK_FILE, TMP_PREFIX, clean_stale_exports, staging_folder
 from medview.models.weights import save_weights
@@ -64,6 +65,7 @@ def render_readme(card: Card) -> str:
               f"Architecture: {card.architecture.name}.",
               f"Weights sha256: {card.weights.sha256}.", ""]
     lines += checked_section(card)
+    lines += reliance_section(card)
     if card.graph is not None:
         lines += [graph_section(card.graph)]
     lines += ["## Limitations"]

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from PIL import Image
 
 from medview.imaging.model_input import resize_grey
 from medview.inference import scope
 from medview.inference.features import StageTap, gate_stages
 from medview.training import metrics as M
-from medview.training import oodcheck
+from medview.training import oodcheck, robust
 
 #: At most this many training images feed the statistics (a covariance needs a few
 #: thousand; more only costs time).
@@ -35,17 +36,30 @@ def _features(model, tap: StageTap, images: np.ndarray, to_input: Callable, batc
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def gate_variation(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A film as another site might send it (:func:`robust.hospital_variation`), and a
+    third of the time rotated by up to 12 degrees."""
+    a = robust.hospital_variation(a, rng)
+    if rng.random() < 0.3:
+        a = np.asarray(Image.fromarray(a).rotate(rng.uniform(-12, 12),
+                                                 resample=Image.Resampling.BILINEAR, fillcolor=0))
+    return a
+
+
 def _square(a: np.ndarray, size: int) -> np.ndarray:
     return resize_grey(np.asarray(a, np.uint8), (size, size))
 
 
 def fit_trust_gate(model, images, y: np.ndarray, train_idx, val_idx, test_idx,
                    to_input: Callable, batch: int, positive: int | None,
-                   test_probs: np.ndarray | None, seed: int = 0, cancel=None
-                   ) -> tuple[scope.ScopeGate, dict]:
+                   test_probs: np.ndarray | None, seed: int = 0, cancel=None,
+                   vary: bool = True) -> tuple[scope.ScopeGate, dict]:
     """The fitted gate and the card's ``scope`` fields (sha256 filled in at export).
 
-    ``images`` are the training images as uint8 (N, H, W) (numpy or torch)."""
+    ``images`` are the training images as uint8 (N, H, W) (numpy or torch). With
+    ``vary`` the statistics and the limit also see one hospital variation of every film
+    (:func:`gate_variation`), so that re-encoded, resampled, blurred, slightly rotated or
+    cropped and re-windowed films of the same population stay in scope."""
     import torch
 
     imgs = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
@@ -61,12 +75,27 @@ def fit_trust_gate(model, images, y: np.ndarray, train_idx, val_idx, test_idx,
             return _features(model, tap, np.asarray(arr, np.uint8), lambda b: to_input(
                 torch.from_numpy(b)), batch, cancel)
 
-        train_f = feats(imgs[train_idx])
-        val_f = feats(imgs[np.asarray(val_idx)])
-        gate = scope.fit_gate(scope.DEFAULT_METHOD, train_f, y[train_idx], val_f,
+        rng = np.random.default_rng(seed + 11)
+
+        def with_variations(arr):
+            """The films and, after them, one hospital variation of each: what other
+            sites do to a film must not take it out of scope."""
+            if not vary:
+                return arr
+            return np.concatenate([arr, np.stack([gate_variation(a, rng) for a in arr])])
+
+        def merged(parts):
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+        train_imgs = imgs[train_idx]
+        train_f = feats(with_variations(train_imgs))
+        y_fit = np.concatenate([y[train_idx]] * (2 if vary else 1))
+        val_f = feats(with_variations(imgs[np.asarray(val_idx)]))
+        gate = scope.fit_gate(scope.DEFAULT_METHOD, train_f, y_fit, val_f,
                               scope.DEFAULT_PERCENTILE, stages)
         checked: dict = {"fitted_on": {"train_images": len(train_idx),
-                                       "validation_images": len(val_idx)}}
+                                       "validation_images": len(val_idx),
+                                       "with_hospital_variations": bool(vary)}}
         films_idx = np.asarray(test_idx) if len(test_idx) else np.asarray(val_idx)
         films = imgs[films_idx]
         if len(test_idx):

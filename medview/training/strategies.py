@@ -103,10 +103,13 @@ class Strategy:
             run.train_model = run.wrap(run.model)
 
     def train_logits(self, run: TrainingRun, batch_idx):
-        """Logits for the training images ``batch_idx`` (indices into the train split)."""
-        batch = run.images[run.train_idx[batch_idx.numpy()]]
+        """Logits for the training images ``batch_idx`` (indices into the train split),
+        then for any counterfactual films the augmentation appended (rows past
+        ``len(batch_idx)``)."""
+        rows = run.train_idx[batch_idx.numpy()]
+        batch = run.images[rows]
         if run.cfg.augment and self.augments:
-            batch = run.augment(batch)
+            batch = run.augment(batch, rows)  # may append counterfactual films
         return run.train_model(run.to_input(batch).to(run.device))
 
     def val_logits(self, run: TrainingRun):

@@ -41,7 +41,14 @@ class TrainConfig:
     unfreeze_blocks: int = 2
     lr_decay: float = 0.5
     augment: bool = True
-    rotation_deg: float = 7.0
+    #: the robust recipe (with ``augment``): hospital variations, lungs pasted into
+    #: other films, and lung-hidden films trained towards "cannot tell"
+    #: (:mod:`medview.training.robust`)
+    robust: bool = True
+    counterfactual_weight: float = 1.0
+    #: the shortcut audit on the test split (:mod:`medview.training.audit`)
+    audit: bool = True
+    rotation_deg: float = 10.0
     scale_range: tuple[float, float] = (0.9, 1.1)
     translate: float = 0.05
     brightness: float = 0.1
@@ -91,6 +98,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.image_size < 16:
             raise TrainingError("epochs, batch size and image size must be positive")
+        if not 0.0 <= self.counterfactual_weight <= 100.0:
+            raise TrainingError("counterfactual_weight must be between 0 and 100")
         if self.balance not in ("weights", "sampler", "none"):
             raise TrainingError("balance must be weights, sampler or none")
 
@@ -148,7 +157,9 @@ class TrainingRun:
     val_idx: np.ndarray
     device: str
     to_input: Callable[[Tensor], Tensor]  # (B, H, W) images -> normalised model input
-    augment: Callable[[Tensor], Tensor]  # (B, H, W) images -> augmented images
+    #: (B, H, W) images and their rows in ``images`` -> the augmented images, followed
+    #: by the robust recipe's lung-hidden counterfactual films (if any)
+    augment: Callable[[Tensor, np.ndarray], Tensor]
     predict_logits: Callable[[np.ndarray], np.ndarray]  # indices -> logits, eval mode
     features: Callable[[np.ndarray], Tensor]  # indices -> pooled backbone features
     #: module -> the module to train with (DDP on several processes)
