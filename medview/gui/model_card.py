@@ -21,7 +21,14 @@ from PySide6.QtWidgets import (
 )
 
 from medview.gui.panels import plain_label
-from medview.models.card import NO_GATE, NOT_CHECKED, ModelCard, gate_summary, where_checked
+from medview.models.card import (
+    NO_GATE,
+    NOT_CHECKED,
+    ModelCard,
+    gate_summary,
+    reliance_lines,
+    where_checked,
+)
 
 
 def card_readme(card) -> str:
@@ -99,6 +106,11 @@ class ModelCardDialog(QDialog):
         known = plain_label(
             (f"Known failure modes: {sc.known_failures}\n" if sc and sc.known_failures
              else "") + NOT_CHECKED)
+        rel = card.card.reliance
+        reliance = plain_label("What the model relies on (shortcut audit): "
+                               + "\n".join(reliance_lines(card.card)))
+        if rel is not None and rel.warnings:
+            reliance.setStyleSheet("color: #b00020;")
         readme = MarkdownView()
         readme.setMarkdown(card_readme(card))
         raw = QPlainTextEdit()
@@ -111,8 +123,10 @@ class ModelCardDialog(QDialog):
         lay.addWidget(head)
         lay.addWidget(table, 2)
         lay.addWidget(known)
+        lay.addWidget(reliance)
         lay.addWidget(docs, 3)
         dlg.resize(900, 760)
         dlg.setModal(False)
         self.table = table
         self.readme = readme
+        self.reliance = reliance

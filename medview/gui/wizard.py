@@ -635,6 +635,8 @@ class ResultsPage(QWizardPage):
                                                    "Result"])
         self.gate_table.horizontalHeader().setStretchLastSection(True)
         self.gate_table.verticalHeader().setVisible(False)
+        # the shortcut audit: what the model relies on, in words
+        self.reliance_label = _plain()
         self.name_edit = QLineEdit()
         self.save_button = QPushButton("Save model")
         self.save_button.clicked.connect(self.save)
@@ -651,13 +653,14 @@ class ResultsPage(QWizardPage):
         grid.addWidget(self.threshold_label, 3, 0, 1, 2)
         grid.addWidget(self.gate_label, 4, 0, 1, 2)
         grid.addWidget(self.gate_table, 5, 0, 1, 2)
-        grid.addWidget(self.warn, 6, 0, 1, 2)
+        grid.addWidget(self.reliance_label, 6, 0, 1, 2)
+        grid.addWidget(self.warn, 7, 0, 1, 2)
         save = QHBoxLayout()
         save.addWidget(QLabel("Name"))
         save.addWidget(self.name_edit, 1)
         save.addWidget(self.save_button)
-        grid.addLayout(save, 7, 0, 1, 2)
-        grid.addWidget(self.saved_label, 8, 0, 1, 2)
+        grid.addLayout(save, 8, 0, 1, 2)
+        grid.addWidget(self.saved_label, 9, 0, 1, 2)
         grid.setRowStretch(0, 2)
         grid.setRowStretch(1, 3)
         grid.setRowStretch(5, 1)
@@ -710,8 +713,11 @@ class ResultsPage(QWizardPage):
             self.threshold.setValue(round(100 * next(iter(thr.values()))))
             self.threshold.blockSignals(False)
         self._on_threshold()
-        self.warn.setText("\n".join(f"Warning: {w}" for w in res.warnings))
+        audit_warnings = set(card.reliance.warnings) if card.reliance is not None else set()
+        self.warn.setText("\n".join(f"Warning: {w}" for w in res.warnings
+                                    if w not in audit_warnings))
         self._show_gate(card)
+        self._show_reliance(card)
         self.name_edit.setText(card.name)
         self.saved_label.setText("")
         self.saved_folder = None
@@ -734,6 +740,14 @@ class ResultsPage(QWizardPage):
             for c, text in enumerate(cells):
                 self.gate_table.setItem(r, c, QTableWidgetItem(text))
         self.gate_table.resizeColumnsToContents()
+
+    def _show_reliance(self, card) -> None:
+        from medview.models.card import reliance_lines
+
+        self.reliance_label.setText("What the model relies on (shortcut audit): "
+                                    + "\n".join(reliance_lines(card)))
+        warned = card.reliance is not None and bool(card.reliance.warnings)
+        self.reliance_label.setStyleSheet("color: #b00020;" if warned else "")
 
     def _touch_threshold(self, _action=None) -> None:
         self.threshold_touched = True  # the value changes right after; the label follows
