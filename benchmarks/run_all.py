@@ -15,6 +15,7 @@ from benchmarks import (
     bench_inference,
     bench_load,
     bench_pacs,
+    bench_robustness,
     bench_training,
     bench_trust_gate,
 )
@@ -40,6 +41,8 @@ if __name__ == "__main__":
     print_table("Training throughput (Lite0, 128 px, batch 16, CPU)", bench_training.run())
     print_table("Trust gate: cost and out-of-distribution benchmark (cxr-pneumonia, CPU)",
                 bench_trust_gate.run())
+    print_table("Robustness and shortcuts: bundled models vs previous (dev test split)",
+                bench_robustness.run())
     print_table(f"PACS retrieve ({bench_pacs.N_INSTANCES} CT instances from a real Orthanc on "
                 f"localhost, best of {bench_pacs.ROUNDS})", bench_pacs.run())
     print_table("Several processes (torchrun, gloo, this machine's cores)",
