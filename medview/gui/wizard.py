@@ -274,8 +274,13 @@ class ModelPage(QWizardPage):
         self.batch = QSpinBox()
         self.batch.setRange(1, 512)
         self.batch.setValue(int(s.value("wizard/batch", DEFAULTS.batch_size)))
-        self.augment = QCheckBox("Augment (small rotation, scale, shift, brightness/contrast; "
-                                 "no flips)")
+        self.augment = QCheckBox("Augment: what other hospitals do to films (codec, "
+                                 "resampling, blur, window, crops, markers), small "
+                                 "rotation/shift; lungs moved into other films, lung-hidden "
+                                 "films taught 'cannot tell' (no flips)")
+        self.augment.setToolTip("The robust recipe: the model learns to decide from the "
+                                "lungs, not from how a film was encoded or framed. The "
+                                "results page shows what the trained model relies on.")
         self.augment.setChecked(s.value("wizard/augment", "true") in ("true", True))
         self.balance = QComboBox()
         self.balance.addItem("Weight the loss by class frequency", "weights")

@@ -579,8 +579,10 @@ def where_checked(card: Card) -> list[tuple[str, str, str]]:
             rows.append((f"{label}: {name}", str(c.get("n", "")), res))
     for name, c in (checked.get("benign_variations") or {}).items():
         if isinstance(c, dict):
+            flips = (f"; decisions changed {c['decision_flips']}" if "decision_flips" in c
+                     else "")
             rows.append((f"benign variation (should pass): {name}", str(c.get("n", "")),
-                         f"in scope {c.get('in_scope')}"))
+                         f"in scope {c.get('in_scope')}{flips}"))
     return rows
 
 

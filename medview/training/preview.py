@@ -64,12 +64,13 @@ def augmentation_preview(paths: list[str], size: int, augment: bool = True,
                          cancel: CancelToken | None = None
                          ) -> Generator[Progress, None, np.ndarray]:
     """The images at ``paths`` as the model would see them (``size`` px), passed through
-    the training augmentation with a fresh seed: uint8 ``(N, size, size)``."""
+    the training augmentation (the default robust recipe: hospital variations, lungs
+    pasted into another of these films) with a fresh seed: uint8 ``(N, size, size)``."""
     import torch
 
     from medview.imaging.model_input import display_grey, resize_grey
     from medview.io import load
-    from medview.training.engine import augment_batch
+    from medview.training.engine import augment_batch, lung_masks, make_augment
     from medview.training.types import TrainConfig
 
     imgs = []
@@ -80,6 +81,11 @@ def augmentation_preview(paths: list[str], size: int, augment: bool = True,
         imgs.append(resize_grey(display_grey(v, v.default_index), (size, size)))
         yield Progress(k + 1, len(paths) + 1, "reading")
     batch = torch.from_numpy(np.stack(imgs))
-    out = augment_batch(batch, TrainConfig(augment=augment), torch.Generator().manual_seed(
-        int(np.random.SeedSequence().entropy % 2**31)))
+    cfg = TrainConfig(augment=augment)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**31))
+    if augment:  # the default (robust) recipe, as training runs it; its films only
+        masks = lung_masks(batch.numpy(), range(len(batch)), cancel)
+        out = make_augment(cfg, gen, masks)(batch, np.arange(len(batch)))[:len(batch)]
+    else:
+        out = augment_batch(batch, cfg, gen)
     return out.round().clamp(0, 255).to(torch.uint8).numpy()

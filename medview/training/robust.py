@@ -63,7 +63,8 @@ def _crop(a: np.ndarray, top: float, bottom: float, left: float, right: float) -
 
 
 def _rotate(a: np.ndarray, deg: float) -> np.ndarray:
-    return np.asarray(Image.fromarray(a).rotate(deg, resample=Image.Resampling.BILINEAR, fillcolor=0))
+    return np.asarray(Image.fromarray(a).rotate(deg, resample=Image.Resampling.BILINEAR,
+                                                fillcolor=0))
 
 
 def auto_window_12bit(a: np.ndarray) -> np.ndarray:
