@@ -268,6 +268,12 @@ def test_model_card_dialog_leads_with_where_the_model_was_checked(qtbot, ai_wind
     where = [table.item(r, 0).text() for r in range(table.rowCount())]
     assert where[0].startswith("internal test split")
     assert any("inverted" in w for w in where)
+    # the shortcut audit, in words, with the model's own numbers
+    rel = panel._card_dialog.reliance.text()
+    card = panel.current_card().card
+    assert rel.startswith("What the model relies on (shortcut audit)")
+    assert f"central chest (where the lungs are) replaced by grey: " \
+           f"{card.reliance.masked_auc['lungs hidden (central chest box)']}" in rel
     panel._card_dialog.close()
 
 

@@ -102,6 +102,10 @@ def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path
                range(results.gate_table.rowCount())]
     assert any(c.startswith("internal test") for c in checked)
     assert any("inverted" in c for c in checked)
+    # ... and what the model relies on (the shortcut audit of the test split)
+    rel = results.reliance_label.text()
+    assert rel.startswith("What the model relies on (shortcut audit)")
+    assert "Checked on the test split" in rel and "edges of the film" in rel
     results.name_edit.setText("Wizard patch model")
     panel = win.model_panel
     with qtbot.waitSignal(wiz.model_saved, timeout=30000) as saved, \
