@@ -197,3 +197,36 @@ def test_the_augmentation_appends_lung_hidden_films_only_in_the_robust_recipe():
     assert plain.shape == (8, 64, 64)
     none = make_augment(TrainConfig(counterfactual_weight=0.0), gen, masks)(batch, np.arange(8))
     assert none.shape == (8, 64, 64)
+
+
+def test_the_gate_thumbnail_without_the_network_is_the_taps():
+    import timm
+    import torch
+
+    from medview.inference.features import StageTap, gate_stages
+    from medview.training.engine import _to_input
+    from medview.training.gatefit import thumbnails
+
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=2).eval()
+    films = np.stack([synthetic_chest(64, seed=s) for s in range(4)])
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    tap = StageTap(model, gate_stages(model))
+    try:
+        want = tap.forward(model, _to_input(torch.from_numpy(films), mean, std))["input"]
+    finally:
+        tap.remove()
+    got = thumbnails(films, lambda b: _to_input(torch.from_numpy(b), mean, std))
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-6)
+
+
+def test_layout_keeping_variations_never_rewindow_or_mark(monkeypatch):
+    def no(*_a, **_k):
+        raise AssertionError("a layout-changing variation ran")
+
+    monkeypatch.setattr(robust, "_window", no)
+    monkeypatch.setattr(robust, "_marker", no)
+    img = synthetic_chest()
+    for s in range(30):
+        out = robust.hospital_variation(img, np.random.default_rng(s), robust.LAYOUT_KEEPING)
+        # no white marker or band, no black band or border, no new window
+        assert not (out >= 250).any() and (out <= 2).mean() < 0.01

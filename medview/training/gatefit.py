@@ -36,14 +36,28 @@ def _features(model, tap: StageTap, images: np.ndarray, to_input: Callable, batc
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def gate_variation(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def gate_variation(a: np.ndarray, rng: np.random.Generator,
+                   p: dict[str, float] | None = None) -> np.ndarray:
     """A film as another site might send it (:func:`robust.hospital_variation`), and a
     third of the time rotated by up to 12 degrees."""
-    a = robust.hospital_variation(a, rng)
+    a = robust.hospital_variation(a, rng, p)
     if rng.random() < 0.3:
         a = np.asarray(Image.fromarray(a).rotate(rng.uniform(-12, 12),
                                                  resample=Image.Resampling.BILINEAR, fillcolor=0))
     return a
+
+
+def thumbnails(images: np.ndarray, to_input: Callable, batch: int = 256) -> np.ndarray:
+    """The gate's input part (:data:`scope.INPUT_STAGE`) of uint8 films, as
+    :class:`StageTap` computes it, without running the network."""
+    import torch
+
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_input(np.ascontiguousarray(images[i:i + batch]))
+        out.append(torch.nn.functional.adaptive_avg_pool2d(
+            x[:, :1].float(), scope.THUMBNAIL).flatten(1).numpy())
+    return np.concatenate(out)
 
 
 def _square(a: np.ndarray, size: int) -> np.ndarray:
@@ -57,9 +71,12 @@ def fit_trust_gate(model, images, y: np.ndarray, train_idx, val_idx, test_idx,
     """The fitted gate and the card's ``scope`` fields (sha256 filled in at export).
 
     ``images`` are the training images as uint8 (N, H, W) (numpy or torch). With
-    ``vary`` the statistics and the limit also see one hospital variation of every film
-    (:func:`gate_variation`), so that re-encoded, resampled, blurred, slightly rotated or
-    cropped and re-windowed films of the same population stay in scope."""
+    ``vary`` the feature-stage statistics also see one hospital variation of every film
+    (:func:`gate_variation`) and the input thumbnail one layout-keeping variation
+    (:data:`robust.LAYOUT_KEEPING`), so that re-encoded, resampled, blurred, slightly
+    rotated or cropped and re-windowed films of the same population stay in scope while
+    inverted ones do not; the normalisation and the limit come from the validation films
+    as they are."""
     import torch
 
     imgs = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
@@ -89,8 +106,19 @@ def fit_trust_gate(model, images, y: np.ndarray, train_idx, val_idx, test_idx,
 
         train_imgs = imgs[train_idx]
         train_f = feats(with_variations(train_imgs))
+        if vary and scope.INPUT_STAGE in train_f:
+            # the thumbnail sees the grey-level layout: it learns the films and their
+            # layout-keeping variations only (measured: fitted on every variation, it let
+            # 65% of inverted films through)
+            layout = np.stack([gate_variation(a, rng, robust.LAYOUT_KEEPING)
+                               for a in train_imgs])
+            train_f[scope.INPUT_STAGE] = np.concatenate([
+                train_f[scope.INPUT_STAGE][:len(train_imgs)],
+                thumbnails(layout, lambda b: to_input(torch.from_numpy(b)))])
         y_fit = np.concatenate([y[train_idx]] * (2 if vary else 1))
-        val_f = feats(with_variations(imgs[np.asarray(val_idx)]))
+        # normalisation and limit from the validation films as they are: the spread of
+        # the varied films would loosen every part's scale
+        val_f = feats(imgs[np.asarray(val_idx)])
         gate = scope.fit_gate(scope.DEFAULT_METHOD, train_f, y_fit, val_f,
                               scope.DEFAULT_PERCENTILE, stages)
         checked: dict = {"fitted_on": {"train_images": len(train_idx),

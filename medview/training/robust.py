@@ -104,10 +104,19 @@ def _marker(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(img)
 
 
-def hospital_variation(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One grey uint8 film (H, W) as another site might have sent it (same size)."""
+#: the variations that keep a film's grey-level layout (codec, sampling, blur, crop):
+#: what the gate's input thumbnail is fitted with (window, bands, borders and markers
+#: would teach it to accept an inverted film)
+LAYOUT_KEEPING = {"window": 0.0, "crop": 0.5, "collimation": 0.0, "border": 0.0,
+                  "resample": 0.6, "blur": 0.5, "marker": 0.0, "jpeg": 0.7, "noise": 0.0}
+
+
+def hospital_variation(a: np.ndarray, rng: np.random.Generator,
+                       p: dict[str, float] | None = None) -> np.ndarray:
+    """One grey uint8 film (H, W) as another site might have sent it (same size);
+    ``p``: the probability of each variation (default :data:`P_VARY`)."""
     h, w = a.shape
-    p = P_VARY
+    p = P_VARY if p is None else p
     if rng.random() < p["window"]:
         a = _window(a, rng)
     if rng.random() < p["crop"]:
