@@ -241,6 +241,10 @@ def test_bundled_models_carry_a_checked_gate():
             c["n"] for c in cats.values())
         assert withheld >= 0.99
         assert "adult" in sc.known_failures
+        # ... and what it relies on: the shortcut audit of its test split
+        rel = card.card.reliance
+        assert rel is not None and rel.n >= 600 and len(rel.flip_rate) >= 10
+        assert "lungs hidden (lung-field estimate)" in rel.masked_auc
 
 
 def test_gate_file_leading_outside_the_model_folder_is_refused(tiny_model, tmp_path):
