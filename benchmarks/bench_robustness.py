@@ -240,6 +240,35 @@ def measure(card, data: dict) -> dict:
     return out
 
 
+def gate_parts(card, data: dict, every: int = 4) -> dict[str, dict[str, float]]:
+    """Which part of the gate withholds each benign variation: per variation, the share
+    of films (every ``every``-th) each part (feature stage or input thumbnail) puts over
+    the limit on its own (parts are normalised by their validation mean and spread; the
+    gate takes the largest)."""
+    import torch
+
+    from medview.inference.predictor import Predictor
+
+    pred = Predictor(card, "cpu", backend="torch")
+    gate = pred.gate
+    out: dict[str, dict[str, float]] = {}
+    for name, every_item in {"unmodified": data["plain"], **data["benign"]}.items():
+        items = every_item[::every]
+        feats: dict[str, list] = {}
+        for i in range(0, len(items), 32):
+            x = np.stack([pred.prepare(v, k).tensor for v, k in items[i:i + 32]])
+            part = pred.tap.forward(pred.model, torch.from_numpy(x))
+            for k, v in part.items():
+                feats.setdefault(k, []).append(v)
+        merged = {k: np.concatenate(v) for k, v in feats.items()}
+        raw = gate.raw_scores(merged)
+        out[name] = {
+            m: float(np.mean((v - float(gate.stats[f"{m}/z_mean"][0]))
+                             / max(float(gate.stats[f"{m}/z_std"][0]), 1e-12) > gate.limit))
+            for m, v in raw.items() if f"{m}/z_mean" in gate.stats}
+    return out
+
+
 def prepare_data(dev: str, every: int, tmp: str) -> dict:
     from medview.imaging.model_input import display_grey
     from medview.training import oodcheck
@@ -361,6 +390,15 @@ def run(every: int = 1) -> list[tuple]:
             if base is not None and os.path.isdir(os.path.join(base, model)):
                 old = measure(read_card(os.path.join(base, model), "user"), data)
             rows += rows_for(model, new, old)
+        # which part of the gate carries the codec signature (cxr-pneumonia, both versions)
+        versions = [("now", os.path.join(ROOT, "models", "cxr-pneumonia"), "bundled")]
+        if base is not None:
+            versions.append(("previous", os.path.join(base, "cxr-pneumonia"), "user"))
+        for label, folder, source in versions:
+            for name, parts in gate_parts(read_card(folder, source), data).items():
+                rows.append((f"gate parts over the limit ({label}), {name}",
+                             ", ".join(f"{k} {v:.2f}" for k, v in parts.items()),
+                             "share of films each part alone withholds", ""))
     return rows
 
 
