@@ -51,6 +51,8 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
 
 #: The hidden partial CSV a writer fills before renaming it over the target.
 PARTIAL_PREFIX = ".medview-partial-"
+#: its name for the moment between creation and lock (empty, never cleaned by others)
+CREATING_PREFIX = ".medview-creating-"
 
 
 def clean_stale_partials(folder: str) -> int:
@@ -88,8 +90,13 @@ class RowWriter:
         self.path = path
         folder = os.path.dirname(os.path.abspath(path))
         clean_stale_partials(folder)
-        fd, self.tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=folder)
+        # created under another name and locked before it takes the partial prefix: a
+        # writer starting at the same moment (another rank) must never see it unlocked
+        fd, fresh = tempfile.mkstemp(prefix=CREATING_PREFIX, dir=folder)
         try_lock(fd)
+        self.tmp = os.path.join(folder, PARTIAL_PREFIX + os.path.basename(fresh)[
+            len(CREATING_PREFIX):])
+        os.rename(fresh, self.tmp)
         self.f = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self.w = csv.writer(self.f, lineterminator="\n")
         self.rows = 0
