@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_trust_gate import DEFAULT_DEV, grey_volume, load_first
+from benchmarks.bench_trust_gate import DEFAULT_DEV, grey_volume, load_first, non_chest_sets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the last commit whose bundled models predate the robust recipe
@@ -76,27 +76,16 @@ def _jpeg(a: np.ndarray, q: int) -> bytes:
 
 def _dicom(a: np.ndarray, monochrome1: bool) -> bytes:
     """A 12-bit CR film of a chest AP, age 3, without window tags."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
+
+    from tests.orthanc import image_dataset
 
     v = np.rint(a.astype(np.float64) * 4095.0 / 255.0).astype(np.uint16)
+    ds = image_dataset(4095 - v if monochrome1 else v, study_uid=generate_uid(),
+                       series_uid=generate_uid(), modality="CR", patient_id="BENCH",
+                       patient_name="Bench^Film", body_part="CHEST", view="AP", age="003Y")
     if monochrome1:
-        v = (4095 - v).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = ComputedRadiographyImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition, ds.PatientAge = "CR", "CHEST", "AP", "003Y"
-    ds.Rows, ds.Columns = v.shape
-    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelData = v.tobytes()
+        ds.PhotometricInterpretation = "MONOCHROME1"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
@@ -112,9 +101,9 @@ def benign_files() -> dict:
         "JPEG quality 70": (lambda a: _jpeg(a, 70), ".jpg"),
         "resampled 0.5x": (lambda a: _png(_resize(a, 0.5)), ".png"),
         "resampled 2x": (lambda a: _png(_resize(a, 2.0)), ".png"),
-        "blurred (1 px)": (lambda a: _png(robust._blur(a, 1.0)), ".png"),
-        "rotated +10 degrees": (lambda a: _png(robust._rotate(a, 10)), ".png"),
-        "rotated -10 degrees": (lambda a: _png(robust._rotate(a, -10)), ".png"),
+        "blurred (1 px)": (lambda a: _png(robust.blur(a, 1.0)), ".png"),
+        "rotated +10 degrees": (lambda a: _png(robust.rotate(a, 10)), ".png"),
+        "rotated -10 degrees": (lambda a: _png(robust.rotate(a, -10)), ".png"),
         "cropped 10% per side": (lambda a: _png(_crop(a, 0.1)), ".png"),
         "12-bit DICOM without window": (lambda a: _dicom(a, False), ".dcm"),
         "MONOCHROME1 DICOM": (lambda a: _dicom(a, True), ".dcm"),
@@ -272,7 +261,6 @@ def gate_parts(card, data: dict, every: int = 4) -> dict[str, dict[str, float]]:
 def prepare_data(dev: str, every: int, tmp: str) -> dict:
     from medview.imaging.model_input import display_grey
     from medview.training import oodcheck
-    from tests.testdata import local_files
 
     rows = test_films(dev, every)
     vols = [load_first(os.path.join(dev, r["path"])) for r in rows]
@@ -287,22 +275,7 @@ def prepare_data(dev: str, every: int, tmp: str) -> dict:
     sample = films[::max(1, len(films) // 100)][:100]
     data["adult"] = {k: files_items(v) for k, v in write_sets(
         sample, os.path.join(tmp, "adult"), adult_files()).items()}
-    ood: dict[str, list] = {}
-    for path in local_files():
-        v = load_first(path)
-        if v is None or v.modality in ("CR", "DX", "OT", "SC") or min(v.rows, v.cols) < 32:
-            continue
-        ood.setdefault("multi-frame" if v.multiframe else v.modality, []).append(
-            (v, v.default_index))
-    import skimage.data as skd
-    from PIL import Image
-
-    folder = os.path.dirname(skd.__file__)
-    for name in sorted(os.listdir(folder)):
-        if name.endswith((".png", ".jpg")):
-            img = Image.open(os.path.join(folder, name)).convert("RGB")
-            ood.setdefault("photo", []).append((grey_volume(np.asarray(img)), 0))
-    ood["synthetic"] = [(grey_volume(a), 0) for a in oodcheck.synthetic_images()]
+    ood = non_chest_sets()
     for key, fn in oodcheck.OUT_TRANSFORMS.items():
         if "adult" not in key:
             ood[key] = [(grey_volume(fn(a)), 0) for a in sample]

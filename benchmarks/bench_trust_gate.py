@@ -72,11 +72,13 @@ def embed(pred, tap, items: list[tuple[ImageVolume, int]], batch: int = 32
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def proxy_sets(test_paths: list[str], every: int = 6) -> tuple[dict, dict]:
-    """(out-of-distribution sets, benign sets): name -> [(volume, slice)]."""
+def non_chest_sets() -> dict[str, list]:
+    """Out-of-distribution inputs from this machine: the non-radiograph DICOMs shipped
+    with pydicom and pydicom-data (by modality, multi-frame apart), scikit-image's
+    photographs and synthetic graphics; name -> [(volume, slice)]."""
+    import skimage.data as skd
     from PIL import Image
 
-    from medview.imaging.model_input import display_grey
     from medview.training import oodcheck
     from tests.testdata import local_files
 
@@ -87,14 +89,21 @@ def proxy_sets(test_paths: list[str], every: int = 6) -> tuple[dict, dict]:
             continue
         out.setdefault("multi-frame" if v.multiframe else v.modality, []).append(
             (v, v.default_index))
-    import skimage.data as skd
-
     folder = os.path.dirname(skd.__file__)
     for name in sorted(os.listdir(folder)):
         if name.endswith((".png", ".jpg")):
             img = Image.open(os.path.join(folder, name)).convert("RGB")
             out.setdefault("photo", []).append((grey_volume(np.asarray(img)), 0))
     out["synthetic"] = [(grey_volume(a), 0) for a in oodcheck.synthetic_images()]
+    return out
+
+
+def proxy_sets(test_paths: list[str], every: int = 6) -> tuple[dict, dict]:
+    """(out-of-distribution sets, benign sets): name -> [(volume, slice)]."""
+    from medview.imaging.model_input import display_grey
+    from medview.training import oodcheck
+
+    out = non_chest_sets()
     films = [f for f in (load_first(p) for p in test_paths[::every]) if f is not None]
     shown = [display_grey(f, 0) for f in films]
     for key, fn in oodcheck.OUT_TRANSFORMS.items():

@@ -185,11 +185,11 @@ def test_the_robust_recipe_trains_and_records_itself(tmp_path):
 def test_the_augmentation_appends_lung_hidden_films_only_in_the_robust_recipe():
     import torch
 
-    from medview.training.engine import make_augment
+    from medview.training.engine import lung_masks, make_augment
     from medview.training.types import TrainConfig
 
     batch = torch.from_numpy(np.stack([synthetic_chest(64, seed=s) for s in range(8)]))
-    masks = np.stack([lungs.lung_field(a)[0] for a in batch.numpy()])
+    masks = lung_masks(batch.numpy(), range(8))
     gen = torch.Generator().manual_seed(0)
     out = make_augment(TrainConfig(), gen, masks)(batch, np.arange(8))
     assert out.shape == (10, 64, 64)  # 8 films + a quarter of them with the lungs hidden

@@ -170,7 +170,7 @@ def make_augment(cfg: TrainConfig, gen, masks):
     lungs pasted into other films of the batch and, appended after the batch, its
     lung-hidden counterfactual films (:mod:`medview.training.robust`); then the
     geometric and brightness augmentation (:func:`augment_batch`). ``masks`` are the
-    lung-field estimates of every image (rows of ``images``), or None."""
+    lung-field estimates of the training rows (:func:`lung_masks`), or None."""
     import torch
 
     from medview.training import robust
@@ -180,10 +180,10 @@ def make_augment(cfg: TrainConfig, gen, masks):
             return augment_batch(batch_u8, cfg, gen)
         rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
         raw = batch_u8.numpy()
-        m = None if masks is None else masks[np.asarray(rows)]
+        m = None if masks is None else masks.of(rows)
         films = robust.vary_batch(robust.swap_outside(raw, m, rng), rng)
-        k = -(-len(raw) * robust.COUNTERFACTUAL_SHARE // 1) if cfg.counterfactual_weight else 0
-        k = int(k)
+        k = (math.ceil(len(raw) * robust.COUNTERFACTUAL_SHARE)
+             if cfg.counterfactual_weight else 0)
         if k:
             hidden = robust.vary_batch(robust.lungs_hidden(
                 raw[:k], None if m is None else m[:k], rng), rng)
@@ -193,17 +193,33 @@ def make_augment(cfg: TrainConfig, gen, masks):
     return augment
 
 
-def lung_masks(images: np.ndarray, rows, cancel=None) -> np.ndarray:
-    """Lung-field estimates (bool (N, H, W)) for ``rows`` of ``images``; other rows stay
-    empty."""
+@dataclass
+class LungMasks:
+    """Lung-field estimates of some rows of the image array, stored for those rows only."""
+
+    masks: np.ndarray  # bool (len(rows), H, W)
+    position: np.ndarray  # row of the image array -> index into masks (-1: none)
+
+    def of(self, rows) -> np.ndarray:
+        pos = self.position[np.asarray(rows)]
+        if (pos < 0).any():
+            raise ValueError("no lung-field estimate for a row that was not estimated")
+        return self.masks[pos]
+
+
+def lung_masks(images: np.ndarray, rows, cancel=None) -> LungMasks:
+    """Lung-field estimates for ``rows`` of ``images`` (uint8 (N, H, W))."""
     from medview.imaging.lungs import lung_field
 
-    out = np.zeros(images.shape, bool)
-    for r in rows:
+    rows = np.asarray(list(rows), int)
+    out = np.zeros((len(rows), *images.shape[1:]), bool)
+    for k, r in enumerate(rows):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        out[r] = lung_field(images[r])[0]
-    return out
+        out[k] = lung_field(images[r])[0]
+    position = np.full(len(images), -1, int)
+    position[rows] = np.arange(len(rows))
+    return LungMasks(out, position)
 
 
 def _device_of(model):

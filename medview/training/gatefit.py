@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image
 
 from medview.imaging.model_input import resize_grey
 from medview.inference import scope
@@ -42,8 +41,7 @@ def gate_variation(a: np.ndarray, rng: np.random.Generator,
     third of the time rotated by up to 12 degrees."""
     a = robust.hospital_variation(a, rng, p)
     if rng.random() < 0.3:
-        a = np.asarray(Image.fromarray(a).rotate(rng.uniform(-12, 12),
-                                                 resample=Image.Resampling.BILINEAR, fillcolor=0))
+        a = robust.rotate(a, rng.uniform(-12, 12))
     return a
 
 
@@ -100,9 +98,6 @@ def fit_trust_gate(model, images, y: np.ndarray, train_idx, val_idx, test_idx,
             if not vary:
                 return arr
             return np.concatenate([arr, np.stack([gate_variation(a, rng) for a in arr])])
-
-        def merged(parts):
-            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
         train_imgs = imgs[train_idx]
         train_f = feats(with_variations(train_imgs))

@@ -10,12 +10,11 @@ by the script that refits the bundled models. Grey uint8 arrays in, out.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
 from medview.imaging.model_input import resize_grey
+from medview.training.robust import jpeg, rotate
 
 
 def _zoom_out(a: np.ndarray) -> np.ndarray:
@@ -27,16 +26,6 @@ def _zoom_out(a: np.ndarray) -> np.ndarray:
     y, x = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
     out[y:y + small.shape[0], x:x + small.shape[1]] = small
     return out
-
-
-def _jpeg(a: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(buf).convert("L"))
-
-
-def _rotate(a: np.ndarray, deg: float) -> np.ndarray:
-    return np.asarray(Image.fromarray(a).rotate(deg, resample=Image.BILINEAR, fillcolor=0))
 
 
 #: Films turned into something the model was not built for: must be withheld.
@@ -54,12 +43,12 @@ BENIGN_TRANSFORMS = {
     "gamma 0.8": lambda a: (255 * (a / 255.0) ** 0.8).astype(np.uint8),
     "contrast 0.85": lambda a: np.asarray(ImageEnhance.Contrast(Image.fromarray(a))
                                           .enhance(0.85)),
-    "JPEG quality 50": lambda a: _jpeg(a, 50),
+    "JPEG quality 50": lambda a: jpeg(a, 50),
     "crop 5% each side": lambda a: np.ascontiguousarray(
         a[a.shape[0] // 20: a.shape[0] - a.shape[0] // 20,
           a.shape[1] // 20: a.shape[1] - a.shape[1] // 20]),
     "upscaled 2x": lambda a: resize_grey(a, (a.shape[0] * 2, a.shape[1] * 2)),
-    "rotated 5 degrees": lambda a: _rotate(a, 5),
+    "rotated 5 degrees": lambda a: rotate(a, 5),
 }
 
 

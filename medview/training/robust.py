@@ -38,7 +38,8 @@ COUNTERFACTUAL_SHARE = 0.25
 MARKER_TEXTS = ("R", "L", "AP", "PA", "PORTABLE", "SUPINE", "ERECT", "1", "2")
 
 
-def _jpeg(a: np.ndarray, quality: int) -> np.ndarray:
+def jpeg(a: np.ndarray, quality: int) -> np.ndarray:
+    """The film saved as JPEG at ``quality`` and decoded again."""
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, "JPEG", quality=int(quality))
     buf.seek(0)
@@ -52,7 +53,7 @@ def _resample(a: np.ndarray, factor: float) -> np.ndarray:
     return resize_grey(big, (h, w))
 
 
-def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+def blur(a: np.ndarray, sigma: float) -> np.ndarray:
     return np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(sigma)))
 
 
@@ -62,7 +63,7 @@ def _crop(a: np.ndarray, top: float, bottom: float, left: float, right: float) -
     return resize_grey(np.ascontiguousarray(part), (h, w))
 
 
-def _rotate(a: np.ndarray, deg: float) -> np.ndarray:
+def rotate(a: np.ndarray, deg: float) -> np.ndarray:
     return np.asarray(Image.fromarray(a).rotate(deg, resample=Image.Resampling.BILINEAR,
                                                 fillcolor=0))
 
@@ -145,11 +146,11 @@ def hospital_variation(a: np.ndarray, rng: np.random.Generator,
     if rng.random() < p["resample"]:
         a = _resample(a, float(np.exp(rng.uniform(np.log(0.4), np.log(2.0)))))
     if rng.random() < p["blur"]:
-        a = _blur(a, rng.uniform(0.3, 1.6))
+        a = blur(a, rng.uniform(0.3, 1.6))
     if rng.random() < p["marker"]:
         a = _marker(a, rng)
     if rng.random() < p["jpeg"]:
-        a = _jpeg(a, int(rng.integers(20, 96)))
+        a = jpeg(a, int(rng.integers(20, 96)))
     if rng.random() < p["noise"]:
         a = np.clip(a + rng.normal(0, rng.uniform(1, 5), a.shape), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(a, dtype=np.uint8)
@@ -206,14 +207,14 @@ def vary_batch(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 #: Fixed variations for the audit, at the model's input size (what flips a decision).
 NUISANCE_TESTS = {
-    "JPEG quality 30": lambda a: _jpeg(a, 30),
-    "JPEG quality 50": lambda a: _jpeg(a, 50),
-    "JPEG quality 70": lambda a: _jpeg(a, 70),
+    "JPEG quality 30": lambda a: jpeg(a, 30),
+    "JPEG quality 50": lambda a: jpeg(a, 50),
+    "JPEG quality 70": lambda a: jpeg(a, 70),
     "resampled 0.5x": lambda a: _resample(a, 0.5),
     "resampled 2x": lambda a: _resample(a, 2.0),
-    "blurred (1 px)": lambda a: _blur(a, 1.0),
-    "rotated +10 degrees": lambda a: _rotate(a, 10),
-    "rotated -10 degrees": lambda a: _rotate(a, -10),
+    "blurred (1 px)": lambda a: blur(a, 1.0),
+    "rotated +10 degrees": lambda a: rotate(a, 10),
+    "rotated -10 degrees": lambda a: rotate(a, -10),
     "cropped 10% per side": lambda a: _crop(a, 0.1, 0.1, 0.1, 0.1),
     "12-bit without window": auto_window_12bit,
 }
