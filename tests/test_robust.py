@@ -3,6 +3,7 @@ counterfactual films, and an audit that flags a model trained on a planted marke
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -230,3 +231,18 @@ def test_layout_keeping_variations_never_rewindow_or_mark(monkeypatch):
         out = robust.hospital_variation(img, np.random.default_rng(s), robust.LAYOUT_KEEPING)
         # no white marker or band, no black band or border, no new window
         assert not (out >= 250).any() and (out <= 2).mean() < 0.01
+
+
+@pytest.mark.parametrize("bad", [{"lung_estimate": {"estimated_share": "95%"}},
+                                 {"warnings": [{"html": "<b>x</b>"}]},
+                                 {"masked_auc": {"x": 1.5}}])
+def test_a_card_whose_audit_is_not_numbers_and_text_is_refused(bad):
+    from medview.models.card import Card, CardError
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models",
+                        "cxr-pneumonia", "card.json")
+    with open(path, encoding="utf-8") as f:
+        base = json.load(f)
+    base["reliance"] = {**base["reliance"], **bad}
+    with pytest.raises(CardError, match="reliance"):
+        Card.from_dict(base)

@@ -408,6 +408,12 @@ class RelianceSpec(Section):
             raise CardError(where, "reliance AUCs and flip rates must be numbers in [0, 1]")
         if self.n < 0 or len(self.masked_auc) > 16 or len(self.flip_rate) > 32:
             raise CardError(where, "reliance: too many entries or a negative count")
+        share = self.lung_estimate.get("estimated_share")
+        if share is not None and not (isinstance(share, (int, float))
+                                      and not isinstance(share, bool) and 0 <= share <= 1):
+            raise CardError(where, "reliance.lung_estimate.estimated_share must be in [0, 1]")
+        if not all(isinstance(w, str) for w in self.warnings):
+            raise CardError(where, "reliance.warnings must be text")
 
 
 _OPTIONAL = ("flags", "description", "changelog", "scope", "graph", "reliance")
