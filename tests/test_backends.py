@@ -14,7 +14,7 @@ import pytest
 
 from medview.core.progress import drain as drain_all
 from medview.core.volume import ImageVolume
-from medview.inference import backends
+from medview.inference import backends, scope
 from medview.inference.predictor import Predictor
 from medview.inference.session import InferenceSession
 from medview.io import load
@@ -43,7 +43,7 @@ def test_a_saved_model_carries_a_verified_graph(tiny_model):
     assert g.max_abs_diff <= g.tolerance and g.checked_on >= 8
     assert g.cam_head == "classifier"
     assert {"logits", "pre_logits", "feature_maps"} <= set(g.outputs)
-    assert set(card.card.scope.stages) - {"input"} <= set(g.outputs)
+    assert set(card.card.scope.stages) - set(scope.INPUT_STAGES) <= set(g.outputs)
 
 
 def test_graph_and_torch_agree_on_real_like_and_random_inputs(pair, tiny_model):

@@ -193,11 +193,41 @@ def test_the_augmentation_appends_lung_hidden_films_only_in_the_robust_recipe():
     masks = lung_masks(batch.numpy(), range(8))
     gen = torch.Generator().manual_seed(0)
     out = make_augment(TrainConfig(), gen, masks)(batch, np.arange(8))
-    assert out.shape == (10, 64, 64)  # 8 films + a quarter of them with the lungs hidden
+    # 8 films + a quarter with the lungs hidden + a quarter again as a second variation
+    assert out.shape == (12, 64, 64)
     plain = make_augment(TrainConfig(robust=False), gen, masks)(batch, np.arange(8))
     assert plain.shape == (8, 64, 64)
-    none = make_augment(TrainConfig(counterfactual_weight=0.0), gen, masks)(batch, np.arange(8))
+    none = make_augment(TrainConfig(counterfactual_weight=0.0, consistency_weight=0.0),
+                        gen, masks)(batch, np.arange(8))
     assert none.shape == (8, 64, 64)
+
+
+def test_the_second_views_are_of_the_first_films(monkeypatch):
+    import torch
+
+    from medview.training.engine import make_augment
+    from medview.training.types import TrainConfig
+
+    monkeypatch.setattr(robust, "vary_batch", lambda b, rng: b.copy())
+    rng = np.random.default_rng(0)
+    batch = torch.from_numpy(rng.integers(0, 256, (8, 32, 32), dtype=np.uint8))
+    cfg = TrainConfig(counterfactual_weight=0.0, rotation_deg=0.0, scale_range=(1.0, 1.0),
+                      translate=0.0, brightness=0.0, contrast=0.0)
+    out = make_augment(cfg, torch.Generator().manual_seed(0), None)(batch, np.arange(8))
+    assert out.shape == (10, 32, 32)
+    assert torch.allclose(out[8:], batch[:2].float(), atol=1.0)
+
+
+def test_the_consistency_term_is_zero_when_two_views_agree_and_grows_apart():
+    import torch
+
+    from medview.training.engine import consistency_loss
+
+    a = torch.tensor([[2.0, -1.0], [0.0, 0.0]])
+    assert torch.allclose(consistency_loss(a, a), torch.zeros(2), atol=1e-6)
+    near = consistency_loss(a, a + torch.tensor([[0.0, 0.5], [0.0, 0.5]]))
+    far = consistency_loss(a, a + torch.tensor([[0.0, 3.0], [0.0, 3.0]]))
+    assert (near > 0).all() and (far > near).all() and (far <= np.log(2) + 1e-6).all()
 
 
 def test_the_gate_thumbnail_without_the_network_is_the_taps():
@@ -211,13 +241,23 @@ def test_the_gate_thumbnail_without_the_network_is_the_taps():
     model = timm.create_model("test_efficientnet", pretrained=False, num_classes=2).eval()
     films = np.stack([synthetic_chest(64, seed=s) for s in range(4)])
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    tap = StageTap(model, gate_stages(model))
+    from medview.inference import scope
+
+    stages = (*scope.INPUT_STAGES, *gate_stages(model)[1:])
+    tap = StageTap(model, stages)
     try:
-        want = tap.forward(model, _to_input(torch.from_numpy(films), mean, std))["input"]
+        taps = tap.forward(model, _to_input(torch.from_numpy(films), mean, std))
     finally:
         tap.remove()
-    got = thumbnails(films, lambda b: _to_input(torch.from_numpy(b), mean, std))
-    assert got.shape == want.shape and np.allclose(got, want, atol=1e-6)
+    for stage in scope.INPUT_STAGES:
+        got = thumbnails(films, lambda b: _to_input(torch.from_numpy(b), mean, std), stage)
+        assert got.shape == taps[stage].shape and np.allclose(got, taps[stage], atol=1e-5)
+    # the layout thumbnail is the raw one normalised per film, as the graph backend
+    # computes it in numpy
+    assert np.allclose(scope.normalise_thumbnails(taps[scope.INPUT_STAGE]),
+                       taps[scope.INPUT_LAYOUT_STAGE], atol=1e-5)
+    assert np.allclose(taps[scope.INPUT_LAYOUT_STAGE].mean(1), 0, atol=1e-5)
+    assert not np.allclose(taps[scope.INPUT_STAGE], taps[scope.INPUT_LAYOUT_STAGE])
 
 
 def test_layout_keeping_variations_never_rewindow_or_mark(monkeypatch):

@@ -59,7 +59,7 @@ def test_training_fits_the_gate_and_the_card_records_it(tiny_model):
     sc = card.scope
     assert sc is not None and sc.method == scope.DEFAULT_METHOD
     assert sc.percentile == scope.DEFAULT_PERCENTILE
-    assert sc.stages[0] == scope.INPUT_STAGE and len(sc.stages) == 1 + scope.STAGES_USED
+    assert sc.stages[0] == scope.INPUT_LAYOUT_STAGE and len(sc.stages) == 1 + scope.STAGES_USED
     with open(os.path.join(folder, SCOPE_FILE), "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == sc.sha256
     assert 0.9 <= sc.in_distribution_pass_rate <= 1.0

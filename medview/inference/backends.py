@@ -203,12 +203,14 @@ class OnnxBackend:
         self.computed_by = {"file": GRAPH_FILE, "sha256": spec.sha256}
         self.card = card
         self.device = "cpu"
-        self.stages = tuple(s for s in (gate.stages if gate else ()) if s != scope.INPUT_STAGE)
+        self.stages = tuple(s for s in (gate.stages if gate else ())
+                            if s not in scope.INPUT_STAGES)
         missing = [s for s in self.stages if s not in spec.outputs]
         if missing:
             raise WeightsError(f"exported graph refused: it lacks the trust gate's stage "
                                f"{missing[0]!r}")
-        self.thumbnail = gate is not None and scope.INPUT_STAGE in gate.stages
+        self.thumbnails = tuple(s for s in (gate.stages if gate else ())
+                                if s in scope.INPUT_STAGES)
         self.notices: list[str] = []
         try:
             self.session = ort_session(data)
@@ -232,8 +234,11 @@ class OnnxBackend:
                                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
                                        ")") from exc
         out = {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
-        if self.thumbnail:
-            out[scope.INPUT_STAGE] = input_thumbnail(x)
+        if self.thumbnails:
+            t = input_thumbnail(x)
+            for stage in self.thumbnails:
+                out[stage] = (scope.normalise_thumbnails(t)
+                              if stage == scope.INPUT_LAYOUT_STAGE else t)
         return out
 
     def head(self) -> np.ndarray:

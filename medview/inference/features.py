@@ -16,13 +16,27 @@ from medview.models.weights import WeightsError
 
 
 def gate_stages(model, n: int = scope.STAGES_USED) -> tuple[str, ...]:
-    """The stages ``multi_depth`` reads: the input thumbnail, then the last ``n`` feature
-    stages timm lists for ``model`` (``feature_info``), as module names."""
+    """The stages ``multi_depth`` reads: the input thumbnail (normalised per film), then
+    the last ``n`` feature stages timm lists for ``model`` (``feature_info``), as module
+    names."""
     info = getattr(model, "feature_info", None) or []
     names = [d.get("module") for d in info if isinstance(d, dict) and d.get("module")]
     modules = dict(model.named_modules())
     found = tuple(n_ for n_ in names if n_ in modules)
-    return (scope.INPUT_STAGE, *(found[-n:] if n else ()))
+    return (scope.INPUT_LAYOUT_STAGE, *(found[-n:] if n else ()))
+
+
+def thumbnails(x, stage: str):
+    """The gate's input part ``stage`` (one of :data:`scope.INPUT_STAGES`) of a prepared
+    batch (N, C, H, W) torch tensor: the first channel average-pooled to 8 x 8, flattened,
+    normalised per film for :data:`scope.INPUT_LAYOUT_STAGE`."""
+    import torch
+
+    t = torch.nn.functional.adaptive_avg_pool2d(x[:, :1].float(), scope.THUMBNAIL).flatten(1)
+    if stage == scope.INPUT_LAYOUT_STAGE:
+        t = t - t.mean(1, keepdim=True)
+        t = t / t.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-6)
+    return t
 
 
 class StageTap:
@@ -32,7 +46,7 @@ class StageTap:
 
     def __init__(self, model, stages: tuple[str, ...]) -> None:
         modules = dict(model.named_modules())  # a lookup, never getattr on card text
-        missing = [s for s in stages if s not in modules and s != scope.INPUT_STAGE]
+        missing = [s for s in stages if s not in modules and s not in scope.INPUT_STAGES]
         if missing:
             raise WeightsError(f"trust gate: the card names feature stage {missing[0]!r}, "
                                f"which this architecture does not have")
@@ -40,7 +54,7 @@ class StageTap:
         self.active = False
         self.captured: dict = {}
         self._handles = [modules[name].register_forward_hook(self._hook(name))
-                         for name in stages if name != scope.INPUT_STAGE]
+                         for name in stages if name not in scope.INPUT_STAGES]
 
     def _hook(self, name: str):
         import torch
@@ -76,10 +90,9 @@ class StageTap:
             finally:
                 self.active = False
             out = {scope.LOGITS: logits, scope.PRE_LOGITS: pre, **self.captured}
-            if scope.INPUT_STAGE in self.stages:
-                # the grey levels' layout: an 8 x 8 thumbnail of the first channel
-                out[scope.INPUT_STAGE] = torch.nn.functional.adaptive_avg_pool2d(
-                    x[:, :1].float(), scope.THUMBNAIL).flatten(1)
+            for stage in scope.INPUT_STAGES:
+                if stage in self.stages:  # the grey levels' layout
+                    out[stage] = thumbnails(x, stage)
             if scorer is not None:  # a prediction needs only the logits and the score
                 return {scope.LOGITS: logits.float().cpu().numpy(),
                         SCORE: scorer(out).cpu().numpy()}

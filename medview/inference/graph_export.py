@@ -124,7 +124,7 @@ def export_graph(model, card: Card, stages: tuple[str, ...] = (),
                  time_repeats: int = 5) -> tuple[bytes, GraphSpec]:
     """The ONNX graph of ``model`` (a timm classifier) and its card section.
 
-    ``stages`` are the trust gate's feature stages (the input pseudo-stage is skipped);
+    ``stages`` are the trust gate's feature stages (the input pseudo-stages are skipped);
     ``check_inputs`` (N, C, H, W) prepared images to check agreement on, to which
     ``n_random`` random inputs are added. Raises :class:`GraphExportError` when the graph
     differs from torch by more than ``tolerance`` in any class probability."""
@@ -133,7 +133,7 @@ def export_graph(model, card: Card, stages: tuple[str, ...] = (),
     model = copy.deepcopy(model).float().cpu().eval()
     model = model.to(memory_format=torch.contiguous_format)
     modules = dict(model.named_modules())
-    stat_stages = tuple(s for s in stages if s != scope.INPUT_STAGE)
+    stat_stages = tuple(s for s in stages if s not in scope.INPUT_STAGES)
     missing = [s for s in stat_stages if s not in modules]
     if missing:
         raise GraphExportError(f"the model has no stage {missing[0]!r}")

@@ -16,7 +16,8 @@ largest, so that what one score misses another can catch.
 ``multi_depth`` (the default, chosen on measured numbers: docs/trust-gate.md) applies the
 Mahalanobis score at several depths of the same forward pass, as Lee et al. do: the
 channel means and standard deviations of the last two feature stages (the last one is
-what the pre-logit embedding is pooled from) and an 8 x 8 thumbnail of the input, one
+what the pre-logit embedding is pooled from) and an 8 x 8 thumbnail of the input
+(normalised per film: ``INPUT_LAYOUT_STAGE``), one
 Gaussian each, each normalised by its validation mean and spread, and takes the largest.
 The stage statistics see what the pooled embedding is trained to ignore (borders,
 framing, acquisition), so zoomed-out films and lateral-like crops are caught; the
@@ -47,8 +48,21 @@ DEFAULT_PERCENTILE = 99.0
 STAGES_USED = 2
 PRE_LOGITS = "pre_logits"
 #: A pseudo-stage: the model input average-pooled to THUMBNAIL x THUMBNAIL (first channel).
+#: Gates fitted before per-film normalisation name it; still scored as they were fitted.
 INPUT_STAGE = "input"
+#: The same thumbnail, normalised per film to mean 0 and spread 1: the grey-level layout
+#: without the window (a re-windowed or 12-bit film keeps it; an inverted one does not).
+INPUT_LAYOUT_STAGE = "input_layout"
+INPUT_STAGES = (INPUT_STAGE, INPUT_LAYOUT_STAGE)
 THUMBNAIL = 8
+
+
+def normalise_thumbnails(t: np.ndarray) -> np.ndarray:
+    """Rows of thumbnails (N, D) to mean 0 and standard deviation 1 each (a flat film
+    stays 0)."""
+    t = np.asarray(t, np.float32)
+    centred = t - t.mean(axis=1, keepdims=True)
+    return centred / np.maximum(centred.std(axis=1, keepdims=True), 1e-6)
 LOGITS = "logits"
 
 
@@ -121,7 +135,7 @@ class ScopeGate:
     percentile: float = DEFAULT_PERCENTILE
     in_distribution_pass_rate: float = float("nan")
     k: int = 10
-    #: what ``multi_depth`` scores: feature stage module names, ``INPUT_STAGE``, and
+    #: what ``multi_depth`` scores: feature stage module names, one of ``INPUT_STAGES``, and
     #: possibly ``PRE_LOGITS``
     stages: tuple[str, ...] = ()
     _f64: dict = field(default_factory=dict, repr=False, compare=False)
@@ -232,8 +246,9 @@ def fit_gate(method: str, train: dict[str, np.ndarray], train_labels: np.ndarray
         for name in stages:
             # class-conditional on the embedding the classifier reads; one Gaussian for the
             # stage statistics (they describe the image, not the class)
+            # (each stage may have its own number of training rows)
             st = fit_mahalanobis(train[name], labels if name == PRE_LOGITS
-                                 else np.zeros(len(labels), int))
+                                 else np.zeros(len(train[name]), int))
             stats[f"{name}/means"], stats[f"{name}/precision"] = st["means"], st["precision"]
     if method in ("mahalanobis", "combined"):
         stats.update(fit_mahalanobis(train[PRE_LOGITS], labels))

@@ -165,12 +165,35 @@ def cannot_tell_loss(logits):
     return -logp.mean(dim=1) - math.log(logp.shape[1])
 
 
+def consistency_loss(a, b):
+    """Per pair of rows: the Jensen-Shannon divergence between the predicted
+    distributions of two variations of the same film (0 when they agree)."""
+    import torch.nn.functional as F
+
+    pa, pb = F.softmax(a.float(), dim=1), F.softmax(b.float(), dim=1)
+    log_m = ((pa + pb) / 2).clamp_min(1e-7).log()
+    return (F.kl_div(log_m, pa, reduction="none").sum(1)
+            + F.kl_div(log_m, pb, reduction="none").sum(1)) / 2
+
+
+def appended(n: int, cfg: TrainConfig) -> tuple[int, int]:
+    """How many films the robust recipe appends after a batch of ``n``: (lung-hidden
+    counterfactuals, second views of the first films for the consistency term)."""
+    if not (cfg.augment and cfg.robust):
+        return 0, 0
+    from medview.training import robust
+
+    return (math.ceil(n * robust.COUNTERFACTUAL_SHARE) if cfg.counterfactual_weight else 0,
+            math.ceil(n * robust.CONSISTENCY_SHARE) if cfg.consistency_weight else 0)
+
+
 def make_augment(cfg: TrainConfig, gen, masks):
     """The training augmentation: with ``cfg.robust``, the hospital variations, the
     lungs pasted into other films of the batch and, appended after the batch, its
-    lung-hidden counterfactual films (:mod:`medview.training.robust`); then the
-    geometric and brightness augmentation (:func:`augment_batch`). ``masks`` are the
-    lung-field estimates of the training rows (:func:`lung_masks`), or None."""
+    lung-hidden counterfactual films (:mod:`medview.training.robust`), then a second,
+    independent variation of the first films (:func:`appended` says how many of each);
+    then the geometric and brightness augmentation (:func:`augment_batch`). ``masks``
+    are the lung-field estimates of the training rows (:func:`lung_masks`), or None."""
     import torch
 
     from medview.training import robust
@@ -182,12 +205,14 @@ def make_augment(cfg: TrainConfig, gen, masks):
         raw = batch_u8.numpy()
         m = None if masks is None else masks.of(rows)
         films = robust.vary_batch(robust.swap_outside(raw, m, rng), rng)
-        k = (math.ceil(len(raw) * robust.COUNTERFACTUAL_SHARE)
-             if cfg.counterfactual_weight else 0)
+        k, c = appended(len(raw), cfg)
+        parts = [films]
         if k:
-            hidden = robust.vary_batch(robust.lungs_hidden(
-                raw[:k], None if m is None else m[:k], rng), rng)
-            films = np.concatenate([films, hidden])
+            parts.append(robust.vary_batch(robust.lungs_hidden(
+                raw[:k], None if m is None else m[:k], rng), rng))
+        if c:
+            parts.append(robust.vary_batch(raw[:c], rng))
+        films = np.concatenate(parts) if len(parts) > 1 else films
         return augment_batch(torch.from_numpy(np.ascontiguousarray(films)), cfg, gen)
 
     return augment
@@ -370,17 +395,23 @@ def _train_one_epoch(run: TrainingRun, strategy, loss_fn, class_weights, y_t, or
         cancel.raise_if_cancelled()
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         out = strategy.train_logits(run, idx)
-        logits, hidden = out[:len(idx)], out[len(idx):]  # films, then lung-hidden films
+        n = len(idx)
+        k, c = appended(n, cfg) if len(out) > n else (0, 0)
+        # the films, their lung-hidden counterfactuals, second views of the first films
+        logits, hidden, second = out[:n], out[n:n + k], out[n + k:n + k + c]
         target = y_t[run.train_idx[idx.numpy()]].to(run.device)
         per_sample = loss_fn(logits, target)  # weight[target] * nll, no reduction
         w = class_weights[target] if class_weights is not None else None
         local_w = float(w.sum()) if w is not None else float(len(idx))
-        total_w, total_h = (comm.sum([local_w, float(len(hidden))]) if comm.world > 1
-                            else (local_w, float(len(hidden))))
+        counts = [local_w, float(len(hidden)), float(len(second))]
+        total_w, total_h, total_c = comm.sum(counts) if comm.world > 1 else counts
         loss = per_sample.sum() * (comm.world / total_w)
         if len(hidden) and cfg.counterfactual_weight > 0:
             loss = loss + cfg.counterfactual_weight * cannot_tell_loss(hidden).sum() * (
                 comm.world / max(total_h, 1.0))
+        if len(second) and cfg.consistency_weight > 0:
+            loss = loss + cfg.consistency_weight * consistency_loss(
+                logits[:len(second)], second).sum() * (comm.world / max(total_c, 1.0))
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
@@ -686,7 +717,7 @@ def _versions() -> dict[str, str]:
 
 #: TrainConfig fields that only matter when augmentation runs
 AUGMENT_KEYS = ("rotation_deg", "scale_range", "translate", "brightness", "contrast", "hflip",
-                "robust", "counterfactual_weight")
+                "robust", "counterfactual_weight", "consistency_weight")
 
 #: the card text a config may set (``TrainConfig.card``); anything else is refused
 CARD_TEXT_KEYS = ("class_descriptions", "intended_use", "out_of_scope", "limitations",

@@ -35,6 +35,9 @@ P_VARY = {"window": 0.3, "crop": 0.3, "collimation": 0.1, "border": 0.1, "resamp
 P_SWAP = 0.5
 #: share of a batch that also appears with its lungs hidden (the counterfactual films)
 COUNTERFACTUAL_SHARE = 0.25
+#: share of a batch that also appears as a second, independent variation: the two views'
+#: predictions are pulled together (:func:`medview.training.engine.consistency_loss`)
+CONSISTENCY_SHARE = 0.25
 MARKER_TEXTS = ("R", "L", "AP", "PA", "PORTABLE", "SUPINE", "ERECT", "1", "2")
 
 

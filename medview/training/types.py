@@ -46,6 +46,10 @@ class TrainConfig:
     #: (:mod:`medview.training.robust`)
     robust: bool = True
     counterfactual_weight: float = 1.0
+    #: with ``robust``: the weight of the agreement between two variations of the same
+    #: film (the Jensen-Shannon consistency of AugMix, Hendrycks et al. 2020, weight 12
+    #: there); 0 turns the second views off
+    consistency_weight: float = 12.0
     #: the shortcut audit on the test split (:mod:`medview.training.audit`)
     audit: bool = True
     rotation_deg: float = 10.0
@@ -100,6 +104,8 @@ class TrainConfig:
             raise TrainingError("epochs, batch size and image size must be positive")
         if not 0.0 <= self.counterfactual_weight <= 100.0:
             raise TrainingError("counterfactual_weight must be between 0 and 100")
+        if not 0.0 <= self.consistency_weight <= 100.0:
+            raise TrainingError("consistency_weight must be between 0 and 100")
         if self.balance not in ("weights", "sampler", "none"):
             raise TrainingError("balance must be weights, sampler or none")
 
@@ -158,7 +164,8 @@ class TrainingRun:
     device: str
     to_input: Callable[[Tensor], Tensor]  # (B, H, W) images -> normalised model input
     #: (B, H, W) images and their rows in ``images`` -> the augmented images, followed
-    #: by the robust recipe's lung-hidden counterfactual films (if any)
+    #: by the robust recipe's lung-hidden counterfactual films and second views (if any;
+    #: ``engine.appended`` says how many)
     augment: Callable[[Tensor, np.ndarray], Tensor]
     predict_logits: Callable[[np.ndarray], np.ndarray]  # indices -> logits, eval mode
     features: Callable[[np.ndarray], Tensor]  # indices -> pooled backbone features
