@@ -124,7 +124,11 @@ def hospital_variation(a: np.ndarray, rng: np.random.Generator,
     if rng.random() < p["window"]:
         a = _window(a, rng)
     if rng.random() < p["crop"]:
-        a = _crop(a, *rng.uniform(0, 0.12, 4))
+        if rng.random() < 0.5:  # a tighter field of view: the same on every side
+            c = rng.uniform(0.02, 0.14)
+            a = _crop(a, c, c, c, c)
+        else:
+            a = _crop(a, *rng.uniform(0, 0.12, 4))
     if rng.random() < p["collimation"]:
         a = a.copy()
         level = 0 if rng.random() < 0.6 else 255
