@@ -501,3 +501,16 @@ def test_temperature_at_the_search_bound_is_refused():
         "the fitted temperature")
     mixed = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.2, 0.0]])
     assert M.calibration_problem(mixed, M.fit_temperature(mixed, np.array([0, 1, 1, 1]))) == ""
+
+
+def test_a_model_folder_as_base_is_named_not_located(tiny_model, tmp_path):
+    """Fine-tuning from a model folder: the card names the parent (id, version, weights
+    sha256) and carries no local path."""
+    folder, data = tiny_model
+    out = train_tiny(data, str(tmp_path / "models"), model_id="tiny-again", base=folder,
+                     epochs=1)
+    text = open(os.path.join(out, "card.json"), encoding="utf-8").read()
+    card = read_card(out).card
+    assert card.parent["kind"] == "model" and card.parent["id"] == "tiny-patch"
+    assert card.training["base"].startswith("tiny-patch ")
+    assert folder not in text and str(tmp_path) not in text

@@ -751,6 +751,10 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
     # the recipe records what ran: no augmentation settings when none was applied, no
     # block count for a strategy that does not read it
     strategy = strategy_for(cfg.strategy)
+    if parent.get("kind") == "model" and ("/" in cfg.base or os.sep in cfg.base):
+        # a model folder: the card names the parent (id, version, weights sha256 in
+        # ``parent``), never a local path
+        recipe["base"] = f"{parent['id']} {parent['version']}"
     recipe["augment"] = bool(cfg.augment and strategy.augments)
     if not recipe["augment"]:
         for key in AUGMENT_KEYS:
