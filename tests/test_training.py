@@ -509,7 +509,8 @@ def test_a_model_folder_as_base_is_named_not_located(tiny_model, tmp_path):
     folder, data = tiny_model
     out = train_tiny(data, str(tmp_path / "models"), model_id="tiny-again", base=folder,
                      epochs=1)
-    text = open(os.path.join(out, "card.json"), encoding="utf-8").read()
+    with open(os.path.join(out, "card.json"), encoding="utf-8") as f:
+        text = f.read()
     card = read_card(out).card
     assert card.parent["kind"] == "model" and card.parent["id"] == "tiny-patch"
     assert card.training["base"].startswith("tiny-patch ")

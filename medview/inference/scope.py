@@ -55,6 +55,7 @@ INPUT_STAGE = "input"
 INPUT_LAYOUT_STAGE = "input_layout"
 INPUT_STAGES = (INPUT_STAGE, INPUT_LAYOUT_STAGE)
 THUMBNAIL = 8
+LOGITS = "logits"
 
 
 def normalise_thumbnails(t: np.ndarray) -> np.ndarray:
@@ -63,7 +64,6 @@ def normalise_thumbnails(t: np.ndarray) -> np.ndarray:
     t = np.asarray(t, np.float32)
     centred = t - t.mean(axis=1, keepdims=True)
     return centred / np.maximum(centred.std(axis=1, keepdims=True), 1e-6)
-LOGITS = "logits"
 
 
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
