@@ -38,9 +38,12 @@ def _features(model, tap: StageTap, images: np.ndarray, to_input: Callable, batc
 
 def gate_variation(a: np.ndarray, rng: np.random.Generator,
                    p: dict[str, float] | None = None) -> np.ndarray:
-    """A film as another site might send it (:func:`robust.hospital_variation`), and a
-    third of the time rotated by up to 12 degrees."""
+    """A film as another site might send it (:func:`robust.hospital_variation`), 30% of
+    the time with a tighter field of view (:func:`zoomed_in`) and 30% of the time
+    rotated by up to 12 degrees."""
     a = robust.hospital_variation(a, rng, p)
+    if rng.random() < 0.3:
+        a = zoomed_in(a, rng)
     if rng.random() < 0.3:
         a = robust.rotate(a, rng.uniform(-12, 12))
     return a
