@@ -249,12 +249,8 @@ def gate_parts(card, data: dict, every: int = 4) -> dict[str, dict[str, float]]:
             part = pred.tap.forward(pred.model, torch.from_numpy(x))
             for k, v in part.items():
                 feats.setdefault(k, []).append(v)
-        merged = {k: np.concatenate(v) for k, v in feats.items()}
-        raw = gate.raw_scores(merged)
-        out[name] = {
-            m: float(np.mean((v - float(gate.stats[f"{m}/z_mean"][0]))
-                             / max(float(gate.stats[f"{m}/z_std"][0]), 1e-12) > gate.limit))
-            for m, v in raw.items() if f"{m}/z_mean" in gate.stats}
+        parts = gate.normalised_parts({k: np.concatenate(v) for k, v in feats.items()})
+        out[name] = {m: float(np.mean(z > gate.limit)) for m, z in parts.items()}
     return out
 
 

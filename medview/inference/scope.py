@@ -169,14 +169,17 @@ class ScopeGate:
         out["energy"] = energy_score(feats[LOGITS])
         return out
 
+    def normalised_parts(self, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each part's score normalised by its validation mean and spread (what the
+        ``combined`` and ``multi_depth`` scores take the largest of)."""
+        return {m: (v - float(self.stats[f"{m}/z_mean"][0]))
+                / max(float(self.stats[f"{m}/z_std"][0]), 1e-12)
+                for m, v in self.raw_scores(feats).items() if f"{m}/z_mean" in self.stats}
+
     def score(self, feats: dict[str, np.ndarray]) -> np.ndarray:
-        raw = self.raw_scores(feats)
         if self.method not in ("combined", "multi_depth"):
-            return raw[self.method]
-        parts = [(v - float(self.stats[f"{m}/z_mean"][0]))
-                 / max(float(self.stats[f"{m}/z_std"][0]), 1e-12)
-                 for m, v in raw.items() if f"{m}/z_mean" in self.stats]
-        return np.max(np.stack(parts), axis=0)
+            return self.raw_scores(feats)[self.method]
+        return np.max(np.stack(list(self.normalised_parts(feats).values())), axis=0)
 
     def in_scope(self, feats: dict[str, np.ndarray]) -> np.ndarray:
         return self.score(feats) <= self.limit

@@ -66,6 +66,11 @@ def _crop(a: np.ndarray, top: float, bottom: float, left: float, right: float) -
     return resize_grey(np.ascontiguousarray(part), (h, w))
 
 
+def tighter_view(a: np.ndarray, c: float) -> np.ndarray:
+    """The film cropped by the share ``c`` on every side and resized back."""
+    return _crop(a, c, c, c, c)
+
+
 def rotate(a: np.ndarray, deg: float) -> np.ndarray:
     return np.asarray(Image.fromarray(a).rotate(deg, resample=Image.Resampling.BILINEAR,
                                                 fillcolor=0))
@@ -125,8 +130,7 @@ def hospital_variation(a: np.ndarray, rng: np.random.Generator,
         a = _window(a, rng)
     if rng.random() < p["crop"]:
         if rng.random() < 0.5:  # a tighter field of view: the same on every side
-            c = rng.uniform(0.02, 0.14)
-            a = _crop(a, c, c, c, c)
+            a = tighter_view(a, rng.uniform(0.02, 0.14))
         else:
             a = _crop(a, *rng.uniform(0, 0.12, 4))
     if rng.random() < p["collimation"]:
@@ -222,6 +226,6 @@ NUISANCE_TESTS = {
     "blurred (1 px)": lambda a: blur(a, 1.0),
     "rotated +10 degrees": lambda a: rotate(a, 10),
     "rotated -10 degrees": lambda a: rotate(a, -10),
-    "cropped 10% per side": lambda a: _crop(a, 0.1, 0.1, 0.1, 0.1),
+    "cropped 10% per side": lambda a: tighter_view(a, 0.1),
     "12-bit without window": auto_window_12bit,
 }
