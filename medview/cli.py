@@ -212,28 +212,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _session(model: str, device: str, backend: str = "auto"):
-    """(session, card) with the model loaded, or None after printing why it can't load."""
+    """(session, card) with the model loading on a background thread while the caller
+    reads its inputs, or None after printing why it can't be used. A model whose files
+    are refused stops the command at its first prediction (a MedviewError, "error: ...")."""
     from medview.core.errors import MedviewError
+    from medview.inference.backends import resolve
     from medview.inference.session import InferenceSession
     from medview.models.registry import discover_models
 
     session = InferenceSession()
     try:
         card = discover_models().get(model)
-        session.predictor(card, device, backend)
+        resolve(card, device, backend)  # a backend or device this model can't use: now
     except (KeyError, ValueError, MedviewError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+    session.preload(card, device, backend)
     return session, card
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from medview import cli_pacs
-    from medview.core import audit
-    from medview.core.progress import drain
-    from medview.inference.batch import RowWriter, iter_score_stream
-    from medview.inference.rows import prediction_header, prediction_row
-    from medview.inference.session import ScoredProgress
 
     anyway = args.score_out_of_scope
     if args.nproc > 1:
@@ -247,10 +246,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                   "--device", args.device, "--backend", args.backend] + (
                       ["--score-out-of-scope"] if anyway else [])
         return launch(args.nproc, worker, max_restarts=0)
-    loaded = _session(args.model, args.device, args.backend)
+    loaded = _session(args.model, args.device, args.backend)  # loads while we read
     if loaded is None:
         return 2
     session, card = loaded
+    from medview.core import audit
+    from medview.core.progress import drain
+    from medview.inference.batch import RowWriter, iter_score_stream
+    from medview.inference.rows import prediction_header, prediction_row
+    from medview.inference.session import ScoredProgress
+
     header = prediction_header(card.classes)
     writer = RowWriter(args.csv, header) if args.csv else None
     if not args.csv and not args.json:
@@ -428,13 +433,82 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _train_options(tr: argparse.ArgumentParser) -> None:
+    from medview.models.pretrained import IMAGENET_BASES
+    from medview.training.strategies import STRATEGIES
+
+    tr.add_argument("data", nargs="?", help="folder of class subfolders, or a CSV manifest")
+    tr.add_argument("--base", help=f"{', '.join(IMAGENET_BASES)}, a model id or a model folder")
+    tr.add_argument("--strategy", choices=tuple(STRATEGIES))
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--image-size", type=int, dest="image_size")
+    tr.add_argument("--name")
+    tr.add_argument("--out", help="directory the new model folder is written into")
+    tr.add_argument("--config", help="JSON file with training settings")
+    tr.add_argument("--nproc", type=int, default=1,
+                    help="train on N local processes (torchrun; DDP, gloo on CPU, NCCL on "
+                         "CUDA)")
+    tr.add_argument("--cluster-script", dest="cluster_script", metavar="DIR",
+                    help="write train.json, run_torchrun.sh and run_slurm.sh into DIR for a "
+                         "GPU server or cluster, and stop")
+    tr.add_argument("--events-json", action="store_true", dest="events_json",
+                    help=argparse.SUPPRESS)
+    tr.add_argument("--result-json", dest="result_json", help=argparse.SUPPRESS)
+    tr.set_defaults(func=cmd_train)
+
+
+def _predict_options(pr: argparse.ArgumentParser) -> None:
+    from medview import cli_pacs
+    from medview.core.modeling import DEVICES
+
+    pr.add_argument("paths", nargs="+", metavar="PATH")
+    pr.add_argument("--model", required=True, help="model id or model folder")
+    pr.add_argument("--csv", help="write a CSV worklist here")
+    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--device", default="auto", choices=DEVICES)
+    pr.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
+    pr.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
+                    help="also fill in the label and probabilities of images outside the "
+                         "model's scope (in_scope stays false)")
+    pr.add_argument("--nproc", type=int, default=1,
+                    help="score on N local processes (torchrun); needs --csv")
+    cli_pacs.add_result_options(pr)
+    pr.set_defaults(func=cmd_predict)
+
+
+def _explain_options(ex: argparse.ArgumentParser) -> None:
     from medview.core.modeling import DEVICES
     from medview.explain.saliency import METHODS
     from medview.imaging.overlay import COLORMAPS
+
+    ex.add_argument("path")
+    ex.add_argument("--model", required=True)
+    ex.add_argument("--method", default="gradcam", choices=tuple(METHODS))
+    ex.add_argument("--target", help="class to explain (default: the predicted one)")
+    ex.add_argument("--out", required=True, help="PNG file to write")
+    ex.add_argument("--colormap", default="inferno", choices=tuple(COLORMAPS))
+    ex.add_argument("--opacity", type=float, default=0.6)
+    ex.add_argument("--device", default="auto", choices=DEVICES)
+    ex.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
+    ex.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
+                    help="draw the map for an image outside the model's scope too, greyed "
+                         "and stamped OUT OF SCOPE")
+    ex.set_defaults(func=cmd_explain)
+
+
+#: The model commands whose options import the modules that list their choices: built
+#: only for the command being run (``medview predict`` never imports the training code).
+MODEL_COMMANDS = {
+    "train": ("fine-tune a model on a labelled folder or manifest", _train_options),
+    "predict": ("score every image/series under PATHs", _predict_options),
+    "explain": ("write a saliency overlay PNG for one image", _explain_options),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; with ``only``, the options of that one command (the
+    others are listed, their options not built)."""
     from medview.io.samples import SAMPLES
-    from medview.models.pretrained import IMAGENET_BASES
-    from medview.training.strategies import STRATEGIES
 
     parser = argparse.ArgumentParser(
         prog="medview",
@@ -457,55 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the available models")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
-    tr = sub.add_parser("train", help="fine-tune a model on a labelled folder or manifest")
-    tr.add_argument("data", nargs="?", help="folder of class subfolders, or a CSV manifest")
-    tr.add_argument("--base", help=f"{', '.join(IMAGENET_BASES)}, a model id or a model folder")
-    tr.add_argument("--strategy", choices=tuple(STRATEGIES))
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--image-size", type=int, dest="image_size")
-    tr.add_argument("--name")
-    tr.add_argument("--out", help="directory the new model folder is written into")
-    tr.add_argument("--config", help="JSON file with training settings")
-    tr.add_argument("--nproc", type=int, default=1,
-                    help="train on N local processes (torchrun; DDP, gloo on CPU, NCCL on "
-                         "CUDA)")
-    tr.add_argument("--cluster-script", dest="cluster_script", metavar="DIR",
-                    help="write train.json, run_torchrun.sh and run_slurm.sh into DIR for a "
-                         "GPU server or cluster, and stop")
-    tr.add_argument("--events-json", action="store_true", dest="events_json",
-                    help=argparse.SUPPRESS)
-    tr.add_argument("--result-json", dest="result_json", help=argparse.SUPPRESS)
-    tr.set_defaults(func=cmd_train)
-    pr = sub.add_parser("predict", help="score every image/series under PATHs")
-    pr.add_argument("paths", nargs="+", metavar="PATH")
-    pr.add_argument("--model", required=True, help="model id or model folder")
-    pr.add_argument("--csv", help="write a CSV worklist here")
-    pr.add_argument("--json", action="store_true")
-    pr.add_argument("--device", default="auto", choices=DEVICES)
-    pr.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
-    pr.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
-                    help="also fill in the label and probabilities of images outside the "
-                         "model's scope (in_scope stays false)")
-    pr.add_argument("--nproc", type=int, default=1,
-                    help="score on N local processes (torchrun); needs --csv")
+    for name, (text, options) in MODEL_COMMANDS.items():
+        command = sub.add_parser(name, help=text)
+        if only in (None, name):
+            options(command)
     from medview import cli_pacs
 
-    cli_pacs.add_result_options(pr)
-    pr.set_defaults(func=cmd_predict)
-    ex = sub.add_parser("explain", help="write a saliency overlay PNG for one image")
-    ex.add_argument("path")
-    ex.add_argument("--model", required=True)
-    ex.add_argument("--method", default="gradcam", choices=tuple(METHODS))
-    ex.add_argument("--target", help="class to explain (default: the predicted one)")
-    ex.add_argument("--out", required=True, help="PNG file to write")
-    ex.add_argument("--colormap", default="inferno", choices=tuple(COLORMAPS))
-    ex.add_argument("--opacity", type=float, default=0.6)
-    ex.add_argument("--device", default="auto", choices=DEVICES)
-    ex.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
-    ex.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
-                    help="draw the map for an image outside the model's scope too, greyed "
-                         "and stamped OUT OF SCOPE")
-    ex.set_defaults(func=cmd_explain)
     cli_pacs.add_parsers(sub)
     au = sub.add_parser("audit", help="show or verify the audit log of results shown, "
                                       "saved, sent and exported")
@@ -560,23 +591,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from medview.gui.app import main as gui_main
 
         return gui_main(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv[0] in SUBCOMMANDS else None).parse_args(argv)
     if args.version:
         from medview import __version__
 
         print(__version__)
         return 0
     from medview.core.errors import CancelledError, MedviewError
-    from medview.pacs import PacsError
 
     try:
         return args.func(args)
-    except PacsError as exc:
-        print(f"error: {_show(str(exc))}", file=sys.stderr)
-        return 2
     except CancelledError:
         raise
-    except MedviewError as exc:  # a model, file or setting refused, with the reason
+    except MedviewError as exc:  # a model, file, setting or PACS refused, with the reason
         print(f"error: {_show(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # unwritable --out/--csv, a full disk, an unreadable --config

@@ -6,9 +6,23 @@ from __future__ import annotations
 import sys
 
 
+class _NoBar:
+    """What :func:`progress_bar` returns when stderr is not a terminal: nothing to show,
+    and tqdm is not even imported (a scripted one-film ``predict`` starts faster)."""
+
+    def close(self) -> None:
+        pass
+
+
 def progress_bar(what: str):
-    """A progress bar on stderr (tqdm), quiet when stderr is not a terminal; returns the
+    """A progress bar on stderr (tqdm), none when stderr is not a terminal; returns the
     callback for :func:`drain` and the bar (close it at the end)."""
+    try:
+        interactive = sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        interactive = False
+    if not interactive:
+        return (lambda _step: None), _NoBar()
     from tqdm import tqdm
 
     bar = tqdm(total=0, desc=what, file=sys.stderr, disable=None, leave=False,

@@ -19,14 +19,17 @@ MPS keep torch. ``torch`` or ``onnx`` can be forced.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
 
+from medview.core.errors import MedviewError
 from medview.inference import scope
 from medview.models.card import WEIGHTS_FILE, ModelCard
 from medview.models.weights import WeightsError
@@ -39,7 +42,7 @@ LOGITS, PRE_LOGITS, FEATURE_MAPS = scope.LOGITS, scope.PRE_LOGITS, "feature_maps
 BACKEND_LABELS = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
 
 
-class BackendError(ValueError):
+class BackendError(MedviewError, ValueError):
     """A backend was asked for that this model or machine cannot run."""
 
 
@@ -184,7 +187,7 @@ class OnnxBackend:
 
     def __init__(self, card: ModelCard, gate: scope.ScopeGate | None) -> None:
         from medview.models.card import GRAPH_FILE
-        from medview.models.graph import read_graph
+        from medview.models.graph import onnx_schema, read_graph
         from medview.models.weights import read_verified_tensors
 
         spec = card.card.graph
@@ -195,11 +198,19 @@ class OnnxBackend:
                                "model's weights (graph.weights_sha256 differs)")
         # both files verified: the weights (regular file in the folder, size, sha256) and
         # the graph (the same, and its structure); then the graph's parameters must be
-        # the weights' (a changed classifier is refused)
-        self.weights = read_verified_tensors(card.weights_path, card.weights_sha256,
-                                             root=card.folder)
-        data = read_graph(card.graph_path, spec.sha256, spec.outputs, root=card.folder,
-                          weights=self.weights)
+        # the weights' (a changed classifier is refused). Reading and hashing release the
+        # GIL: the weights are verified on a second thread while the graph is.
+        # Meanwhile ONNX Runtime and the ONNX schema are imported (loading their
+        # libraries overlaps the hashing): a cold one-film predict waits for the slowest
+        # of these, not their sum (benchmarks/bench_cpu.py).
+        with ThreadPoolExecutor(3, thread_name_prefix="medview-verify") as pool:
+            pool.submit(importlib.import_module, "onnxruntime")
+            pool.submit(onnx_schema)
+            weights = pool.submit(read_verified_tensors, card.weights_path,
+                                  card.weights_sha256, root=card.folder)
+            data = read_graph(card.graph_path, spec.sha256, spec.outputs, root=card.folder,
+                              weights=weights.result)
+            self.weights = weights.result()
         self.computed_by = {"file": GRAPH_FILE, "sha256": spec.sha256}
         self.card = card
         self.device = "cpu"

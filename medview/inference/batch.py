@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import os
 import sys
 import tempfile
@@ -37,7 +38,6 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
     skipped: list = []
     mine = list(range(rank, len(units), world))
     yield Progress(0, len(mine), "loading model")
-    pred = session.predictor(card, device, backend)
 
     def read() -> Iterator[tuple[int, ImageVolume | None]]:
         for k in mine:
@@ -45,7 +45,13 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
             skipped.extend(bad)
             yield k, volume
 
-    yield from score_stream(pred, read(), len(mine), cancel, chunk, failed=skipped)
+    units_read = read()
+    # the first unit is read before waiting for the model, which may be loading on
+    # another thread (InferenceSession.preload)
+    first = list(itertools.islice(units_read, 1))
+    pred = session.predictor(card, device, backend)
+    yield from score_stream(pred, itertools.chain(first, units_read), len(mine), cancel,
+                            chunk, failed=skipped)
     return scan_skipped, skipped
 
 

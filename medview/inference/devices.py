@@ -5,6 +5,12 @@ Imports torch when called (never at import), so the graph path can decide withou
 
 from __future__ import annotations
 
+from medview.core.errors import MedviewError
+
+
+class DeviceError(MedviewError, ValueError):
+    """A device was asked for that this machine does not have."""
+
 
 def available_devices() -> list[str]:
     import torch
@@ -26,6 +32,6 @@ def choose_device(requested: str = "auto") -> str:
             if d in devices:
                 return d
     if requested not in devices:
-        raise ValueError(f"device {requested!r} is not available here (available: "
+        raise DeviceError(f"device {requested!r} is not available here (available: "
                          f"{', '.join(devices)})")
     return requested

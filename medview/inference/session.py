@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,8 @@ class InferenceSession:
 
     def __init__(self) -> None:
         self._predictors: dict[tuple[str, str, str, str], Predictor] = {}
+        #: loads started by :meth:`preload` that have not finished
+        self._loading: dict[tuple[str, str, str, str], Future[Predictor]] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ models
@@ -80,14 +83,45 @@ class InferenceSession:
     def predictor(self, card: ModelCard, device: str = "auto",
                   backend: str = "auto") -> Predictor:
         """The cached predictor for ``card`` on ``device`` and ``backend`` ("auto", "torch"
-        or "onnx"; see :mod:`medview.inference.backends`), loaded (once) if needed."""
+        or "onnx"; see :mod:`medview.inference.backends`), loaded (once) if needed. When
+        :meth:`preload` is loading it, waits for that load (and raises its error)."""
         key = self._key(card, device, backend)
         with self._lock:
             pred = self._predictors.get(key)
-            if pred is None:
+            if pred is not None:
+                return pred
+            pending = self._loading.get(key)
+            if pending is None:
                 pred = Predictor(card, device, backend)
                 self._predictors[key] = pred
-            return pred
+                return pred
+        return pending.result()
+
+    def preload(self, card: ModelCard, device: str = "auto", backend: str = "auto") -> None:
+        """Start loading the predictor on a background thread (files verified, runtime
+        session built) while the caller reads its inputs; :meth:`predictor` then waits
+        for it. A failed load is raised by that call, and the next call tries again."""
+        key = self._key(card, device, backend)
+        with self._lock:
+            if key in self._predictors or key in self._loading:
+                return
+            pending: Future[Predictor] = Future()
+            self._loading[key] = pending
+
+        def load() -> None:
+            try:
+                pred = Predictor(card, device, backend)
+            except BaseException as exc:
+                with self._lock:
+                    del self._loading[key]
+                pending.set_exception(exc)
+                return
+            with self._lock:
+                self._predictors[key] = pred
+                del self._loading[key]
+            pending.set_result(pred)
+
+        threading.Thread(target=load, name="medview-model-load", daemon=True).start()
 
     # ------------------------------------------------------------------ jobs
     def predict(self, card: ModelCard, volume: ImageVolume, index: int, device: str = "auto",

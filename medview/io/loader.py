@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from medview.core.errors import failure_reason, must_propagate
 from medview.core.progress import CancelToken, Progress, drain, relay
@@ -19,10 +19,12 @@ from medview.core.safeio import inside as _inside
 from medview.core.safeio import is_regular_file
 from medview.core.volume import ImageVolume, LoadResult, SkippedFile
 from medview.io.detect import preamble_warning, sniff
-from medview.io.dicom import DicomHeader, read_header
-from medview.io.itk import detached_data_files, read_itk
-from medview.io.raster import read_raster
-from medview.io.series import SeriesPlan, iter_build_volume, plan_series
+
+# Each reader is imported when a file needs it: scoring a JPEG never imports pydicom or
+# SimpleITK (benchmarks/bench_cpu.py: a cold one-film predict).
+if TYPE_CHECKING:
+    from medview.io.dicom import DicomHeader
+    from medview.io.series import SeriesPlan
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,14 @@ class FileReader(Protocol):
 
 
 def _read_raster_unit(unit: LoadUnit) -> ImageVolume:
+    from medview.io.raster import read_raster
+
     return read_raster(unit.path)
 
 
 def _read_itk_unit(unit: LoadUnit) -> ImageVolume:
+    from medview.io.itk import read_itk
+
     return read_itk(unit.path, unit.fmt, list(unit.data_files))
 
 
@@ -120,6 +126,8 @@ def iter_scan(
         try:
             fmt, head = sniff(path)
             if fmt in ("dicom", "dicom-raw"):
+                from medview.io.dicom import read_header
+
                 header = read_header(path, raw=fmt == "dicom-raw", head=head)
                 if fmt == "dicom":
                     warning = preamble_warning(head)
@@ -129,6 +137,8 @@ def iter_scan(
             elif fmt == "raster":
                 units.append(LoadUnit("raster", path))
             else:
+                from medview.io.itk import detached_data_files
+
                 data_files = detached_data_files(path, fmt)  # checked: inside, regular
                 companions.update(os.path.normpath(p) for p in data_files)
                 units.append(LoadUnit("itk", path, fmt, tuple(data_files)))
@@ -140,9 +150,12 @@ def iter_scan(
         yield Progress(k + 1, total, "scanning files")
     if companions:
         skipped = [s for s in skipped if os.path.normpath(s.path) not in companions]
-    plans, dup_skipped = plan_series(headers)
-    skipped.extend(dup_skipped)
-    units.extend(LoadUnit("dicom", plan=p) for p in plans)
+    if headers:
+        from medview.io.series import plan_series
+
+        plans, dup_skipped = plan_series(headers)
+        skipped.extend(dup_skipped)
+        units.extend(LoadUnit("dicom", plan=p) for p in plans)
     return units, skipped
 
 
@@ -155,6 +168,8 @@ def iter_read_unit(
         reader = FILE_READERS.get(unit.kind)
         if reader is not None:
             return reader(unit), []
+        from medview.io.series import iter_build_volume
+
         return (yield from iter_build_volume(unit.plan, cancel))
     except BaseException as exc:
         if must_propagate(exc):

@@ -21,6 +21,8 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
+from collections.abc import Callable
 
 from medview.core.safeio import UnsafeFileError, read_capped
 from medview.models.weights import WeightsError
@@ -39,11 +41,19 @@ _SHAPE_OPS = {"ConstantOfShape": 0, "Expand": 1, "Reshape": 1, "Tile": 1, "Resiz
               "Upsample": 1, "Range": 1}
 _INT64, _INT32 = 7, 6
 _schema = None
+_schema_lock = threading.Lock()
 
 
 def onnx_schema():
     """ONNX's generated protobuf module (``ModelProto`` ...), without importing the whole
-    ``onnx`` package when that has not been imported already."""
+    ``onnx`` package when that has not been imported already. Thread-safe (the schema
+    registers itself in protobuf's descriptor pool: once)."""
+    global _schema
+    with _schema_lock:
+        return _load_schema() if _schema is None else _schema
+
+
+def _load_schema():
     global _schema
     if _schema is None:
         loaded = sys.modules.get("onnx.onnx_ml_pb2")
@@ -221,10 +231,12 @@ def check_bound_to_weights(model, weights: dict) -> int:
 
 def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
                root: str | None = None, max_bytes: int = MAX_GRAPH_BYTES,
-               weights: dict | None = None) -> bytes:
+               weights: dict | Callable[[], dict] | None = None) -> bytes:
     """The bytes of a verified graph file (regular file inside ``root``, size cap, sha256,
     structure; with ``weights``, bound to them: :func:`check_bound_to_weights`); the
-    runtime is then given these bytes, never the path. The file is parsed once."""
+    runtime is then given these bytes, never the path. The file is parsed once.
+    ``weights`` may be a function that returns them (called after the parse: the caller
+    may be verifying the weights file on another thread meanwhile)."""
     try:
         data = read_capped(path, max_bytes, root=root)
     except FileNotFoundError as exc:
@@ -239,5 +251,5 @@ def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
                            "(modified or corrupted)")
     model = check_graph_bytes(data, outputs)
     if weights is not None:
-        check_bound_to_weights(model, weights)
+        check_bound_to_weights(model, weights() if callable(weights) else weights)
     return data
