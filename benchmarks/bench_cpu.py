@@ -145,8 +145,9 @@ def run_batch(n: int = 400) -> list[tuple[str, str, str, str]]:
         out_csv = os.path.join(tmp, "out.csv")
         bare = [sys.executable, os.path.join(BASELINES, "bare_predict.py"), MODEL, "--batch",
                 "8", *paths]
+        # every probability written, out-of-scope films' too, so that all are compared
         ours = [_medview(), "predict", "--model", "cxr-pneumonia", "--device", "cpu", "--csv",
-                out_csv, *paths]
+                out_csv, "--score-out-of-scope", *paths]
         return _compare(f"{n}-film predict", bare, ours, out_csv, 1.1, what)
 
 

@@ -129,6 +129,8 @@ def plain_text(text: str) -> str:
     replaced by ``?``, and bytes that were not valid UTF-8 in a file name (held by Python
     as lone surrogates) are written as ``\\xNN``.
     """
+    if text.isascii() and text.isprintable():  # the common case, at C speed
+        return text
     out = []
     for ch in text:
         o = ord(ch)

@@ -12,7 +12,7 @@ from medview.imaging.lut import (
     invert,
     to_uint8,
 )
-from medview.imaging.window import default_window
+from medview.imaging.window import FULL_SCALE_8BIT, default_window
 
 
 def modality_slice(volume: ImageVolume, index: int) -> np.ndarray:
@@ -39,7 +39,10 @@ def render_slice(
     MONOCHROME1 images are inverted so that low values are bright, as the standard
     specifies; ``user_invert`` inverts again on top of that.
     """
-    if use_voi_lut and volume.voi_lut is not None and not volume.is_rgb:
+    voi_table = use_voi_lut and volume.voi_lut is not None
+    if not voi_table and _display_ready(volume, index, window, user_invert):
+        return volume.pixels[index].copy()  # what the window below computes, exactly
+    if voi_table and not volume.is_rgb:
         display = apply_voi_lut_table(volume.pixels[index], volume.voi_lut)
     else:
         values = modality_slice(volume, index)
@@ -49,6 +52,18 @@ def render_slice(
     if (volume.photometric == "MONOCHROME1") != bool(user_invert):
         display = invert(display)
     return to_uint8(display)
+
+
+def _display_ready(volume: ImageVolume, index: int, window: WindowPreset | None,
+                   user_invert: bool) -> bool:
+    """Whether the shown image is the stored 8-bit grey slice itself: a MONOCHROME2 uint8
+    slice, identity rescale, no window of the file's own, shown at full scale (0 -> black,
+    255 -> white), not inverted: PNG/JPEG films. The float window is then skipped."""
+    if (volume.pixels.dtype != np.uint8 or volume.is_rgb or volume.windows or user_invert
+            or volume.photometric != "MONOCHROME2" or volume.rescale(index) != (1.0, 0.0)):
+        return False
+    return window is None or (window.center, window.width) == (
+        FULL_SCALE_8BIT.center, FULL_SCALE_8BIT.width)
 
 
 def value_at(volume: ImageVolume, index: int, row: int, col: int) -> float | tuple[int, ...]:

@@ -36,16 +36,22 @@ def _to_array(img: Image.Image, path: str, warns: list[str]) -> tuple[np.ndarray
             warns.append("transparency (alpha channel) ignored")
         img = img.convert("L" if mode == "LA" else "RGB")
     elif mode == "P":
-        rgb = np.asarray(img.convert("RGB"))
-        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-            return np.ascontiguousarray(rgb[..., 0]), "MONOCHROME2"
-        return rgb, "RGB"
+        return _grey_if_equal(np.asarray(img.convert("RGB")))
     elif mode != "RGB":
         img = img.convert("RGB")
     arr = np.asarray(img)
     if arr.ndim == 2:
         return arr, "MONOCHROME2"
-    return arr, "RGB"
+    return _grey_if_equal(arr)
+
+
+def _grey_if_equal(rgb: np.ndarray) -> tuple[np.ndarray, str]:
+    """A grey film saved as RGB (three equal channels: every JPEG of the pediatric chest
+    set) is a grey image: one channel, shown, hashed and scored as MONOCHROME2 (its luma
+    is that channel exactly); a colour image stays RGB."""
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0]), "MONOCHROME2"
+    return rgb, "RGB"
 
 
 def read_raster(path: str) -> ImageVolume:
