@@ -80,12 +80,40 @@ def test_the_command_line_loads_models_through_the_session(monkeypatch, tiny_mod
     from medview.inference import session as session_module
 
     made = []
-    real = session_module.InferenceSession.predictor
+    real = session_module.Predictor
 
-    def predictor(self, card, device="auto", backend="auto"):
-        made.append((self, card.id))
-        return real(self, card, device, backend)
+    def counted(card, device="auto", backend="auto"):
+        made.append(card.id)
+        return real(card, device, backend)
 
-    monkeypatch.setattr(session_module.InferenceSession, "predictor", predictor)
-    session, card = cli._session(tiny_model[0], "cpu")
-    assert isinstance(session, InferenceSession) and made == [(session, card.id)]
+    monkeypatch.setattr(session_module, "Predictor", counted)
+    session, card = cli._session(tiny_model[0], "cpu")  # loading on a thread meanwhile
+    assert isinstance(session, InferenceSession)
+    pred = session.predictor(card, "cpu")  # waits for that load: no second one
+    assert session.predictor(card, "cpu") is pred and made == [card.id]
+    assert session.loaded() == [pred]
+
+
+def test_a_failed_preload_is_raised_where_the_model_is_needed_and_retried(monkeypatch,
+                                                                         tiny_model):
+    from medview.core.errors import MedviewError
+    from medview.inference import session as session_module
+
+    card = read_card(tiny_model[0])
+    real = session_module.Predictor
+    calls = []
+
+    def broken_once(card_, device="auto", backend="auto"):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MedviewError("weights refused")
+        return real(card_, device, backend)
+
+    monkeypatch.setattr(session_module, "Predictor", broken_once)
+    session = InferenceSession()
+    session.preload(card, "cpu")
+    with pytest.raises(MedviewError, match="weights refused"):
+        session.predictor(card, "cpu")
+    assert not session.is_loaded(card, "cpu")
+    assert session.predictor(card, "cpu") is session.predictor(card, "cpu")  # loaded anew
+    assert len(calls) == 2

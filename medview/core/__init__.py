@@ -26,7 +26,22 @@ _WHERE = {
     "WindowPreset": "volume",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "CancelToken",
+    "CancelledError",
+    "CorruptFileError",
+    "ImageVolume",
+    "InvalidPixelTagError",
+    "LoadError",
+    "LoadResult",
+    "MedviewError",
+    "NotAnImageError",
+    "Progress",
+    "SkippedFile",
+    "TooLargeError",
+    "UnsupportedTransferSyntaxError",
+    "WindowPreset",
+]
 
 if TYPE_CHECKING:
     from medview.core.errors import (

@@ -39,11 +39,11 @@ def render_slice(
     MONOCHROME1 images are inverted so that low values are bright, as the standard
     specifies; ``user_invert`` inverts again on top of that.
     """
-    voi_table = use_voi_lut and volume.voi_lut is not None
-    if not voi_table and _display_ready(volume, index, window, user_invert):
+    voi_lut = volume.voi_lut if use_voi_lut else None
+    if voi_lut is None and _display_ready(volume, index, window, user_invert):
         return volume.pixels[index].copy()  # what the window below computes, exactly
-    if voi_table and not volume.is_rgb:
-        display = apply_voi_lut_table(volume.pixels[index], volume.voi_lut)
+    if voi_lut is not None and not volume.is_rgb:
+        display = apply_voi_lut_table(volume.pixels[index], voi_lut)
     else:
         values = modality_slice(volume, index)
         if window is None:

@@ -95,7 +95,12 @@ class InferenceSession:
                 pred = Predictor(card, device, backend)
                 self._predictors[key] = pred
                 return pred
-        return pending.result()
+        try:
+            return pending.result()
+        finally:  # a failed load is raised once (to each caller waiting); then retried
+            with self._lock:
+                if self._loading.get(key) is pending:
+                    del self._loading[key]
 
     def preload(self, card: ModelCard, device: str = "auto", backend: str = "auto") -> None:
         """Start loading the predictor on a background thread (files verified, runtime
@@ -111,9 +116,7 @@ class InferenceSession:
         def load() -> None:
             try:
                 pred = Predictor(card, device, backend)
-            except BaseException as exc:
-                with self._lock:
-                    del self._loading[key]
+            except BaseException as exc:  # kept until a caller of predictor() sees it
                 pending.set_exception(exc)
                 return
             with self._lock:

@@ -58,11 +58,21 @@ def _r(v: float) -> float | None:
     return None if v is None or math.isnan(v) else round(float(v), 4)
 
 
-def shortcut_audit(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+#: what a predictor given to :func:`shortcut_audit` returns for uint8 films: the
+#: calibrated probabilities (N, K) and, when the trust gate is known, its in-scope
+#: decision per film (else None)
+Scored = tuple[np.ndarray, np.ndarray | None]
+
+
+def shortcut_audit(predict: Callable[[np.ndarray], Scored], images: np.ndarray,
                    y: np.ndarray, classes: list[str], positive: int | None,
-                   threshold: float | None, split: str, cancel=None) -> dict:
-    """The card's ``reliance`` section for ``images`` (uint8 (N, H, W)) with labels ``y``;
-    ``predict`` maps such an array to calibrated probabilities (N, K)."""
+                   threshold: float | None, split: str, cancel=None,
+                   films: Scored | None = None) -> dict:
+    """The card's ``reliance`` section for ``images`` (uint8 (N, H, W)) with labels ``y``.
+    ``predict`` scores such an array (:data:`Scored`); ``films``, when given, is its
+    result for ``images`` themselves (a pass the caller already ran). With the gate's
+    decisions, the section also has the share of each variation's films in scope
+    (``in_scope``: the trust gate's benign-variation check, from the same passes)."""
     images = np.asarray(images, np.uint8)
     y = np.asarray(y)
 
@@ -70,7 +80,7 @@ def shortcut_audit(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarr
         if cancel is not None:
             cancel.raise_if_cancelled()
 
-    base = predict(images)
+    base, _in = films if films is not None else predict(images)
     auc = _auc(y, base, classes, positive)
     decided = _decide(base, positive, threshold)
     estimates = [lungs.lung_field(a) for a in images]
@@ -87,12 +97,15 @@ def shortcut_audit(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarr
     masked = {}
     for name, arr in variants.items():
         check()
-        masked[name] = _r(_auc(y, predict(arr), classes, positive))
+        masked[name] = _r(_auc(y, predict(arr)[0], classes, positive))
     flips = {}
+    in_scope = {}
     for name, fn in NUISANCE_TESTS.items():
         check()
-        changed = predict(np.stack([fn(a) for a in images]))
+        changed, inside = predict(np.stack([fn(a) for a in images]))
         flips[name] = round(float((_decide(changed, positive, threshold) != decided).mean()), 4)
+        if inside is not None:
+            in_scope[name] = round(float(np.mean(inside)), 4)
     estimated = float(np.mean([ok for _, ok in estimates]))
     area = [float(m.mean()) for m, ok in estimates if ok]
     out = {"split": split, "n": len(images), "auc": _r(auc), "masked_auc": masked,
@@ -102,6 +115,8 @@ def shortcut_audit(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarr
                              "method": "dark regions inside the central chest box, convex "
                                        "hull per lung, mirrored and dilated; the box when "
                                        "not two plausible lungs"}}
+    if in_scope:
+        out["in_scope"] = in_scope
     out["warnings"] = audit_warnings(out)
     return out
 

@@ -24,12 +24,12 @@ import numpy as np
 
 from medview.core.modeling import Preprocessing
 from medview.core.progress import CancelToken, relay
+from medview.inference.scope import LOGITS
 from medview.models.card import Card, json_safe
-from medview.training import audit
+from medview.training import audit, gatefit
 from medview.training import data as tdata
 from medview.training import metrics as M
 from medview.training.export import prepare_graph
-from medview.training.gatefit import fit_trust_gate
 from medview.training.strategies import STRATEGIES, strategy_for
 from medview.training.types import (
     TrainConfig,
@@ -125,7 +125,8 @@ def _to_input(batch_u8, mean, std, channels: int = 3):
 
     spec = Preprocessing(size=tuple(batch_u8.shape[-2:]), channels=channels,
                          mean=tuple(mean), std=tuple(std))
-    return torch.from_numpy(normalise(batch_u8.detach().cpu().numpy(), spec))
+    x = torch.from_numpy(normalise(batch_u8.detach().cpu().numpy(), spec))
+    return x.contiguous(memory_format=torch.channels_last)  # as the model's weights
 
 
 def augment_batch(batch_u8, cfg: TrainConfig, gen):
@@ -520,7 +521,12 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
     model, parent, mean, std = build_base(cfg, len(classes), classes)
     torch.manual_seed(cfg.seed + 1)
     device = _training_device(cfg.device, warns)
+    # NHWC convolutions: 1.5x faster training steps and eval passes on the CPU than
+    # NCHW (benchmarks/bench_cpu.py), the layout GPUs prefer too; the saved weights and
+    # the exported graph are the same either way (put back to NCHW before export)
     model.to(device)
+    if device in ("cpu", "cuda"):
+        model.to(memory_format=torch.channels_last)
     counts = np.bincount(y_all[train_idx], minlength=len(classes)).astype(np.float64)
     weights = torch.tensor(len(train_idx) / (len(classes) * np.maximum(counts, 1)),
                            dtype=torch.float32)
@@ -644,42 +650,62 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
         model.load_state_dict(best_state)
     if not comm.is_main:
         return None  # rank 0 evaluates, fits the gate and exports
-    yield TrainEvent("evaluate", message="calibrating and evaluating")
-    val_logits = _predict_logits(model, images_t[val_idx], mean, std, cfg.batch_size, cancel)
-    test_logits = (_predict_logits(model, images_t[test_idx], mean, std, cfg.batch_size, cancel)
-                   if len(test_idx) else np.zeros((0, len(classes))))
-    ev = evaluate_and_calibrate(cfg, data, positive, val_logits, test_logits)
-    temperature, val_probs, test_probs = ev.temperature, ev.val_probs, ev.test_probs
-    thresholds, rule, metrics = ev.thresholds, ev.rule, ev.metrics
-    warns += ev.warnings
-    for name, m in metrics.items():
-        if m["n"] < 100:
-            warns.append(f"small {name} set ({m['n']} images): wide confidence intervals")
-    if run.feature_seconds is not None:
-        history[0]["feature_cache_seconds"] = round(run.feature_seconds, 2)
-    reliance = None
-    if cfg.audit:
-        audit_idx = test_idx if len(test_idx) else val_idx
-        yield TrainEvent("evaluate", message="shortcut audit: what the model relies on "
-                                             "(lungs hidden, edges hidden, re-encoded films)")
-        threshold = thresholds.get(classes[positive]) if positive is not None else None
-        reliance = audit.shortcut_audit(
-            lambda arr: M.softmax(_predict_logits(model, torch.from_numpy(arr), mean, std,
-                                                  cfg.batch_size, cancel), temperature),
-            images[audit_idx], y_all[audit_idx], classes, positive, threshold,
-            "test" if len(test_idx) else "validation", cancel)
-        warns += reliance["warnings"]
-    yield TrainEvent("evaluate", message="fitting the trust gate (what this model may "
-                                         "answer)")
-    gate, scope_spec = fit_trust_gate(
-        model, images_t, y_all, data.train_idx, val_idx, test_idx,
-        lambda b: _to_input(b, mean, std), cfg.batch_size, positive,
-        test_probs if len(test_idx) else None, cfg.seed, cancel)
+    # after training, every pass over the films (evaluation, the shortcut audit, the
+    # gate's checks) is one pass of the final model with the gate's stage tap: the gate
+    # costs only the passes over the training films its statistics need
+    passes = gatefit.FinalPasses(model, lambda b: _to_input(b, mean, std), cfg.batch_size,
+                                 cancel)
+    try:
+        yield TrainEvent("evaluate", message="fitting the trust gate (what this model may "
+                                             "answer)")
+        val_f = passes.features(images[val_idx])
+        gate, fitted_on = gatefit.fit_gate(passes, images, y_all, data.train_idx, val_f,
+                                           cfg.seed)
+        passes.fitted(gate)
+        yield TrainEvent("evaluate", message="calibrating and evaluating")
+        test_logits, test_in = (passes.scored(images[test_idx]) if len(test_idx) else
+                                (np.zeros((0, len(classes))), None))
+        ev = evaluate_and_calibrate(cfg, data, positive, val_f[LOGITS], test_logits)
+        temperature, val_probs, test_probs = ev.temperature, ev.val_probs, ev.test_probs
+        thresholds, rule, metrics = ev.thresholds, ev.rule, ev.metrics
+        warns += ev.warnings
+        for name, m in metrics.items():
+            if m["n"] < 100:
+                warns.append(f"small {name} set ({m['n']} images): wide confidence intervals")
+        if run.feature_seconds is not None:
+            history[0]["feature_cache_seconds"] = round(run.feature_seconds, 2)
+        films_idx = test_idx if len(test_idx) else val_idx
+        films_scored = ((test_probs, test_in) if len(test_idx) else
+                        (val_probs, gate.in_scope(val_f)))
+        reliance = None
+        variations = None
+        if cfg.audit:
+            yield TrainEvent("evaluate", message="shortcut audit: what the model relies on "
+                                                 "(lungs hidden, edges hidden, re-encoded "
+                                                 "films)")
+            threshold = thresholds.get(classes[positive]) if positive is not None else None
+
+            def calibrated(arr):
+                logits, inside = passes.scored(arr)
+                return M.softmax(logits, temperature), inside
+
+            reliance = audit.shortcut_audit(
+                calibrated, images[films_idx], y_all[films_idx], classes, positive,
+                threshold, "test" if len(test_idx) else "validation", cancel,
+                films=films_scored)
+            variations = reliance.pop("in_scope", None)  # the gate's check, not reliance
+            warns += reliance["warnings"]
+        checked = {"fitted_on": fitted_on, **gatefit.gate_checks(
+            passes, images[films_idx], test_in, y_all[films_idx], positive,
+            test_probs if len(test_idx) else None, variations)}
+    finally:
+        passes.close()
+    scope_spec = gatefit.scope_spec(gate, checked)
     card = _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresholds,
                       rule, positive, metrics, history, best_epoch, warns,
                       time.monotonic() - started, model, scope_spec, ev.calibration_method,
                       comm, reliance)
-    model.to("cpu")
+    model.to("cpu", memory_format=torch.contiguous_format)
     yield TrainEvent("evaluate", message="exporting the graph for fast CPU inference")
     graph = prepare_graph(model, card, gate, _to_input(images_t[val_idx[:32]], mean,
                                                        std).numpy())

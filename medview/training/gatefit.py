@@ -70,99 +70,165 @@ def _square(a: np.ndarray, size: int) -> np.ndarray:
     return resize_grey(np.asarray(a, np.uint8), (size, size))
 
 
-def fit_trust_gate(model, images, y: np.ndarray, train_idx, val_idx, test_idx,
-                   to_input: Callable, batch: int, positive: int | None,
-                   test_probs: np.ndarray | None, seed: int = 0, cancel=None,
-                   vary: bool = True) -> tuple[scope.ScopeGate, dict]:
-    """The fitted gate and the card's ``scope`` fields (sha256 filled in at export).
+class FinalPasses:
+    """The trained model's passes after training: eval mode, the gate's stage tap on.
+    Before the gate is fitted a pass gives the logits and the gate's features; after
+    (:meth:`fitted`), the logits and the gate's in-scope decision per film. Evaluation,
+    the shortcut audit and the gate's checks share these passes: the gate costs only the
+    passes over the training films its statistics need."""
 
-    ``images`` are the training images as uint8 (N, H, W) (numpy or torch). With
-    ``vary`` the feature-stage statistics also see one hospital variation of every film
-    (:func:`gate_variation`) and the input thumbnail one layout-keeping variation
+    def __init__(self, model, to_input: Callable, batch: int, cancel=None) -> None:
+        import torch
+
+        self.model = model
+        self.stages = gate_stages(model)
+        self.tap = StageTap(model, self.stages)
+        self.batch = batch
+        self.cancel = cancel
+        self.gate: scope.ScopeGate | None = None
+        self._to_input = lambda b: to_input(torch.from_numpy(b))
+
+    def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Logits (``scope.LOGITS``) and the gate's features of uint8 films (N, H, W)."""
+        return _features(self.model, self.tap, np.asarray(images, np.uint8), self._to_input,
+                         self.batch, self.cancel)
+
+    def thumbnails(self, images: np.ndarray, stage: str) -> np.ndarray:
+        return thumbnails(np.asarray(images, np.uint8), self._to_input, stage)
+
+    def fitted(self, gate: scope.ScopeGate) -> None:
+        self.gate = gate
+
+    def scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, in scope) of uint8 films, by the fitted gate."""
+        if self.gate is None:
+            raise ValueError("the gate is not fitted yet")
+        if not len(images):
+            return np.zeros((0, 0), np.float32), np.zeros(0, bool)
+        feats = self.features(images)
+        return feats[scope.LOGITS], self.gate.in_scope(feats)
+
+    def close(self) -> None:
+        self.tap.remove()
+
+
+def fit_gate(passes: FinalPasses, imgs: np.ndarray, y: np.ndarray, train_idx,
+             val_features: dict[str, np.ndarray], seed: int = 0,
+             vary: bool = True) -> tuple[scope.ScopeGate, dict]:
+    """The gate fitted on the training films (at most :data:`MAX_FIT_IMAGES`) and
+    ``val_features`` (the validation films' pass), and the card's ``fitted_on``.
+
+    With ``vary`` the feature-stage statistics also see one hospital variation of every
+    film (:func:`gate_variation`) and the input thumbnail one layout-keeping variation
     (:data:`robust.LAYOUT_KEEPING`) and one tighter field of view (:func:`zoomed_in`),
-    so that re-encoded, resampled, blurred, slightly
-    rotated or cropped and re-windowed films of the same population stay in scope while
-    inverted ones do not; the normalisation and the limit come from the validation films
-    as they are."""
-    import torch
-
-    imgs = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    size = imgs.shape[-1]
+    so that re-encoded, resampled, blurred, slightly rotated or cropped and re-windowed
+    films of the same population stay in scope while inverted ones do not; the
+    normalisation and the limit come from the validation films as they are."""
     train_idx = np.asarray(train_idx)
     if len(train_idx) > MAX_FIT_IMAGES:
         train_idx = np.sort(np.random.default_rng(seed).choice(train_idx, MAX_FIT_IMAGES,
                                                                replace=False))
-    stages = gate_stages(model)
-    tap = StageTap(model, stages)
-    try:
-        def feats(arr):
-            return _features(model, tap, np.asarray(arr, np.uint8), lambda b: to_input(
-                torch.from_numpy(b)), batch, cancel)
+    stages = passes.stages
+    rng = np.random.default_rng(seed + 11)
+    train_imgs = imgs[train_idx]
+    # the films and, after them, one hospital variation of each: what other sites do to
+    # a film must not take it out of scope
+    fit_imgs = (np.concatenate([train_imgs, np.stack([gate_variation(a, rng)
+                                                      for a in train_imgs])])
+                if vary else train_imgs)
+    train_f = passes.features(fit_imgs)
+    y_fit = np.concatenate([y[train_idx]] * (2 if vary else 1))
+    thumb = next((s for s in stages if s in scope.INPUT_STAGES), None)
+    if vary and thumb is not None:
+        # the thumbnail sees the grey-level layout: it learns the films, their
+        # layout-keeping variations and tighter fields of view only (measured: fitted on
+        # every variation, it let 65% of inverted films through; without the zoomed
+        # films it withheld 7% of films cropped by 10% per side)
+        layout = np.stack([gate_variation(a, rng, robust.LAYOUT_KEEPING) for a in train_imgs])
+        zoomed = np.stack([zoomed_in(a, rng) for a in train_imgs])
+        train_f[thumb] = np.concatenate([train_f[thumb][:len(train_imgs)],
+                                         *(passes.thumbnails(v, thumb)
+                                           for v in (layout, zoomed))])
+    # normalisation and limit from the validation films as they are: the spread of the
+    # varied films would loosen every part's scale
+    gate = scope.fit_gate(scope.DEFAULT_METHOD, train_f, y_fit, val_features,
+                          scope.DEFAULT_PERCENTILE, stages)
+    fitted_on = {"train_images": len(train_idx),
+                 "validation_images": len(val_features[scope.LOGITS]),
+                 "with_hospital_variations": bool(vary)}
+    return gate, fitted_on
 
-        rng = np.random.default_rng(seed + 11)
 
-        def with_variations(arr):
-            """The films and, after them, one hospital variation of each: what other
-            sites do to a film must not take it out of scope."""
-            if not vary:
-                return arr
-            return np.concatenate([arr, np.stack([gate_variation(a, rng) for a in arr])])
-
-        train_imgs = imgs[train_idx]
-        train_f = feats(with_variations(train_imgs))
-        y_fit = np.concatenate([y[train_idx]] * (2 if vary else 1))
-        thumb = next((s for s in stages if s in scope.INPUT_STAGES), None)
-        if vary and thumb is not None:
-            # the thumbnail sees the grey-level layout: it learns the films, their
-            # layout-keeping variations and tighter fields of view only (measured:
-            # fitted on every variation, it let 65% of inverted films through; without
-            # the zoomed films it withheld 7% of films cropped by 10% per side)
-            layout = np.stack([gate_variation(a, rng, robust.LAYOUT_KEEPING)
-                               for a in train_imgs])
-            zoomed = np.stack([zoomed_in(a, rng) for a in train_imgs])
-            train_f[thumb] = np.concatenate([
-                train_f[thumb][:len(train_imgs)],
-                *(thumbnails(v, lambda b: to_input(torch.from_numpy(b)), thumb)
-                  for v in (layout, zoomed))])
-        # normalisation and limit from the validation films as they are: the spread of
-        # the varied films would loosen every part's scale
-        val_f = feats(imgs[np.asarray(val_idx)])
-        gate = scope.fit_gate(scope.DEFAULT_METHOD, train_f, y_fit, val_f,
-                              scope.DEFAULT_PERCENTILE, stages)
-        checked: dict = {"fitted_on": {"train_images": len(train_idx),
-                                       "validation_images": len(val_idx),
-                                       "with_hospital_variations": bool(vary)}}
-        films_idx = np.asarray(test_idx) if len(test_idx) else np.asarray(val_idx)
-        films = imgs[films_idx]
-        if len(test_idx):
-            test_in = gate.in_scope(feats(films))
-            internal = {"n": len(test_in), "in_scope": round(float(test_in.mean()), 4)}
-            if positive is not None and test_probs is not None and len(test_probs):
-                yt = y[films_idx] == positive
-                pp = test_probs[:, positive]
-                internal["auc_all"] = round(float(M.roc_auc(yt, pp)), 4)
-                if test_in.any():
-                    internal["auc_in_scope"] = round(float(M.roc_auc(yt[test_in],
-                                                                     pp[test_in])), 4)
-            checked["internal_test"] = internal
-        sample = films[:: max(1, len(films) // 100)][:100]
-        quick = {"synthetic graphics": np.stack([_square(a, size) for a in
-                                                 oodcheck.synthetic_images(size)])}
-        for name, fn in oodcheck.OUT_TRANSFORMS.items():
-            quick[name] = np.stack([_square(fn(a), size) for a in sample])
-        checked["quick_check"] = {
-            name: {"n": len(arr),
-                   "withheld": round(float((~gate.in_scope(feats(arr))).mean()), 4)}
-            for name, arr in quick.items()}
+def gate_checks(passes: FinalPasses, films: np.ndarray, films_in: np.ndarray | None,
+                y_films: np.ndarray, positive: int | None, probs: np.ndarray | None,
+                variations: dict[str, float] | None = None) -> dict:
+    """The card's ``checked`` entries of a fitted gate (``passes.gate``), beyond
+    ``fitted_on``: the test films in scope (``films_in``, from the caller's pass) and the
+    AUC among them; a quick out-of-distribution check (synthetic graphics, and up to 100
+    of ``films`` made into what the model was not built for); and the share in scope of
+    benign variations of the films: ``variations`` when the caller measured them in its
+    own passes (the shortcut audit's), else the hospital variations of the audit
+    (:data:`robust.NUISANCE_TESTS`) on the same 100 films."""
+    size = films.shape[-1]
+    checked: dict = {}
+    if films_in is not None:
+        internal = {"n": len(films_in), "in_scope": round(float(films_in.mean()), 4)}
+        if positive is not None and probs is not None and len(probs):
+            yt = y_films == positive
+            pp = probs[:, positive]
+            internal["auc_all"] = round(float(M.roc_auc(yt, pp)), 4)
+            if films_in.any():
+                internal["auc_in_scope"] = round(float(M.roc_auc(yt[films_in],
+                                                                 pp[films_in])), 4)
+        checked["internal_test"] = internal
+    sample = films[:: max(1, len(films) // 100)][:100]
+    quick = {"synthetic graphics": np.stack([_square(a, size) for a in
+                                             oodcheck.synthetic_images(size)])}
+    for name, fn in oodcheck.OUT_TRANSFORMS.items():
+        quick[name] = np.stack([_square(fn(a), size) for a in sample])
+    checked["quick_check"] = {
+        name: {"n": len(arr), "withheld": round(float((~passes.scored(arr)[1]).mean()), 4)}
+        for name, arr in quick.items()}
+    if variations is not None:
+        checked["benign_variations"] = {name: {"n": len(films), "in_scope": v}
+                                        for name, v in variations.items()}
+    else:
         checked["benign_variations"] = {
-            name: {"n": len(sample),
-                   "in_scope": round(float(gate.in_scope(feats(np.stack(
-                       [_square(fn(a), size) for a in sample]))).mean()), 4)}
-            for name, fn in oodcheck.BENIGN_TRANSFORMS.items()}
-    finally:
-        tap.remove()
-    spec = {"method": gate.method, "file": "scope.safetensors", "sha256": "0" * 64,
+            name: {"n": len(sample), "in_scope": round(float(passes.scored(np.stack(
+                [_square(fn(a), size) for a in sample]))[1].mean()), 4)}
+            for name, fn in robust.NUISANCE_TESTS.items()}
+    return checked
+
+
+def scope_spec(gate: scope.ScopeGate, checked: dict) -> dict:
+    """The card's ``scope`` fields of a fitted gate (sha256 filled in at export)."""
+    return {"method": gate.method, "file": "scope.safetensors", "sha256": "0" * 64,
             "limit": round(gate.limit, 6), "percentile": gate.percentile,
             "in_distribution_pass_rate": round(gate.in_distribution_pass_rate, 4),
-            "stages": list(stages), "checked": checked}
-    return gate, spec
+            "stages": list(gate.stages), "checked": checked}
+
+
+def fit_trust_gate(model, images, y: np.ndarray, train_idx, val_idx, test_idx,
+                   to_input: Callable, batch: int, positive: int | None,
+                   test_probs: np.ndarray | None, seed: int = 0, cancel=None,
+                   vary: bool = True) -> tuple[scope.ScopeGate, dict]:
+    """The fitted gate and the card's ``scope`` fields, with passes of its own (refitting
+    a saved model's gate; training shares its passes: :class:`FinalPasses`). ``images``
+    are the films as uint8 (N, H, W) (numpy or torch)."""
+    import torch
+
+    imgs = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    passes = FinalPasses(model, to_input, batch, cancel)
+    try:
+        gate, fitted_on = fit_gate(passes, imgs, y, train_idx,
+                                   passes.features(imgs[np.asarray(val_idx)]), seed, vary)
+        passes.fitted(gate)
+        films_idx = np.asarray(test_idx) if len(test_idx) else np.asarray(val_idx)
+        films = imgs[films_idx]
+        films_in = passes.scored(films)[1] if len(test_idx) else None
+        checked = {"fitted_on": fitted_on,
+                   **gate_checks(passes, films, films_in, y[films_idx], positive,
+                                 test_probs)}
+    finally:
+        passes.close()
+    return gate, scope_spec(gate, checked)
