@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from medview.cli import main
@@ -65,3 +66,32 @@ def test_help_shows_how_to_open_the_viewer(capsys):
     out = capsys.readouterr().out
     assert "medview [PATH...] [--sample [NAME]] [--model ID]" in out
     assert all(c in out for c in ("info", "predict", "explain", "train"))
+
+
+def test_a_one_jpeg_predict_imports_only_what_the_input_needs(tiny_model, tmp_path):
+    """Scoring a JPEG on the graph path never imports the DICOM or ITK readers, torch,
+    the training code, tqdm (no terminal) or Qt; numpy's BLAS keeps one thread."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    film = tmp_path / "film.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8)).save(film)
+    code = ("import sys, medview.cli as c\n"
+            "rc = c.main(['predict', '--model', sys.argv[1], '--backend', 'onnx', sys.argv[2]])\n"
+            "import os; print(sorted({m.split('.')[0] for m in sys.modules}))\n"
+            "print('training' in {m.split('.')[1] for m in sys.modules if m.startswith('medview.')"
+            " and m.count('.')})\n"
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+            "sys.exit(rc)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code, tiny_model[0], str(film)],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    top = set(eval(lines[-3]))
+    assert "onnxruntime" in top and "PIL" in top
+    assert not top & {"pydicom", "SimpleITK", "torch", "timm", "tqdm", "PySide6", "captum"}
+    assert lines[-2] == "False"  # no medview.training module
+    assert lines[-1] == "1"

@@ -83,3 +83,22 @@ def test_truncated_png_is_rejected(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     result = load([str(path)])
     assert result.volumes == [] and "corrupt or cut off" in result.skipped[0].reason
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_grey_film_saved_as_rgb_is_grey_and_a_colour_one_stays_colour(tmp_path, suffix):
+    from medview.imaging.model_input import display_grey
+
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (16, 24), np.uint8)
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB").save(tmp_path / f"g{suffix}")
+    colour = np.repeat(grey[..., None], 3, axis=2)
+    colour[..., 0] = 255 - colour[..., 0]
+    Image.fromarray(colour, "RGB").save(tmp_path / f"c{suffix}")
+    (g,) = load([str(tmp_path / f"g{suffix}")]).volumes
+    (c,) = load([str(tmp_path / f"c{suffix}")]).volumes
+    assert g.photometric == "MONOCHROME2" and g.pixels.shape == (1, 16, 24)
+    assert c.is_rgb and c.pixels.shape == (1, 16, 24, 3)
+    if suffix == ".png":  # lossless: the one channel is the film, shown as it was
+        np.testing.assert_array_equal(g.pixels[0], grey)
+        np.testing.assert_array_equal(display_grey(g, 0), grey)

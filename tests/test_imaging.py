@@ -164,3 +164,35 @@ def test_shortcut_note_flags_edge_and_marker_heavy_maps():
     on_marker[40:46, 40:44] = 1
     on_marker[50:60, 50:60] = 0.05
     assert "on burned-in text or markers" in shortcut_note(marked, on_marker)
+
+
+@pytest.mark.parametrize(("kw", "window", "ready"), [
+    ({}, None, True),
+    ({}, WindowPreset("Full scale", 128.0, 256.0), True),
+    ({}, WindowPreset("narrow", 100.0, 50.0), False),
+    ({"photometric": "MONOCHROME1"}, None, False),
+    ({"windows": [WindowPreset("file", 90.0, 120.0)]}, None, False),
+    ({"rescale_slope": np.array([2.0])}, None, False),
+])
+def test_8bit_grey_films_skip_only_the_identity_window(monkeypatch, kw, window, ready):
+    """A PNG/JPEG film is shown as stored without the float window, which computes the
+    same bytes; any other case still goes through the window."""
+    from medview.imaging import render
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    vol = _vol(pixels, **kw)
+    expected = render_slice(vol, 0, window)
+    calls = []
+    real = render.apply_window
+    monkeypatch.setattr(render, "apply_window", lambda *a: calls.append(1) or real(*a))
+    out = render_slice(vol, 0, window)
+    np.testing.assert_array_equal(out, expected)
+    assert (not calls) == ready
+    if ready:
+        from medview.imaging.lut import to_uint8
+
+        window_of_8bit = to_uint8(real(pixels.astype(np.float32), 128.0, 256.0))
+        np.testing.assert_array_equal(window_of_8bit, pixels)  # the window it skips
+        np.testing.assert_array_equal(out, pixels)
+        out[0, 0] = 99  # a copy: the volume is untouched
+        assert vol.pixels[0, 0, 0] == 0

@@ -163,6 +163,32 @@ def input_thumbnail(batch: np.ndarray, size: int = scope.THUMBNAIL) -> np.ndarra
     return out.reshape(n, -1)
 
 
+def graph_features(session, batch: np.ndarray, stages: tuple[str, ...],
+                   input_stages: tuple[str, ...], batch_size: int = 16,
+                   maps: bool = False) -> dict[str, np.ndarray]:
+    """One pass of an exported graph on ONNX Runtime over a prepared batch (N, C, H, W),
+    ``batch_size`` at a time: the logits, the pre-logit embedding, the gate's feature
+    ``stages``, its ``input_stages`` computed from the batch (as
+    :class:`~medview.inference.features.StageTap` does) and, with ``maps``, the last
+    feature maps."""
+    names = [LOGITS, PRE_LOGITS, *stages] + ([FEATURE_MAPS] if maps else [])
+    x = np.ascontiguousarray(batch, np.float32)
+    parts = []
+    for i in range(0, len(x), max(1, batch_size)):
+        try:
+            parts.append(session.run(names, {"x": x[i:i + batch_size]}))
+        except Exception as exc:  # ONNX Runtime's errors are plain RuntimeErrors
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise WeightsError(f"the model's exported graph failed in ONNX Runtime "
+                               f"({type(exc).__name__}: {first})") from exc
+    out = {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
+    if input_stages:
+        t = input_thumbnail(x)
+        for stage in input_stages:
+            out[stage] = scope.normalise_thumbnails(t) if stage == scope.INPUT_LAYOUT_STAGE else t
+    return out
+
+
 def ort_session(data: bytes, threads: int | None = None):
     """An ONNX Runtime CPU session for verified graph bytes: explicit thread counts, no
     custom operator libraries, full graph optimisation, no spinning."""
@@ -232,25 +258,9 @@ class OnnxBackend:
 
     def run(self, batch: np.ndarray, batch_size: int = 16,
             maps: bool = False) -> dict[str, np.ndarray]:
-        names = [LOGITS, PRE_LOGITS, *self.stages] + ([FEATURE_MAPS] if maps else [])
-        x = np.ascontiguousarray(batch, np.float32)
-        parts = []
         with self.lock:
-            for i in range(0, len(x), max(1, batch_size)):
-                try:
-                    parts.append(self.session.run(names, {"x": x[i:i + batch_size]}))
-                except Exception as exc:  # ONNX Runtime's errors are plain RuntimeErrors
-                    raise WeightsError(f"the model's exported graph failed in ONNX "
-                                       f"Runtime ({type(exc).__name__}: "
-                                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                                       ")") from exc
-        out = {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
-        if self.thumbnails:
-            t = input_thumbnail(x)
-            for stage in self.thumbnails:
-                out[stage] = (scope.normalise_thumbnails(t)
-                              if stage == scope.INPUT_LAYOUT_STAGE else t)
-        return out
+            return graph_features(self.session, batch, self.stages, self.thumbnails,
+                                  batch_size, maps)
 
     def head(self) -> np.ndarray:
         """The weight (K, C) of the linear classifier after the global average pool (its

@@ -118,16 +118,14 @@ def median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def export_graph(model, card: Card, stages: tuple[str, ...] = (),
-                 check_inputs: np.ndarray | None = None, *, n_random: int = 4,
-                 tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
-                 time_repeats: int = 5) -> tuple[bytes, GraphSpec]:
-    """The ONNX graph of ``model`` (a timm classifier) and its card section.
+def graph_outputs(stages: tuple[str, ...]) -> list[str]:
+    """The graph's output names for the gate's ``stages`` (input stages are not outputs:
+    they are computed from the input)."""
+    return [LOGITS, PRE_LOGITS, FEATURE_MAPS,
+            *(s for s in stages if s not in scope.INPUT_STAGES)]
 
-    ``stages`` are the trust gate's feature stages (the input pseudo-stages are skipped);
-    ``check_inputs`` (N, C, H, W) prepared images to check agreement on, to which
-    ``n_random`` random inputs are added. Raises :class:`GraphExportError` when the graph
-    differs from torch by more than ``tolerance`` in any class probability."""
+
+def _exportable(model, stages: tuple[str, ...]):
     import torch
 
     model = copy.deepcopy(model).float().cpu().eval()
@@ -137,23 +135,54 @@ def export_graph(model, card: Card, stages: tuple[str, ...] = (),
     missing = [s for s in stat_stages if s not in modules]
     if missing:
         raise GraphExportError(f"the model has no stage {missing[0]!r}")
-    wrapper = _GraphModule.build(model, stat_stages).eval()
-    c = card.preprocessing.channels
-    h, w = card.preprocessing.size
-    names = [LOGITS, PRE_LOGITS, FEATURE_MAPS, *stat_stages]
+    return model, _GraphModule.build(model, stat_stages).eval()
+
+
+def export_bytes(model, channels: int, size: tuple[int, int],
+                 stages: tuple[str, ...] = ()) -> bytes:
+    """The ONNX graph of ``model`` (a timm classifier) for inputs (N, ``channels``,
+    ``size``): its logits, pre-logits, last feature maps and the gate's ``stages``."""
+    import torch
+
+    model, wrapper = _exportable(model, stages)
+    names = graph_outputs(stages)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad(), \
                 contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapper, (torch.zeros(1, c, h, w),), buf, dynamo=False, opset_version=OPSET,
-                input_names=["x"], output_names=names,
+                wrapper, (torch.zeros(1, channels, *size),), buf, dynamo=False,
+                opset_version=OPSET, input_names=["x"], output_names=names,
                 dynamic_axes={n: {0: "batch"} for n in ["x", *names]},
                 do_constant_folding=True)
     except Exception as exc:
         raise GraphExportError(f"the model could not be exported as a graph: {exc}") from exc
-    data = buf.getvalue()
+    finally:
+        wrapper.remove()
+    return buf.getvalue()
+
+
+def export_graph(model, card: Card, stages: tuple[str, ...] = (),
+                 check_inputs: np.ndarray | None = None, *, n_random: int = 4,
+                 tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
+                 time_repeats: int = 5, data: bytes | None = None) -> tuple[bytes, GraphSpec]:
+    """The ONNX graph of ``model`` (a timm classifier) and its card section.
+
+    ``stages`` are the trust gate's feature stages (the input pseudo-stages are skipped);
+    ``check_inputs`` (N, C, H, W) prepared images to check agreement on, to which
+    ``n_random`` random inputs are added. ``data``: the graph already exported by
+    :func:`export_bytes` (checked here, not exported again). Raises
+    :class:`GraphExportError` when the graph differs from torch by more than
+    ``tolerance`` in any class probability."""
+    import torch
+
+    c = card.preprocessing.channels
+    h, w = card.preprocessing.size
+    if data is None:
+        data = export_bytes(model, c, (h, w), stages)
+    model, wrapper = _exportable(model, stages)
+    names = graph_outputs(stages)
     session = ort_session(data)
     rng = np.random.default_rng(seed)
     inputs = [rng.standard_normal((n_random, c, h, w)).astype(np.float32)]

@@ -655,7 +655,12 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
     # costs only the passes over the training films its statistics need
     passes = gatefit.FinalPasses(model, lambda b: _to_input(b, mean, std), cfg.batch_size,
                                  cancel)
+    graph_bytes = None
     try:
+        if device == "cpu":  # on a CPU the passes run on the graph, exported once here
+            yield TrainEvent("evaluate", message="exporting the graph for fast CPU inference")
+            graph_bytes = _export_for_passes(model, passes, images[val_idx[:32]],
+                                             cfg.image_size)
         yield TrainEvent("evaluate", message="fitting the trust gate (what this model may "
                                              "answer)")
         val_f = passes.features(images[val_idx])
@@ -706,13 +711,28 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
                       time.monotonic() - started, model, scope_spec, ev.calibration_method,
                       comm, reliance)
     model.to("cpu", memory_format=torch.contiguous_format)
-    yield TrainEvent("evaluate", message="exporting the graph for fast CPU inference")
+    yield TrainEvent("evaluate", message=(
+        "exporting the graph for fast CPU inference" if graph_bytes is None else
+        "checking the exported graph against the model"))
     graph = prepare_graph(model, card, gate, _to_input(images_t[val_idx[:32]], mean,
-                                                       std).numpy())
+                                                       std).numpy(), data=graph_bytes)
     yield TrainEvent("done", best_epoch, cfg.epochs, message="training finished")
     return TrainResult(model, cfg, classes, card, history, val_probs, val_y, test_probs,
                        y_all[test_idx] if len(test_idx) else np.zeros(0, int), warns, ds, splits,
                        gate, graph)
+
+
+def _export_for_passes(model, passes, sample: np.ndarray, size: int) -> bytes | None:
+    """The model's graph (with the gate's stages), exported once, for the passes after
+    training and the saved model; None (the passes stay on torch) when it cannot be
+    exported or does not give the model's probabilities on ``sample``."""
+    from medview.inference.graph_export import GraphExportError, export_bytes
+
+    try:
+        data = export_bytes(model, 3, (size, size), passes.stages)
+    except GraphExportError:
+        return None  # said again, with the reason, when the model is saved
+    return data if passes.use_graph(data, sample) else None
 
 
 def _training_device(requested: str, warns: list[str]) -> str:

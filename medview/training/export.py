@@ -158,14 +158,15 @@ def export_model(model, card: Card | dict, out_dir: str, extra_readme: str = "",
     return final
 
 
-def prepare_graph(model, card: Card, gate=None, check_inputs=None):
-    """``(bytes, GraphSpec)`` of the model's exported graph, or None (with the reason
-    logged) when the model cannot be exported or its graph disagrees with torch."""
+def prepare_graph(model, card: Card, gate=None, check_inputs=None, data: bytes | None = None):
+    """``(bytes, GraphSpec)`` of the model's exported graph (``data``: exported already,
+    checked here), or None (with the reason logged) when the model cannot be exported or
+    its graph disagrees with torch."""
     from medview.inference.graph_export import GraphExportError, export_graph
 
     stages = tuple(gate.stages) if gate is not None else ()
     try:
-        return export_graph(model, card, stages, check_inputs)
+        return export_graph(model, card, stages, check_inputs, data=data)
     except GraphExportError as exc:
         log.warning("model %s saved without an exported graph: %s", card.id, exc)
         return None
