@@ -23,6 +23,8 @@ from benchmarks.common import print_table
 
 if __name__ == "__main__":
     print_table("Series loading (300 x 512 x 512 int16 CT, best of 3)", bench_load.run())
+    print_table("Series of real scanner files (vendor headers kept, 512 x 512, best of 3)",
+                bench_load.run_real(matrix=512))
     print_table("Hardening: frame pre-check cost, a folder of hostile files",
                 bench_hardening.run_precheck() + bench_hardening.run_hostile_folder())
     print_table("GUI responsiveness while loading (real window, offscreen)",

@@ -102,25 +102,29 @@ def test_base_exceptions_from_plugins_are_caught_but_interrupts_propagate(good, 
     class NativePanic(BaseException):
         pass
 
-    def panic(_h):
+    def panic(*_a):
         raise NativePanic("boom")
 
-    monkeypatch.setattr(series, "read_pixels", panic)
+    def reader(fn):  # both ways a series file's pixels are read
+        monkeypatch.setattr(series, "read_pixels", fn)
+        monkeypatch.setattr(series, "read_pixels_into", fn)
+
+    reader(panic)
     result = load([str(good)])
     assert result.volumes == [] and len(result.skipped) == 3
     assert all("NativePanic" in s.reason for s in result.skipped)
 
-    def interrupt(_h):
+    def interrupt(*_a):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(series, "read_pixels", interrupt)
+    reader(interrupt)
     with pytest.raises(KeyboardInterrupt):
         load([str(good)])
 
-    def cancel(_h):
+    def cancel(*_a):
         raise CancelledError("cancelled by the user")
 
-    monkeypatch.setattr(series, "read_pixels", cancel)
+    reader(cancel)
     with pytest.raises(CancelledError):
         load([str(good)])
 

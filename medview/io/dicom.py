@@ -11,6 +11,7 @@ rescale/window values are all checked explicitly (see BAD_INPUTS.md, items 1-11)
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -142,10 +143,19 @@ class DicomHeader:
     pixel_offset: int | None
     pixel_length: int | None
     warnings: list[str] = field(default_factory=list)
-    population: Population = field(default_factory=Population)
-    study: StudyInfo = field(default_factory=StudyInfo)
     patient_orientation: tuple[str, str] | None = None
     localizer: bool = False
+
+    # A series takes its patient, study and population from its first file: these are
+    # read from the header when asked, not for every file of the series (a third of the
+    # header time of a 120-file CT series; benchmarks/bench_load.py).
+    @functools.cached_property
+    def population(self) -> Population:
+        return population_of(self.ds)
+
+    @functools.cached_property
+    def study(self) -> StudyInfo:
+        return study_of(self.ds)
 
     @property
     def compressed(self) -> bool:
@@ -663,8 +673,6 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
         pixel_offset=pixel_offset,
         pixel_length=pixel_length,
         warnings=warns,
-        population=population_of(ds),
-        study=study_of(ds),
         patient_orientation=_patient_orientation(ds),
         localizer=any("LOCALIZER" in str(v).upper() for v in _multi(ds.get("ImageType"))),
     )
@@ -875,6 +883,32 @@ def _native_pixels(h: DicomHeader) -> np.ndarray:
     if h.bits_stored < h.bits_allocated:
         arr = _mask_bits(arr, h.bits_stored, h.signed and h.samples == 1)
     return arr
+
+
+def read_pixels_into(h: DicomHeader, out: np.ndarray) -> bool:
+    """Read the pixels of a plain file - native little-endian grey, of ``out``'s dtype,
+    Pixel Data in the file - straight into ``out`` (its ``(frames, rows, cols)`` slot of
+    the series array): no intermediate copy. Returns False, reading nothing, for any
+    other file (the caller uses :func:`read_pixels`)."""
+    dtype = np.dtype(("<i" if h.signed else "<u") + str(h.bits_allocated // 8))
+    if (h.compressed or h.transfer_syntax == BIG_ENDIAN or h.samples != 1
+            or h.pixel_offset is None or h.bits_allocated not in (8, 16, 32)
+            or h.photometric not in ("MONOCHROME1", "MONOCHROME2") or out.dtype != dtype
+            or out.shape != (h.frames, h.rows, h.cols) or not out.flags.c_contiguous):
+        return False
+    try:
+        with open_regular(h.path) as f:
+            f.seek(h.pixel_offset)
+            got = f.readinto(memoryview(out).cast("B"))
+    except OSError as exc:
+        raise LoadError(h.path, f"cannot read pixel data: {exc.strerror or exc}") from exc
+    if got != out.nbytes:
+        raise CorruptFileError(h.path, "Pixel Data ended early while reading")
+    if h.bits_stored < h.bits_allocated:
+        masked = _mask_bits(out, h.bits_stored, h.signed)
+        if masked is not out:
+            out[...] = masked
+    return True
 
 
 def _mask_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:

@@ -14,7 +14,7 @@ from medview.core.limits import COPIES_NATIVE_DICOM, check_budget
 from medview.core.progress import CancelToken, Progress
 from medview.core.volume import ImageVolume, SkippedFile
 from medview.imaging.geometry import slice_normal, spacing_report, tilt_degrees
-from medview.io.dicom import DicomHeader, read_pixels
+from medview.io.dicom import DicomHeader, read_pixels, read_pixels_into
 
 
 @dataclass
@@ -220,9 +220,10 @@ def iter_build_volume(
         if cancel is not None:
             cancel.raise_if_cancelled()
         try:
-            arr = read_pixels(h)
-            pixels[i : i + h.frames] = arr
-            del arr
+            if not read_pixels_into(h, pixels[i : i + h.frames]):
+                arr = read_pixels(h)
+                pixels[i : i + h.frames] = arr
+                del arr
         except BaseException as exc:  # one bad file: the rest of the series still loads
             if must_propagate(exc):
                 raise
