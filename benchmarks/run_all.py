@@ -9,7 +9,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import (
     bench_backends,
+    bench_cpu,
     bench_distributed,
+    bench_gui_launch,
     bench_gui_stall,
     bench_hardening,
     bench_inference,
@@ -40,6 +42,14 @@ if __name__ == "__main__":
                 bench_backends.run_cam_and_ig())
     print_table("Cold start (whole process)", bench_backends.run_cold_start())
     print_table("Worklist end to end (whole process)", bench_backends.run_worklist())
+    print_table("Cold one-film predict: medview vs a bare script (whole process)",
+                bench_cpu.run_cold())
+    print_table("Batch predict: medview vs a bare script (whole process)",
+                bench_cpu.run_batch())
+    print_table("Training: medview vs a plain loop (whole process, CPU)",
+                bench_cpu.run_training())
+    print_table("Launch, watched from outside (Xvfb screenshots; cxr-pneumonia, one film)",
+                bench_gui_launch.run())
     print_table("Training throughput (Lite0, 128 px, batch 16, CPU)", bench_training.run())
     print_table("Trust gate: cost and out-of-distribution benchmark (cxr-pneumonia, CPU)",
                 bench_trust_gate.run())

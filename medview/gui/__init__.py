@@ -1,22 +1,24 @@
-"""The Qt user interface: the only package that imports PySide6 or pyqtgraph."""
+"""The Qt user interface: the only package that imports PySide6 or pyqtgraph.
+
+pyqtgraph is imported by the modules that draw with it (:func:`import_pyqtgraph`), not by
+this package: the app paints its first window before that 0.2-0.3 s import."""
 
 import sys
 
 
-def _import_pyqtgraph() -> None:
+def import_pyqtgraph():
     """Import pyqtgraph without its CUDA probe: its RawImageWidget (which medview does not
     use) imports NVIDIA's ``cuda.bindings`` when that is installed, as it is beside a CUDA
     build of torch, and that slowed every launch (docs/performance.md). The module is hidden
     only while pyqtgraph is imported."""
     name = "cuda.bindings.runtime"
-    if "pyqtgraph" in sys.modules or name in sys.modules:
-        return
-    sys.modules[name] = None  # an import of it now raises ImportError
-    try:
-        import pyqtgraph  # noqa: F401
-    finally:
-        if name in sys.modules and sys.modules[name] is None:
-            del sys.modules[name]
+    if "pyqtgraph" not in sys.modules and name not in sys.modules:
+        sys.modules[name] = None  # an import of it now raises ImportError
+        try:
+            import pyqtgraph
+        finally:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    import pyqtgraph
 
-
-_import_pyqtgraph()
+    return pyqtgraph

@@ -106,21 +106,77 @@ def prefetch_runtime() -> threading.Thread:
     return t
 
 
-def create_app(argv: Sequence[str] = ()):
-    """The QApplication with medview's global pyqtgraph settings (row-major images)."""
+def create_app(argv: Sequence[str] = (), splash: bool = False):
+    """The QApplication with medview's global pyqtgraph settings (row-major images). With
+    ``splash``, a splash screen is painted before the rest of the interface is imported
+    (``app.splash``; the launcher closes it when the window shows)."""
     prefetch_runtime()
-    import pyqtgraph as pg
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
-    pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
     app = QApplication.instance() or application_class()(["medview", *argv])
     app.setApplicationName("medview")
     app.setOrganizationName("medview")
     app.setDesktopFileName("medview")
     if os.path.isfile(icon_path()):
         app.setWindowIcon(QIcon(icon_path()))
+    app.splash = show_splash(app) if splash else None
+    from medview.gui import import_pyqtgraph
+
+    import_pyqtgraph().setConfigOptions(imageAxisOrder="row-major", antialias=True)
     return app
+
+
+def show_splash(app):
+    """A splash window, painted now: what a user sees 0.2-0.3 s after the launch, while
+    the viewer's modules load (benchmarks/bench_gui_launch.py watches the screen). A
+    plain frameless label: QSplashScreen's show() waited a second for the window
+    manager under Xvfb. :func:`close_splash` closes it once the main window shows."""
+    from PySide6.QtCore import QRect, Qt
+    from PySide6.QtGui import QColor, QFont, QPainter, QPixmap
+    from PySide6.QtWidgets import QLabel
+
+    pixmap = QPixmap(480, 200)
+    pixmap.fill(QColor("#202326"))
+    painter = QPainter(pixmap)
+    font = QFont()
+    font.setPointSize(26)
+    font.setBold(True)
+    painter.setFont(font)
+    painter.setPen(QColor("#e8e8e8"))
+    painter.drawText(QRect(0, 40, 480, 60), Qt.AlignmentFlag.AlignCenter, "medview")
+    font.setPointSize(10)
+    font.setBold(False)
+    painter.setFont(font)
+    painter.setPen(QColor("#a0a4a8"))
+    painter.drawText(QRect(0, 110, 480, 24), Qt.AlignmentFlag.AlignCenter, "opening...")
+    painter.setPen(QColor("#d08a2a"))
+    painter.drawText(QRect(0, 150, 480, 24), Qt.AlignmentFlag.AlignCenter,
+                     "Research use only - not for diagnostic use")
+    painter.end()
+    splash = QLabel()
+    splash.setPixmap(pixmap)
+    splash.setWindowFlags(Qt.WindowType.SplashScreen | Qt.WindowType.FramelessWindowHint)
+    screen = app.primaryScreen()
+    if screen is not None:
+        centre = screen.availableGeometry().center()
+        splash.move(centre.x() - 240, centre.y() - 100)
+    splash.show()
+    splash.repaint()
+    app.processEvents()
+    return splash
+
+
+def close_splash(app, window) -> None:
+    """Close the splash when ``window`` has been painted (at once if there is none)."""
+    splash = getattr(app, "splash", None)
+    if splash is None:
+        return
+    from PySide6.QtCore import QTimer
+
+    app.splash = None
+    QTimer.singleShot(0, splash.close)  # after the window's first paint is queued
+    window.raise_()
 
 
 def install_file_open_filter(app) -> FileOpenRouter:
@@ -264,13 +320,16 @@ def select_model(window, model_id: str) -> bool:
         panel.status.setText(msg.capitalize())
         return False
     panel.auto_run.setChecked(True)
-    # not warmed up here: the model loads when the study arrives, which it does in well
-    # under a second; loading both at once only delayed the first image (GIL)
     k = ids.index(model_id)
     if panel.model_box.currentIndex() != k:
         panel.model_box.setCurrentIndex(k)  # runs on the image in view, if any
     elif panel.volume is not None:
         panel.run()  # the study arrived before the model list was read
+    if panel.volume is None:
+        # the model loads while the study is read: its files are hashed and its runtime
+        # session built mostly outside the interpreter lock (inference.backends), so the
+        # first image is not delayed and the prediction waits less (bench_gui_launch.py)
+        panel.warm_up()
     window.model_dock.raise_()
     return True
 
@@ -278,8 +337,9 @@ def select_model(window, model_id: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app()
-    window = launch(args, app)  # noqa: F841 (kept alive while the event loop runs)
+    app = create_app(splash=not args.screenshot)
+    window = launch(args, app)  # kept alive while the event loop runs
+    close_splash(app, window)
     return app.exec()
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from medview.core.volume import ImageVolume, WindowPreset
+from medview.gui import import_pyqtgraph
 from medview.imaging import modality_slice, orientation_labels, render_slice, value_at
 from medview.imaging.geometry import patient_orientation_labels
 from medview.imaging.window import default_window
+
+pg = import_pyqtgraph()  # without its CUDA probe
 
 
 class _ViewBox(pg.ViewBox):

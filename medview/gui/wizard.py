@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
@@ -37,12 +36,15 @@ from PySide6.QtWidgets import (
 )
 
 from medview.core.modeling import DEVICES
+from medview.gui import import_pyqtgraph
 from medview.gui.workers import JobRunner
 from medview.models.pretrained import IMAGENET_BASES
 from medview.training import data as tdata
 from medview.training.preview import ScanReport, scan_dataset
 from medview.training.strategies import STRATEGIES
 from medview.training.types import TrainConfig
+
+pg = import_pyqtgraph()  # without its CUDA probe
 
 #: the wizard's starting values are the engine's defaults
 DEFAULTS = TrainConfig()
