@@ -91,9 +91,10 @@ def application_class():
 
 
 def prefetch_runtime() -> threading.Thread:
-    """Import ONNX Runtime in a background thread while the window is being built: its
-    native module holds the interpreter lock while it initialises, which would otherwise
-    be a visible stall when the first model loads."""
+    """Import ONNX Runtime in a background thread once the window is shown (before, it
+    took the interpreter lock from the splash and the window being built): its native
+    module holds the lock while it initialises, which would otherwise be a visible stall
+    when the first model loads."""
 
     def work() -> None:
         try:
@@ -110,7 +111,6 @@ def create_app(argv: Sequence[str] = (), splash: bool = False):
     """The QApplication with medview's global pyqtgraph settings (row-major images). With
     ``splash``, a splash screen is painted before the rest of the interface is imported
     (``app.splash``; the launcher closes it when the window shows)."""
-    prefetch_runtime()
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
@@ -340,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(splash=not args.screenshot)
     window = launch(args, app)  # kept alive while the event loop runs
     close_splash(app, window)
+    from PySide6.QtCore import QTimer
+
+    QTimer.singleShot(0, prefetch_runtime)
     return app.exec()
 
 
