@@ -19,7 +19,6 @@ MPS keep torch. ``torch`` or ``onnx`` can be forced.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -213,7 +212,7 @@ class OnnxBackend:
 
     def __init__(self, card: ModelCard, gate: scope.ScopeGate | None) -> None:
         from medview.models.card import GRAPH_FILE
-        from medview.models.graph import onnx_schema, read_graph
+        from medview.models.graph import read_graph
         from medview.models.weights import read_verified_tensors
 
         spec = card.card.graph
@@ -225,13 +224,9 @@ class OnnxBackend:
         # both files verified: the weights (regular file in the folder, size, sha256) and
         # the graph (the same, and its structure); then the graph's parameters must be
         # the weights' (a changed classifier is refused). Reading and hashing release the
-        # GIL: the weights are verified on a second thread while the graph is.
-        # Meanwhile ONNX Runtime and the ONNX schema are imported (loading their
-        # libraries overlaps the hashing): a cold one-film predict waits for the slowest
-        # of these, not their sum (benchmarks/bench_cpu.py).
-        with ThreadPoolExecutor(3, thread_name_prefix="medview-verify") as pool:
-            pool.submit(importlib.import_module, "onnxruntime")
-            pool.submit(onnx_schema)
+        # interpreter lock: the weights are verified on a second thread while the graph
+        # is (importing ONNX Runtime there too was measured slower: its import holds it)
+        with ThreadPoolExecutor(1, thread_name_prefix="medview-verify") as pool:
             weights = pool.submit(read_verified_tensors, card.weights_path,
                                   card.weights_sha256, root=card.folder)
             data = read_graph(card.graph_path, spec.sha256, spec.outputs, root=card.folder,
