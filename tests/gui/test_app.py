@@ -143,3 +143,31 @@ def test_startup_report_exits_when_the_only_file_cannot_be_loaded(qtbot, setting
     assert report["error"] == "nothing could be loaded"
     assert quiet_app == [1]
     win.close()
+
+
+def test_the_splash_paints_before_pyqtgraph_and_closes_when_the_window_shows(qtbot):
+    """The launcher can paint before the viewer's modules load: importing the entry point
+    imports neither pyqtgraph nor the main window (checked in a fresh process), and the
+    splash closes once the window is shown."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medview.cli, medview.gui.app\n"
+            "print(sorted(m for m in ('pyqtgraph', 'medview.gui.main_window') "
+            "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    from PySide6.QtWidgets import QWidget
+
+    app = QApplication.instance()
+    splash = gui_app.show_splash(app)
+    qtbot.addWidget(splash)
+    assert splash.isVisible() and not splash.pixmap().isNull()
+    app.splash = splash
+    window = QWidget()
+    qtbot.addWidget(window)
+    window.show()
+    gui_app.close_splash(app, window)
+    qtbot.waitUntil(lambda: not splash.isVisible())
+    assert app.splash is None
