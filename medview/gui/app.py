@@ -260,6 +260,8 @@ def launch(args: argparse.Namespace, app, settings=None):
     router = install_file_open_filter(app)
     window = MainWindow(settings=settings)
     paths = list(args.paths)
+    if args.model and (paths or args.sample):
+        preload_model(window.model_panel, args.model)
     if args.sample:
         from medview.io.samples import sample_path
 
@@ -308,6 +310,21 @@ def launch(args: argparse.Namespace, app, settings=None):
         window.open_paths(paths)
     router.set_window(window)
     return window
+
+
+def preload_model(panel, model_id: str) -> None:
+    """Start loading the model named on the command line now, on a thread (its files
+    hashed and its runtime session built mostly outside the interpreter lock), while the
+    window is shown and the study read; the panel's first prediction then finds it loaded
+    or waits for it (``InferenceSession.preload``). An unknown id is said by
+    :func:`select_model` once the model list is read."""
+    from medview.models.registry import discover_models
+
+    try:
+        card = discover_models().get(model_id)
+    except (KeyError, OSError):
+        return
+    panel.session.preload(card, panel.device_box.currentText(), panel.backend())
 
 
 def select_model(window, model_id: str) -> bool:

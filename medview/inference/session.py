@@ -76,6 +76,11 @@ class InferenceSession:
     def is_loaded(self, card: ModelCard, device: str, backend: str = "auto") -> bool:
         return self._key(card, device, backend) in self._predictors
 
+    def is_loading(self, card: ModelCard, device: str, backend: str = "auto") -> bool:
+        """Whether :meth:`preload` is loading this model now."""
+        with self._lock:
+            return self._key(card, device, backend) in self._loading
+
     def loaded(self) -> list[Predictor]:
         with self._lock:
             return list(self._predictors.values())

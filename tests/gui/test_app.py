@@ -49,9 +49,15 @@ def test_study_and_model_from_command_line_give_a_prediction(qtbot, models_dir, 
     app = gui_app.create_app()
     args = gui_app.build_parser().parse_args([path, "--model", "tiny-patch",
                                               "--startup-report"])
+    from medview.models.card import read_card
+
     win = gui_app.launch(args, app, settings=settings)
     qtbot.addWidget(win)
     panel = win.model_panel
+    card = read_card(models_dir[0])
+    # the model named on the command line starts loading at launch, before the model
+    # list is read and the study arrives
+    assert panel.session.is_loading(card, "auto") or panel.session.is_loaded(card, "auto")
     with qtbot.waitSignal(panel.models_ready, timeout=30000):
         pass  # the model folders are read in a worker thread
     assert panel.current_card().id == "tiny-patch"
