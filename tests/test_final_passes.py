@@ -73,3 +73,8 @@ def test_the_gates_benign_check_is_the_audits_variations_from_the_same_passes(tm
     assert all(v["n"] == n_test and 0 <= v["in_scope"] <= 1 for v in benign.values())
     assert set(card.reliance.flip_rate) == set(NUISANCE_TESTS)
     assert "in_scope" not in card.to_dict()["reliance"]  # the gate's, not the audit's
+
+
+def test_the_card_records_the_training_numerics(tiny_model):
+    recipe = read_card(tiny_model[0]).card.training
+    assert recipe["numerics"] == {"precision": "float32", "memory_format": "channels_last"}

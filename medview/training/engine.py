@@ -722,6 +722,18 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
                        gate, graph)
 
 
+def _numerics(model) -> dict[str, str]:
+    """How the training arithmetic ran, for the card: the precision and the memory layout
+    of the convolutions (NHWC on CPU and CUDA)."""
+    import torch
+
+    spatial = next((p for p in model.parameters() if p.dim() == 4 and min(p.shape[2:]) > 1),
+                   None)
+    nhwc = spatial is not None and not spatial.is_contiguous() and spatial.is_contiguous(
+        memory_format=torch.channels_last)
+    return {"precision": "float32", "memory_format": "channels_last" if nhwc else "NCHW"}
+
+
 def _export_for_passes(model, passes, sample: np.ndarray, size: int) -> bytes | None:
     """The model's graph (with the gate's stages), exported once, for the passes after
     training and the saved model; None (the passes stay on torch) when it cannot be
@@ -808,6 +820,7 @@ def _make_card(cfg, ds, splits, classes, parent, mean, std, temperature, thresho
     if not strategy.uses_blocks:
         recipe.pop("unfreeze_blocks", None)
     world = comm.world if comm is not None else 1
+    recipe["numerics"] = _numerics(model)
     recipe.update(best_epoch=best_epoch, history=history,
                   training_seconds=round(seconds, 1), library_versions=_versions(),
                   world_size=world, effective_batch_size=cfg.batch_size * world,

@@ -74,7 +74,9 @@ def render_readme(card: Card) -> str:
     lines += ["", "## Training recipe",
               f"Strategy {rec.get('strategy')}, {rec.get('epochs')} epochs (best epoch "
               f"{rec.get('best_epoch')}), image size {rec.get('image_size')}, lr {rec.get('lr')},"
-              f" batch {rec.get('batch_size')}, seed {rec.get('seed')}.", ""]
+              f" batch {rec.get('batch_size')}, seed {rec.get('seed')}"
+              + (f"; {num.get('precision')}, {num.get('memory_format')} convolutions"
+                 if isinstance(num := rec.get("numerics"), dict) else "") + ".", ""]
     return "\n".join(lines) + "\n"
 
 
