@@ -12,13 +12,12 @@ def import_pyqtgraph():
     build of torch, and that slowed every launch (docs/performance.md). The module is hidden
     only while pyqtgraph is imported."""
     name = "cuda.bindings.runtime"
-    if "pyqtgraph" not in sys.modules and name not in sys.modules:
+    hide = "pyqtgraph" not in sys.modules and name not in sys.modules
+    if hide:
         sys.modules[name] = None  # an import of it now raises ImportError
-        try:
-            import pyqtgraph
-        finally:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
-    import pyqtgraph
-
+    try:
+        import pyqtgraph
+    finally:
+        if hide and name in sys.modules and sys.modules[name] is None:
+            del sys.modules[name]
     return pyqtgraph

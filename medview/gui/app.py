@@ -260,7 +260,7 @@ def launch(args: argparse.Namespace, app, settings=None):
     router = install_file_open_filter(app)
     window = MainWindow(settings=settings)
     paths = list(args.paths)
-    if args.model and (paths or args.sample):
+    if args.model:
         preload_model(window.model_panel, args.model)
     if args.sample:
         from medview.io.samples import sample_path
@@ -342,11 +342,7 @@ def select_model(window, model_id: str) -> bool:
         panel.model_box.setCurrentIndex(k)  # runs on the image in view, if any
     elif panel.volume is not None:
         panel.run()  # the study arrived before the model list was read
-    if panel.volume is None:
-        # the model loads while the study is read: its files are hashed and its runtime
-        # session built mostly outside the interpreter lock (inference.backends), so the
-        # first image is not delayed and the prediction waits less (bench_gui_launch.py)
-        panel.warm_up()
+    # (the model has been loading since the launch: preload_model)
     window.model_dock.raise_()
     return True
 

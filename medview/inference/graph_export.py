@@ -142,10 +142,16 @@ def export_bytes(model, channels: int, size: tuple[int, int],
                  stages: tuple[str, ...] = ()) -> bytes:
     """The ONNX graph of ``model`` (a timm classifier) for inputs (N, ``channels``,
     ``size``): its logits, pre-logits, last feature maps and the gate's ``stages``."""
+    _model, wrapper = _exportable(model, stages)
+    try:
+        return _onnx(wrapper, channels, size, graph_outputs(stages))
+    finally:
+        wrapper.remove()
+
+
+def _onnx(wrapper, channels: int, size: tuple[int, int], names: list[str]) -> bytes:
     import torch
 
-    model, wrapper = _exportable(model, stages)
-    names = graph_outputs(stages)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad(), \
@@ -158,8 +164,6 @@ def export_bytes(model, channels: int, size: tuple[int, int],
                 do_constant_folding=True)
     except Exception as exc:
         raise GraphExportError(f"the model could not be exported as a graph: {exc}") from exc
-    finally:
-        wrapper.remove()
     return buf.getvalue()
 
 
@@ -179,10 +183,10 @@ def export_graph(model, card: Card, stages: tuple[str, ...] = (),
 
     c = card.preprocessing.channels
     h, w = card.preprocessing.size
-    if data is None:
-        data = export_bytes(model, c, (h, w), stages)
     model, wrapper = _exportable(model, stages)
     names = graph_outputs(stages)
+    if data is None:
+        data = _onnx(wrapper, c, (h, w), names)
     session = ort_session(data)
     rng = np.random.default_rng(seed)
     inputs = [rng.standard_normal((n_random, c, h, w)).astype(np.float32)]

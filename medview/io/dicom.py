@@ -858,11 +858,8 @@ def _native_pixels(h: DicomHeader) -> np.ndarray:
     """Uncompressed pixels read straight from the file (or the inflated dataset)."""
     if h.bits_allocated == 1:
         raise ValueError("1-bit data goes through pydicom")
-    base = {8: "u1", 16: "u2", 32: "u4"}[h.bits_allocated]
-    if h.signed and h.samples == 1:
-        base = base.replace("u", "i")
-    order = ">" if h.transfer_syntax == BIG_ENDIAN else "<"
-    dtype = np.dtype(order + base)
+    dtype = _stored_dtype(h)
+    order = dtype.byteorder
     count = h.rows * h.cols * h.frames * h.samples
     if h.pixel_offset is not None:
         with open_regular(h.path) as f:
@@ -885,16 +882,25 @@ def _native_pixels(h: DicomHeader) -> np.ndarray:
     return arr
 
 
+def _stored_dtype(h: DicomHeader) -> np.dtype:
+    """The dtype of the file's native pixel values (8/16/32 bits, signed grey, the
+    transfer syntax's byte order)."""
+    base = {8: "u1", 16: "u2", 32: "u4"}[h.bits_allocated]
+    if h.signed and h.samples == 1:
+        base = base.replace("u", "i")
+    return np.dtype((">" if h.transfer_syntax == BIG_ENDIAN else "<") + base)
+
+
 def read_pixels_into(h: DicomHeader, out: np.ndarray) -> bool:
     """Read the pixels of a plain file - native little-endian grey, of ``out``'s dtype,
     Pixel Data in the file - straight into ``out`` (its ``(frames, rows, cols)`` slot of
     the series array): no intermediate copy. Returns False, reading nothing, for any
     other file (the caller uses :func:`read_pixels`)."""
-    dtype = np.dtype(("<i" if h.signed else "<u") + str(h.bits_allocated // 8))
     if (h.compressed or h.transfer_syntax == BIG_ENDIAN or h.samples != 1
             or h.pixel_offset is None or h.bits_allocated not in (8, 16, 32)
-            or h.photometric not in ("MONOCHROME1", "MONOCHROME2") or out.dtype != dtype
-            or out.shape != (h.frames, h.rows, h.cols) or not out.flags.c_contiguous):
+            or h.photometric not in ("MONOCHROME1", "MONOCHROME2")
+            or out.dtype != _stored_dtype(h) or out.shape != (h.frames, h.rows, h.cols)
+            or not out.flags.c_contiguous):
         return False
     try:
         with open_regular(h.path) as f:

@@ -88,6 +88,9 @@ class FinalPasses:
         self.gate: scope.ScopeGate | None = None
         self._to_input = lambda b: to_input(torch.from_numpy(b))
         self._session = None
+        #: on the graph: the stages it outputs, and those computed from its input
+        self._graph_stages = tuple(s for s in self.stages if s not in scope.INPUT_STAGES)
+        self._input_stages = tuple(s for s in self.stages if s in scope.INPUT_STAGES)
 
     def use_graph(self, data: bytes, sample: np.ndarray, tolerance: float = 1e-4) -> bool:
         """Run the passes on ONNX Runtime with the model's exported graph (``data``,
@@ -118,9 +121,8 @@ class FinalPasses:
             if self.cancel is not None:
                 self.cancel.raise_if_cancelled()
             x = self._to_input(np.ascontiguousarray(images[i:i + self.batch])).numpy()
-            parts.append(graph_features(
-                self._session, x, tuple(s for s in self.stages if s not in scope.INPUT_STAGES),
-                tuple(s for s in self.stages if s in scope.INPUT_STAGES), self.batch))
+            parts.append(graph_features(self._session, x, self._graph_stages,
+                                        self._input_stages, self.batch))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def thumbnails(self, images: np.ndarray, stage: str) -> np.ndarray:
