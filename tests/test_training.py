@@ -515,3 +515,25 @@ def test_a_model_folder_as_base_is_named_not_located(tiny_model, tmp_path):
     assert card.parent["kind"] == "model" and card.parent["id"] == "tiny-patch"
     assert card.training["base"].startswith("tiny-patch ")
     assert folder not in text and str(tmp_path) not in text
+
+
+def test_deterministic_mode_is_on_without_importing_the_compiler():
+    """Training's deterministic mode is the one torch.use_deterministic_algorithms sets
+    (warn-only), and the compiler stack it would import (1.8 s) stays unimported; the
+    compiler, if imported later, is deterministic too."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from medview.training.engine import deterministic_algorithms\n"
+        "deterministic_algorithms()\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "assert 'torch._inductor' not in sys.modules, 'compiler imported'\n"
+        "import torch._inductor.config as c\n"
+        "assert c.deterministic\n")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_DETERMINISTIC"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]

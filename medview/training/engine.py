@@ -116,16 +116,22 @@ def _load_local_weights(model, arch: str, path: str):
 
 
 # ----------------------------------------------------------------------------- tensors
-def _to_input(batch_u8, mean, std, channels: int = 3):
-    """A (B, H, W) batch of 0-255 images as the model's input, through the same
-    normalisation as inference (:func:`medview.imaging.model_input.normalise`)."""
-    import torch
-
+def model_array(batch_u8: np.ndarray, mean, std, channels: int = 3) -> np.ndarray:
+    """A (B, H, W) uint8 batch as the model's input array (B, C, H, W) float32, through
+    the same normalisation as inference (:func:`medview.imaging.model_input.normalise`)."""
     from medview.imaging.model_input import normalise
 
     spec = Preprocessing(size=tuple(batch_u8.shape[-2:]), channels=channels,
                          mean=tuple(mean), std=tuple(std))
-    x = torch.from_numpy(normalise(batch_u8.detach().cpu().numpy(), spec))
+    return normalise(batch_u8, spec)
+
+
+def _to_input(batch_u8, mean, std, channels: int = 3):
+    """A (B, H, W) batch of 0-255 images (a torch tensor) as the model's input tensor
+    (:func:`model_array`), channels_last."""
+    import torch
+
+    x = torch.from_numpy(model_array(batch_u8.detach().cpu().numpy(), mean, std, channels))
     return x.contiguous(memory_format=torch.channels_last)  # as the model's weights
 
 
@@ -501,7 +507,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
     torch.manual_seed(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_algorithms()
 
     data = yield from prepare_data(cfg, cancel)
     ds, images, classes, y_all, splits, warns = (data.dataset, data.images, data.classes,
@@ -654,7 +660,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
     # gate's checks) is one pass of the final model with the gate's stage tap: the gate
     # costs only the passes over the training films its statistics need
     passes = gatefit.FinalPasses(model, lambda b: _to_input(b, mean, std), cfg.batch_size,
-                                 cancel)
+                                 cancel, prepare=lambda a: model_array(a, mean, std))
     graph_bytes = None
     try:
         if device == "cpu":  # on a CPU the passes run on the graph, exported once here
@@ -745,6 +751,24 @@ def _export_for_passes(model, passes, sample: np.ndarray, size: int) -> bytes | 
     except GraphExportError:
         return None  # said again, with the reason, when the model is saved
     return data if passes.use_graph(data, sample) else None
+
+
+def deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without importing the
+    compiler stack (torch._inductor, dynamo, sympy: 1.8 s of a short training run here)
+    that the public call imports only to set the compiler's copy of the flag. Training
+    compiles nothing; if a later step imports the compiler, it reads the same flag from
+    ``TORCHINDUCTOR_DETERMINISTIC``."""
+    import sys
+
+    import torch
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    os.environ.setdefault("TORCHINDUCTOR_DETERMINISTIC", "1")
+    setter(True, warn_only=True)
 
 
 def _training_device(requested: str, warns: list[str]) -> str:
