@@ -117,3 +117,23 @@ def test_a_failed_preload_is_raised_where_the_model_is_needed_and_retried(monkey
     assert not session.is_loaded(card, "cpu")
     assert session.predictor(card, "cpu") is session.predictor(card, "cpu")  # loaded anew
     assert len(calls) == 2
+
+
+def test_a_kept_result_is_handed_once_to_the_same_request_for_the_same_volume(session_card):
+    """What the viewer works out while its window is built (``keep``) is what the panel's
+    first identical request gets, once; another volume object, slice, class or method
+    is computed afresh."""
+    session, card = session_card
+    vol = _image(3)
+    p, prep = drain(session.predict(card, vol, 0, "cpu", keep=True))
+    again, again_prep = drain(session.predict(card, vol, 0, "cpu"))
+    assert again is p and again_prep is prep
+    assert drain(session.predict(card, vol, 0, "cpu"))[0] is not p  # handed once
+    twin = ImageVolume(vol.pixels.copy())  # the same pixels, another volume object
+    drain(session.predict(card, vol, 0, "cpu", keep=True))
+    assert drain(session.predict(card, twin, 0, "cpu"))[0] is not p
+    target = card.classes[0]
+    sal = drain(session.explain(card, vol, 0, "gradcam", target, "cpu", keep=True))
+    assert drain(session.explain(card, vol, 0, "gradcam", card.classes[1], "cpu")) is not sal
+    assert drain(session.explain(card, vol, 0, "gradcam", target, "cpu")) is sal
+    assert drain(session.explain(card, vol, 0, "gradcam", target, "cpu")) is not sal

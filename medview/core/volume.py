@@ -150,6 +150,21 @@ class ImageVolume:
         return self.source_paths[0]
 
 
+#: Series descriptions/image types that mark a localizer (scout) rather than a diagnostic series
+LOCALIZER_WORDS = ("LOCALIZER", "LOCALISER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM",
+                   "PILOT", "TRACKER")
+
+
+def is_localizer(volume: ImageVolume) -> bool:
+    desc = (volume.description or "").upper()
+    return volume.localizer or any(w in desc for w in LOCALIZER_WORDS)
+
+
+def first_to_show(volumes: list[ImageVolume]) -> int:
+    """The series a viewer opens on: the first diagnostic one, not a localizer (scout)."""
+    return next((k for k, v in enumerate(volumes) if not is_localizer(v)), 0)
+
+
 @dataclass(frozen=True)
 class SkippedFile:
     """A file that was not loaded, and why (plain text, at most :data:`MAX_REASON`

@@ -107,10 +107,113 @@ def prefetch_runtime() -> threading.Thread:
     return t
 
 
-def create_app(argv: Sequence[str] = (), splash: bool = False):
+class LaunchPrefetch:
+    """The work a launch naming a study and a model can do before its window exists, on
+    one thread while the viewer is built: read the study, load the model, score the image
+    the viewer opens on and make its Grad-CAM (the panel's defaults: automatic device and
+    engine). The window's load job takes the study read here (:meth:`iter_study`) and the
+    panel finds the prediction and the map kept in its session
+    (:meth:`InferenceSession.predict` ``keep``), so the film, its prediction and its
+    heat-map appear with the window instead of one after another behind it. Anything
+    that differs from what the panel then asks for is simply not used."""
+
+    def __init__(self, paths: Sequence[str], model_id: str | None, session=None) -> None:
+        """``session``: the panel's :class:`InferenceSession`, or None to make one on the
+        thread (its import, ~0.1 s, then overlaps the viewer's)."""
+        from concurrent.futures import Future
+
+        self.paths = list(paths)
+        self.model_id = model_id
+        self._session = session
+        self._session_made = threading.Event()
+        if session is not None:
+            self._session_made.set()
+        self.study: Future = Future()
+        #: what was worked out ahead (kept in the session for the panel), for reports
+        self.prediction = None
+        self.saliency = None
+        if not self.paths:
+            self.study.set_result(None)
+        self.thread = threading.Thread(target=self._work, name="medview-launch", daemon=True)
+        self.thread.start()
+
+    @property
+    def session(self):
+        """The session the work runs in (made on the thread: waits for it)."""
+        self._session_made.wait()
+        return self._session
+
+    def _work(self) -> None:
+        try:
+            if self._session is None:
+                from medview.inference.session import InferenceSession
+
+                self._session = InferenceSession()
+        finally:
+            self._session_made.set()
+        if self._session is None:
+            return  # the import failed: the window's own work says why
+        card = None
+        if self.model_id:
+            from medview.models.registry import discover_models
+
+            try:
+                card = discover_models().get(self.model_id)
+            except (KeyError, OSError):
+                card = None  # named in the panel once the model list is read
+            if card is not None:
+                self.session.preload(card)
+        if not self.paths:
+            return
+        try:
+            from medview.io.loader import load
+
+            result = load(self.paths)
+        except BaseException as exc:  # the window's load job raises it
+            self.study.set_exception(exc)
+            return
+        self.study.set_result(result)
+        if card is None or not result.volumes:
+            return
+        try:
+            self._score(card, result.volumes)
+        except Exception:  # the panel runs it again and reports what fails
+            log.debug("scoring ahead of the window failed", exc_info=True)
+
+    def _score(self, card, volumes) -> None:
+        from medview.core.presentation import present
+        from medview.core.progress import drain
+        from medview.core.volume import first_to_show
+
+        volume = volumes[first_to_show(volumes)]
+        index = volume.default_index
+        p, prep = drain(self.session.predict(card, volume, index, keep=True))
+        self.prediction = p
+        if p.withheld:
+            return  # out of scope: no saliency until the user asks
+        shown = present(p)
+        target = shown.label if shown.label in p.classes else p.classes[0]
+        self.saliency = drain(self.session.explain(card, volume, index, "gradcam", target,
+                                                   prep=prep, keep=True))
+
+    def iter_study(self, cancel):
+        """The window's load job: the study read on the launch thread."""
+        from medview.core.progress import Progress
+
+        yield Progress(0, 1, "reading images")
+        while True:
+            try:
+                return self.study.result(timeout=0.05)
+            except TimeoutError:
+                cancel.raise_if_cancelled()
+
+
+def create_app(argv: Sequence[str] = (), splash: bool = False, then=None):
     """The QApplication with medview's global pyqtgraph settings (row-major images). With
     ``splash``, a splash screen is painted before the rest of the interface is imported
-    (``app.splash``; the launcher closes it when the window shows)."""
+    (``app.splash``; the launcher closes it when the window shows). ``then`` is called
+    once the splash is up, before pyqtgraph and the viewer's modules are imported (the
+    launch starts its background work there)."""
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
@@ -121,6 +224,8 @@ def create_app(argv: Sequence[str] = (), splash: bool = False):
     if os.path.isfile(icon_path()):
         app.setWindowIcon(QIcon(icon_path()))
     app.splash = show_splash(app) if splash else None
+    if then is not None:
+        then()
     from medview.gui import import_pyqtgraph
 
     import_pyqtgraph().setConfigOptions(imageAxisOrder="row-major", antialias=True)
@@ -253,19 +358,38 @@ class StartupReport:
         done(0 if error is None else 1)
 
 
-def launch(args: argparse.Namespace, app, settings=None):
-    """Create and show the main window for parsed arguments; returns the window."""
-    from medview.gui.main_window import MainWindow
-
-    router = install_file_open_filter(app)
-    window = MainWindow(settings=settings)
+def launch_paths(args: argparse.Namespace) -> list[str]:
+    """The files and folders a launch opens (the sample's included)."""
     paths = list(args.paths)
-    if args.model:
-        preload_model(window.model_panel, args.model)
     if args.sample:
         from medview.io.samples import sample_path
 
         paths.append(sample_path(args.sample))
+    return paths
+
+
+def start_prefetch(args: argparse.Namespace) -> LaunchPrefetch | None:
+    """The launch's work ahead of its window (:class:`LaunchPrefetch`), when it names a
+    study or a model."""
+    paths = launch_paths(args)
+    return LaunchPrefetch(paths, args.model) if paths or args.model else None
+
+
+def launch(args: argparse.Namespace, app, settings=None,
+           prefetch: LaunchPrefetch | None = None):
+    """Create and show the main window for parsed arguments; returns the window.
+    ``prefetch``: the launch's work started ahead (:func:`start_prefetch`; started here
+    when not given)."""
+    paths = launch_paths(args)
+    if prefetch is None:
+        prefetch = start_prefetch(args)
+    from medview.gui.main_window import MainWindow
+
+    router = install_file_open_filter(app)
+    window = MainWindow(settings=settings)
+    if prefetch is not None:  # the study, the model and the first result come from it
+        window.model_panel.session = prefetch.session
+    window._launch_prefetch = prefetch
     model_ok = bool(args.model)  # until the model folders are read (in the background)
     if args.startup_report:
         last = ("first_prediction_s" if paths and model_ok else
@@ -306,25 +430,10 @@ def launch(args: argparse.Namespace, app, settings=None):
                     report.finish()
 
         window.model_panel.when_models_ready(choose)
-    if paths:
-        window.open_paths(paths)
+    if paths and prefetch is not None:
+        window.open_paths(paths, read=prefetch.iter_study)
     router.set_window(window)
     return window
-
-
-def preload_model(panel, model_id: str) -> None:
-    """Start loading the model named on the command line now, on a thread (its files
-    hashed and its runtime session built mostly outside the interpreter lock), while the
-    window is shown and the study read; the panel's first prediction then finds it loaded
-    or waits for it (``InferenceSession.preload``). An unknown id is said by
-    :func:`select_model` once the model list is read."""
-    from medview.models.registry import discover_models
-
-    try:
-        card = discover_models().get(model_id)
-    except (KeyError, OSError):
-        return
-    panel.session.preload(card, panel.device_box.currentText(), panel.backend())
 
 
 def select_model(window, model_id: str) -> bool:
@@ -342,7 +451,7 @@ def select_model(window, model_id: str) -> bool:
         panel.model_box.setCurrentIndex(k)  # runs on the image in view, if any
     elif panel.volume is not None:
         panel.run()  # the study arrived before the model list was read
-    # (the model has been loading since the launch: preload_model)
+    # (the model has been loading since the launch: LaunchPrefetch)
     window.model_dock.raise_()
     return True
 
@@ -350,8 +459,10 @@ def select_model(window, model_id: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app(splash=not args.screenshot)
-    window = launch(args, app)  # kept alive while the event loop runs
+    ahead: list[LaunchPrefetch | None] = []
+    app = create_app(splash=not args.screenshot,
+                     then=lambda: ahead.append(start_prefetch(args)))
+    window = launch(args, app, prefetch=ahead[0])  # kept alive while the event loop runs
     close_splash(app, window)
     from PySide6.QtCore import QTimer
 

@@ -24,9 +24,9 @@ from PySide6.QtWidgets import (
     QToolBar,
 )
 
-from medview.core.volume import ImageVolume, LoadResult, WindowPreset
+from medview.core.volume import ImageVolume, LoadResult, WindowPreset, first_to_show
 from medview.gui.model_panel import ModelPanel
-from medview.gui.panels import SeriesBrowser, SkippedPanel, TagBrowser, is_localizer
+from medview.gui.panels import SeriesBrowser, SkippedPanel, TagBrowser
 from medview.gui.viewer import SliceView
 from medview.gui.workers import JobRunner
 from medview.imaging import window_presets
@@ -220,9 +220,12 @@ class MainWindow(QMainWindow):
         self.ruo_label = ruo
 
     # ------------------------------------------------------------------ opening
-    def open_paths(self, paths: list[str], kind: str = "load", select: bool = True) -> None:
+    def open_paths(self, paths: list[str], kind: str = "load", select: bool = True,
+                   read=None) -> None:
         """Load files/folders in the background; newest request of a ``kind`` wins (series
-        arriving from a PACS each have their own kind, so none cancels another)."""
+        arriving from a PACS each have their own kind, so none cancels another). ``read``
+        (a cancel token -> load generator) replaces reading ``paths`` here (the launch
+        reads them while the window is built)."""
         paths = [os.fspath(p) for p in paths if p]
         if not paths:
             return
@@ -232,7 +235,7 @@ class MainWindow(QMainWindow):
         self.progress.setVisible(True)
         self.cancel_button.setVisible(True)
         self.statusBar().showMessage("Loading...")
-        job = self.jobs.start(kind, lambda token: iter_load(paths, token))
+        job = self.jobs.start(kind, read or (lambda token: iter_load(paths, token)))
         job.progress.connect(self._on_load_progress)
         job.succeeded.connect(lambda result, j=job: self._on_loaded(j, result, select))
         job.failed.connect(lambda exc, j=job: self._on_load_failed(j, exc))
@@ -265,9 +268,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(msg, 10000)
         if result.volumes and (select or self.current < 0):
             # open on the first diagnostic series, not a localizer (scout)
-            new = list(range(first_new, len(self.volumes)))
-            first = next((k for k in new if not is_localizer(self.volumes[k])), first_new)
-            self.series.select_volume(first)
+            self.series.select_volume(first_new + first_to_show(result.volumes))
         elif not result.volumes:
             reasons = "\n".join(f"{os.path.basename(s.path)}: {s.reason}"
                                 for s in result.skipped[:20])

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from medview.core.errors import LoadError
-from medview.core.volume import ImageVolume, SkippedFile
+from medview.core.volume import ImageVolume, SkippedFile, is_localizer
 from medview.imaging import render_slice
 
 THUMB = 72
@@ -63,16 +63,6 @@ def thumbnail(volume: ImageVolume) -> QPixmap:
     return QPixmap.fromImage(qimg.copy()).scaled(
         THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
     )
-
-
-#: Series descriptions/image types that mark a localizer (scout) rather than a diagnostic series
-LOCALIZER_WORDS = ("LOCALIZER", "LOCALISER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM",
-                   "PILOT", "TRACKER")
-
-
-def is_localizer(volume: ImageVolume) -> bool:
-    desc = (volume.description or "").upper()
-    return volume.localizer or any(w in desc for w in LOCALIZER_WORDS)
 
 
 def study_key(volume: ImageVolume) -> tuple | None:

@@ -67,6 +67,9 @@ class InferenceSession:
         #: loads started by :meth:`preload` that have not finished
         self._loading: dict[tuple[str, str, str, str], Future[Predictor]] = {}
         self._lock = threading.Lock()
+        #: results worked out ahead of a request (``keep=True``), each handed once to the
+        #: same request for the same volume object: {key: (volume, result)}
+        self._kept: dict[tuple, tuple[ImageVolume, object]] = {}
 
     # ------------------------------------------------------------------ models
     @staticmethod
@@ -131,11 +134,30 @@ class InferenceSession:
 
         threading.Thread(target=load, name="medview-model-load", daemon=True).start()
 
+    def _take(self, key: tuple, volume: ImageVolume):
+        """The result kept for ``key`` if it was worked out for this very ``volume``
+        object (then forgotten), else None."""
+        with self._lock:
+            kept = self._kept.pop(key, None)
+        return kept[1] if kept is not None and kept[0] is volume else None
+
+    def _keep(self, key: tuple, volume: ImageVolume, result) -> None:
+        with self._lock:
+            self._kept[key] = (volume, result)
+
     # ------------------------------------------------------------------ jobs
     def predict(self, card: ModelCard, volume: ImageVolume, index: int, device: str = "auto",
-                cancel: CancelToken | None = None, backend: str = "auto"
+                cancel: CancelToken | None = None, backend: str = "auto", keep: bool = False
                 ) -> Generator[Progress, None, tuple[Prediction, PreparedInput]]:
-        """Score one slice; returns the prediction and the prepared input (for saliency)."""
+        """Score one slice; returns the prediction and the prepared input (for saliency).
+        With ``keep``, the result is also kept for the next request of the same slice of
+        the same volume object (the viewer scores the first image while its window is
+        being built), which gets it at once."""
+        key = ("predict", *self._key(card, device, backend), id(volume), index)
+        if not keep:
+            kept = self._take(key, volume)
+            if kept is not None:
+                return kept
         t0 = time.perf_counter()
         yield Progress(0, 3, "loading model")
         pred = self.predictor(card, device, backend)
@@ -148,18 +170,36 @@ class InferenceSession:
         yield Progress(2, 3, "inference")
         result = pred.predict_prepared(prep, prep_ms)
         result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
+        if keep:
+            self._keep(key, volume, (result, prep))
         return result, prep
 
     def explain(self, card: ModelCard, volume: ImageVolume, index: int, method: str,
                 target: str, device: str = "auto", prep: PreparedInput | None = None,
-                cancel: CancelToken | None = None, backend: str = "auto"
+                cancel: CancelToken | None = None, backend: str = "auto", keep: bool = False
                 ) -> Generator[Progress, None, np.ndarray]:
         """A saliency map for class ``target``, aligned with the slice (rows, cols).
+        ``keep``: as for :meth:`predict`.
 
         On the graph backend, Grad-CAM of a model whose head is a global average pool and
         a linear layer (verified at export: ``graph.cam_head``) is the class activation
         map of the graph's feature maps, one forward pass and no autograd; every other
         method (and Grad-CAM of other heads) runs captum on the torch model."""
+        key = ("explain", *self._key(card, device, backend), id(volume), index, method, target)
+        if not keep:
+            kept = self._take(key, volume)
+            if kept is not None:
+                return kept
+        sal = yield from self._explain(card, volume, index, method, target, device, prep,
+                                       cancel, backend)
+        if keep:
+            self._keep(key, volume, sal)
+        return sal
+
+    def _explain(self, card: ModelCard, volume: ImageVolume, index: int, method: str,
+                 target: str, device: str, prep: PreparedInput | None,
+                 cancel: CancelToken | None, backend: str
+                 ) -> Generator[Progress, None, np.ndarray]:
         yield Progress(0, 2, "loading model")
         pred = self.predictor(card, device, backend)
         if target not in card.classes:

@@ -55,16 +55,23 @@ def test_study_and_model_from_command_line_give_a_prediction(qtbot, models_dir, 
     qtbot.addWidget(win)
     panel = win.model_panel
     card = read_card(models_dir[0])
-    # the model named on the command line starts loading at launch, before the model
-    # list is read and the study arrives
-    assert panel.session.is_loading(card, "auto") or panel.session.is_loaded(card, "auto")
+    ahead = win._launch_prefetch
+    assert panel.session is ahead.session
     with qtbot.waitSignal(panel.models_ready, timeout=30000):
         pass  # the model folders are read in a worker thread
     assert panel.current_card().id == "tiny-patch"
     assert panel.auto_run.isChecked()
-    with qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got:
+    with (qtbot.waitSignal(panel.prediction_ready, timeout=60000) as got,
+          qtbot.waitSignal(panel.saliency_ready, timeout=60000)):
         pass  # the study is loading and the model runs on it by itself
     assert got.args[0].label == "patch"
+    # the study was read, the model loaded and the image scored while the window was
+    # built: the panel shows that very prediction and its map, not a second run
+    ahead.thread.join(30)
+    assert panel.session.is_loaded(card, "auto")
+    assert got.args[0] is ahead.prediction
+    assert panel.state.saliency is not None and ahead.saliency is not None
+    assert panel.state.saliency.values is ahead.saliency
     # the timing report is printed once everything it waits for has happened
     qtbot.waitUntil(lambda: win._startup_report.done is None, timeout=10000)
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
