@@ -17,6 +17,13 @@ from tests.pacs_fixtures import require_orthanc
 
 
 @pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test (and the processes it starts) remembers checked graphs in a folder of its
+    own: never the user's, and no test sees what another one checked."""
+    monkeypatch.setenv("MEDVIEW_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """The suite runs offline, as medview does on an air-gapped workstation: any attempt
     to connect anywhere but this machine fails the test at once instead of hanging."""

@@ -154,6 +154,54 @@ def test_tampered_graphs_are_refused(tiny_model, tmp_path):
         Predictor(read_card(m), "cpu", "onnx")
 
 
+def test_a_checked_graph_is_remembered_by_its_hashes_and_still_read_and_hashed(
+        tiny_model, tmp_path, monkeypatch):
+    """A graph that passed the structure and binding checks is not parsed again when the
+    same bytes come with the same weights; any other bytes, weights, outputs or check
+    version are checked again, the cited file is still read and hashed each time, and
+    a damaged record is ignored."""
+    from medview.models import graph as G
+
+    parsed = []
+    real = G.check_graph_bytes
+    monkeypatch.setattr(G, "check_graph_bytes",
+                        lambda *a, **k: parsed.append(1) or real(*a, **k))
+    card = read_card(tiny_model[0])
+    Predictor(card, "cpu", "onnx")
+    assert len(parsed) == 1 and os.path.isfile(G.checked_record_path())
+    Predictor(card, "cpu", "onnx")
+    assert len(parsed) == 1  # remembered
+    # a copy holds the same bytes: remembered too; flipped bytes are refused by the hash
+    m = _copy(tiny_model, tmp_path, "flipped")
+    Predictor(read_card(m), "cpu", "onnx")
+    assert len(parsed) == 1
+    with open(os.path.join(m, "graph.onnx"), "r+b") as f:
+        f.seek(-100, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(WeightsError, match="sha256"):
+        Predictor(read_card(m), "cpu", "onnx")
+    # another classifier in the graph (its sha in the card): parsed, and refused
+    m = _copy(tiny_model, tmp_path, "rebound")
+    model = _graph_proto(m)
+    t = next(t for t in model.graph.initializer if t.name.endswith("classifier.weight"))
+    t.raw_data = (np.frombuffer(t.raw_data, "<f4") + 1).astype("<f4").tobytes()
+    _set_graph(m, model.SerializeToString())
+    with pytest.raises(WeightsError, match="differs from the model's weights"):
+        Predictor(read_card(m), "cpu", "onnx")
+    assert len(parsed) == 2
+    # a damaged record is no record; a new check version forgets the old records
+    with open(G.checked_record_path(), "w") as f:
+        f.write("{not json")
+    Predictor(card, "cpu", "onnx")
+    assert len(parsed) == 3
+    monkeypatch.setattr(G, "CHECKS_VERSION", G.CHECKS_VERSION + 1)
+    Predictor(card, "cpu", "onnx")
+    assert len(parsed) == 4
+    # the record's key: other outputs or other weights are another key
+    assert G._check_key("a" * 64, ["x"], "b" * 64) != G._check_key("a" * 64, ["y"], "b" * 64)
+    assert G._check_key("a" * 64, ["x"], "b" * 64) != G._check_key("a" * 64, ["x"], "c" * 64)
+
+
 def test_automatic_choice(tiny_model, tmp_path, monkeypatch):
     card = read_card(tiny_model[0])
     monkeypatch.setattr(backends, "gpu_may_be_present", lambda: False)

@@ -230,8 +230,8 @@ class OnnxBackend:
             weights = pool.submit(read_verified_tensors, card.weights_path,
                                   card.weights_sha256, root=card.folder)
             data = read_graph(card.graph_path, spec.sha256, spec.outputs, root=card.folder,
-                              weights=weights.result)
-            self.weights = weights.result()
+                              weights=weights.result, weights_sha256=card.weights_sha256)
+            self.weights = weights.result()  # verified: raises if the file is not the card's
         self.computed_by = {"file": GRAPH_FILE, "sha256": spec.sha256}
         self.card = card
         self.device = "cpu"

@@ -13,19 +13,37 @@ one input ``x`` and the outputs the card lists. Every failure is a
 The check uses ONNX's own protobuf schema (``onnx/onnx_ml_pb2.py``) loaded on its own:
 importing the whole ``onnx`` package costs far more start-up time than the schema
 (docs/performance.md).
+
+A graph that passed every check, bound to weights of a given sha256, is remembered by
+those two hashes (and the outputs asked for, and :data:`CHECKS_VERSION`) in the user's
+cache folder (:func:`checked_record_path`): the next load still reads and hashes the
+file, and skips only the parse (the schema import and the parse are ~50 ms of a one-film
+prediction's ~300 ms). Other bytes are other hashes: checked again. The record is the
+user's own file, bounded and parsed strictly; writing to it takes write access to the
+user's home folder, which is beyond what a model folder can do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
 
-from medview.core.safeio import UnsafeFileError, read_capped
+from medview.core.safeio import UnsafeFileError, atomic_write_bytes, read_capped
 from medview.models.weights import WeightsError
+
+#: Bumped whenever a structural check is added or changed: earlier records are ignored.
+CHECKS_VERSION = 1
+ENV_CACHE_DIR = "MEDVIEW_CACHE_DIR"
+#: The most checked graphs remembered (the oldest are forgotten first).
+MAX_CHECKED = 256
+_CHECKED_FILE = "checked-graphs.json"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 #: The bundled graphs are ~14 MB; a model folder's graph may not exceed this.
 MAX_GRAPH_BYTES = 1024**3
@@ -229,14 +247,55 @@ def check_bound_to_weights(model, weights: dict) -> int:
     return compared
 
 
+def checked_record_path() -> str:
+    """Where graphs that passed the checks are remembered (``MEDVIEW_CACHE_DIR``
+    overrides the user's cache folder)."""
+    base = os.environ.get(ENV_CACHE_DIR)
+    if not base:
+        from platformdirs import user_cache_dir
+
+        base = user_cache_dir("medview", "medview")
+    return os.path.join(base, _CHECKED_FILE)
+
+
+def _check_key(sha256: str, outputs: list[str] | None, weights_sha256: str) -> str:
+    text = json.dumps([CHECKS_VERSION, sha256, sorted(outputs or []), weights_sha256])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_checked() -> list[str]:
+    """The remembered keys; an unreadable, oversized or malformed record is none."""
+    try:
+        doc = json.loads(read_capped(checked_record_path(), 80 * MAX_CHECKED))
+    except (OSError, UnsafeFileError, ValueError):
+        return []
+    if not isinstance(doc, list):
+        return []
+    return [k for k in doc[-MAX_CHECKED:] if isinstance(k, str) and _HEX64.fullmatch(k)]
+
+
+def _remember_checked(key: str) -> None:
+    keys = [k for k in _read_checked() if k != key] + [key]
+    path = checked_record_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_bytes(path, json.dumps(keys[-MAX_CHECKED:]).encode())
+    except OSError:
+        pass  # a read-only cache folder: checked again next time
+
+
 def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
                root: str | None = None, max_bytes: int = MAX_GRAPH_BYTES,
-               weights: dict | Callable[[], dict] | None = None) -> bytes:
+               weights: dict | Callable[[], dict] | None = None,
+               weights_sha256: str | None = None) -> bytes:
     """The bytes of a verified graph file (regular file inside ``root``, size cap, sha256,
     structure; with ``weights``, bound to them: :func:`check_bound_to_weights`); the
     runtime is then given these bytes, never the path. The file is parsed once.
     ``weights`` may be a function that returns them (called after the parse: the caller
-    may be verifying the weights file on another thread meanwhile)."""
+    may be verifying the weights file on another thread meanwhile). With
+    ``weights_sha256`` (the verified hash of those weights) a graph that passed the
+    structure and binding checks before is not parsed again (see the module's notes);
+    the caller must still verify the weights file."""
     try:
         data = read_capped(path, max_bytes, root=root)
     except FileNotFoundError as exc:
@@ -249,7 +308,13 @@ def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
     if hashlib.sha256(data).hexdigest() != sha256:
         raise WeightsError("exported graph refused: its sha256 does not match the card "
                            "(modified or corrupted)")
+    key = (_check_key(sha256, outputs, weights_sha256)
+           if weights is not None and weights_sha256 else None)
+    if key is not None and key in _read_checked():
+        return data
     model = check_graph_bytes(data, outputs)
     if weights is not None:
         check_bound_to_weights(model, weights() if callable(weights) else weights)
+    if key is not None:
+        _remember_checked(key)
     return data
