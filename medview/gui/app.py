@@ -139,20 +139,27 @@ class LaunchPrefetch:
 
     @property
     def session(self):
-        """The session the work runs in (made on the thread: waits for it)."""
+        """The session the work runs in (made on the thread: waits for it; None if it
+        could not be made)."""
         self._session_made.wait()
         return self._session
 
     def _work(self) -> None:
         try:
-            if self._session is None:
-                from medview.inference.session import InferenceSession
-
-                self._session = InferenceSession()
+            self._ahead()
+        except BaseException as exc:  # never leave the window's load job waiting
+            if not self.study.done():
+                self.study.set_exception(exc)
+            log.debug("work ahead of the window failed", exc_info=True)
         finally:
             self._session_made.set()
+
+    def _ahead(self) -> None:
         if self._session is None:
-            return  # the import failed: the window's own work says why
+            from medview.inference.session import InferenceSession
+
+            self._session = InferenceSession()
+        self._session_made.set()
         card = None
         if self.model_id:
             from medview.models.registry import discover_models
@@ -165,13 +172,9 @@ class LaunchPrefetch:
                 self.session.preload(card)
         if not self.paths:
             return
-        try:
-            from medview.io.loader import load
+        from medview.io.loader import load
 
-            result = load(self.paths)
-        except BaseException as exc:  # the window's load job raises it
-            self.study.set_exception(exc)
-            return
+        result = load(self.paths)  # a failure is raised by the window's load job
         self.study.set_result(result)
         if card is None or not result.volumes:
             return
@@ -387,8 +390,8 @@ def launch(args: argparse.Namespace, app, settings=None,
 
     router = install_file_open_filter(app)
     window = MainWindow(settings=settings)
-    if prefetch is not None:  # the study, the model and the first result come from it
-        window.model_panel.session = prefetch.session
+    if prefetch is not None and prefetch.session is not None:
+        window.model_panel.session = prefetch.session  # the model and first result
     window._launch_prefetch = prefetch
     model_ok = bool(args.model)  # until the model folders are read (in the background)
     if args.startup_report:
@@ -430,8 +433,8 @@ def launch(args: argparse.Namespace, app, settings=None,
                     report.finish()
 
         window.model_panel.when_models_ready(choose)
-    if paths and prefetch is not None:
-        window.open_paths(paths, read=prefetch.iter_study)
+    if paths:  # read on the launch thread (started before the window)
+        window.open_paths(paths, read=prefetch.iter_study if prefetch is not None else None)
     router.set_window(window)
     return window
 

@@ -184,3 +184,25 @@ def test_the_splash_paints_before_pyqtgraph_and_closes_when_the_window_shows(qtb
     gui_app.close_splash(app, window)
     qtbot.waitUntil(lambda: not splash.isVisible())
     assert app.splash is None
+
+
+def test_a_study_failing_on_the_launch_thread_is_reported_by_the_window(qtbot, settings,
+                                                                        tmp_path, monkeypatch):
+    """The study is read ahead of the window: an error there reaches the window's load
+    job (a "Loading failed" message), never a job left waiting."""
+    import medview.io.loader as loader
+
+    def broken(paths, cancel=None):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(loader, "load", broken)
+    film = tmp_path / "film.png"
+    film.write_bytes(b"")
+    app = gui_app.create_app()
+    args = gui_app.build_parser().parse_args([str(film)])
+    win = gui_app.launch(args, app, settings=settings)
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.load_failed, timeout=20000) as failed:
+        pass
+    assert "disk went away" in failed.args[0]
+    win.close()
