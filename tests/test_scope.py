@@ -110,3 +110,17 @@ def test_auroc_and_fpr_at_95_tpr():
     assert scope.auroc(inside, inside + 1000) == 1.0
     assert scope.auroc(inside, inside) == pytest.approx(0.5)
     assert scope.fpr_at_tpr(inside, np.array([10.0, 96.0, 200.0])) == pytest.approx(1 / 3)
+
+
+def test_a_score_and_its_limit_read_as_they_compare():
+    """ "score 3.0 > limit 3.0" reads false: enough decimals to show the difference."""
+    from medview.core.presentation import score_and_limit
+    from medview.inference.scope import content_reason
+
+    assert content_reason(3.04, 2.98).endswith("score 3.04 > limit 2.98")
+    assert content_reason(5.24, 3.41).endswith("score 5.2 > limit 3.4")
+    assert content_reason(3.0004, 3.0001).endswith("score 3.0004 > limit 3.0001")
+    assert score_and_limit(3.0, 3.0) == ("3.0", "3.0")
+    for score, limit in ((3.04, 2.98), (10.0, 9.96), (0.0501, 0.05)):
+        a, b = score_and_limit(score, limit)
+        assert float(a) > float(b)

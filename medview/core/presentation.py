@@ -66,6 +66,18 @@ class Presented:
                 "was built for:\n" + reasons)
 
 
+def score_and_limit(score: float, limit: float) -> tuple[str, str]:
+    """An out-of-distribution score and its limit as text, with as many decimals (1 to 6)
+    as it takes for the two to read as they compare: 3.04 against 2.98 is "3.04" and
+    "2.98", never "3.0" and "3.0"."""
+    a = b = ""
+    for decimals in range(1, 7):
+        a, b = f"{score:.{decimals}f}", f"{limit:.{decimals}f}"
+        if a != b or score == limit:
+            break
+    return a, b
+
+
 def present(p: Prediction, reveal: bool = False) -> Presented:
     """What may be shown of ``p``; ``reveal`` is the user's deliberate request to see an
     out-of-scope result (it changes nothing for an image in scope)."""

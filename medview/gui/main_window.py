@@ -422,6 +422,12 @@ class MainWindow(QMainWindow):
         self.view.set_volume(None)
         self.model_panel.set_image(None, 0)
         self.current = -1
+        self.setWindowTitle("medview")
+        self.preset_box.clear()
+        self._presets = []
+        self.warnings_list.clear()
+        self.side_tabs.setTabText(0, "Warnings")
+        self.side_tabs.setTabText(2, "Skipped files (0)")
 
     # ------------------------------------------------------------------ dialogs
     def _open_file_dialog(self) -> None:

@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from medview.core.modeling import DEVICES, Prediction
-from medview.core.presentation import Presented
+from medview.core.presentation import Presented, score_and_limit
 from medview.core.progress import Progress
 from medview.core.volume import ImageVolume
 from medview.explain.saliency import METHODS
@@ -485,8 +485,9 @@ class ModelPanel(QWidget):
             f"input sha256 {p.input_sha256[:16]}..."
             + (f"\ncomputed by {p.computed_by['file']} sha256 "
                f"{p.computed_by['sha256'][:16]}... (verified)" if p.computed_by else "")
-            + (f"\nscope score {p.ood_score:.1f} (limit {p.ood_limit:.1f})"
-               if p.ood_score is not None else ""))
+            + ("\nscope score {} (limit {})".format(
+                *score_and_limit(p.ood_score, p.ood_limit))
+               if p.ood_score is not None and p.ood_limit is not None else ""))
         self.warnings.setText("\n".join(f"Warning: {w}" for w in p.warnings))
         label = shown.label if shown.label in p.classes else p.classes[0]
         self.class_box.setCurrentText(label)

@@ -110,12 +110,16 @@ class SliceView(QWidget):
         self.volume = volume
         self.user_invert = False
         self.use_voi_lut = False
-        if volume is None:
+        if volume is None:  # nothing of the closed series stays on screen
             self.image_item.clear()
             self.displayed = None
             self.opening_values = None
+            self.window = None
             self.slider.setMaximum(0)
+            self.slice_label.setText("")
             self._update_labels()
+            self._update_info()
+            self.cursor_info.emit("")
             return
         middle = volume.default_index
         self.index = middle

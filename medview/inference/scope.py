@@ -349,5 +349,7 @@ def population_reasons(card, volume, index: int) -> list[str]:
 
 
 def content_reason(score: float, limit: float) -> str:
-    return (f"looks unlike this model's training images: score {score:.1f} > limit "
-            f"{limit:.1f}")
+    from medview.core.presentation import score_and_limit
+
+    a, b = score_and_limit(score, limit)
+    return f"looks unlike this model's training images: score {a} > limit {b}"

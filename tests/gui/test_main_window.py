@@ -359,3 +359,22 @@ def test_warnings_are_a_list_shown_first_and_the_toolbar_has_icons(qtbot, window
                                                 window.act_cine))
     assert window.preset_box.sizeAdjustPolicy() == \
         QComboBox.SizeAdjustPolicy.AdjustToContents
+
+
+def test_close_all_leaves_nothing_of_the_closed_series(qtbot, window, tmp_path):
+    """File > Close all series: no title, corner text, slice number, read-out, window
+    presets or warnings of the series that was open."""
+    write_series(tmp_path, n=4)
+    _open(qtbot, window, [tmp_path])
+    _hover(window, 2, 3)
+    assert window.cursor_label.text() and window.view.info_label.text()
+    assert window.windowTitle() != "medview" and window.preset_box.count()
+    window.close_all()
+    assert window.windowTitle() == "medview"
+    assert window.view.info_label.text() == ""
+    assert window.view.slice_label.text() == ""
+    assert window.cursor_label.text() == ""
+    assert window.preset_box.count() == 0
+    assert window.warnings_list.count() == 0
+    assert window.side_tabs.tabText(0) == "Warnings"
+    assert all(lab.text() == "" for lab in window.view._labels.values())
