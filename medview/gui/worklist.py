@@ -4,7 +4,7 @@ renders :class:`~medview.state.panel.PanelModel`'s worklist."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -35,6 +35,20 @@ class NumberItem(QTableWidgetItem):
         return super().__lt__(other)
 
 
+class TextItem(QTableWidgetItem):
+    """A text cell; a withheld (out-of-scope) row's cells sort after every answered row's
+    in ascending order (the order of a first click)."""
+
+    def __init__(self, text: str, last: bool = False) -> None:
+        super().__init__(text)
+        self.last = last
+
+    def __lt__(self, other) -> bool:
+        if isinstance(other, TextItem) and self.last != other.last:
+            return other.last
+        return self.text() < other.text()  # (the base class's would call back into this)
+
+
 def study_text(volume: ImageVolume) -> str:
     """Patient and study of a DICOM series for the worklist (on screen only, never
     logged); empty for PNG/JPEG/NIfTI."""
@@ -61,6 +75,8 @@ class WorklistTab(QWidget):
         self.worklist.verticalHeader().setVisible(False)
         self.worklist.horizontalHeader().setStretchLastSection(True)  # Warnings visible
         self.worklist.cellDoubleClicked.connect(self._open_row)
+        self._sorted_by = -1
+        self.worklist.horizontalHeader().sortIndicatorChanged.connect(self._on_sort)
         self.batch_progress = QProgressBar()
         self.batch_progress.setVisible(False)
         self.batch_cancel = QPushButton("Cancel")
@@ -100,7 +116,20 @@ class WorklistTab(QWidget):
         self._fit_columns()
         self.batch_status.setText(text)
 
+    def _on_sort(self, column: int, order) -> None:
+        """A first click on a probability column sorts the highest first (withheld rows,
+        which have none, last); a first click on any other column sorts ascending, withheld
+        rows last (:class:`TextItem`); a second click reverses."""
+        first = column != self._sorted_by
+        self._sorted_by = column
+        item = self.worklist.item(0, column)
+        if first and isinstance(item, NumberItem) and order == Qt.SortOrder.AscendingOrder:
+            # after the click's own ascending sort (the view's slot runs after this one)
+            QTimer.singleShot(0, lambda: self.worklist.sortItems(
+                column, Qt.SortOrder.DescendingOrder))
+
     def _set_worklist_headers(self, classes) -> None:
+        self._sorted_by = -1
         headers = ["Series", "Patient / study", "Predicted", *[f"p({c})" for c in classes],
                    "In scope", "Warnings"]
         self.worklist.setSortingEnabled(False)
@@ -114,13 +143,15 @@ class WorklistTab(QWidget):
         row = self.state.worklist[k]
         p, shown = row.prediction, row.presented
         grey = QColor("#9a9a9a")
-        cells = [QTableWidgetItem(row.description), QTableWidgetItem(study_text(row.volume)),
-                 QTableWidgetItem(shown.label_text)]
+        last = shown.withheld
+        cells: list[QTableWidgetItem] = [TextItem(row.description, last),
+                                         TextItem(study_text(row.volume), last),
+                                         TextItem(shown.label_text, last)]
         for c in p.classes:
             cells.append(NumberItem(None if shown.probabilities is None
                                     else float(shown.probabilities[c])))
-        cells.append(QTableWidgetItem(shown.scope_text))
-        cells.append(QTableWidgetItem("; ".join(shown.notes)))
+        cells.append(TextItem(shown.scope_text, last))
+        cells.append(TextItem("; ".join(shown.notes), last))
         cells[0].setData(Qt.ItemDataRole.UserRole, k)  # which worklist entry, after sorting
         r = self.worklist.rowCount()
         self.worklist.insertRow(r)

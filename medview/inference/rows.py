@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from medview.core.modeling import Prediction
 from medview.core.presentation import present
@@ -47,17 +47,29 @@ def prediction_row(path: str, p: Prediction, score_out_of_scope: bool = False) -
             csv_text(p.computed_by.get("file", "")), csv_text(p.computed_by.get("sha256", ""))]
 
 
+#: the columns a worklist export adds after ``path``: what its table shows of each series
+WORKLIST_COLUMNS = ["series", "study"]
+
+
 def predictions_csv(rows: Iterable[tuple[str, Prediction]], classes: list[str],
-                    score_out_of_scope: bool = False) -> str:
+                    score_out_of_scope: bool = False,
+                    series: Sequence[tuple[str, str]] | None = None) -> str:
+    """The prediction CSV; with ``series`` ((series, study) text per row, the worklist's),
+    :data:`WORKLIST_COLUMNS` follow the path."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(prediction_header(classes))
-    for path, p in rows:
-        w.writerow(prediction_row(path, p, score_out_of_scope))
+    header = prediction_header(classes)
+    w.writerow(header if series is None else [header[0], *WORKLIST_COLUMNS, *header[1:]])
+    for k, (path, p) in enumerate(rows):
+        row = prediction_row(path, p, score_out_of_scope)
+        if series is not None:
+            row = [row[0], *(csv_text(t) for t in series[k]), *row[1:]]
+        w.writerow(row)
     return buf.getvalue()
 
 
 def write_predictions_csv(path: str, rows: Iterable[tuple[str, Prediction]],
-                          classes: list[str], score_out_of_scope: bool = False) -> None:
-    atomic_write_bytes(path, predictions_csv(rows, classes, score_out_of_scope)
+                          classes: list[str], score_out_of_scope: bool = False,
+                          series: Sequence[tuple[str, str]] | None = None) -> None:
+    atomic_write_bytes(path, predictions_csv(rows, classes, score_out_of_scope, series)
                        .encode("utf-8"))

@@ -40,6 +40,13 @@ class WorklistRow:
                    item.prediction, item.volume)
 
     @property
+    def study(self) -> str:
+        """The study of a DICOM series as the export names it: date and description (the
+        patient's name, shown in the table, stays out of an exported file)."""
+        st = self.volume.study
+        return "  ".join(t for t in (st.study_date, st.study_description) if t)
+
+    @property
     def presented(self) -> Presented:
         return present(self.prediction)
 
@@ -186,7 +193,8 @@ class PanelModel:
 
         if self.worklist:
             classes = self.worklist[0].prediction.classes
-        write_predictions_csv(path, [(r.path, r.prediction) for r in self.worklist], classes)
+        write_predictions_csv(path, [(r.path, r.prediction) for r in self.worklist], classes,
+                              series=[(r.description, r.study) for r in self.worklist])
 
     def export_folder(self) -> str:
         """Where an export dialog starts: the folder of the first scored study, else the

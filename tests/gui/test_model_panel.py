@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QApplication
 
 from tests.tiny import PATCH
@@ -102,11 +103,15 @@ def test_worklist_runs_on_all_series_and_exports_csv(qtbot, ai_window, tmp_path)
     out = tmp_path / "worklist.csv"
     panel.export_csv(str(out))
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["path", "model_id", "predicted", "p_patch", "p_plain", "in_scope",
-                       "ood_score", "warnings", "model_file", "model_sha256"]
-    assert sorted(r[2] for r in rows[1:]) == ["patch", "patch", "plain", "plain"]
-    assert [r[5] for r in rows[1:]] == ["true"] * 4
-    assert all(np.isclose(float(r[3]) + float(r[4]), 1.0) for r in rows[1:])
+    assert rows[0] == ["path", "series", "study", "model_id", "predicted", "p_patch",
+                       "p_plain", "in_scope", "ood_score", "warnings", "model_file",
+                       "model_sha256"]
+    # the series column is the table's; the study has no patient name in the file
+    shown = {t.item(r, 0).text() for r in range(4)}
+    assert {r[1] for r in rows[1:]} == shown
+    assert sorted(r[4] for r in rows[1:]) == ["patch", "patch", "plain", "plain"]
+    assert [r[7] for r in rows[1:]] == ["true"] * 4
+    assert all(np.isclose(float(r[5]) + float(r[6]), 1.0) for r in rows[1:])
 
 
 def test_choosing_a_model_loads_it_in_the_background(qtbot, ai_window):
@@ -257,6 +262,27 @@ def test_worklist_shows_out_of_scope_rows_apart(qtbot, ai_window, tmp_path):
     assert t.item(last, headers.index("In scope")).text() == "no"
     assert "out of scope: looks unlike" in t.item(last, headers.index("Warnings")).text()
     assert t.item(0, headers.index("Predicted")).text() == "plain"
+    # a first click on a column never puts the withheld row first: probabilities sort
+    # highest first, text ascending, the row without an answer last either way
+    header = t.horizontalHeader()
+
+    def click(name):
+        col = headers.index(name)
+        x = header.sectionViewportPosition(col) + header.sectionSize(col) // 2
+        qtbot.mouseClick(header.viewport(), Qt.MouseButton.LeftButton,
+                         pos=QPoint(x, header.height() // 2))
+        return col
+
+    col = click("p(patch)")
+    qtbot.waitUntil(lambda: header.sortIndicatorOrder() == Qt.SortOrder.DescendingOrder
+                    and t.item(last, col).text() == "", timeout=5000)
+    texts = [t.item(r, col).text() for r in range(t.rowCount())]
+    assert texts[-1] == "" and texts[:-1] == sorted(texts[:-1], reverse=True)
+    for name in ("Predicted", "Series", "In scope", "Warnings"):
+        click(name)
+        assert t.item(last, headers.index("Predicted")).text() == "out of scope", name
+    click("Warnings")  # a second click reverses
+    assert t.item(0, headers.index("Predicted")).text() == "out of scope"
 
 
 def test_model_card_dialog_leads_with_where_the_model_was_checked(qtbot, ai_window):
