@@ -129,6 +129,7 @@ def test_worklist_keeps_out_of_scope_rows_apart_and_exports_them(tmp_path):
     model.export_worklist(str(out), [])
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0][:3] == ["path", "model_id", "predicted"]
-    assert [r[2] for r in rows[1:]] == ["PNEUMONIA", "PNEUMONIA", ""]
+    assert rows[0][:5] == ["path", "series", "study", "model_id", "predicted"]
+    assert [r[1] for r in rows[1:]] == ["film 1", "film 2", "film 0"]
+    assert [r[4] for r in rows[1:]] == ["PNEUMONIA", "PNEUMONIA", ""]
     assert model.export_folder() == str(tmp_path)
