@@ -234,8 +234,20 @@ def test_a_thickness_change_is_one_protocol_message_not_gaps(tmp_path):
     thick = [4.0] * 14 + [7.0] * 13
     vol = _series(tmp_path, zs, thick)
     assert not any(w.startswith("gap") for w in vol.warnings)
-    changes = [w for w in vol.warnings if w.startswith("slice spacing changes")]
-    assert len(changes) == 1 and "4 mm -> 7 mm" in changes[0] and "protocol change" in changes[0]
+    assert [w.split(":")[0] for w in vol.warnings] == [
+        "slice thickness changes from 4 to 7 mm at slice 15"]
+    assert "protocol change" in vol.warnings[0]
+
+
+def test_a_contiguous_thickness_change_is_named_not_irregular_spacing(tmp_path):
+    """4 mm slices then 7 mm slices, contiguous: centre to centre the step at the change
+    is 5.5 mm. That is the protocol change, said once, not "irregular spacing"."""
+    zs = [4.0 * k for k in range(10)] + [36 + 5.5 + 7.0 * k for k in range(8)]
+    thick = [4.0] * 10 + [7.0] * 8
+    vol = _series(tmp_path, zs, thick)
+    assert vol.warnings == [
+        "slice thickness changes from 4 to 7 mm at slice 11: a protocol change, not a gap "
+        "(shown with the median spacing 4 mm)"]
 
 
 def test_a_step_beyond_the_thickness_is_a_gap(tmp_path):

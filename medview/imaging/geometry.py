@@ -114,16 +114,35 @@ def spacing_report(positions: np.ndarray, thicknesses=None, tolerance: float = 0
                         + missing)
     if gaps.size > 10:
         warnings.append(f"... and {gaps.size - 10} more gaps")
+    # a change of slice thickness between neighbours is a protocol change, said as such;
+    # its step (centre to centre: half of each thickness when contiguous) is no spacing
+    changes: list[int] = []
+    transition: set[int] = set()
+    if thick is not None:
+        t = np.array([float(v) for v in thicknesses])
+        for k in range(len(t) - 1):
+            if abs(t[k + 1] - t[k]) > tolerance * max(t[k], t[k + 1]):
+                changes.append(k)
+                if not is_gap[k] and any(abs(steps[k] - v) <= tolerance * v for v in
+                                         ((t[k] + t[k + 1]) / 2, t[k], t[k + 1])):
+                    transition.add(k)
+        for k in changes[:10]:
+            warnings.append(f"slice thickness changes from {t[k]:.3g} to {t[k + 1]:.3g} mm "
+                            f"at slice {k + 2}: a protocol change, not a gap (shown with the "
+                            f"median spacing {median:.3g} mm)")
+        if len(changes) > 10:
+            warnings.append(f"... and {len(changes) - 10} more thickness changes")
     # runs of one contiguous spacing: a lasting change between runs is a protocol change
     # (one message per change); steps that jump about are irregular spacing
-    runs: list[list] = []  # [first step index, step, length]
+    runs: list[list] = []  # [first step index, step, length, last step index]
     for k, step in enumerate(steps):
-        if is_gap[k] or abs(step) < 1e-4:
+        if is_gap[k] or abs(step) < 1e-4 or k in transition:
             continue
         if runs and abs(step - runs[-1][1]) <= tolerance * runs[-1][1]:
             runs[-1][2] += 1
+            runs[-1][3] = k
         else:
-            runs.append([k, float(step), 1])
+            runs.append([k, float(step), 1, k])
     if len(runs) > 1:
         if any(r[2] == 1 for r in runs) or len(runs) > 6:
             regular = steps[~is_gap & (np.abs(steps) >= 1e-4)]
@@ -131,10 +150,10 @@ def spacing_report(positions: np.ndarray, thicknesses=None, tolerance: float = 0
                             f"{regular.max():.3g} mm (not resampled)")
         else:
             for prev, cur in itertools.pairwise(runs):
-                why = ("; the slice thickness changes with it: a protocol change, not a gap"
-                       if thick is not None else "")
+                if any(prev[3] <= k <= cur[0] for k in changes):
+                    continue  # said as a thickness change
                 warnings.append(f"slice spacing changes at slice {cur[0] + 1}: "
-                                f"{prev[1]:.3g} mm -> {cur[1]:.3g} mm{why} (shown with the "
+                                f"{prev[1]:.3g} mm -> {cur[1]:.3g} mm (shown with the "
                                 f"median spacing {median:.3g} mm)")
     return median, warnings
 
