@@ -22,6 +22,8 @@ from PySide6.QtWidgets import (
     QStyle,
     QTabWidget,
     QToolBar,
+    QVBoxLayout,
+    QWidget,
 )
 
 from medview.core.volume import ImageVolume, LoadResult, WindowPreset, first_to_show
@@ -84,7 +86,22 @@ class MainWindow(QMainWindow):
         self._dialogs: list[QMessageBox] = []
 
         self.view = SliceView()
-        self.setCentralWidget(self.view)
+        # the open series' safety warnings (gap, tilt, thickness change...) over the image,
+        # where they are seen when the series opens; the Details dock lists them all
+        self.series_banner = QLabel()
+        self.series_banner.setObjectName("series-warnings")
+        self.series_banner.setTextFormat(Qt.TextFormat.PlainText)
+        self.series_banner.setWordWrap(True)
+        self.series_banner.setStyleSheet("QLabel#series-warnings { background: #5a4500; "
+                                         "color: #ffe9a8; padding: 4px 8px; }")
+        self.series_banner.setVisible(False)
+        centre = QWidget()
+        box = QVBoxLayout(centre)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.setSpacing(0)
+        box.addWidget(self.series_banner)
+        box.addWidget(self.view, 1)
+        self.setCentralWidget(centre)
         self.series = SeriesBrowser()
         self.series.series_selected.connect(self.show_volume)
         self.tags = TagBrowser()
@@ -324,12 +341,25 @@ class MainWindow(QMainWindow):
             self.warnings_list.addItem(item)
         if not volume.warnings:
             self.warnings_list.addItem("No warnings.")
+        self._show_series_warnings(volume.warnings)
         self.side_tabs.setTabText(0, f"Warnings ({len(volume.warnings)})")
         if volume.warnings:
             self.side_tabs.setCurrentIndex(0)
         title = volume.description or "(no description)"
         self.setWindowTitle(f"medview - {title}")
         self.volume_shown.emit(index)
+
+    def _show_series_warnings(self, warnings: list[str]) -> None:
+        """The series' warnings above the image: the first two, then how many more."""
+        if not warnings:
+            self.series_banner.setVisible(False)
+            self.series_banner.setText("")
+            return
+        lines = [f"Warning: {w}" for w in warnings[:2]]
+        if len(warnings) > 2:
+            lines.append(f"... and {len(warnings) - 2} more (Details > Warnings)")
+        self.series_banner.setText("\n".join(lines))
+        self.series_banner.setVisible(True)
 
     def _widen_model_dock(self, width: int) -> None:
         if self.model_dock.width() < width:
@@ -426,6 +456,7 @@ class MainWindow(QMainWindow):
         self.preset_box.clear()
         self._presets = []
         self.warnings_list.clear()
+        self._show_series_warnings([])
         self.side_tabs.setTabText(0, "Warnings")
         self.side_tabs.setTabText(2, "Skipped files (0)")
 

@@ -355,6 +355,15 @@ def test_warnings_are_a_list_shown_first_and_the_toolbar_has_icons(qtbot, window
     assert texts == list(window.view.volume.warnings) and any(t.startswith("gap") for t in texts)
     assert window.side_tabs.currentWidget() is lst
     assert window.side_tabs.tabText(0) == f"Warnings ({len(texts)})"
+    # and above the image, where they are seen even with the AI dock in front
+    assert window.series_banner.isVisibleTo(window)
+    assert window.series_banner.text().startswith("Warning: gap at slice 3")
+    # a series without warnings takes the banner away
+    _open(qtbot, window, [write(make_dataset(np.zeros((8, 8), np.int16)),
+                                tmp_path / "one.dcm")])
+    window.series.select_volume(len(window.volumes) - 1)
+    assert not window.view.volume.warnings
+    assert not window.series_banner.isVisibleTo(window)
     assert all(not a.icon().isNull() for a in (window.act_invert, window.act_fit,
                                                 window.act_cine))
     assert window.preset_box.sizeAdjustPolicy() == \
@@ -375,6 +384,6 @@ def test_close_all_leaves_nothing_of_the_closed_series(qtbot, window, tmp_path):
     assert window.view.slice_label.text() == ""
     assert window.cursor_label.text() == ""
     assert window.preset_box.count() == 0
-    assert window.warnings_list.count() == 0
+    assert window.warnings_list.count() == 0 and not window.series_banner.isVisibleTo(window)
     assert window.side_tabs.tabText(0) == "Warnings"
     assert all(lab.text() == "" for lab in window.view._labels.values())
