@@ -399,7 +399,10 @@ def launch(args: argparse.Namespace, app, settings=None,
                 "first_image_s" if paths else "first_window_s")
         window._startup_report = StartupReport(window, launch_t0(), last,
                                                lambda code: app.exit(code))
-    window.show()
+    if args.screenshot:
+        window.show()  # the size screenshots are documented at
+    else:
+        window.show_as_last_time()
     if args.screenshot:
         from PySide6.QtCore import QTimer
 

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -211,7 +212,24 @@ class MainWindow(QMainWindow):
         for act in (self.act_invert, self.act_fit, self.act_reset, self.act_zoom_in,
                     self.act_zoom_out, self.act_cine):
             view_menu.addAction(act)
+        # window presets on the number keys, in the order of the Window box
+        presets_menu = view_menu.addMenu("Window preset")
+        self.preset_actions = []
+        for k in range(1, 10):
+            act = QAction(f"Preset {k}", self, shortcut=str(k),
+                          triggered=lambda _c=False, row=k - 1: self.apply_preset(row))
+            presets_menu.addAction(act)
+            self.addAction(act)
+            self.preset_actions.append(act)
+        view_menu.addSeparator()
+        self.act_export_view = QAction("Export view as PNG...", self, shortcut="Ctrl+E",
+                                       triggered=self._export_view_dialog)
+        view_menu.addAction(self.act_export_view)
         help_menu = self.menuBar().addMenu("&Help")
+        self.act_shortcuts = QAction("Keyboard shortcuts", self,
+                                     shortcut=QKeySequence.StandardKey.HelpContents,
+                                     triggered=self.show_shortcuts)
+        help_menu.addAction(self.act_shortcuts)
         help_menu.addAction(QAction("Audit log...", self, triggered=self.show_audit_log))
         help_menu.addAction(QAction("About medview", self, triggered=self._about))
 
@@ -361,9 +379,31 @@ class MainWindow(QMainWindow):
         self.series_banner.setText("\n".join(lines))
         self.series_banner.setVisible(True)
 
+    #: the AI dock widens for the worklist's columns up to this share of the window, never
+    #: over the image
+    MODEL_DOCK_MAX_SHARE = 0.4
+
+    @classmethod
+    def model_dock_width(cls, wanted: int, window_width: int) -> int:
+        """How wide the AI dock may grow for columns that want ``wanted`` pixels."""
+        return min(wanted, int(window_width * cls.MODEL_DOCK_MAX_SHARE))
+
     def _widen_model_dock(self, width: int) -> None:
+        width = self.model_dock_width(width, self.width())
         if self.model_dock.width() < width:
             self.resizeDocks([self.model_dock], [width], Qt.Orientation.Horizontal)
+
+    def show_as_last_time(self) -> None:
+        """Show the window with the geometry and dock sizes it had when last closed;
+        maximised the first time."""
+        geometry = self.settings.value("window/geometry")
+        state = self.settings.value("window/state")
+        if geometry is not None and self.restoreGeometry(geometry):
+            if state is not None:
+                self.restoreState(state)
+            self.show()
+        else:
+            self.showMaximized()
 
     def show_volume_of(self, volume: ImageVolume) -> None:
         """Show ``volume`` (a worklist double-click) if it is still open."""
@@ -387,6 +427,71 @@ class MainWindow(QMainWindow):
         self._custom_row = None
         self.preset_box.blockSignals(False)
         self._on_window_changed(self.view.window)  # name the window actually in use
+
+    def apply_preset(self, row: int) -> bool:
+        """Use the Window box's preset ``row`` (keys 1-9); False when there is none."""
+        if self.view.volume is None or not 0 <= row < self.preset_box.count():
+            return False
+        self.preset_box.setCurrentIndex(row)
+        self._on_preset(row)
+        return True
+
+    def shortcut_rows(self) -> list[tuple[str, str]]:
+        """(what, keys) of every action with a shortcut, in menu order, and the viewer's
+        own keys."""
+        rows = []
+        for menu in self.menuBar().findChildren(QMenu):
+            for act in menu.actions():
+                keys = act.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+                if keys and (act.text(), keys) not in rows:
+                    rows.append((act.text().replace("&", ""), keys))
+        rows += [("Previous / next slice", "Up, Left / Down, Right, mouse wheel"),
+                 ("Ten slices back / on", "Page Up / Page Down"),
+                 ("First / last slice", "Home / End"),
+                 ("Window / level", "right-drag")]
+        return rows
+
+    def show_shortcuts(self) -> None:
+        """Help > Keyboard shortcuts (F1): every shortcut, as plain text."""
+        text = "\n".join(f"{keys:<28} {what}" for what, keys in self.shortcut_rows())
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", text,
+                          QMessageBox.StandardButton.Ok, self)
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        box.setStyleSheet("QLabel { font-family: monospace; }")
+        box.setModal(False)
+        self._shortcuts_box = box
+        box.show()
+
+    def export_view(self, path: str) -> None:
+        """The image area as the user sees it (window, zoom, overlays, corner text) as a
+        PNG, written atomically."""
+        from PySide6.QtCore import QBuffer, QByteArray, QIODevice
+
+        from medview.core.safeio import atomic_write_bytes
+
+        data = QByteArray()
+        buf = QBuffer(data)
+        buf.open(QIODevice.OpenModeFlag.WriteOnly)
+        if not self.view.grab().save(buf, "PNG"):
+            raise OSError("the view could not be encoded as PNG")
+        buf.close()
+        atomic_write_bytes(path, bytes(data.data()))
+
+    def _export_view_dialog(self) -> None:
+        if self.view.volume is None:
+            self.statusBar().showMessage("Nothing to export: no image is open", 5000)
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export view as PNG",
+                                              os.path.expanduser("~/medview-view.png"),
+                                              "PNG image (*.png)")
+        if not path:
+            return
+        try:
+            self.export_view(path if path.lower().endswith(".png") else path + ".png")
+        except OSError as exc:
+            self.show_error("Export failed", str(exc))
+        else:
+            self.statusBar().showMessage("View exported", 5000)
 
     def _on_preset(self, row: int) -> None:
         if row < len(self._presets):
@@ -661,4 +766,6 @@ class MainWindow(QMainWindow):
             return
         self.view.stop_cine()
         self.jobs.shutdown()
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
         super().closeEvent(event)

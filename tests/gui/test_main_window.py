@@ -387,3 +387,64 @@ def test_close_all_leaves_nothing_of_the_closed_series(qtbot, window, tmp_path):
     assert window.warnings_list.count() == 0 and not window.series_banner.isVisibleTo(window)
     assert window.side_tabs.tabText(0) == "Warnings"
     assert all(lab.text() == "" for lab in window.view._labels.values())
+
+
+def test_window_presets_on_number_keys_shortcut_help_and_view_export(qtbot, window, tmp_path):
+    from PIL import Image
+
+    write_series(tmp_path / "ct", n=4)
+    _open(qtbot, window, [tmp_path / "ct"])
+    presets = list(window._presets)
+    assert len(presets) >= 2
+    window.activateWindow()
+    window.view.setFocus()
+    qtbot.keyClick(window.view, Qt.Key.Key_2)
+    assert window.view.window == presets[1] and window.preset_box.currentIndex() == 1
+    qtbot.keyClick(window.view, Qt.Key.Key_1)
+    assert window.view.window == presets[0]
+    assert not window.apply_preset(len(presets) + 5)  # a key without a preset: nothing
+    assert window.view.window == presets[0]
+    # Help > Keyboard shortcuts (F1) lists them, from the actions themselves
+    rows = dict(window.shortcut_rows())
+    assert rows["Preset 2"] == "2" and rows["Invert"] == "I" and rows["Keyboard shortcuts"] == "F1"
+    window.show_shortcuts()
+    assert "F1" in window._shortcuts_box.text() and "Preset 9" in window._shortcuts_box.text()
+    window._shortcuts_box.close()
+    # File > Export view: what the view shows, as a PNG of its size
+    out = tmp_path / "view.png"
+    window.export_view(str(out))
+    img = Image.open(out)
+    assert img.size == (window.view.width(), window.view.height())
+    assert len(np.unique(np.asarray(img.convert("L")))) > 2
+
+
+def test_the_window_opens_maximised_then_as_it_was_left(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from medview.gui.app import create_app
+    from medview.gui.main_window import MainWindow
+
+    create_app()
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    first = MainWindow(settings=settings)
+    qtbot.addWidget(first)
+    first.show_as_last_time()
+    assert first.isMaximized()
+    first.showNormal()
+    first.resize(700, 500)
+    qtbot.waitUntil(lambda: not first.isMaximized())
+    left = (first.width(), first.height())
+    first.close()
+    assert settings.value("window/geometry") is not None
+    again = MainWindow(settings=settings)
+    qtbot.addWidget(again)
+    again.show_as_last_time()
+    assert not again.isMaximized() and (again.width(), again.height()) == left
+    # the worklist's wide columns never push the AI dock over the image
+    before = again.model_dock.width()
+    again.model_panel.width_wanted.emit(5000)
+    cap = again.width() * again.MODEL_DOCK_MAX_SHARE
+    assert again.model_dock.width() <= max(before, cap + 20)
+    assert MainWindow.model_dock_width(5000, 1400) == 560  # on a reading-room screen
+    assert MainWindow.model_dock_width(300, 1400) == 300
+    again.close()
