@@ -453,7 +453,9 @@ class MainWindow(QMainWindow):
 
     def show_shortcuts(self) -> None:
         """Help > Keyboard shortcuts (F1): every shortcut, as plain text."""
-        text = "\n".join(f"{keys:<28} {what}" for what, keys in self.shortcut_rows())
+        rows = self.shortcut_rows()
+        width = max(len(keys) for _what, keys in rows) + 2
+        text = "\n".join(f"{keys:<{width}}{what}" for what, keys in rows)
         box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", text,
                           QMessageBox.StandardButton.Ok, self)
         box.setTextFormat(Qt.TextFormat.PlainText)
