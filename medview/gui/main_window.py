@@ -222,6 +222,20 @@ class MainWindow(QMainWindow):
             self.addAction(act)
             self.preset_actions.append(act)
         view_menu.addSeparator()
+        self.act_flip_h = QAction("Flip left-right", self, shortcut="H",
+                                  triggered=lambda: self.view.set_orientation(
+                                      flip_h=not self.view.flip_h))
+        self.act_flip_v = QAction("Flip top-bottom", self, shortcut="V",
+                                  triggered=lambda: self.view.set_orientation(
+                                      flip_v=not self.view.flip_v))
+        self.act_rotate_right = QAction("Rotate 90\u00b0 clockwise", self, shortcut="]",
+                                        triggered=lambda: self.view.rotate(90))
+        self.act_rotate_left = QAction("Rotate 90\u00b0 anticlockwise", self, shortcut="[",
+                                       triggered=lambda: self.view.rotate(-90))
+        for act in (self.act_flip_h, self.act_flip_v, self.act_rotate_right,
+                    self.act_rotate_left):
+            view_menu.addAction(act)
+        view_menu.addSeparator()
         self.act_export_view = QAction("Export view as PNG...", self, shortcut="Ctrl+E",
                                        triggered=self._export_view_dialog)
         view_menu.addAction(self.act_export_view)

@@ -59,6 +59,10 @@ class SliceView(QWidget):
         self.use_voi_lut = False
         self.displayed: np.ndarray | None = None
         self.opening_values: np.ndarray | None = None
+        #: display orientation (the image's pixels are never changed)
+        self.flip_h = self.flip_v = False
+        self.rotation = 0
+        self._overlay_stretch = pg.QtGui.QTransform()
 
         self.graphics = pg.GraphicsView()
         self.graphics.setBackground("k")
@@ -133,12 +137,9 @@ class SliceView(QWidget):
         self.slider.setValue(middle)
         self.slider.blockSignals(False)
         self.slider.setEnabled(volume.n_slices > 1)
-        sy, sx = volume.spacing[1], volume.spacing[2]
-        aspect = sy / sx if math.isfinite(sy) and math.isfinite(sx) and sx > 0 else 1.0
-        tr = pg.QtGui.QTransform()
-        tr.scale(1.0, aspect)
-        self.image_item.setTransform(tr)
-        self.overlay_item.setTransform(tr)
+        self.flip_h = self.flip_v = False
+        self.rotation = 0
+        self._apply_orientation()
         self.overlay_item.setVisible(False)
         self._render()
         self.fit()
@@ -194,6 +195,62 @@ class SliceView(QWidget):
         center = w.center - dy * scale
         self.set_window(WindowPreset("Custom", center, width))
 
+    # ----------------------------------------------------------------- orientation
+    def _item_transform(self):
+        """Image pixels to view units: the pixel aspect (non-square pixels), then the
+        display rotation (clockwise on screen)."""
+        v = self.volume
+        aspect = 1.0
+        if v is not None:
+            sy, sx = v.spacing[1], v.spacing[2]
+            if math.isfinite(sy) and math.isfinite(sx) and sx > 0:
+                aspect = sy / sx
+        tr = pg.QtGui.QTransform.fromScale(1.0, aspect)
+        return tr * pg.QtGui.QTransform().rotate(self.rotation)
+
+    def _apply_orientation(self) -> None:
+        self.viewbox.invertX(self.flip_h)
+        self.viewbox.invertY(not self.flip_v)  # row 0 at the top unless flipped
+        tr = self._item_transform()
+        self.image_item.setTransform(tr)
+        self.overlay_item.setTransform(self._overlay_stretch * tr)
+
+    def set_orientation(self, flip_h: bool | None = None, flip_v: bool | None = None,
+                        rotation: int | None = None) -> None:
+        """Flip the displayed image left-right / top-bottom and rotate it (degrees
+        clockwise, a multiple of 90); the orientation letters, the overlay and the pixel
+        read-out follow. The pixels and every measurement stay in image coordinates."""
+        if self.volume is None:
+            return
+        if flip_h is not None:
+            self.flip_h = bool(flip_h)
+        if flip_v is not None:
+            self.flip_v = bool(flip_v)
+        if rotation is not None:
+            self.rotation = int(rotation) % 360 // 90 * 90
+        self._apply_orientation()
+        self.fit()
+        self._update_labels()
+
+    def rotate(self, degrees: int) -> None:
+        self.set_orientation(rotation=self.rotation + degrees)
+
+    def screen_edges(self) -> dict[str, str]:
+        """Which edge of the image is at each edge of the screen ({screen: image})."""
+        outward = {"top": (0, -1), "bottom": (0, 1), "left": (-1, 0), "right": (1, 0)}
+        k = self.rotation // 90
+        out = {}
+        for edge, (x, y) in outward.items():
+            for _ in range(k):  # 90 degrees clockwise on a y-down screen
+                x, y = -y, x
+            if self.flip_h:
+                x = -x
+            if self.flip_v:
+                y = -y
+            screen = ("right" if x > 0 else "left") if x else ("bottom" if y > 0 else "top")
+            out[screen] = edge
+        return out
+
     def set_invert(self, on: bool) -> None:
         self.user_invert = bool(on)
         self._render()
@@ -209,7 +266,7 @@ class SliceView(QWidget):
         self.use_voi_lut = False
         self.window = default_window(self.volume, modality_slice(self.volume, self.index))
         self._render()
-        self.fit()
+        self.set_orientation(False, False, 0)
         self.window_changed.emit(self.window)
 
     def zoom(self, factor: float) -> None:
@@ -243,9 +300,9 @@ class SliceView(QWidget):
             self.overlay_item.setVisible(False)
             return
         self.overlay_item.setImage(rgba, autoLevels=False, levels=(0, 255))
-        stretch = pg.QtGui.QTransform()
-        stretch.scale(self.volume.cols / rgba.shape[1], self.volume.rows / rgba.shape[0])
-        self.overlay_item.setTransform(stretch * self.image_item.transform())
+        self._overlay_stretch = pg.QtGui.QTransform.fromScale(
+            self.volume.cols / rgba.shape[1], self.volume.rows / rgba.shape[0])
+        self.overlay_item.setTransform(self._overlay_stretch * self.image_item.transform())
         self.overlay_item.setVisible(True)
 
     # ----------------------------------------------------------------- read-outs
@@ -300,8 +357,9 @@ class SliceView(QWidget):
         labels = orientation_labels(direction)
         if direction is None and v is not None and v.patient_orientation:
             labels = patient_orientation_labels(*v.patient_orientation)  # projection films
+        where = self.screen_edges()
         for edge, lab in self._labels.items():
-            lab.setText(labels[edge])
+            lab.setText(labels[where[edge]])
             lab.adjustSize()
         self._place_labels()
 

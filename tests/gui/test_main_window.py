@@ -448,3 +448,47 @@ def test_the_window_opens_maximised_then_as_it_was_left(qtbot, tmp_path):
     assert MainWindow.model_dock_width(5000, 1400) == 560  # on a reading-room screen
     assert MainWindow.model_dock_width(300, 1400) == 300
     again.close()
+
+
+def _marker_side(window) -> tuple[str, str]:
+    """Where the bright marker is on screen: ("left"|"right", "top"|"bottom")."""
+    window.view.viewbox.update()
+    img = window.view.graphics.grab().toImage()
+    arr = np.array([[img.pixelColor(x, y).red() for x in range(0, img.width(), 2)]
+                    for y in range(0, img.height(), 2)])
+    ys, xs = np.nonzero(arr > 200)
+    cy, cx = arr.shape[0] / 2, arr.shape[1] / 2
+    return ("left" if xs.mean() < cx else "right"), ("top" if ys.mean() < cy else "bottom")
+
+
+def test_flip_and_rotate_move_the_image_letters_and_readout_together(qtbot, window, tmp_path):
+    """An axial slice with a bright marker in its top-left corner (patient right,
+    anterior): after each flip or rotation the marker, the orientation letters and the
+    pixel under the pointer agree; the pixels themselves never change."""
+    img = np.full((32, 32), 1024, np.int16)
+    img[2:8, 2:8] = 1024 + 3000
+    _open(qtbot, window, [write(make_dataset(img), tmp_path / "m.dcm")])
+    view = window.view
+    window.preset_box.setCurrentIndex(0)
+    labels = lambda: {e: lab.text() for e, lab in view._labels.items()}  # noqa: E731
+    assert _marker_side(window) == ("left", "top")
+    assert labels() == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
+    window.act_flip_h.trigger()
+    assert _marker_side(window) == ("right", "top")
+    assert labels() == {"left": "L", "right": "R", "top": "A", "bottom": "P"}
+    window.act_flip_h.trigger()
+    window.act_rotate_right.trigger()  # 90 degrees clockwise: top-left goes top-right
+    assert _marker_side(window) == ("right", "top")
+    assert labels() == {"left": "P", "right": "A", "top": "R", "bottom": "L"}
+    window.act_flip_v.trigger()
+    assert _marker_side(window) == ("right", "bottom")
+    assert labels()["bottom"] == "R" and labels()["top"] == "L"
+    # the read-out names the image pixel under the pointer, whatever the display
+    from PySide6.QtCore import QPointF
+
+    scene = view.image_item.mapToScene(QPointF(4.5, 4.5))
+    view._on_mouse_moved(scene)
+    assert window.cursor_label.text().endswith("3000 HU")
+    assert int(view.volume.pixels[0, 4, 4]) == 1024 + 3000  # pixels untouched
+    window.act_reset.trigger()
+    assert _marker_side(window) == ("left", "top") and labels()["left"] == "R"
