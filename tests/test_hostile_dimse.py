@@ -179,3 +179,29 @@ def test_a_c_get_that_never_delivers_what_was_asked_is_cut_off_at_the_deadline(
         assert time.monotonic() - t < 10
     finally:
         scp.shutdown()
+
+
+def test_a_server_that_accepts_the_connection_and_never_answers_is_a_timeout():
+    """A host that takes the TCP connection and says nothing is reported as an
+    unanswered association request naming both AE titles, not as the server aborting or
+    refusing medview."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    held = []
+    threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+    try:
+        client = connect(f"dicom://SILENT@127.0.0.1:{port}",
+                         PacsSettings(ae_title="MEDVIEW", timeout_s=1))
+        with pytest.raises(PacsError) as err:
+            client.echo()
+        text = str(err.value)
+        assert "no answer to the association request within 1 s" in text
+        assert "'SILENT'" in text and "'MEDVIEW'" in text and "aborted" not in text
+    finally:
+        for conn, _addr in held:
+            conn.close()
+        listener.close()

@@ -126,13 +126,14 @@ class DimseClient:
 
     # -- association ----------------------------------------------------------------
     def _associate(self, ae, ext_neg=None, evt_handlers=None):
+        started = time.monotonic()
         assoc = ae.associate(self.server.host, self.server.port, ae_title=self.server.ae_title,
                              ext_neg=ext_neg, evt_handlers=evt_handlers)
         if assoc.is_established:
             return assoc
-        raise PacsError(self._why_not(assoc))
+        raise PacsError(self._why_not(assoc, time.monotonic() - started))
 
-    def _why_not(self, assoc) -> str:
+    def _why_not(self, assoc, waited: float = 0.0) -> str:
         where = f"{self.server.url}"
         if assoc.is_rejected:
             rsp = getattr(assoc.acceptor, "primitive", None)
@@ -143,9 +144,15 @@ class DimseClient:
         problem = _diagnose_connect(self.server, min(self.settings.timeout_s, 5.0))
         if problem:
             return f"{where}: {problem}"
+        titles = (f"the called AE title {self.server.ae_title!r} may not be the server's, "
+                  f"or it may refuse medview's AE title {self.settings.ae_title!r}")
+        if waited >= 0.95 * self.settings.timeout_s:
+            # pynetdicom ends an unanswered request with an abort of its own: a timeout
+            return (f"{where}: no answer to the association request within "
+                    f"{self.settings.timeout_s:g} s (the server may be busy, or {titles})")
         if assoc.is_aborted:
-            return (f"{where}: the server aborted the association (it may refuse medview's "
-                    f"AE title {self.settings.ae_title!r}, or none of the requested services)")
+            return (f"{where}: the server aborted the association ({titles}, or none of "
+                    "the requested services)")
         return f"{where}: no association within {self.settings.timeout_s:g} s"
 
     def _lost(self, assoc, what: str) -> str:
