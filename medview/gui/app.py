@@ -117,17 +117,15 @@ class LaunchPrefetch:
     heat-map appear with the window instead of one after another behind it. Anything
     that differs from what the panel then asks for is simply not used."""
 
-    def __init__(self, paths: Sequence[str], model_id: str | None, session=None) -> None:
-        """``session``: the panel's :class:`InferenceSession`, or None to make one on the
-        thread (its import, ~0.1 s, then overlaps the viewer's)."""
+    def __init__(self, paths: Sequence[str], model_id: str | None) -> None:
+        """The session (for the panel) is made on the thread: its import, ~0.1 s, then
+        overlaps the viewer's."""
         from concurrent.futures import Future
 
         self.paths = list(paths)
         self.model_id = model_id
-        self._session = session
+        self._session = None
         self._session_made = threading.Event()
-        if session is not None:
-            self._session_made.set()
         self.study: Future = Future()
         #: what was worked out ahead (kept in the session for the panel), for reports
         self.prediction = None
@@ -155,10 +153,9 @@ class LaunchPrefetch:
             self._session_made.set()
 
     def _ahead(self) -> None:
-        if self._session is None:
-            from medview.inference.session import InferenceSession
+        from medview.inference.session import InferenceSession
 
-            self._session = InferenceSession()
+        self._session = InferenceSession()
         self._session_made.set()
         card = None
         if self.model_id:
@@ -399,11 +396,10 @@ def launch(args: argparse.Namespace, app, settings=None,
                 "first_image_s" if paths else "first_window_s")
         window._startup_report = StartupReport(window, launch_t0(), last,
                                                lambda code: app.exit(code))
-    if args.screenshot:
-        window.show()  # the size screenshots are documented at
-    else:
+    if not args.screenshot:
         window.show_as_last_time()
-    if args.screenshot:
+    else:  # documentation screenshots: the window's default size, not the user's
+        window.show()
         from PySide6.QtCore import QTimer
 
         def grab(_result=None) -> None:

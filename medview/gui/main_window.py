@@ -457,8 +457,9 @@ class MainWindow(QMainWindow):
         for menu in self.menuBar().findChildren(QMenu):
             for act in menu.actions():
                 keys = act.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
-                if keys and (act.text(), keys) not in rows:
-                    rows.append((act.text().replace("&", ""), keys))
+                row = (act.text().replace("&", ""), keys)
+                if keys and row not in rows:
+                    rows.append(row)
         rows += [("Previous / next slice", "Up, Left / Down, Right, mouse wheel"),
                  ("Ten slices back / on", "Page Up / Page Down"),
                  ("First / last slice", "Home / End"),

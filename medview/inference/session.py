@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Generator, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -68,8 +69,9 @@ class InferenceSession:
         self._loading: dict[tuple[str, str, str, str], Future[Predictor]] = {}
         self._lock = threading.Lock()
         #: results worked out ahead of a request (``keep=True``), each handed once to the
-        #: same request for the same volume object: {key: (volume, result)}
-        self._kept: dict[tuple, tuple[ImageVolume, object]] = {}
+        #: same request for the same volume object: {key: (weak ref to volume, result)};
+        #: one never asked for does not keep its volume alive
+        self._kept: dict[tuple, tuple[weakref.ref, object]] = {}
 
     # ------------------------------------------------------------------ models
     @staticmethod
@@ -139,11 +141,11 @@ class InferenceSession:
         object (then forgotten), else None."""
         with self._lock:
             kept = self._kept.pop(key, None)
-        return kept[1] if kept is not None and kept[0] is volume else None
+        return kept[1] if kept is not None and kept[0]() is volume else None
 
     def _keep(self, key: tuple, volume: ImageVolume, result) -> None:
         with self._lock:
-            self._kept[key] = (volume, result)
+            self._kept[key] = (weakref.ref(volume), result)
 
     # ------------------------------------------------------------------ jobs
     def predict(self, card: ModelCard, volume: ImageVolume, index: int, device: str = "auto",

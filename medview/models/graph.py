@@ -274,8 +274,8 @@ def _read_checked() -> list[str]:
     return [k for k in doc[-MAX_CHECKED:] if isinstance(k, str) and _HEX64.fullmatch(k)]
 
 
-def _remember_checked(key: str) -> None:
-    keys = [k for k in _read_checked() if k != key] + [key]
+def _remember_checked(key: str, known: list[str]) -> None:
+    keys = [k for k in known if k != key] + [key]
     path = checked_record_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -310,11 +310,12 @@ def read_graph(path: str, sha256: str, outputs: list[str] | None = None,
                            "(modified or corrupted)")
     key = (_check_key(sha256, outputs, weights_sha256)
            if weights is not None and weights_sha256 else None)
-    if key is not None and key in _read_checked():
+    known = _read_checked() if key is not None else []
+    if key is not None and key in known:
         return data
     model = check_graph_bytes(data, outputs)
     if weights is not None:
         check_bound_to_weights(model, weights() if callable(weights) else weights)
     if key is not None:
-        _remember_checked(key)
+        _remember_checked(key, known)
     return data
