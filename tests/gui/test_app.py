@@ -206,3 +206,101 @@ def test_a_study_failing_on_the_launch_thread_is_reported_by_the_window(qtbot, s
         pass
     assert "disk went away" in failed.args[0]
     win.close()
+
+
+def test_pyqtgraph_sees_qt_through_mirrors_made_on_demand():
+    """pyqtgraph's copies of QtCore/QtGui/QtWidgets look names up in PySide6 when asked
+    (the same objects), hold pyqtgraph's own additions, and were not filled by reading
+    every name of PySide6 at import; PySide6's modules list their names again afterwards
+    (a fresh process: this one imported pyqtgraph long ago)."""
+    import subprocess
+    import sys
+
+    code = """
+import json, sys
+import PySide6.QtCore, PySide6.QtGui, PySide6.QtWidgets
+names = {n: set(dir(getattr(PySide6, n))) for n in ("QtCore", "QtGui", "QtWidgets")}
+from medview.gui import import_pyqtgraph
+pg = import_pyqtgraph()
+from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
+print(json.dumps({
+    "same": [QtWidgets.QDial is PySide6.QtWidgets.QDial,
+             QtCore.QObject is PySide6.QtCore.QObject,
+             QtGui.QFileSystemModel is PySide6.QtWidgets.QFileSystemModel],
+    "copied": "QDial" in vars(QtWidgets),
+    "own": ["QFileSystemModel" in vars(QtGui), hasattr(PySide6.QtGui, "QFileSystemModel"),
+            QtCore.Signal is PySide6.QtCore.Signal],
+    "dir": [set(dir(getattr(PySide6, n))) >= k and len(k) > 100 for n, k in names.items()],
+    "cuda": "cuda.bindings.runtime" in sys.modules,
+    "image": pg.ImageItem is not None,
+}))
+"""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["same"] == [True, True, True]
+    assert got["copied"] is False  # nothing read ahead: QDial is looked up when asked
+    assert got["own"] == [True, False, True]  # pyqtgraph's additions stay its own
+    assert got["dir"] == [True, True, True]
+    assert got["cuda"] is False
+    assert got["image"]
+
+
+def test_pyside_import_check_gives_pyside_s_own_answers(tmp_path):
+    """The faster check of each imported module answers as PySide6's own does: a module
+    whose source names PySide6, one that does not, a module without a file and one
+    that is not a .py file (left to PySide6)."""
+    import importlib.util
+    import sys
+    import types
+
+    gui_app.create_app()  # applies it, as a launch does
+    feature = sys.modules.get("shibokensupport.feature")
+    if feature is None:
+        pytest.skip("this PySide6 has no import check")
+    import medview.gui as gui
+
+    ours = feature._mod_uses_pyside
+    assert getattr(ours, "_medview", False) and gui.lighten_pyside_imports()
+    original = ours.pyside_check
+
+    def module(name: str, text: str):
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        m = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(m)
+        return m
+
+    uses = module("uses_qt", "# drawn with PySide6 widgets\nX = 1\n")
+    plain = module("plain_mod", "X = 2\n")
+    older = module("older_qt", "# once drawn with PySide2\nX = 3\n")
+    bare = types.ModuleType("no_file")
+    import _json
+
+    for m in (uses, plain, older, bare, _json, sys.modules["medview.gui.app"]):
+        assert ours(m) == original(m), m
+    assert ours(uses) is True and ours(plain) is False
+
+
+def test_startup_gc_pauses_the_collector_until_every_part_is_done():
+    import gc
+
+    assert gc.isenabled()
+    try:
+        paused = gui_app.StartupGC(waits_for=("window", "work ahead"), limit_s=60)
+        assert not gc.isenabled()
+        paused.release("window")
+        assert not gc.isenabled()  # the work ahead still runs
+        paused.release("work ahead")
+        assert gc.isenabled()
+        paused.resume()  # once only
+        assert gc.isenabled()
+        # the limit resumes it whatever happens
+        late = gui_app.StartupGC(waits_for=("never",), limit_s=0.05)
+        assert late.resumed.wait(10) and gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
