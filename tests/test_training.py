@@ -537,3 +537,35 @@ def test_deterministic_mode_is_on_without_importing_the_compiler():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_the_bootstrap_scores_each_resample_as_point_metrics_would(binary):
+    """Each replicate's metrics, computed at once from how often each film was drawn, are
+    point_metrics of the resampled films themselves: tied scores, three classes, and
+    resamples that miss a class (NaN AUCs) included."""
+    import math
+
+    rng = np.random.default_rng(7)
+    k = 2 if binary else 3
+    n = 23
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k))
+    logits[1::3] = logits[0::3][:len(logits[1::3])]  # tied scores across the classes
+    probs = M.softmax(logits)
+    classes = [f"c{j}" for j in range(k)]
+    positive, threshold = (1, 0.45) if binary else (None, None)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n)
+                        for _ in range(40)]).astype(float)
+    weights[0] = (y != 0) * 1.0  # a resample with no film of class 0
+    fast = M.weighted_point_metrics(y, probs, classes, positive, threshold, weights)
+    for b, w in enumerate(weights):
+        idx = np.repeat(np.arange(n), w.astype(int))
+        ref = M.point_metrics(y[idx], probs[idx], classes, positive, threshold)
+        assert set(fast) == set(ref)
+        for name, value in ref.items():
+            if math.isnan(value):
+                assert math.isnan(fast[name][b]), (b, name)
+            else:
+                assert fast[name][b] == pytest.approx(value, abs=1e-12), (b, name)
+    assert math.isnan(fast["auc_c0"][0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 
@@ -190,6 +191,94 @@ def point_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
     return out
 
 
+def weighted_point_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
+                           positive: int | None, threshold: float | None,
+                           weights: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`point_metrics` of many resamples at once: row b of ``weights`` (B, N) says
+    how many times each film is in resample b, and entry b of each returned array is
+    ``point_metrics`` of the films repeated that many times (equal up to float rounding
+    in the last bits; AUCs and counts exactly). A 1,000-replicate bootstrap takes
+    milliseconds instead of half a second."""
+    y = np.asarray(y)
+    probs = np.asarray(probs, np.float64)
+    w = np.asarray(weights, np.float64)
+    total = w.sum(axis=1)
+    out: dict[str, np.ndarray] = {}
+    aucs = []
+    for k, name in enumerate(classes):
+        a = _weighted_auc(y == k, probs[:, k], w)
+        out[f"auc_{name}"] = a
+        aucs.append(a)
+    with warnings.catch_warnings():  # a resample without a class: NaN, as point_metrics
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out["auc_macro"] = np.nanmean(np.stack(aucs, axis=1), axis=1)
+    if positive is not None and threshold is not None:
+        pred = np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+        b = _weighted_binary(y == positive, probs[:, positive] >= threshold, w)
+        out.update(auc=out[f"auc_{classes[positive]}"], sensitivity=b["sensitivity"],
+                   specificity=b["specificity"], f1=b["f1"])
+    else:
+        pred = probs.argmax(axis=1)
+        per = [_weighted_binary(y == k, pred == k, w) for k in range(len(classes))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out.update(auc=out["auc_macro"],
+                       sensitivity=np.nanmean(np.stack([b["sensitivity"] for b in per], 1),
+                                              axis=1),
+                       specificity=np.nanmean(np.stack([b["specificity"] for b in per], 1),
+                                              axis=1),
+                       f1=np.nanmean(np.stack([b["f1"] for b in per], 1), axis=1))
+    out["accuracy"] = w @ (pred == y).astype(np.float64) / total
+    out["ece"] = _weighted_ece(probs, y, w, total)
+    return out
+
+
+def _weighted_auc(y: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The Mann-Whitney AUC (ties count a half) of each weighted resample; NaN where a
+    resample lacks a class. Sums of halves and whole counts: exact in float64."""
+    y = np.asarray(y, bool)
+    pos, neg = score[y], score[~y]
+    wp, wn = w[:, y], w[:, ~y]
+    n_pos, n_neg = wp.sum(axis=1), wn.sum(axis=1)
+    if not (len(pos) and len(neg)):
+        return np.full(len(w), np.nan)
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    u = ((wp @ wins) * wn).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def _weighted_binary(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`binary_at`'s sensitivity, specificity and F1 of each weighted resample."""
+    y, pred = np.asarray(y, bool), np.asarray(pred, bool)
+    tp, tn = w @ (pred & y), w @ (~pred & ~y)
+    fp, fn = w @ (pred & ~y), w @ (~pred & y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
+        spec = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
+        prec = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
+        f1 = np.where(tp > 0, 2 * prec * sens / (prec + sens), 0.0)
+    return {"sensitivity": sens, "specificity": spec, "f1": f1}
+
+
+def _weighted_ece(probs: np.ndarray, y: np.ndarray, w: np.ndarray, total: np.ndarray,
+                  bins: int = 15) -> np.ndarray:
+    """:func:`expected_calibration_error` of each weighted resample."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(y)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = np.zeros(len(w))
+    for lo, hi in itertools.pairwise(edges):
+        m = ((conf > lo) & (conf <= hi)).astype(np.float64)
+        if not m.any():
+            continue
+        n = w @ m
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = np.abs(w @ (m * correct) / n - w @ (m * conf) / n)
+        ece += np.where(n > 0, n / total * gap, 0.0)
+    return ece
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a proportion: never collapses to a point, even at
     0/n or n/n (12 of 12 correct gives 0.76-1.00, not 1.00-1.00)."""
@@ -256,13 +345,17 @@ def evaluate(y: np.ndarray, probs: np.ndarray, classes: list[str], positive: int
         members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
     else:
         members = [np.array([i]) for i in range(len(y))]
-    samples: dict[str, list[float]] = {k: [] for k in point}
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([members[i] for i in pick])
-        m = point_metrics(y[idx], probs[idx], classes, positive, threshold)
-        for k, v in m.items():
-            samples[k].append(v)
+    # each replicate draws patients with replacement (the same draws, in the same order,
+    # as one call per replicate); a film's weight is how often its patient was drawn
+    group_of = np.empty(len(y), np.int64)
+    for g, m in enumerate(members):
+        group_of[m] = g
+    weights = np.empty((n_boot, len(y)), np.float64)
+    for b in range(n_boot):
+        drawn = np.bincount(rng.integers(0, len(members), len(members)),
+                            minlength=len(members))
+        weights[b] = drawn[group_of]
+    samples = weighted_point_metrics(y, probs, classes, positive, threshold, weights)
     result = {"n": len(y), "n_patients": len(members),
               "counts": {c: int((y == k).sum()) for k, c in enumerate(classes)}}
     pred = (np.where(probs[:, positive] >= threshold, positive, 1 - positive)
