@@ -78,3 +78,43 @@ def test_the_gates_benign_check_is_the_audits_variations_from_the_same_passes(tm
 def test_the_card_records_the_training_numerics(tiny_model):
     recipe = read_card(tiny_model[0]).card.training
     assert recipe["numerics"] == {"precision": "float32", "memory_format": "channels_last"}
+
+
+def test_the_export_skips_torchs_onnx_parse_and_writes_the_same_graph():
+    """The exporter's custom-function pass (which imports the onnx package and parses the
+    graph) is skipped: the graph's bytes are those torch's full exporter writes, and a
+    fresh process that exports a model never imports onnx. A custom opset still gets
+    torch's pass."""
+    import contextlib
+    import subprocess
+    import sys
+
+    import timm
+
+    from medview.inference import graph_export as ge
+
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=2)
+    ours = ge.export_bytes(model, 3, (32, 32))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ge, "without_onnxscript_pass", contextlib.nullcontext)
+        assert ge.export_bytes(model, 3, (32, 32)) == ours
+    code = ("import sys, timm\n"
+            "from medview.inference.graph_export import export_bytes\n"
+            "m = timm.create_model('test_efficientnet', pretrained=False, num_classes=2)\n"
+            "assert len(export_bytes(m, 3, (32, 32))) > 1000\n"
+            "print('onnx' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+    from torch.onnx._internal.torchscript_exporter import onnx_proto_utils
+
+    seen = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(onnx_proto_utils, "_add_onnxscript_fn",
+                   lambda data, opsets: seen.append(dict(opsets)) or data)
+        with ge.without_onnxscript_pass():
+            onnx_proto_utils._add_onnxscript_fn(b"graph", {"custom.domain": 1})
+            onnx_proto_utils._add_onnxscript_fn(b"graph", {})
+        assert onnx_proto_utils._add_onnxscript_fn.__name__ == "<lambda>"  # restored
+    assert seen == [{"custom.domain": 1}]

@@ -149,12 +149,41 @@ def export_bytes(model, channels: int, size: tuple[int, int],
         wrapper.remove()
 
 
+@contextlib.contextmanager
+def without_onnxscript_pass():
+    """torch's TorchScript exporter parses the graph it has just written with the ``onnx``
+    package (0.6-0.7 s to import on a 2-core machine, a tenth of a short training run)
+    only to add ONNX-script functions of custom operators, which live in custom domains.
+    medview's graphs have none, and could not use one: :mod:`medview.models.graph` refuses
+    any operator outside the standard domains and any model-local function before a
+    graph is used or saved. So the pass is skipped while medview exports (where a
+    caller passes custom opsets, torch's pass still runs)."""
+    try:
+        from torch.onnx._internal.torchscript_exporter import onnx_proto_utils as utils
+    except ImportError:  # another torch layout: its exporter runs as it is
+        yield
+        return
+    original = getattr(utils, "_add_onnxscript_fn", None)
+    if original is None:
+        yield
+        return
+
+    def add_functions(model_bytes: bytes, custom_opsets) -> bytes:
+        return original(model_bytes, custom_opsets) if custom_opsets else model_bytes
+
+    utils._add_onnxscript_fn = add_functions
+    try:
+        yield
+    finally:
+        utils._add_onnxscript_fn = original
+
+
 def _onnx(wrapper, channels: int, size: tuple[int, int], names: list[str]) -> bytes:
     import torch
 
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad(), \
+        with warnings.catch_warnings(), torch.no_grad(), without_onnxscript_pass(), \
                 contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
