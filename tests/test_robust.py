@@ -286,3 +286,36 @@ def test_a_card_whose_audit_is_not_numbers_and_text_is_refused(bad):
     base["reliance"] = {**base["reliance"], **bad}
     with pytest.raises(CardError, match="reliance"):
         Card.from_dict(base)
+
+
+def test_the_lung_fields_hull_and_threshold_are_scikit_images():
+    """The lung-field estimate's convex hull and Otsu threshold (written with numpy, so
+    that training does not import scikit-image) give scikit-image's answers: random
+    blobs, thin lines, single pixels and regions touching the border; float32 values
+    like the smoothed film's."""
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import convex_hull_image
+
+    from medview.imaging import lungs
+
+    rng = np.random.default_rng(5)
+    shapes = []
+    for _ in range(40):
+        m = np.zeros((int(rng.integers(8, 70)), int(rng.integers(8, 70))), bool)
+        for _ in range(int(rng.integers(1, 5))):
+            r, c = rng.integers(0, m.shape[0]), rng.integers(0, m.shape[1])
+            m[max(0, r - rng.integers(0, 9)):r + 1, max(0, c - rng.integers(0, 9)):c + 1] = True
+        shapes.append(m)
+    line = np.zeros((20, 20), bool)
+    line[3, 2:15] = True
+    dot = np.zeros((9, 9), bool)
+    dot[4, 4] = True
+    corner = np.zeros((12, 12), bool)
+    corner[0, 0] = corner[11, 11] = corner[0, 11] = True
+    for m in [*shapes, line, dot, corner]:
+        assert np.array_equal(lungs.convex_hull_mask(m), convex_hull_image(m))
+    for _ in range(30):
+        v = (rng.normal(100, 30, int(rng.integers(50, 4000)))
+             * rng.choice([1, 1, 0.01])).astype(np.float32)
+        assert lungs.threshold_otsu(v) == float(threshold_otsu(v))
+    assert lungs.threshold_otsu(np.full(10, 7, np.float32)) == 7.0

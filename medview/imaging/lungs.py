@@ -52,8 +52,6 @@ def lung_field(grey: np.ndarray) -> tuple[np.ndarray, bool]:
     """(mask, estimated): the lung-field estimate of a grey film, and False when it fell
     back to the central chest box."""
     from scipy import ndimage
-    from skimage.filters import threshold_otsu
-    from skimage.morphology import convex_hull_image
 
     a = np.asarray(grey, np.float32)
     if a.ndim != 2 or min(a.shape) < 16:
@@ -82,13 +80,88 @@ def lung_field(grey: np.ndarray) -> tuple[np.ndarray, bool]:
         lungs.append(best)
     mask = np.zeros((h, w), bool)
     for k in lungs:
-        mask |= convex_hull_image(ndimage.binary_fill_holes(labels == k))
+        mask |= convex_hull_mask(ndimage.binary_fill_holes(labels == k))
     mask |= mask[:, ::-1]  # a consolidated (bright) lung is found by its twin's mirror
     r = max(1, round(0.03 * max(h, w)))
     mask = ndimage.binary_dilation(mask, iterations=r)
     if not MIN_UNION <= mask.mean() <= MAX_UNION:
         return box, False
     return mask, True
+
+
+def threshold_otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` from a ``bins``-bin histogram over their range (the
+    centre of the bin that best splits them into two classes), as scikit-image's
+    ``threshold_otsu`` computes it for float images."""
+    v = np.asarray(values).ravel()
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float64)
+    lo, hi = v.min(), v.max()
+    if lo == hi:
+        return float(lo)
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    counts = counts.astype(np.float32)
+    w1 = np.cumsum(counts)
+    w2 = np.cumsum(counts[::-1])[::-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m1 = np.cumsum(counts * centres) / w1
+        m2 = (np.cumsum((counts * centres)[::-1]) / w2[::-1])[::-1]
+    between = w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2
+    return float(centres[int(np.nanargmax(between))])
+
+
+def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
+    """The pixels inside or on the convex hull of ``mask``'s pixels, each pixel taken as
+    the diamond of its edge midpoints (scikit-image's ``convex_hull_image`` with its
+    defaults: offset coordinates, borders included)."""
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return np.zeros(m.shape, bool)
+    # every pixel of a row lies between the row's first and last: only those, with their
+    # diamonds' outer corners, can be on the hull
+    w = m.shape[1]
+    rows = np.flatnonzero(m.any(axis=1)).astype(np.float64)
+    first = m[rows.astype(int)].argmax(axis=1).astype(np.float64)
+    last = w - 1 - m[rows.astype(int), ::-1].argmax(axis=1).astype(np.float64)
+    cand = np.unique(np.concatenate([
+        np.stack([rows, first - 0.5], 1), np.stack([rows, last + 0.5], 1),
+        np.stack([rows - 0.5, first], 1), np.stack([rows + 0.5, first], 1),
+        np.stack([rows - 0.5, last], 1), np.stack([rows + 0.5, last], 1)]), axis=0)
+    hull = _monotone_chain(cand)
+    r0, c0 = np.floor(hull.min(axis=0)).astype(int)
+    r1, c1 = np.ceil(hull.max(axis=0)).astype(int)
+    r0, c0 = max(r0, 0), max(c0, 0)
+    r1, c1 = min(r1, m.shape[0] - 1), min(c1, m.shape[1] - 1)
+    gr, gc = np.mgrid[r0:r1 + 1, c0:c1 + 1]
+    inside = np.ones(gr.shape, bool)
+    if len(hull) >= 3:
+        for (ar, ac), (br, bc) in zip(hull, np.roll(hull, -1, axis=0), strict=True):
+            inside &= (br - ar) * (gc - ac) - (bc - ac) * (gr - ar) >= -1e-9
+    out = np.zeros(m.shape, bool)
+    out[r0:r1 + 1, c0:c1 + 1] = inside
+    return out | m
+
+
+def _monotone_chain(p: np.ndarray) -> np.ndarray:
+    """The convex hull of points ``p`` (sorted, unique; (row, col)), counter-clockwise in
+    (row, col) coordinates, collinear points dropped (Andrew's algorithm)."""
+    pts = p.tolist()  # Python floats: numpy scalars would make the loop 5x slower
+
+    def cross(o, a, b) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list = []
+    for q in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], q) <= 0:
+            lower.pop()
+        lower.append(q)
+    upper: list = []
+    for q in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], q) <= 0:
+            upper.pop()
+        upper.append(q)
+    return np.array(lower[:-1] + upper[:-1], np.float64)
 
 
 def fill_median(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
