@@ -167,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {"data": args.data, "base": args.base, "strategy": args.strategy,
                  "epochs": args.epochs, "image_size": args.image_size, "name": args.name,
-                 "out": args.out}
+                 "out": args.out, "device": args.device}
     try:
         cfg = (TrainConfig.from_file(args.config, **overrides) if args.config
                else TrainConfig(**{k: v for k, v in overrides.items() if v is not None}))
@@ -183,12 +183,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             for path in distributed.write_cluster_scripts(cfg, args.cluster_script, out):
                 print(f"wrote {_show(path)}")
             return 0
-        if args.nproc > 1:
+        from medview.training.placement import plan
+
+        where = plan("train", cfg.device, args.nproc)
+        cfg.device = where.device  # the workers connect for it (NCCL on CUDA)
+        print(f"{where.describe()}", file=sys.stderr, flush=True)
+        if where.nproc > 1:
             config = distributed.write_worker_config(cfg, os.path.join(ckpt, "config.json"))
             worker = ["train", "--config", config, "--out", out] + (
                 ["--events-json"] if args.events_json else []) + (
                 ["--result-json", args.result_json] if args.result_json else [])
-            return distributed.launch(args.nproc, worker)
+            return distributed.launch(where.nproc, worker)
         result = drain(train(cfg, checkpoint_dir=ckpt),
                        lambda ev: print_event(ev, args.events_json))
         distributed.finish_training(result, out, ckpt, args.events_json, args.result_json)
@@ -235,17 +240,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from medview import cli_pacs
 
     anyway = args.score_out_of_scope
-    if args.nproc > 1:
+    if args.nproc is not None and args.nproc != 1:
         if not args.csv or args.json or cli_pacs.results_wanted(args):
             print("error: --nproc writes a CSV (--csv FILE); --json, --sr-dir, --sc and "
                   "--send run on one process", file=sys.stderr)
             return 2
         from medview.training.distributed import launch
+        from medview.training.placement import PlacementError, plan
 
-        worker = ["predict", *args.paths, "--model", args.model, "--csv", args.csv,
-                  "--device", args.device, "--backend", args.backend] + (
-                      ["--score-out-of-scope"] if anyway else [])
-        return launch(args.nproc, worker, max_restarts=0)
+        try:
+            where = plan("predict", args.device, args.nproc)
+        except PlacementError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(where.describe(), file=sys.stderr, flush=True)
+        if where.nproc > 1:
+            worker = ["predict", *args.paths, "--model", args.model, "--csv", args.csv,
+                      "--device", where.device, "--backend", args.backend] + (
+                          ["--score-out-of-scope"] if anyway else [])
+            return launch(where.nproc, worker, max_restarts=0)
     loaded = _session(args.model, args.device, args.backend)  # loads while we read
     if loaded is None:
         return 2
@@ -434,6 +447,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def _train_options(tr: argparse.ArgumentParser) -> None:
+    from medview.core.modeling import DEVICES
     from medview.models.pretrained import IMAGENET_BASES
     from medview.training.strategies import STRATEGIES
 
@@ -445,9 +459,12 @@ def _train_options(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--name")
     tr.add_argument("--out", help="directory the new model folder is written into")
     tr.add_argument("--config", help="JSON file with training settings")
-    tr.add_argument("--nproc", type=int, default=1,
+    tr.add_argument("--device", choices=DEVICES,
+                    help="where to train (default: auto, the config's device if it names "
+                         "one: CUDA, then Apple MPS, then the CPU); printed at the start")
+    tr.add_argument("--nproc", type=int, default=None,
                     help="train on N local processes (torchrun; DDP, gloo on CPU, NCCL on "
-                         "CUDA)")
+                         "CUDA; default: one per CUDA GPU, else 1)")
     tr.add_argument("--cluster-script", dest="cluster_script", metavar="DIR",
                     help="write train.json, run_torchrun.sh and run_slurm.sh into DIR for a "
                          "GPU server or cluster, and stop")
@@ -470,8 +487,9 @@ def _predict_options(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope",
                     help="also fill in the label and probabilities of images outside the "
                          "model's scope (in_scope stays false)")
-    pr.add_argument("--nproc", type=int, default=1,
-                    help="score on N local processes (torchrun); needs --csv")
+    pr.add_argument("--nproc", type=int, default=None,
+                    help="score on N local processes (torchrun); needs --csv. More "
+                         "processes than GPUs share them")
     cli_pacs.add_result_options(pr)
     pr.set_defaults(func=cmd_predict)
 

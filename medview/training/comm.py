@@ -135,19 +135,25 @@ def backend_for(device: str) -> str:
     return "nccl" if str(device).startswith("cuda") else "gloo"
 
 
-def connect(device: str = "cpu") -> Comm:
-    """The communicator of this process: torchrun's environment, or a single process."""
+def connect(device: str = "cpu", backend: str | None = None) -> Comm:
+    """The communicator of this process: torchrun's environment, or a single process.
+    ``backend``: NCCL for CUDA training (one GPU per process: a process without one
+    stops at once, :func:`placement.check_local_rank`), gloo otherwise (given as gloo by
+    scoring, whose processes may share a GPU)."""
     if not in_torchrun():
         return Comm()
     import datetime
 
     import torch.distributed as dist
 
-    backend = backend_for(device)
+    backend = backend or backend_for(device)
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend == "nccl":
         import torch
 
+        from medview.training.placement import check_local_rank
+
+        check_local_rank(device, local_rank)
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         # Collectives run every step; the longest wait is for rank 0 writing a checkpoint.

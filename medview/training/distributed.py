@@ -56,8 +56,10 @@ def write_worker_config(cfg, path: str) -> str:
 TORCHRUN_SCRIPT = """#!/bin/sh
 # medview training across machines with torchrun: run this same script on every node
 # (the data, this folder and OUT on a shared file system). Set NNODES, NPROC_PER_NODE
-# (GPUs or processes per node), MASTER_ADDR (the first node) and MASTER_PORT.
-exec torchrun --nnodes="${{NNODES:-1}}" --nproc-per-node="${{NPROC_PER_NODE:-1}}" \\
+# (processes per node; default: one per CUDA GPU of the node, else 1), MASTER_ADDR (the
+# first node) and MASTER_PORT.
+NPROC_PER_NODE="${{NPROC_PER_NODE:-$(python -m medview.training.placement)}}"
+exec torchrun --nnodes="${{NNODES:-1}}" --nproc-per-node="$NPROC_PER_NODE" \\
   --rdzv-backend=c10d --rdzv-endpoint="${{MASTER_ADDR:-localhost}}:${{MASTER_PORT:-29500}}" \\
   --rdzv-id="${{RDZV_ID:-medview-train}}" --max-restarts=3 \\
   -m medview.training.distributed train --config {config} --out "${{OUT:-{out}}}"
@@ -74,7 +76,8 @@ SLURM_SCRIPT = """#!/bin/bash
 #SBATCH --cpus-per-task=8
 #SBATCH --time=12:00:00
 head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-srun torchrun --nnodes="$SLURM_NNODES" --nproc-per-node="${{SLURM_GPUS_PER_NODE:-1}}" \\
+srun torchrun --nnodes="$SLURM_NNODES" \\
+  --nproc-per-node="${{SLURM_GPUS_PER_NODE:-$(python -m medview.training.placement)}}" \\
   --rdzv-backend=c10d --rdzv-endpoint="$head:29500" --rdzv-id="$SLURM_JOB_ID" \\
   --max-restarts=3 \\
   -m medview.training.distributed train --config {config} --out {out}
@@ -116,7 +119,11 @@ def _train_worker(argv: list[str]) -> int:
     p.add_argument("--result-json", dest="result_json")
     args = p.parse_args(argv)
     cfg = TrainConfig.from_file(args.config, out=args.out)
-    comm = connect(cfg.device)
+    if cfg.device in ("auto", "", None):  # a cluster script's config: this node decides
+        from medview.inference.devices import choose_device
+
+        cfg.device = choose_device("auto")
+    comm = connect(cfg.device)  # NCCL and a GPU per process on CUDA
     try:
         out = cfg.out or _user_models_dir()
         ckpt = checkpoint_dir_for(cfg, out)
@@ -253,7 +260,16 @@ def _predict_worker(argv: list[str]) -> int:
     p.add_argument("--score-out-of-scope", action="store_true", dest="score_out_of_scope")
     p.add_argument("--backend", default="auto")
     args = p.parse_args(argv)
-    comm = connect(args.device if args.device != "auto" else "cpu")
+    # scoring processes exchange only a barrier and their part files: gloo, so that
+    # several may share one GPU (process k on GPU k mod the GPU count)
+    comm = connect(args.device, backend="gloo")
+    if args.device == "cuda":
+        import torch
+
+        from medview.training.placement import plan
+
+        torch.cuda.set_device(torch.device(plan("predict", "cuda", comm.world).device_of(
+            comm.local_rank)))
     try:
         return score_shard(args.paths, args.model, args.csv, comm, args.device,
                            args.score_out_of_scope, args.backend)

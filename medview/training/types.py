@@ -71,7 +71,7 @@ class TrainConfig:
     id: str | None = None
     version: str = "1.0.0"
     out: str | None = None
-    device: str = "cpu"
+    device: str = "auto"  # CUDA, then Apple MPS, then the CPU (medview.training.placement)
     num_threads: int | None = None
     max_train_images: int | None = None
     n_bootstrap: int = 1000
