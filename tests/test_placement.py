@@ -1,6 +1,7 @@
 """Where commands run: the device and process-count rules (CPU only; GPU counts are
 given or mocked)."""
 
+import numpy as np
 import pytest
 
 from medview import cli
@@ -131,3 +132,66 @@ def test_train_on_the_cpu_names_the_cpu(tmp_path, monkeypatch, capsys):
     data.mkdir()
     assert cli.main(["train", str(data), "--out", str(tmp_path / "out")]) == 130
     assert capsys.readouterr().err.splitlines()[0] == "training on the CPU"
+
+
+def test_training_precision_rules():
+    from medview.training.engine import training_precision
+
+    warns: list[str] = []
+    assert training_precision("auto", "cuda", True, warns) == "bfloat16"
+    assert training_precision("auto", "cuda", False, warns) == "float32"
+    assert training_precision("auto", "cpu", True, warns) == "float32"
+    assert training_precision("float32", "cuda", True, warns) == "float32"
+    assert warns == []
+    assert training_precision("bfloat16", "mps", False, warns) == "float32"
+    assert len(warns) == 1 and "float32" in warns[0]
+
+
+def test_a_bfloat16_run_trains_its_steps_in_bfloat16_and_says_so(tmp_path):
+    """Asked for bfloat16 (here on the CPU, as on a GPU by default), the training steps'
+    forward passes run under autocast (the logits come out in bfloat16), evaluation does
+    not (the card's probabilities are float), and the card records it."""
+    import torch
+
+    from medview.core.progress import drain
+    from medview.training import engine, strategies
+    from medview.training.types import TrainConfig
+    from tests.tiny import write_patch_dataset
+
+    seen = []
+    real = strategies.Strategy.train_logits
+
+    def spy(self, run, idx):
+        out = real(self, run, idx)
+        seen.append(out.dtype)
+        return out
+
+    data = write_patch_dataset(str(tmp_path / "data"), n_per_class=12)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(strategies.Strategy, "train_logits", spy)
+        result = drain(engine.train(TrainConfig(
+            data=data, base="timm:test_efficientnet", strategy="full", epochs=1,
+            image_size=32, batch_size=8, augment=False, n_bootstrap=20, min_per_class=5,
+            id="bf16", precision="bfloat16", audit=False)))
+    assert seen and set(seen) == {torch.bfloat16}
+    assert result.card.training["numerics"]["precision"].startswith("bfloat16 autocast")
+    assert "precision" not in {k for k in result.card.training if k != "numerics"}
+    assert result.test_probs.dtype.kind == "f" and np.isfinite(result.test_probs).all()
+
+
+def test_cuda_inference_is_full_float32():
+    """The switch that keeps CUDA results within 1e-4 of the CPU's turns TF32 off for
+    convolutions and matrix products (flags only: no GPU needed to set them)."""
+    import torch
+
+    from medview.inference.devices import full_precision_cuda
+
+    conv = torch.backends.cudnn.conv
+    before = (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    try:
+        conv.fp32_precision = "tf32"
+        assert full_precision_cuda() == "float32 (TF32 off)"
+        assert conv.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    finally:
+        conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before

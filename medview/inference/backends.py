@@ -312,6 +312,10 @@ class TorchBackend:
         self._torch = torch
         self.device = choose_device(device)
         self.gate = gate
+        if self.device.startswith("cuda"):
+            from medview.inference.devices import full_precision_cuda
+
+            full_precision_cuda()  # results must not depend on the machine beyond 1e-4
         self.model = load_model(card).to(self.device)
         if self.device == "cpu":
             # NHWC convolutions: faster on the CPU, same outputs to 1e-6

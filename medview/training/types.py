@@ -72,6 +72,10 @@ class TrainConfig:
     version: str = "1.0.0"
     out: str | None = None
     device: str = "auto"  # CUDA, then Apple MPS, then the CPU (medview.training.placement)
+    #: the training steps' arithmetic: "auto" (bfloat16 autocast on CUDA, float32
+    #: elsewhere), "float32" or "bfloat16"; evaluation, calibration and the trust gate
+    #: always run in float32 (recorded in the card's ``numerics``)
+    precision: str = "auto"
     num_threads: int | None = None
     max_train_images: int | None = None
     n_bootstrap: int = 1000
@@ -108,6 +112,8 @@ class TrainConfig:
             raise TrainingError("consistency_weight must be between 0 and 100")
         if self.balance not in ("weights", "sampler", "none"):
             raise TrainingError("balance must be weights, sampler or none")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise TrainingError("precision must be auto, float32 or bfloat16")
 
 
 @dataclass
@@ -175,6 +181,8 @@ class TrainingRun:
     #: what training batches run through (set with the optimizer)
     train_model: Module | None = None
     feature_seconds: float | None = None
+    #: the training steps' arithmetic ("float32" or "bfloat16": autocast)
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.wrap is None:
