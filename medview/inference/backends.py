@@ -84,7 +84,10 @@ def gpu_may_be_present() -> bool:
     start on a CPU-only workstation must not pay for it): torch's own answer when torch
     is already loaded, otherwise the NVIDIA driver's presence, or Apple silicon."""
     torch = sys.modules.get("torch")
-    if torch is not None:
+    # torch's own answer only once its import has finished (another thread may be
+    # importing it right now: the model preloading)
+    if torch is not None and not getattr(getattr(torch, "__spec__", None), "_initializing",
+                                         False):
         mps = getattr(torch.backends, "mps", None)
         return bool(torch.cuda.is_available() or (mps is not None and mps.is_available()))
     if sys.platform.startswith("linux"):
@@ -331,7 +334,12 @@ class TorchBackend:
 
     def _run(self, batch: np.ndarray, maps: bool = False) -> dict[str, np.ndarray]:
         torch = self._torch
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        if str(self.device).startswith("cuda"):
+            # page-locked host memory: the copy to the GPU runs asynchronously
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
         if self.device == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         return self.tap.forward(self.model, x, self.scorer)

@@ -25,13 +25,19 @@ from medview.inference.session import InferenceSession, ScoredProgress, score_st
 def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
                       device: str = "auto", cancel: CancelToken | None = None,
                       rank: int = 0, world: int = 1, backend: str = "auto",
-                      chunk: int | None = None
+                      chunk: int | None = None, readers: int | None = None
                       ) -> Generator[Progress, None, tuple[list, list]]:
     """Score every ``world``-th unit under ``paths`` from ``rank`` with
     :func:`~medview.inference.session.score_stream`: units are read one at a time as the
     scorer asks for them. Yields :class:`ScoredProgress` steps whose item's ``key`` is the
     unit's index; returns the files skipped when scanning (the same on every rank) and
-    those of this rank's units that could not be read."""
+    those of this rank's units that could not be read.
+
+    ``readers`` threads read and prepare units ahead of the scorer (decoding and resizing
+    release the interpreter lock), in order, at most ``2 * readers`` units ahead; the
+    default is one (the reading interleaved with scoring, what a CPU wants: its cores
+    score) and :func:`default_readers` on a GPU, which would otherwise wait for one host
+    thread to decode."""
     from medview.io.loader import iter_read_unit, iter_scan
 
     units, scan_skipped = drain(iter_scan(paths, cancel))
@@ -39,20 +45,84 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
     mine = list(range(rank, len(units), world))
     yield Progress(0, len(mine), "loading model")
 
+    def read_one(k: int) -> tuple[int, ImageVolume | None, list]:
+        volume, bad = drain(iter_read_unit(units[k], cancel))
+        return k, volume, bad
+
     def read() -> Iterator[tuple[int, ImageVolume | None]]:
         for k in mine:
-            volume, bad = drain(iter_read_unit(units[k], cancel))
+            _k, volume, bad = read_one(k)
             skipped.extend(bad)
             yield k, volume
 
-    units_read = read()
-    # the first unit is read before waiting for the model, which may be loading on
-    # another thread (InferenceSession.preload)
-    first = list(itertools.islice(units_read, 1))
-    pred = session.predictor(card, device, backend)
-    yield from score_stream(pred, itertools.chain(first, units_read), len(mine), cancel,
-                            chunk, failed=skipped)
+    n_readers = default_readers(device) if readers is None else max(1, int(readers))
+    if chunk is None and on_gpu(device):
+        chunk = GPU_SCORING_BATCH
+    if n_readers == 1 or len(mine) < 2:
+        units_read = read()
+        # the first unit is read before waiting for the model, which may be loading on
+        # another thread (InferenceSession.preload)
+        first = list(itertools.islice(units_read, 1))
+        pred = session.predictor(card, device, backend)
+        yield from score_stream(pred, itertools.chain(first, units_read), len(mine), cancel,
+                                chunk, failed=skipped)
+        return scan_skipped, skipped
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    predictor: Future = Future()
+
+    def read_and_prepare(k: int):
+        k, volume, bad = read_one(k)
+        if volume is None:
+            return k, None, bad, None
+        pred = predictor.result()  # the model may still be loading
+        return k, volume, bad, pred.prepare(volume, volume.default_index)
+
+    pool = ThreadPoolExecutor(n_readers, thread_name_prefix="medview-read")
+    todo = iter(mine)
+    # reading starts now, while the model may still be loading (InferenceSession.preload)
+    queue = [pool.submit(read_and_prepare, k) for k in itertools.islice(todo, 2 * n_readers)]
+
+    def in_order() -> Iterator[tuple]:
+        while queue:
+            k, volume, bad, prep = queue.pop(0).result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                queue.append(pool.submit(read_and_prepare, nxt))
+            skipped.extend(bad)
+            yield (k, volume) if prep is None else (k, volume, prep)
+
+    try:
+        try:
+            predictor.set_result(session.predictor(card, device, backend))
+        except BaseException as exc:
+            predictor.set_exception(exc)
+            raise
+        yield from score_stream(predictor.result(), in_order(), len(mine), cancel, chunk,
+                                failed=skipped)
+    finally:
+        for f in queue:
+            f.cancel()
+        pool.shutdown(wait=True)
     return scan_skipped, skipped
+
+
+#: films per forward pass when scoring on a GPU (8 on the CPU: SCORING_BATCH)
+GPU_SCORING_BATCH = 64
+
+
+def on_gpu(device: str) -> bool:
+    """Whether scoring on ``device`` runs on a GPU ("auto" where one may be present)."""
+    from medview.inference.backends import gpu_may_be_present
+
+    d = str(device).split(":")[0]
+    return d in ("cuda", "mps") or (d in ("auto", "") and gpu_may_be_present())
+
+
+def default_readers(device: str) -> int:
+    """Reader threads for scoring on ``device``: one on the CPU (its cores score), up to
+    8 (the cores less one) on a GPU."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1)) if on_gpu(device) else 1
 
 
 #: The hidden partial CSV a writer fills before renaming it over the target.

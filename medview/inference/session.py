@@ -250,8 +250,10 @@ def score_stream(pred: Predictor, volumes: Iterable[tuple[int, ImageVolume | Non
     """The one batch scorer (the CLI, the worklist and the torchrun workers all use it).
 
     ``volumes`` yields ``(key, volume)`` lazily (a None volume: an input that could not
-    be read; it counts as done). The default slice of each is prepared as it arrives and
-    scored ``chunk`` (:data:`SCORING_BATCH`) at a time, never holding more than
+    be read; it counts as done), or ``(key, volume, prepared)`` when it was prepared
+    already (:func:`medview.inference.batch.iter_score_stream`'s reader threads). The
+    default slice of each is prepared as it arrives (unless it was) and scored ``chunk``
+    (:data:`SCORING_BATCH`) at a time, never holding more than
     :data:`MAX_PENDING_BYTES` of pixels; each row is yielded as a :class:`ScoredProgress`
     step (``done`` of ``total``) and nothing is kept after it. Every input is a cancel
     point. An image the model gives no finite output for is no row: it goes to
@@ -288,12 +290,14 @@ def score_stream(pred: Predictor, volumes: Iterable[tuple[int, ImageVolume | Non
             yield ScoredProgress(done, total, "scoring", item)
         pending.clear()
 
-    for k, volume in volumes:
+    for entry in volumes:
         _check(cancel)
+        k, volume = entry[0], entry[1]
         if volume is None:
             done += 1
             continue
-        pending.append((k, volume, pred.prepare(volume, volume.default_index)))
+        prep = entry[2] if len(entry) > 2 else pred.prepare(volume, volume.default_index)
+        pending.append((k, volume, prep))
         if len(pending) >= size or sum(v.pixels.nbytes for _k, v, _p in pending) \
                 > MAX_PENDING_BYTES:
             yield from flush()
