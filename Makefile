@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench fuzz lint package package-smoke clean
+.PHONY: run test bench bench-gpu fuzz lint package package-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/run_all.py
+
+bench-gpu: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/bench_gpu.py
 
 # Mutation fuzzing of the readers; crashing or hanging inputs are kept in tests/data/regressions.
 SECONDS ?= 600

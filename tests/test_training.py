@@ -569,3 +569,35 @@ def test_the_bootstrap_scores_each_resample_as_point_metrics_would(binary):
             else:
                 assert fast[name][b] == pytest.approx(value, abs=1e-12), (b, name)
     assert math.isnan(fast["auc_c0"][0])
+
+
+def test_training_films_read_side_by_side_match_one_reader(tmp_path):
+    """Reading the training films on several threads gives the array one thread gives, in
+    the samples' order, with the same unreadable files skipped and the same hashes; a
+    cancel stops it."""
+    from PIL import Image
+
+    from medview.core.progress import CancelToken, drain
+
+    rng = np.random.default_rng(3)
+    for cls in ("A", "B"):
+        os.makedirs(tmp_path / cls)
+        for k in range(13):
+            Image.fromarray(rng.integers(0, 255, (20 + k, 30), np.uint8)).save(
+                tmp_path / cls / f"f{k:02d}.png")
+    (tmp_path / "A" / "f05.png").write_bytes(b"\x89PNG broken")
+    results = []
+    for readers in (1, 4):
+        ds = tdata.from_folder(str(tmp_path))
+        arr = drain(tdata.load_images(ds, (16, 16), readers=readers))
+        results.append((arr, [s.path for s in ds.samples], [s.sha256 for s in ds.samples],
+                        [f.path for f in ds.skipped]))
+    (a1, p1, h1, s1), (a4, p4, h4, s4) = results
+    assert a1.shape == (25, 16, 16) and np.array_equal(a1, a4)
+    assert p1 == p4 == sorted(p1) and h1 == h4 and all(h1)
+    assert s1 == s4 and s1[0].endswith("f05.png")
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError):
+        drain(tdata.load_images(tdata.from_folder(str(tmp_path)), (16, 16), cancel=token,
+                                readers=4))
