@@ -9,12 +9,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.factory import make_dataset, write
-
 
 def write_ct_series(folder: str, n: int = 300, size: int = 512) -> list[str]:
     """Write ``n`` axial 512x512 int16 CT slices (shuffled names) and return the paths."""
     from pydicom.uid import generate_uid
+
+    from tests.factory import make_dataset, write
 
     os.makedirs(folder, exist_ok=True)
     uid = generate_uid()
