@@ -513,13 +513,13 @@ def select_model(window, model_id: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    gc = StartupGC(waits_for=("window", "work ahead"))
+    collector = StartupGC(waits_for=("window", "work ahead"))
     ahead: list[LaunchPrefetch | None] = []
     app = create_app(splash=not args.screenshot, then=lambda: ahead.append(
-        start_prefetch(args, done=lambda: gc.release("work ahead"))))
+        start_prefetch(args, done=lambda: collector.release("work ahead"))))
     window = launch(args, app, prefetch=ahead[0])  # kept alive while the event loop runs
     close_splash(app, window)
-    gc.release("window")
+    collector.release("window")
     from PySide6.QtCore import QTimer
 
     QTimer.singleShot(0, prefetch_runtime)

@@ -24,13 +24,17 @@ def available_devices() -> list[str]:
     return out
 
 
+def auto_device(available: list[str]) -> str:
+    """What "auto" means among ``available`` devices: CUDA, then MPS, then the CPU (the
+    one rule of the panel, the commands, training and :mod:`medview.training.placement`)."""
+    return next(d for d in ("cuda", "mps", "cpu") if d in available)
+
+
 def choose_device(requested: str = "auto") -> str:
     """CUDA if available, else MPS, else CPU; an explicit request must be available."""
     devices = available_devices()
     if requested in ("auto", "", None):
-        for d in ("cuda", "mps", "cpu"):
-            if d in devices:
-                return d
+        return auto_device(devices)
     if requested not in devices:
         raise DeviceError(f"device {requested!r} is not available here (available: "
                          f"{', '.join(devices)})")

@@ -828,11 +828,11 @@ def _training_device(requested: str, warns: list[str]) -> str:
     """The device to train on: "auto" picks CUDA, then MPS, then the CPU (as the panel
     does); a requested device that is not available falls back to the CPU with a
     warning."""
-    from medview.inference.devices import available_devices
+    from medview.inference.devices import auto_device, available_devices
 
     have = available_devices()
     if requested in ("auto", "", None):
-        return next(d for d in ("cuda", "mps", "cpu") if d in have)
+        return auto_device(have)
     if requested not in have:
         warns.append(f"{requested.upper()} was requested but is not available: trained on "
                      "the CPU")

@@ -4,7 +4,9 @@ The rules (``medview train`` and ``medview predict``, the wizard, the cluster sc
 
 - ``--device auto`` (the default everywhere) is CUDA when a CUDA GPU is visible, else
   Apple's MPS, else the CPU.
-- ``--nproc`` left out is one process per CUDA GPU on CUDA, one process otherwise.
+- ``--nproc`` left out is one process per CUDA GPU on CUDA, one process otherwise, for
+  training and the cluster scripts (``medview predict`` without ``--nproc`` scores in
+  one process: several need ``--csv``).
 - Training with more processes than CUDA GPUs stops at once with one line saying so:
   every DDP training process needs a GPU of its own (NCCL cannot put two ranks on one
   device). Training on MPS runs in one process.
@@ -84,9 +86,11 @@ def plan(task: str, device: str | None = "auto", nproc: int | None = None, *,
         available = available_devices()
     if gpus is None:
         gpus = cuda_gpu_count() if "cuda" in available else 0
+    from medview.inference.devices import auto_device
+
     requested = device or "auto"
     if requested == "auto":
-        resolved = next(d for d in ("cuda", "mps", "cpu") if d in available)
+        resolved = auto_device(available)
     elif requested in available:
         resolved = requested
     elif requested in ("cuda", "mps", "cpu"):
