@@ -44,8 +44,9 @@ def choose_device(requested: str = "auto") -> str:
 def full_precision_cuda() -> str:
     """Float32 convolutions and matrix products on CUDA computed in full float32, not
     TF32: TF32 (torch's default for cuDNN convolutions) moved a film's probability by up
-    to 3.2e-3 from the CPU's on real films; without it the difference is ~1e-5, inside a
-    graph's 1e-4 tolerance. Process-wide; returns how float32 now runs."""
+    to 3.2e-3 from the CPU's on real films, 9e-6 without it (measured on an H200 before
+    this switch existed; benchmarks/bench_gpu.py re-checks), inside a graph's 1e-4
+    tolerance. Process-wide; returns how float32 now runs."""
     import torch
 
     conv = getattr(torch.backends.cudnn, "conv", None)
