@@ -137,3 +137,38 @@ def test_a_kept_result_is_handed_once_to_the_same_request_for_the_same_volume(se
     assert drain(session.explain(card, vol, 0, "gradcam", card.classes[1], "cpu")) is not sal
     assert drain(session.explain(card, vol, 0, "gradcam", target, "cpu")) is sal
     assert drain(session.explain(card, vol, 0, "gradcam", target, "cpu")) is not sal
+
+
+def test_a_request_during_work_ahead_waits_for_it_instead_of_scoring_again(session_card):
+    """On a slow machine the panel can ask before the launch has scored the first image:
+    it waits for that work (cancellable) and gets its result; other volumes do not wait."""
+    import threading
+
+    session, card = session_card
+    vol = _image(3)
+    twin = ImageVolume(vol.pixels.copy())
+    target = card.classes[0]
+    got: dict[str, object] = {}
+
+    def ask() -> None:
+        got["p"] = drain(session.predict(card, vol, 0, "cpu"))[0]
+        got["sal"] = drain(session.explain(card, vol, 0, "gradcam", target, "cpu"))
+
+    with session.working_ahead(vol):
+        stop = CancelToken()
+        stop.cancel()
+        with pytest.raises(CancelledError):  # waits (here: cancelled) rather than scoring
+            drain(session.predict(card, vol, 0, "cpu", cancel=stop))
+        other = threading.Thread(target=lambda: drain(session.predict(card, twin, 0, "cpu")))
+        other.start()
+        other.join(60)
+        assert not other.is_alive()  # another volume object is not held
+        asker = threading.Thread(target=ask)
+        asker.start()
+        p, prep = drain(session.predict(card, vol, 0, "cpu", keep=True))
+        sal = drain(session.explain(card, vol, 0, "gradcam", target, "cpu", prep=prep,
+                                    keep=True))
+    asker.join(60)
+    assert got["p"] is p and got["sal"] is sal
+    # once the work ahead ended, a request finding nothing kept scores at once
+    assert drain(session.predict(card, vol, 0, "cpu"))[0] is not p

@@ -214,23 +214,27 @@ class LaunchPrefetch:
                 self.session.preload(card)
         if not self.paths:
             return
+        from medview.core.volume import first_to_show
         from medview.io.loader import load
 
         result = load(self.paths)  # a failure is raised by the window's load job
-        self.study.set_result(result)
         if card is None or not result.volumes:
+            self.study.set_result(result)
             return
-        try:
-            self._score(card, result.volumes)
-        except Exception:  # the panel runs it again and reports what fails
-            log.debug("scoring ahead of the window failed", exc_info=True)
+        volume = result.volumes[first_to_show(result.volumes)]
+        # marked before the window can see the study: the panel's first request waits
+        # for this work instead of scoring the image a second time on a slow machine
+        with self.session.working_ahead(volume):
+            self.study.set_result(result)
+            try:
+                self._score(card, volume)
+            except Exception:  # the panel runs it again and reports what fails
+                log.debug("scoring ahead of the window failed", exc_info=True)
 
-    def _score(self, card, volumes) -> None:
+    def _score(self, card, volume) -> None:
         from medview.core.presentation import present
         from medview.core.progress import drain
-        from medview.core.volume import first_to_show
 
-        volume = volumes[first_to_show(volumes)]
         index = volume.default_index
         p, prep = drain(self.session.predict(card, volume, index, keep=True))
         self.prediction = p

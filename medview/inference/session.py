@@ -13,8 +13,9 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,9 @@ class InferenceSession:
         #: same request for the same volume object: {key: (weak ref to volume, result)};
         #: one never asked for does not keep its volume alive
         self._kept: dict[tuple, tuple[weakref.ref, object]] = {}
+        #: volumes whose results are being worked out ahead (:meth:`working_ahead`):
+        #: {id(volume): (weak ref to volume, set when that work ends)}
+        self._ahead: dict[int, tuple[weakref.ref, threading.Event]] = {}
 
     # ------------------------------------------------------------------ models
     @staticmethod
@@ -147,6 +151,38 @@ class InferenceSession:
         with self._lock:
             self._kept[key] = (weakref.ref(volume), result)
 
+    @contextmanager
+    def working_ahead(self, volume: ImageVolume) -> Iterator[None]:
+        """Marks that results for ``volume`` are being worked out ahead (``keep=True``)
+        inside the block. A request for that very volume that finds nothing kept waits
+        for the block to end and looks again, so a request that comes early (a slow
+        machine) gets the result being made instead of running the model a second time."""
+        done = threading.Event()
+        with self._lock:
+            self._ahead[id(volume)] = (weakref.ref(volume), done)
+        try:
+            yield
+        finally:
+            done.set()
+            with self._lock:
+                if self._ahead.get(id(volume), (None, None))[1] is done:
+                    del self._ahead[id(volume)]
+
+    def _kept_or_made_ahead(self, key: tuple, volume: ImageVolume,
+                            cancel: CancelToken | None):
+        """The result kept for ``key`` (see :meth:`_take`), after waiting for work ahead
+        on ``volume`` to end (cancellable); None when there is none."""
+        kept = self._take(key, volume)
+        if kept is not None:
+            return kept
+        with self._lock:
+            ref, done = self._ahead.get(id(volume), (None, None))
+        if done is None or ref() is not volume:
+            return None
+        while not done.wait(0.05):
+            _check(cancel)
+        return self._take(key, volume)
+
     # ------------------------------------------------------------------ jobs
     def predict(self, card: ModelCard, volume: ImageVolume, index: int, device: str = "auto",
                 cancel: CancelToken | None = None, backend: str = "auto", keep: bool = False
@@ -157,7 +193,7 @@ class InferenceSession:
         being built), which gets it at once."""
         key = ("predict", *self._key(card, device, backend), id(volume), index)
         if not keep:
-            kept = self._take(key, volume)
+            kept = self._kept_or_made_ahead(key, volume, cancel)
             if kept is not None:
                 return kept
         t0 = time.perf_counter()
@@ -189,7 +225,7 @@ class InferenceSession:
         method (and Grad-CAM of other heads) runs captum on the torch model."""
         key = ("explain", *self._key(card, device, backend), id(volume), index, method, target)
         if not keep:
-            kept = self._take(key, volume)
+            kept = self._kept_or_made_ahead(key, volume, cancel)
             if kept is not None:
                 return kept
         sal = yield from self._explain(card, volume, index, method, target, device, prep,
