@@ -165,7 +165,8 @@ class InferenceSession:
         finally:
             done.set()
             with self._lock:
-                if self._ahead.get(id(volume), (None, None))[1] is done:
+                held = self._ahead.get(id(volume))
+                if held is not None and held[1] is done:
                     del self._ahead[id(volume)]
 
     def _kept_or_made_ahead(self, key: tuple, volume: ImageVolume,
@@ -176,9 +177,10 @@ class InferenceSession:
         if kept is not None:
             return kept
         with self._lock:
-            ref, done = self._ahead.get(id(volume), (None, None))
-        if done is None or ref() is not volume:
+            held = self._ahead.get(id(volume))
+        if held is None or held[0]() is not volume:
             return None
+        done = held[1]
         while not done.wait(0.05):
             _check(cancel)
         return self._take(key, volume)
