@@ -156,8 +156,11 @@ class LaunchPrefetch:
     engine). The window's load job takes the study read here (:meth:`iter_study`) and the
     panel finds the prediction and the map kept in its session
     (:meth:`InferenceSession.predict` ``keep``), so the film, its prediction and its
-    heat-map appear with the window instead of one after another behind it. Anything
-    that differs from what the panel then asks for is simply not used."""
+    heat-map appear with the window instead of one after another behind it: what is
+    done when the window is built (the model list, the study, the prediction) is shown
+    before its first paint, and a request that comes before the work is done waits for
+    it (:meth:`InferenceSession.working_ahead`). Anything that differs from what the
+    panel then asks for is simply not used."""
 
     def __init__(self, paths: Sequence[str], model_id: str | None, done=None) -> None:
         """The session (for the panel) is made on the thread: its import, ~0.1 s, then
@@ -172,6 +175,8 @@ class LaunchPrefetch:
         #: what was worked out ahead (kept in the session for the panel), for reports
         self.prediction = None
         self.saliency = None
+        #: the model folders as read here (None until read), for the panel's list
+        self.registry = None
         self._done = done
         if not self.paths:
             self.study.set_result(None)
@@ -207,7 +212,8 @@ class LaunchPrefetch:
             from medview.models.registry import discover_models
 
             try:
-                card = discover_models().get(self.model_id)
+                self.registry = discover_models()
+                card = self.registry.get(self.model_id)
             except (KeyError, OSError):
                 card = None  # named in the panel once the model list is read
             if card is not None:
@@ -244,6 +250,14 @@ class LaunchPrefetch:
         target = shown.label if shown.label in p.classes else p.classes[0]
         self.saliency = drain(self.session.explain(card, volume, index, "gradcam", target,
                                                    prep=prep, keep=True))
+
+    def study_ready(self):
+        """The study if it has been read with something to show, else None (never
+        waits)."""
+        if not self.study.done() or self.study.exception() is not None:
+            return None
+        result = self.study.result()
+        return result if result is not None and result.volumes else None
 
     def iter_study(self, cancel):
         """The window's load job: the study read on the launch thread."""
@@ -385,7 +399,10 @@ class StartupReport:
         self._paint = PaintWatch(window)
         window.installEventFilter(self._paint)
         window.volume_shown.connect(lambda _i: self.mark("first_image_s"))
-        window.model_panel.prediction_ready.connect(lambda _p: self.mark("first_prediction_s"))
+        # a prediction is of the image in view: when both come in one call (work done
+        # ahead), the panel is told before the window's volume_shown
+        window.model_panel.prediction_ready.connect(
+            lambda _p: (self.mark("first_image_s"), self.mark("first_prediction_s")))
         window.load_failed.connect(lambda msg: self.finish(error=msg))
         window.load_finished.connect(
             lambda result: None if result.volumes else self.finish(error="nothing could be "
@@ -475,6 +492,8 @@ def launch(args: argparse.Namespace, app, settings=None,
             window.load_finished.connect(grab)
         else:
             grab()
+    if prefetch is not None and prefetch.registry is not None:
+        window.model_panel.use_registry(prefetch.registry)  # read ahead: no second read
     if args.model:
         def choose() -> None:
             if select_model(window, args.model):
@@ -489,7 +508,11 @@ def launch(args: argparse.Namespace, app, settings=None,
 
         window.model_panel.when_models_ready(choose)
     if paths:  # read on the launch thread (started before the window)
-        window.open_paths(paths, read=prefetch.iter_study if prefetch is not None else None)
+        # what the launch has already read and scored is in the window's first paint;
+        # the rest arrives from the launch thread as it is done
+        ready = prefetch.study_ready() if prefetch is not None else None
+        window.open_paths(paths, read=prefetch.iter_study if prefetch is not None else None,
+                          ready=ready)
     router.set_window(window)
     return window
 

@@ -270,16 +270,21 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ opening
     def open_paths(self, paths: list[str], kind: str = "load", select: bool = True,
-                   read=None) -> None:
+                   read=None, ready: LoadResult | None = None) -> None:
         """Load files/folders in the background; newest request of a ``kind`` wins (series
         arriving from a PACS each have their own kind, so none cancels another). ``read``
         (a cancel token -> load generator) replaces reading ``paths`` here (the launch
-        reads them while the window is built)."""
+        reads them while the window is built); ``ready``: ``paths`` already read (shown
+        now)."""
         paths = [os.fspath(p) for p in paths if p]
         if not paths:
             return
         if kind == "load":
             self._remember(paths)
+        if ready is not None:
+            self.jobs.supersede(kind)
+            self._show_loaded(ready, select)
+            return
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)
         self.cancel_button.setVisible(True)
@@ -301,8 +306,10 @@ class MainWindow(QMainWindow):
             self.cancel_button.setVisible(False)
 
     def _on_loaded(self, job, result: LoadResult, select: bool = True) -> None:
-        if not self.jobs.is_current(job):
-            return
+        if self.jobs.is_current(job):
+            self._show_loaded(result, select)
+
+    def _show_loaded(self, result: LoadResult, select: bool = True) -> None:
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
         first_new = len(self.volumes)

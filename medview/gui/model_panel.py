@@ -375,8 +375,13 @@ class ModelPanel(QWidget):
         self.models_ready.disconnect(loop.quit)
 
     def _apply_registry(self, job, registry, select: str | None) -> None:
-        if not self.jobs.is_current(job):
-            return
+        if self.jobs.is_current(job):
+            self.use_registry(registry, select)
+
+    def use_registry(self, registry, select: str | None = None) -> None:
+        """Show a model list read elsewhere (the launch reads it while the window is
+        built): the panel's own reading of the folders, if running, is dropped."""
+        self.jobs.supersede("models")
         current = select or (self.current_card().id if self.current_card() else None)
         self.state.set_registry(registry)
         self.model_box.blockSignals(True)
@@ -541,6 +546,11 @@ class ModelPanel(QWidget):
         card, volume, index, device = subject
         backend = self.backend()
         want_saliency = self.show_overlay.isChecked()
+        made = self.session.predicted_ahead(card, volume, index, device, backend)
+        if made is not None:  # scored while the window was built: shown at once
+            self.jobs.supersede("predict")
+            self._show_prediction(made, want_saliency)
+            return
         self.status.setText("Running...")
 
         def job(token):
@@ -550,8 +560,10 @@ class ModelPanel(QWidget):
         self._start("predict", job, lambda j, r: self._on_prediction(j, r, want_saliency))
 
     def _on_prediction(self, job, result, want_saliency: bool) -> None:
-        if not self.jobs.is_current(job):
-            return
+        if self.jobs.is_current(job):
+            self._show_prediction(result, want_saliency)
+
+    def _show_prediction(self, result, want_saliency: bool) -> None:
         p, prep = result
         self.state.set_prediction(p, prep)  # rendered by _render_result
         _audit("result_shown", p)

@@ -117,6 +117,14 @@ class JobRunner(QObject):
         if job is not None:
             job.cancel()
 
+    def supersede(self, kind: str) -> None:
+        """Cancel the job of ``kind`` and stop treating it as the newest: its result came
+        from elsewhere (work done ahead), so whatever the job still reports is ignored
+        by :meth:`is_current` checks."""
+        job = self._current.pop(kind, None)
+        if job is not None:
+            job.cancel()
+
     def is_current(self, job: JobThread) -> bool:
         return any(j is job for j in self._current.values())
 

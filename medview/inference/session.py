@@ -185,6 +185,17 @@ class InferenceSession:
             _check(cancel)
         return self._take(key, volume)
 
+    def _predict_key(self, card: ModelCard, volume: ImageVolume, index: int, device: str,
+                     backend: str) -> tuple:
+        return ("predict", *self._key(card, device, backend), id(volume), index)
+
+    def predicted_ahead(self, card: ModelCard, volume: ImageVolume, index: int,
+                        device: str = "auto", backend: str = "auto"
+                        ) -> tuple[Prediction, PreparedInput] | None:
+        """What :meth:`predict` would hand this request from work done ahead, if it is
+        ready now (then forgotten, as there); never waits and never runs the model."""
+        return self._take(self._predict_key(card, volume, index, device, backend), volume)
+
     # ------------------------------------------------------------------ jobs
     def predict(self, card: ModelCard, volume: ImageVolume, index: int, device: str = "auto",
                 cancel: CancelToken | None = None, backend: str = "auto", keep: bool = False
@@ -193,7 +204,7 @@ class InferenceSession:
         With ``keep``, the result is also kept for the next request of the same slice of
         the same volume object (the viewer scores the first image while its window is
         being built), which gets it at once."""
-        key = ("predict", *self._key(card, device, backend), id(volume), index)
+        key = self._predict_key(card, volume, index, device, backend)
         if not keep:
             kept = self._kept_or_made_ahead(key, volume, cancel)
             if kept is not None:
