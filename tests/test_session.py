@@ -137,6 +137,15 @@ def test_a_kept_result_is_handed_once_to_the_same_request_for_the_same_volume(se
     assert drain(session.explain(card, vol, 0, "gradcam", card.classes[1], "cpu")) is not sal
     assert drain(session.explain(card, vol, 0, "gradcam", target, "cpu")) is sal
     assert drain(session.explain(card, vol, 0, "gradcam", target, "cpu")) is not sal
+    # the map with its note, as the viewer asks: ready now or not, never waiting
+    assert session.explained_ahead(card, vol, 0, "gradcam", target, "cpu") is None
+    made = drain(session.explain_with_note(card, vol, 0, "gradcam", target, "cpu", keep=True))
+    assert isinstance(made[1], str) and made[0].shape == (vol.rows, vol.cols)
+    assert session.explained_ahead(card, vol, 0, "gradcam", target, "cpu") is made
+    assert session.explained_ahead(card, vol, 0, "gradcam", target, "cpu") is None
+    p, prep = drain(session.predict(card, vol, 0, "cpu", keep=True))
+    assert session.predicted_ahead(card, twin, 0, "cpu") is None  # another volume object
+    assert session.predicted_ahead(card, vol, 0, "cpu") == (p, prep)
 
 
 def test_a_request_during_work_ahead_waits_for_it_instead_of_scoring_again(session_card):

@@ -248,8 +248,8 @@ class LaunchPrefetch:
             return  # out of scope: no saliency until the user asks
         shown = present(p)
         target = shown.label if shown.label in p.classes else p.classes[0]
-        self.saliency = drain(self.session.explain(card, volume, index, "gradcam", target,
-                                                   prep=prep, keep=True))
+        self.saliency, _note = drain(self.session.explain_with_note(
+            card, volume, index, "gradcam", target, prep=prep, keep=True))
 
     def study_ready(self):
         """The study if it has been read with something to show, else None (never

@@ -633,14 +633,18 @@ class ModelPanel(QWidget):
         method = self.method_box.currentData()
         backend = self.backend()
         target = self.class_box.currentText() or card.classes[0]
+        made = self.session.explained_ahead(card, volume, index, method, target, device,
+                                            backend)
+        if made is not None:  # made while the window was built: shown at once
+            self.jobs.supersede("saliency")
+            self._saliency_done(None)
+            self._show_saliency(made, method, target)
+            return
         self.status.setText(f"Computing {METHODS[method]}...")
 
-        def job(token):
-            from medview.explain.shortcut import note_for_slice
-
-            sal = yield from self.session.explain(card, volume, index, method, target,
-                                                  device, prep, token, backend=backend)
-            return sal, note_for_slice(volume, index, sal)  # in the worker, not the GUI
+        def job(token):  # the map and its note in the worker, not the GUI
+            return (yield from self.session.explain_with_note(
+                card, volume, index, method, target, device, prep, token, backend=backend))
 
         j = self._start("saliency", job, lambda jj, m: self._on_saliency(jj, m, method, target))
         self.sal_progress.setRange(0, 0)  # busy until the first forward pass reports
@@ -667,8 +671,10 @@ class ModelPanel(QWidget):
                 self.status.setText(text)
 
     def _on_saliency(self, job, result, method: str, target: str) -> None:
-        if not self.jobs.is_current(job):
-            return
+        if self.jobs.is_current(job):
+            self._show_saliency(result, method, target)
+
+    def _show_saliency(self, result, method: str, target: str) -> None:
         sal, note = result
         self.saliency_note.setText(note)
         self.saliency_note.setVisible(bool(note))

@@ -236,7 +236,7 @@ class InferenceSession:
         a linear layer (verified at export: ``graph.cam_head``) is the class activation
         map of the graph's feature maps, one forward pass and no autograd; every other
         method (and Grad-CAM of other heads) runs captum on the torch model."""
-        key = ("explain", *self._key(card, device, backend), id(volume), index, method, target)
+        key = self._explain_key(card, volume, index, method, target, device, backend)
         if not keep:
             kept = self._kept_or_made_ahead(key, volume, cancel)
             if kept is not None:
@@ -246,6 +246,41 @@ class InferenceSession:
         if keep:
             self._keep(key, volume, sal)
         return sal
+
+    def _explain_key(self, card: ModelCard, volume: ImageVolume, index: int, method: str,
+                     target: str, device: str, backend: str, note: bool = False) -> tuple:
+        return ("explain", *self._key(card, device, backend), id(volume), index, method,
+                target, note)
+
+    def explain_with_note(self, card: ModelCard, volume: ImageVolume, index: int,
+                          method: str, target: str, device: str = "auto",
+                          prep: PreparedInput | None = None,
+                          cancel: CancelToken | None = None, backend: str = "auto",
+                          keep: bool = False) -> Generator[Progress, None, tuple[np.ndarray, str]]:
+        """:meth:`explain` and the viewer's note on where the map falls
+        (:func:`medview.explain.shortcut.note_for_slice`, which renders the slice at full
+        size: made here, off the GUI thread); ``keep``: as for :meth:`predict`."""
+        key = self._explain_key(card, volume, index, method, target, device, backend, True)
+        if not keep:
+            kept = self._kept_or_made_ahead(key, volume, cancel)
+            if kept is not None:
+                return kept
+        sal = yield from self._explain(card, volume, index, method, target, device, prep,
+                                       cancel, backend)
+        from medview.explain.shortcut import note_for_slice
+
+        made = sal, note_for_slice(volume, index, sal)
+        if keep:
+            self._keep(key, volume, made)
+        return made
+
+    def explained_ahead(self, card: ModelCard, volume: ImageVolume, index: int, method: str,
+                        target: str, device: str = "auto", backend: str = "auto"
+                        ) -> tuple[np.ndarray, str] | None:
+        """What :meth:`explain_with_note` would hand this request from work done ahead,
+        if it is ready now; never waits and never runs the model."""
+        return self._take(self._explain_key(card, volume, index, method, target, device,
+                                            backend, True), volume)
 
     def _explain(self, card: ModelCard, volume: ImageVolume, index: int, method: str,
                  target: str, device: str, prep: PreparedInput | None,

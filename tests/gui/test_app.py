@@ -61,9 +61,10 @@ def _check_report(qtbot, win, capsys, quiet_app) -> None:
 
 def test_work_done_ahead_is_in_the_window_when_it_first_shows(qtbot, models_dir, settings,
                                                               capsys, quiet_app):
-    """Study and model named on the command line: the study read, the model loaded and the
-    image scored while the window was built are shown by the window as it is made, not
-    passed through worker threads (one paint instead of three) and not run again."""
+    """Study and model named on the command line: the study read, the model loaded, the
+    image scored and its map made while the window was built are shown by the window as
+    it is made, not passed through worker threads (one paint instead of four) and not run
+    again."""
     from medview.models.card import read_card
 
     path = _patch_image(models_dir[1])
@@ -86,11 +87,8 @@ def test_work_done_ahead_is_in_the_window_when_it_first_shows(qtbot, models_dir,
     assert panel.jobs.current("predict") is None and panel.jobs.current("models") is None
     assert win.jobs.current("load") is None
     assert panel.session.is_loaded(read_card(models_dir[0]), "auto")
-    # the map is taken from the session on the saliency worker (its note is made there)
-    if panel.state.saliency is None:
-        with qtbot.waitSignal(panel.saliency_ready, timeout=60000):
-            pass
-    assert panel.state.saliency.values is ahead.saliency
+    assert panel.state.saliency is not None and panel.state.saliency.values is ahead.saliency
+    assert panel.jobs.current("saliency") is None and panel.sal_progress.isHidden()
     _check_report(qtbot, win, capsys, quiet_app)
     win.close()
 
