@@ -82,6 +82,29 @@ def test_gradcam_from_the_graph_equals_captum(pair, tiny_model):
     assert ig.shape == (64, 64) and ig.max() > 0
 
 
+def test_the_scoring_pass_hands_its_feature_maps_to_gradcam(pair, tiny_model):
+    """The viewer's prediction and heat-map on the graph backend: one pass of the graph,
+    the map the same as from a pass of its own."""
+    card = pair[0].card
+    session = InferenceSession()
+    engine = session.predictor(card, "cpu", "onnx").engine
+    runs = []
+    real_run = engine.run
+    engine.run = lambda *a, **k: (runs.append(k.get("maps")), real_run(*a, **k))[1]
+    for v in _vols(tiny_model[1], 3):
+        runs.clear()
+        p, prep = drain_all(session.predict(card, v, 0, "cpu", backend="onnx"))
+        assert prep.feature_maps is not None and runs == [True]
+        target = p.label if p.label in card.classes else card.classes[0]
+        cam = drain_all(session.explain(card, v, 0, "gradcam", target, "cpu", prep=prep,
+                                        backend="onnx"))
+        assert runs == [True]  # no second pass
+        again = drain_all(session.explain(card, v, 0, "gradcam", target, "cpu",
+                                          backend="onnx"))
+        assert runs == [True, True]  # without the scored input's maps: a pass of its own
+        np.testing.assert_array_equal(cam, again)
+
+
 def _copy(tiny_model, tmp_path, name="m") -> str:
     dst = tmp_path / name
     shutil.copytree(tiny_model[0], dst)

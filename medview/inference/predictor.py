@@ -62,6 +62,10 @@ class PreparedInput:
     shape: tuple[int, int]  # the slice's (rows, cols)
     #: why the image is outside the card's population (modality, view, age...)
     reasons: list[str] = field(default_factory=list)
+    #: the graph's last feature maps (C, h, w) from the pass that scored this input, when
+    #: it was asked for them (:meth:`Predictor.predict_prepared` ``maps``): its Grad-CAM
+    #: then needs no second pass
+    feature_maps: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def contract_warnings(card: ModelCard, volume: ImageVolume, index: int) -> list[str]:
@@ -228,16 +232,28 @@ class Predictor:
                                    f"features, the model gives {arr.shape[1]}")
         return self.gate.score(feats)
 
-    def predict_prepared(self, prep: PreparedInput, prep_ms: float = 0.0) -> Prediction:
-        return self.predict_many([prep], [prep_ms])[0]
+    def predict_prepared(self, prep: PreparedInput, prep_ms: float = 0.0,
+                         maps: bool = False) -> Prediction:
+        """One prediction; with ``maps``, the same pass also keeps the graph's feature
+        maps in ``prep`` (where the backend has them) for a Grad-CAM without a second
+        pass."""
+        return self.predict_many([prep], [prep_ms], maps=maps)[0]
 
     def predict_many(self, preps: list[PreparedInput],
-                     prep_ms: list[float] | None = None) -> list[Prediction]:
+                     prep_ms: list[float] | None = None,
+                     maps: bool = False) -> list[Prediction]:
         """Predictions for prepared inputs scored in one forward pass (the timings are
         the pass's, divided evenly)."""
         t = time.perf_counter()
-        feats = self.forward(np.stack([p.tensor for p in preps]), batch_size=len(preps))
+        feats = self.forward(np.stack([p.tensor for p in preps]), batch_size=len(preps),
+                             maps=maps)
         infer_ms = (time.perf_counter() - t) * 1000 / len(preps)
+        if maps:
+            from medview.inference.backends import FEATURE_MAPS
+
+            for k, prep in enumerate(preps):
+                if FEATURE_MAPS in feats:
+                    prep.feature_maps = feats[FEATURE_MAPS][k]
         t = time.perf_counter()
         scores = self.gate_score(feats)
         gate_ms = (time.perf_counter() - t) * 1000 / len(preps)

@@ -219,7 +219,11 @@ class InferenceSession:
         prep_ms = (time.perf_counter() - t1) * 1000
         _check(cancel)
         yield Progress(2, 3, "inference")
-        result = pred.predict_prepared(prep, prep_ms)
+        # a graph whose Grad-CAM is its class activation map also hands back its feature
+        # maps: the viewer's heat-map then needs no second pass
+        graph = card.card.graph
+        result = pred.predict_prepared(prep, prep_ms, maps=bool(
+            pred.backend == "onnx" and graph and graph.cam_head))
         result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
         if keep:
             self._keep(key, volume, (result, prep))
@@ -296,7 +300,8 @@ class InferenceSession:
         k = card.classes.index(target)
         graph = card.card.graph
         if method == "gradcam" and pred.backend == "onnx" and graph and graph.cam_head:
-            return cam_for_slice(pred, p.tensor, k, (volume.rows, volume.cols))
+            return cam_for_slice(pred, p.tensor, k, (volume.rows, volume.cols),
+                                 maps=p.feature_maps)
         from medview.explain import saliency_for_slice
 
         spec = card.preprocessing
@@ -390,10 +395,11 @@ def score_stream(pred: Predictor, volumes: Iterable[tuple[int, ImageVolume | Non
 
 
 def cam_for_slice(pred: Predictor, tensor: np.ndarray, target: int,
-                  shape: tuple[int, int]) -> np.ndarray:
+                  shape: tuple[int, int], maps: np.ndarray | None = None) -> np.ndarray:
     """Grad-CAM on the graph backend: the class activation map of the graph's feature
     maps and the linear head, normalised like :func:`medview.explain.saliency.explain`
-    and resized back to the slice's ``shape`` = (rows, cols)."""
+    and resized back to the slice's ``shape`` = (rows, cols). ``maps``: the feature maps
+    (C, h, w) of ``tensor`` from the pass that scored it (else a pass is run here)."""
     from medview.explain.saliency import normalise_map
     from medview.imaging.model_input import resize_map
     from medview.inference.backends import OnnxBackend, class_activation_map
@@ -401,7 +407,8 @@ def cam_for_slice(pred: Predictor, tensor: np.ndarray, target: int,
     engine = pred.engine
     if not isinstance(engine, OnnxBackend):
         raise ValueError("a class activation map from the graph needs the graph backend")
-    feats = pred.forward(tensor[np.newaxis], maps=True)
+    if maps is None:
+        maps = pred.forward(tensor[np.newaxis], maps=True)["feature_maps"][0]
     weight = engine.head()
-    cam = class_activation_map(feats["feature_maps"][0], weight, target, tensor.shape[-2:])
+    cam = class_activation_map(maps, weight, target, tensor.shape[-2:])
     return np.clip(resize_map(normalise_map(cam), shape), 0, 1)
