@@ -100,6 +100,16 @@ class ImageVolume:
     tilt_deg: float = 0.0
     population: Population = field(default_factory=Population)
     study: StudyInfo = field(default_factory=StudyInfo)
+    #: what the row/column spacing measures (:mod:`medview.imaging.measure`): "patient"
+    #: (Pixel Spacing of a cross-sectional or calibrated projection image), "detector"
+    #: (Imager Pixel Spacing of a projection film: the anatomy is smaller by the
+    #: magnification), "header" (a non-DICOM file's header) or "" (not known)
+    spacing_kind: str = ""
+    #: Estimated Radiographic Magnification Factor (0018,1114) of a projection film
+    magnification: float | None = None
+    #: the SOP Instance UID of each slice (one for a multi-frame instance; empty when the
+    #: files have none): measurements belong to an instance and frame
+    instance_uids: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.pixels.ndim not in (3, 4):

@@ -123,6 +123,11 @@ class MainWindow(QMainWindow):
         self.side_tabs.addTab(self.warnings_list, "Warnings")
         self.side_tabs.addTab(self.tags, "DICOM tags")
         self.side_tabs.addTab(self.skipped, "Skipped files (0)")
+        from medview.gui.measure_tools import MeasurementPanel
+
+        self.measurements = MeasurementPanel(self.view.measure)
+        self.measurements.export_requested.connect(self._export_measurements_dialog)
+        self.side_tabs.addTab(self.measurements, "Measurements")
         right = QDockWidget("Details", self)
         right.setObjectName("details-dock")
         right.setWidget(self.side_tabs)
@@ -235,6 +240,7 @@ class MainWindow(QMainWindow):
         for act in (self.act_flip_h, self.act_flip_v, self.act_rotate_right,
                     self.act_rotate_left):
             view_menu.addAction(act)
+        self._build_measure_menu()
         view_menu.addSeparator()
         self.act_export_view = QAction("Export view as PNG...", self, shortcut="Ctrl+E",
                                        triggered=self._export_view_dialog)
@@ -246,6 +252,74 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self.act_shortcuts)
         help_menu.addAction(QAction("Audit log...", self, triggered=self.show_audit_log))
         help_menu.addAction(QAction("About medview", self, triggered=self._about))
+
+    def _build_measure_menu(self) -> None:
+        """Measure: one checkable action per tool (a second press goes back to
+        navigating), the measurement list and the CSV export."""
+        from PySide6.QtGui import QActionGroup
+
+        from medview.gui.measure_tools import TOOLS
+
+        menu = self.menuBar().addMenu("&Measure")
+        group = QActionGroup(self)
+        group.setExclusionPolicy(QActionGroup.ExclusionPolicy.ExclusiveOptional)
+        self.measure_actions: dict[str, QAction] = {}
+        for tool, name, key in TOOLS:
+            act = QAction(name, self, checkable=True, shortcut=key)
+            act.toggled.connect(lambda on, t=tool: self._on_tool(t, on))
+            group.addAction(act)
+            menu.addAction(act)
+            self.measure_actions[tool] = act
+        self.view.measure.tool_changed.connect(self._sync_tool_actions)
+        menu.addSeparator()
+        menu.addAction(QAction("Show measurements", self, triggered=self.show_measurements))
+        self.act_export_measurements = QAction("Export measurements (CSV)...", self,
+                                               triggered=self._export_measurements_dialog)
+        menu.addAction(self.act_export_measurements)
+
+    def _on_tool(self, tool: str, on: bool) -> None:
+        if on:
+            self.view.measure.set_tool(tool)
+            self.show_measurements()
+            self.view.setFocus()
+        elif self.view.measure.tool == tool:
+            self.view.measure.set_tool("")
+
+    def _sync_tool_actions(self, tool: str) -> None:
+        for t, act in self.measure_actions.items():
+            if act.isChecked() != (t == tool):
+                act.blockSignals(True)
+                act.setChecked(t == tool)
+                act.blockSignals(False)
+
+    def show_measurements(self) -> None:
+        self.details_dock.raise_()
+        self.side_tabs.setCurrentWidget(self.measurements)
+
+    def export_measurements(self, path: str) -> int:
+        """Every measurement on the open series as CSV (numbers, kinds, UIDs, values;
+        no names or paths), written atomically; returns the number of rows."""
+        from medview.core.safeio import atomic_write_bytes
+        from medview.gui.measure_tools import csv_text
+
+        rows = self.view.measure.rows_for(self.volumes)
+        atomic_write_bytes(path, csv_text(rows).encode("utf-8"))
+        return len(rows)
+
+    def _export_measurements_dialog(self) -> None:
+        if not self.view.measure.store.all():
+            self.statusBar().showMessage("No measurements to export", 5000)
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export measurements", "measurements.csv",
+                                              "CSV (*.csv)")
+        if not path:
+            return
+        try:
+            n = self.export_measurements(path)
+        except OSError as exc:
+            self.show_error("Export failed", f"{type(exc).__name__}: {exc.strerror or exc}")
+            return
+        self.statusBar().showMessage(f"{n} measurement(s) exported", 5000)
 
     def _build_status(self) -> None:
         sb = self.statusBar()
@@ -467,7 +541,9 @@ class MainWindow(QMainWindow):
                 row = (act.text().replace("&", ""), keys)
                 if keys and row not in rows:
                     rows.append(row)
-        rows += [("Previous / next slice", "Up, Left / Down, Right, mouse wheel"),
+        rows += [("Stop measuring (navigate)", "Esc"),
+                 ("Delete the selected measurement", "Delete"),
+                 ("Previous / next slice", "Up, Left / Down, Right, mouse wheel"),
                  ("Ten slices back / on", "Page Up / Page Down"),
                  ("First / last slice", "Home / End"),
                  ("Window / level", "right-drag")]
@@ -574,6 +650,7 @@ class MainWindow(QMainWindow):
 
     def close_all(self) -> None:
         self.jobs.cancel("load")
+        self.view.measure.store.clear()
         self.volumes.clear()
         self.series.clear()
         self.skipped.setRowCount(0)

@@ -19,13 +19,33 @@ pg = import_pyqtgraph()  # without its CUDA probe
 
 
 class _ViewBox(pg.ViewBox):
-    """Left-drag pans, right-drag sets window/level, wheel scrolls slices (Ctrl+wheel zooms)."""
+    """Left-drag pans (or draws with a measuring tool), right-drag sets window/level,
+    wheel scrolls slices (Ctrl+wheel zooms)."""
 
     def __init__(self, view: SliceView) -> None:
         super().__init__(lockAspect=True, invertY=True, enableMenu=False)
         self._view = view
 
+    def mouseClickEvent(self, ev):
+        layer = self._view.measure
+        if ev.button() == Qt.MouseButton.LeftButton and layer.tool:
+            ev.accept()
+            layer.click(self._view.image_point(ev.scenePos()))
+            return
+        super().mouseClickEvent(ev)
+
     def mouseDragEvent(self, ev, axis=None):
+        layer = self._view.measure
+        if ev.button() == Qt.MouseButton.LeftButton and layer.tool:
+            ev.accept()
+            if ev.isStart():
+                layer.press(self._view.image_point(ev.buttonDownScenePos()))
+                layer.move(self._view.image_point(ev.scenePos()))
+            elif ev.isFinish():
+                layer.release(self._view.image_point(ev.scenePos()))
+            else:
+                layer.move(self._view.image_point(ev.scenePos()))
+            return
         if ev.button() == Qt.MouseButton.RightButton:
             ev.accept()
             delta = ev.screenPos() - ev.lastScreenPos()
@@ -75,6 +95,10 @@ class SliceView(QWidget):
         self.overlay_item.setVisible(False)
         self.viewbox.addItem(self.overlay_item)
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
+        from medview.gui.measure_tools import MeasureLayer
+
+        #: measurements, drawn over the image in image coordinates
+        self.measure = MeasureLayer(self)
 
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setMinimum(0)
@@ -124,6 +148,7 @@ class SliceView(QWidget):
             self._update_labels()
             self._update_info()
             self.cursor_info.emit("")
+            self.measure.refresh()
             return
         middle = volume.default_index
         self.index = middle
@@ -144,6 +169,7 @@ class SliceView(QWidget):
         self._render()
         self.fit()
         self._update_labels()
+        self.measure.refresh()
         self.window_changed.emit(self.window)
         self.slice_changed.emit(self.index)
 
@@ -173,6 +199,7 @@ class SliceView(QWidget):
             self.slider.setValue(index)
             self.slider.blockSignals(False)
         self._render()
+        self.measure.refresh()
         self.slice_changed.emit(index)
 
     def step_slice(self, step: int) -> None:
@@ -305,6 +332,12 @@ class SliceView(QWidget):
         self.overlay_item.setTransform(self._overlay_stretch * self.image_item.transform())
         self.overlay_item.setVisible(True)
 
+    def image_point(self, scene_pos: QPointF) -> tuple[float, float]:
+        """Image coordinates (x = column, y = row, continuous) of a scene position,
+        through the display's zoom, pan, pixel aspect, flips and rotation."""
+        p = self.image_item.mapFromScene(scene_pos)
+        return p.x(), p.y()
+
     # ----------------------------------------------------------------- read-outs
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
         self._cursor_scene = QPointF(scene_pos)
@@ -391,5 +424,9 @@ class SliceView(QWidget):
             self.set_slice(0)
         elif key == Qt.Key.Key_End:
             self.set_slice(n - 1)
+        elif key in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace):
+            self.measure.delete()
+        elif key == Qt.Key.Key_Escape and self.measure.tool:
+            self.measure.set_tool("")
         else:
             super().keyPressEvent(ev)

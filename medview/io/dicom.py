@@ -145,6 +145,9 @@ class DicomHeader:
     warnings: list[str] = field(default_factory=list)
     patient_orientation: tuple[str, str] | None = None
     localizer: bool = False
+    #: what ``pixel_spacing`` measures: "patient", "detector" or "" (none)
+    spacing_kind: str = ""
+    magnification: float | None = None
 
     # A series takes its patient, study and population from its first file: these are
     # read from the header when asked, not for every file of the series (a third of the
@@ -675,6 +678,8 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
         warnings=warns,
         patient_orientation=_patient_orientation(ds),
         localizer=any("LOCALIZER" in str(v).upper() for v in _multi(ds.get("ImageType"))),
+        spacing_kind=_spacing_kind(ds, modality) if spacing is not None else "",
+        magnification=_magnification(ds),
     )
 
 
@@ -834,6 +839,34 @@ def _geometry(ds: Dataset, frames: int, warns: list[str] | None = None):
                 warns.append("Image Orientation (Patient) is invalid (row and column vectors "
                              "not perpendicular unit vectors); orientation unknown")
     return position, orientation, frame_positions
+
+
+#: modalities whose images are projections (the spacing can be at the detector)
+PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "RF", "XA", "IO", "PX", "RG", "DF"})
+
+
+def _spacing_kind(ds: Dataset, modality: str) -> str:
+    """What the spacing :func:`_pixel_spacing` chose measures (PS3.3 10.7.1.1-3): Pixel
+    Spacing is at the patient, except on a projection film where it only repeats the
+    Imager Pixel Spacing with no calibration type (then it is the detector's, as is
+    Imager Pixel Spacing alone)."""
+    pixel = _vector(ds.get("PixelSpacing"), 2)
+    if pixel is None:
+        item = _functional_item(ds, 0, "PixelMeasuresSequence", "PixelSpacing")
+        pixel = _vector(item.PixelSpacing, 2) if item is not None else None
+    if pixel is None:
+        return "detector"  # Imager Pixel Spacing was used
+    imager = _vector(ds.get("ImagerPixelSpacing"), 2)
+    if (modality in PROJECTION_MODALITIES and imager is not None
+            and not _text(ds, "PixelSpacingCalibrationType")
+            and np.allclose(pixel, imager, rtol=1e-6, atol=0)):
+        return "detector"
+    return "patient"
+
+
+def _magnification(ds: Dataset) -> float | None:
+    m = _as_float(ds.get("EstimatedRadiographicMagnificationFactor"))
+    return m if m is not None and math.isfinite(m) and 1.0 <= m <= 3.0 else None
 
 
 def _pixel_spacing(ds: Dataset, warns: list[str] | None = None) -> tuple[float, float] | None:

@@ -55,7 +55,8 @@ WANTED_KEYWORDS = (
     # geometry
     "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "ImagerPixelSpacing",
     "SliceThickness", "SpacingBetweenSlices", "GantryDetectorTilt", "SliceLocation",
-    "PixelAspectRatio", "NominalScannedPixelSpacing",
+    "PixelAspectRatio", "NominalScannedPixelSpacing", "PixelSpacingCalibrationType",
+    "EstimatedRadiographicMagnificationFactor",
     # multi-frame
     "NumberOfFrames", "FrameTime", "FrameTimeVector", "CineRate", "FrameIncrementPointer",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",

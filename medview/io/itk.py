@@ -431,6 +431,7 @@ def read_itk_here(path: str, fmt: str, data_files: list[str] | None = None) -> I
         source_format={"nifti": "nifti", "nifti-gz": "nifti", "nrrd": "nrrd"}.get(fmt, "meta"),
         source_paths=[path],
         warnings=warns,
+        spacing_kind="header" if math.isfinite(sx) and math.isfinite(sy) else "",
     )
 
 

@@ -295,5 +295,8 @@ def iter_build_volume(
         patient_orientation=h0.patient_orientation if plan.direction is None else None,
         population=h0.population,
         study=h0.study,
+        spacing_kind=h0.spacing_kind,
+        magnification=h0.magnification,
+        instance_uids=[h.sop_uid for h in plan.headers],
     )
     return volume, skipped
