@@ -259,7 +259,12 @@ class MeasureLayer(QObject):
             return
         text = items[-1]
         result = measure(m, v, self.view.index)
-        text.setText(f"{m.number}: {result.text().split(';')[0]}")
+        label = f"{m.number}: {result.text().split(';')[0]}"
+        s = result.stats
+        if s and s["n"] > 0:
+            unit = f" {result.value_unit}" if result.value_unit else ""
+            label += f"\n{s['mean']:.1f} \u00b1 {s['sd']:.1f}{unit}"
+        text.setText(label)
         x, y = max(m.points, key=lambda p: (-p[1], p[0]))  # the top point
         text.setPos(QPointF(x, y))
 
