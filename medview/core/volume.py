@@ -57,6 +57,7 @@ class StudyInfo:
     study_date: str = ""  # YYYY-MM-DD when the tag is a valid date, else as written
     study_description: str = ""
     accession: str = ""
+    patient_sex: str = ""  # M, F or O as written
 
 
 @dataclass
@@ -110,6 +111,9 @@ class ImageVolume:
     #: the SOP Instance UID of each slice (one for a multi-frame instance; empty when the
     #: files have none): measurements belong to an instance and frame
     instance_uids: list[str] = field(default_factory=list)
+    #: Series Number (0020,0011) and nominal Slice Thickness (0018,0050) in mm, if given
+    series_number: int | None = None
+    slice_thickness: float | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.ndim not in (3, 4):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -78,6 +79,10 @@ class MainWindow(QMainWindow):
         self.resize(1400, 900)
         self.setAcceptDrops(True)
         self.settings = settings or QSettings("medview", "medview")
+        from medview.gui.theme import apply_theme
+
+        # before the widgets are made: they are polished once, in the chosen colours
+        apply_theme(str(self.settings.value("view/theme", "dark")))
         self.jobs = JobRunner(self)
         self.volumes: list[ImageVolume] = []
         self.current: int = -1
@@ -240,7 +245,29 @@ class MainWindow(QMainWindow):
         for act in (self.act_flip_h, self.act_flip_v, self.act_rotate_right,
                     self.act_rotate_left):
             view_menu.addAction(act)
+        view_menu.addSeparator()
+        self.act_corners = QAction("Corner text", self, checkable=True, shortcut="O")
+        self.act_corners.setChecked(True)
+        self.act_corners.toggled.connect(self._on_corners)
+        view_menu.addAction(self.act_corners)
+        view_menu.addAction(QAction("Corner text layout...", self,
+                                    triggered=self._corner_layout_dialog))
+        theme_menu = view_menu.addMenu("Theme")
+        from PySide6.QtGui import QActionGroup
+
+        from medview.gui.theme import current_theme
+
+        themes = QActionGroup(self)
+        self.theme_actions: dict[str, QAction] = {}
+        for name, text in (("dark", "Dark (reading room)"), ("light", "Light")):
+            act = QAction(text, self, checkable=True)
+            act.setChecked(current_theme() == name)
+            act.triggered.connect(lambda _c=False, n=name: self.set_theme(n))
+            themes.addAction(act)
+            theme_menu.addAction(act)
+            self.theme_actions[name] = act
         self._build_measure_menu()
+        self._restore_corner_text()
         view_menu.addSeparator()
         self.act_export_view = QAction("Export view as PNG...", self, shortcut="Ctrl+E",
                                        triggered=self._export_view_dialog)
@@ -252,6 +279,80 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self.act_shortcuts)
         help_menu.addAction(QAction("Audit log...", self, triggered=self.show_audit_log))
         help_menu.addAction(QAction("About medview", self, triggered=self._about))
+
+    def set_theme(self, name: str) -> None:
+        """Dark or light colours, now and next time."""
+        from medview.gui.theme import apply_theme
+
+        name = apply_theme(name)
+        self.settings.setValue("view/theme", name)
+        for n, act in self.theme_actions.items():
+            act.setChecked(n == name)
+
+    def _on_corners(self, on: bool) -> None:
+        self.view.set_corners_visible(on)
+        self.settings.setValue("view/corner_text", bool(on))
+
+    def _restore_corner_text(self) -> None:
+        from medview.imaging.corners import parse_layout
+
+        text = self.settings.value("view/corner_layout")
+        if isinstance(text, str) and text.strip():
+            # a layout from another version (unknown fields) leaves the default
+            with contextlib.suppress(ValueError):
+                self.view.set_corner_layout(parse_layout(text))
+        shown = self.settings.value("view/corner_text", True)
+        self.act_corners.setChecked(str(shown).lower() not in ("false", "0"))
+        self.view.set_corners_visible(self.act_corners.isChecked())
+
+    def set_corner_layout(self, text: str) -> None:
+        """Apply and keep a corner layout (``corner: field, field`` lines); ValueError
+        names what is unknown."""
+        from medview.imaging.corners import layout_text, parse_layout
+
+        layout = parse_layout(text)
+        self.view.set_corner_layout(layout)
+        self.settings.setValue("view/corner_layout", layout_text(layout))
+
+    def _corner_layout_dialog(self) -> None:
+        from PySide6.QtWidgets import QDialog, QDialogButtonBox, QPlainTextEdit
+
+        from medview.imaging.corners import DEFAULT_LAYOUT, FIELDS, layout_text
+
+        dlg = QDialog(self)
+        dlg.setWindowTitle("Corner text layout")
+        box = QVBoxLayout(dlg)
+        help_text = QLabel("One line per corner: top_left, top_right, bottom_left, "
+                           "bottom_right, each followed by the fields to show, in order.\n"
+                           "Fields: " + ", ".join(f"{k} ({v})" for k, v in FIELDS.items()))
+        help_text.setWordWrap(True)
+        help_text.setTextFormat(Qt.TextFormat.PlainText)
+        box.addWidget(help_text)
+        edit = QPlainTextEdit(layout_text(self.view.corner_layout))
+        box.addWidget(edit)
+        error = QLabel("")
+        error.setStyleSheet("color: #ff6b6b;")
+        box.addWidget(error)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                                   | QDialogButtonBox.StandardButton.Cancel
+                                   | QDialogButtonBox.StandardButton.RestoreDefaults)
+        box.addWidget(buttons)
+
+        def accept() -> None:
+            try:
+                self.set_corner_layout(edit.toPlainText())
+            except ValueError as exc:
+                error.setText(str(exc))
+                return
+            dlg.accept()
+
+        buttons.accepted.connect(accept)
+        buttons.rejected.connect(dlg.reject)
+        buttons.button(QDialogButtonBox.StandardButton.RestoreDefaults).clicked.connect(
+            lambda: edit.setPlainText(layout_text(DEFAULT_LAYOUT)))
+        self._corner_dialog = dlg
+        dlg.resize(640, 320)
+        dlg.show()
 
     def _build_measure_menu(self) -> None:
         """Measure: one checkable action per tool (a second press goes back to

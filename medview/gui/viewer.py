@@ -114,10 +114,23 @@ class SliceView(QWidget):
             lab.setStyleSheet("color: #ffd24d; font-weight: bold; background: transparent;")
             lab.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
             self._labels[edge] = lab
-        self.info_label = QLabel("", self.graphics)
-        self.info_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.info_label.setStyleSheet("color: #e0e0e0; background: transparent;")
-        self.info_label.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        # the corner text (who, what, where, how it is shown): plain text, a layout the
+        # user can change (View > Corner text layout), hidden with one key (O)
+        from medview.imaging.corners import CORNERS, DEFAULT_LAYOUT
+
+        self.corner_layout = {c: list(f) for c, f in DEFAULT_LAYOUT.items()}
+        self.corners_visible = True
+        self.corner_labels: dict[str, QLabel] = {}
+        for corner in CORNERS:
+            lab = QLabel("", self.graphics)
+            lab.setTextFormat(Qt.TextFormat.PlainText)
+            lab.setStyleSheet("color: #e0e0e0; background: transparent;")
+            lab.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+            if corner.endswith("right"):
+                lab.setAlignment(Qt.AlignmentFlag.AlignRight)
+            self.corner_labels[corner] = lab
+        self.info_label = self.corner_labels["top_left"]
+        self.viewbox.sigRangeChanged.connect(lambda *_a: self._update_info())
 
         bottom = QHBoxLayout()
         bottom.addWidget(self.slider, 1)
@@ -370,18 +383,38 @@ class SliceView(QWidget):
             pos += f" ({col * sx:.1f}, {row * sy:.1f} mm)"
         return f"{pos}: {text}"
 
+    def zoom_factor(self) -> float | None:
+        """Screen pixels per image pixel (along the image rows)."""
+        if self.volume is None:
+            return None
+        self.viewbox.updateMatrix()  # a range just set takes effect at the next paint
+        a = self.image_item.mapToScene(QPointF(0, 0))
+        b = self.image_item.mapToScene(QPointF(1, 0))
+        return math.hypot(b.x() - a.x(), b.y() - a.y())
+
+    def set_corner_layout(self, layout: dict[str, list[str]]) -> None:
+        self.corner_layout = {c: list(f) for c, f in layout.items()}
+        self._update_info()
+
+    def set_corners_visible(self, on: bool) -> None:
+        """Show or hide the corner text (teaching, screen sharing); the orientation
+        letters stay."""
+        self.corners_visible = bool(on)
+        for lab in self.corner_labels.values():
+            lab.setVisible(self.corners_visible)
+
     def _update_info(self) -> None:
+        from medview.imaging.corners import corner_lines
+
         v = self.volume
-        if v is None or self.window is None:
-            self.info_label.setText("")
+        if not hasattr(self, "corner_labels"):
             return
-        if self.use_voi_lut and v.voi_lut is not None:
-            wl = "VOI LUT"
-        else:
-            wl = f"W {self.window.width:.0f}  L {self.window.center:.0f}"
-        inv = "  inverted" if self.user_invert else ""
-        self.info_label.setText(f"{v.modality}  {wl}{inv}")
-        self.info_label.adjustSize()
+        texts = corner_lines(self.corner_layout, v if self.window is not None else None,
+                             self.index, self.window, self.zoom_factor(),
+                             self.use_voi_lut, self.user_invert)
+        for corner, lab in self.corner_labels.items():
+            lab.setText(texts[corner])
+            lab.adjustSize()
         self._place_labels()
 
     def _update_labels(self) -> None:
@@ -403,7 +436,12 @@ class SliceView(QWidget):
         lab["right"].move(w - lab["right"].width() - 6, h // 2 - lab["right"].height() // 2)
         lab["top"].move(w // 2 - lab["top"].width() // 2, 4)
         lab["bottom"].move(w // 2 - lab["bottom"].width() // 2, h - lab["bottom"].height() - 4)
-        self.info_label.move(6, 4)
+        c = self.corner_labels
+        c["top_left"].move(6, 4)
+        c["top_right"].move(w - c["top_right"].width() - 6, 4)
+        c["bottom_left"].move(6, h - c["bottom_left"].height() - 4)
+        c["bottom_right"].move(w - c["bottom_right"].width() - 6,
+                               h - c["bottom_right"].height() - 4)
 
     def resizeEvent(self, ev) -> None:
         super().resizeEvent(ev)

@@ -305,6 +305,7 @@ def study_of(ds: Dataset) -> StudyInfo:
         study_date=date[:32],
         study_description=_text(ds, "StudyDescription")[:128],
         accession=_text(ds, "AccessionNumber")[:32],
+        patient_sex=_text(ds, "PatientSex").upper()[:1],
     )
 
 

@@ -49,7 +49,8 @@ WANTED_KEYWORDS = (
     # identity, series planning, study/patient shown
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
     "SeriesDescription", "StudyDescription", "InstanceNumber", "ImageType", "PatientID",
-    "PatientName", "PatientBirthDate", "PatientAge", "StudyDate", "AccessionNumber",
+    "PatientName", "PatientBirthDate", "PatientAge", "PatientSex", "SeriesNumber",
+    "StudyDate", "AccessionNumber",
     "BodyPartExamined", "ViewPosition", "PatientOrientation", "SpecificCharacterSet",
     "FrameOfReferenceUID", "AcquisitionNumber", "EchoNumbers", "TemporalPositionIndex",
     # geometry

@@ -112,6 +112,14 @@ def _plan_group(uid: str, group: list[DicomHeader]) -> tuple[list[SeriesPlan],
     return plans, skipped
 
 
+def _series_number(h: DicomHeader) -> int | None:
+    try:
+        value = h.ds.get("SeriesNumber")
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _first(headers: list[DicomHeader]) -> DicomHeader:
     return headers[0]
 
@@ -298,5 +306,7 @@ def iter_build_volume(
         spacing_kind=h0.spacing_kind,
         magnification=h0.magnification,
         instance_uids=[h.sop_uid for h in plan.headers],
+        series_number=_series_number(h0),
+        slice_thickness=h0.slice_thickness,
     )
     return volume, skipped
