@@ -1,12 +1,13 @@
 """Screenshots of the reading tools where a radiologist meets them: a CT slice of
 pydicom-data's files (a head CT) with a distance and an ellipse ROI drawn with the mouse, the
-Measurements list beside it.
+Measurements list beside it; a coronal reformat and a 40 mm coronal MIP of a synthetic head
+phantom series (pydicom-data ships no 3-D CT).
 
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/reading_screenshots.py docs/screenshots
 
 Drives the real window: opens the file, picks the tools from the Measure menu and drags
 on the image through the viewport (as a hand would, via Qt mouse events), then saves
-``measure-ct.png``.
+``measure-ct.png``, ``mpr-coronal.png`` and ``mpr-mip.png``.
 """
 
 from __future__ import annotations
@@ -86,10 +87,89 @@ def main(argv: list[str] | None = None) -> int:
     app.processEvents()
     path = os.path.join(args.out, "measure-ct.png")
     win.grab().save(path)
-    os.remove(settings.fileName())
     print(path, [(m.kind, round(m.points[0][0])) for m in view.measure.store.all()])
+
+    # MPR: pydicom-data ships no 3-D CT, so a synthetic head phantom (ellipsoids with
+    # CT numbers, and thin contrast-filled vessels for the MIP) is written as a series
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_phantom(folder)
+        win.close_all()
+        win.open_paths([folder])
+        wait_for(app, win.load_finished, 60000)
+        app.processEvents()
+        names = [win.preset_box.itemText(k).lower() for k in range(win.preset_box.count())]
+        win.apply_preset(next(k for k, n in enumerate(names) if "brain" in n))
+        win.show_plane("coronal")
+        view.set_slice(view.volume.n_slices // 2)
+        app.processEvents()
+        path = os.path.join(args.out, "mpr-coronal.png")
+        win.grab().save(path)
+        print(path)
+        from medview.core.volume import WindowPreset
+
+        view.set_window(WindowPreset("Custom", 150, 700))  # contrast in the vessels
+        win.set_slab("mip", 40.0)
+        app.processEvents()
+        path = os.path.join(args.out, "mpr-mip.png")
+        win.grab().save(path)
+        print(path)
+        win.close_all()
+    os.remove(settings.fileName())
     win.close()
     return 0
+
+
+def write_phantom(folder: str, n: int = 90, size: int = 160) -> None:
+    """A synthetic axial CT of a head-like phantom: skull 1000 HU, brain 35, ventricles
+    5, a 70 HU lesion, and thin 300 HU vessels; 1 mm pixels, 2 mm slices."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    z, y, x = np.mgrid[0:n, 0:size, 0:size].astype(np.float32)
+    zc, c = (z - n / 2) * 2.0, size / 2
+
+    def ellipsoid(cx, cy, cz, a, b, h):
+        return ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((zc - cz) / h) ** 2 <= 1
+
+    hu = np.full(z.shape, -1000, np.float32)
+    hu[ellipsoid(c, c, 0, 66, 78, 86)] = 1000
+    hu[ellipsoid(c, c, 0, 61, 73, 81)] = 35
+    hu[ellipsoid(c - 12, c - 6, 5, 7, 22, 18)] = 5
+    hu[ellipsoid(c + 12, c - 6, 5, 7, 22, 18)] = 5
+    hu[ellipsoid(c + 30, c + 25, -20, 11, 11, 11)] = 70
+    for k, (ox, oy) in enumerate(((-25, 5), (22, -6), (2, 12))):
+        px = c + ox + 10 * np.sin(zc / 25 + k)
+        py = c + oy + 6 * np.cos(zc / 30 + k)
+        hu[((x - px) ** 2 + (y - py) ** 2 <= 2.2) & (np.abs(zc) < 70)] = 300
+    hu += np.random.default_rng(0).normal(0, 6, hu.shape).astype(np.float32)
+    stored = np.clip(hu + 1024, 0, 4095).astype(np.uint16)
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID = frame
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 2, k + 1
+        ds.PatientName, ds.PatientID = "Phantom^Head", "PHANTOM-1"
+        ds.StudyDescription, ds.SeriesDescription = "Synthetic phantom", "Head 2 mm"
+        ds.ImagePositionPatient = [-80.0, -80.0, (k - n / 2) * 2.0]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = stored[n - 1 - k].tobytes()  # slice k from the feet up
+        ds.save_as(os.path.join(folder, f"im{k:03d}.dcm"), enforce_file_format=True)
 
 
 if __name__ == "__main__":

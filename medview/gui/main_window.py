@@ -194,6 +194,28 @@ class MainWindow(QMainWindow):
         self.fps_box.setSuffix(" fps")
         self.fps_box.valueChanged.connect(self._on_fps)
         tb.addWidget(self.fps_box)
+        tb.addSeparator()
+        tb.addWidget(QLabel(" Plane: "))
+        self.plane_box = QComboBox()
+        for data, text in (("acquired", "As acquired"), ("axial", "Axial"),
+                           ("coronal", "Coronal"), ("sagittal", "Sagittal")):
+            self.plane_box.addItem(text, data)
+        self.plane_box.setEnabled(False)
+        self.plane_box.activated.connect(self._on_plane)
+        tb.addWidget(self.plane_box)
+        tb.addWidget(QLabel(" Slab: "))
+        self.slab_box = QComboBox()
+        for data, text in (("", "Off"), ("mip", "MIP"), ("minip", "MinIP"), ("mean", "Mean")):
+            self.slab_box.addItem(text, data)
+        self.slab_box.activated.connect(lambda k: self.set_slab(self.slab_box.itemData(k)))
+        tb.addWidget(self.slab_box)
+        self.slab_mm = QDoubleSpinBox()
+        self.slab_mm.setRange(1.0, 200.0)
+        self.slab_mm.setValue(10.0)
+        self.slab_mm.setSuffix(" mm")
+        self.slab_mm.setEnabled(False)
+        self.slab_mm.valueChanged.connect(lambda _v: self.set_slab(self.slab_box.currentData()))
+        tb.addWidget(self.slab_mm)
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -538,7 +560,73 @@ class MainWindow(QMainWindow):
         if not 0 <= index < len(self.volumes):
             return
         self.current = index
-        volume = self.volumes[index]
+        self._reset_plane_controls(self.volumes[index])
+        self._display(self.volumes[index])
+
+    def show_plane(self, plane: str) -> bool:
+        """Show the open series in ``plane`` ("acquired", "axial", "coronal" or
+        "sagittal"); False (and the reason in the status bar) when it cannot be
+        reformatted."""
+        from medview.imaging.mpr import MprError, reformat
+
+        if not 0 <= self.current < len(self.volumes):
+            return False
+        source = self.volumes[self.current]
+        try:
+            volume = source if plane == "acquired" else reformat(source, plane)
+        except MprError as exc:
+            self.statusBar().showMessage(f"No {plane} reformat: {exc}", 10000)
+            return False
+        k = self.plane_box.findData(plane)
+        if k >= 0 and self.plane_box.currentIndex() != k:
+            self.plane_box.blockSignals(True)
+            self.plane_box.setCurrentIndex(k)
+            self.plane_box.blockSignals(False)
+        if volume is not self.view.volume:
+            # the same series in another plane: keep the window the reader set
+            window, voi = self.view.window, self.view.use_voi_lut
+            self._display(volume)
+            if window is not None:
+                self.view.set_window(window, voi)
+        return True
+
+    def _on_plane(self, k: int) -> None:
+        if not self.show_plane(self.plane_box.itemData(k)):
+            self.plane_box.setCurrentIndex(0)
+
+    def set_slab(self, mode: str, thickness_mm: float | None = None) -> None:
+        """MIP / MinIP / mean slab ("" for none) of ``thickness_mm`` around the slice."""
+        if thickness_mm is not None:
+            self.slab_mm.blockSignals(True)
+            self.slab_mm.setValue(thickness_mm)
+            self.slab_mm.blockSignals(False)
+        k = self.slab_box.findData(mode)
+        if k >= 0 and self.slab_box.currentIndex() != k:
+            self.slab_box.blockSignals(True)
+            self.slab_box.setCurrentIndex(k)
+            self.slab_box.blockSignals(False)
+        self.slab_mm.setEnabled(bool(mode))
+        self.view.set_slab(mode, self.slab_mm.value())
+
+    def _reset_plane_controls(self, volume: ImageVolume) -> None:
+        from medview.imaging.mpr import MprError, acquired_plane, check_reformattable
+
+        self.plane_box.blockSignals(True)
+        self.plane_box.setCurrentIndex(0)
+        self.plane_box.blockSignals(False)
+        try:
+            check_reformattable(volume)
+            why = ""
+        except MprError as exc:
+            why = str(exc)
+        self.plane_box.setEnabled(not why)
+        plane = acquired_plane(volume)
+        self.plane_box.setItemText(0, f"As acquired ({plane})" if plane else "As acquired")
+        self.plane_box.setToolTip(why or "Reformat the series (MPR)")
+
+    def _display(self, volume: ImageVolume) -> None:
+        """Show ``volume`` (a series, or a reformat of the current one) in the view."""
+        index = self.current
         self.act_cine.setChecked(False)
         self.act_invert.blockSignals(True)
         self.act_invert.setChecked(False)
@@ -752,6 +840,7 @@ class MainWindow(QMainWindow):
     def close_all(self) -> None:
         self.jobs.cancel("load")
         self.view.measure.store.clear()
+        self.plane_box.setEnabled(False)
         self.volumes.clear()
         self.series.clear()
         self.skipped.setRowCount(0)

@@ -79,6 +79,9 @@ class SliceView(QWidget):
         self.use_voi_lut = False
         self.displayed: np.ndarray | None = None
         self.opening_values: np.ndarray | None = None
+        #: a slab through the slices around the one in view: (mode, thickness in mm);
+        #: mode "" shows the slice itself (see medview.imaging.mpr)
+        self.slab: tuple[str, float] = ("", 0.0)
         #: display orientation (the image's pixels are never changed)
         self.flip_h = self.flip_v = False
         self.rotation = 0
@@ -186,11 +189,29 @@ class SliceView(QWidget):
         self.window_changed.emit(self.window)
         self.slice_changed.emit(self.index)
 
+    def set_slab(self, mode: str, thickness_mm: float) -> None:
+        """Show a MIP / MinIP / mean slab of ``thickness_mm`` around the slice in view
+        (mode "" for the slice itself)."""
+        self.slab = (mode, float(thickness_mm))
+        self._render()
+
+    def shown_image(self) -> tuple[ImageVolume, int]:
+        """The (volume, index) whose pixels are on screen: the slab when one is shown."""
+        v = self.volume
+        assert v is not None
+        mode, thickness = self.slab
+        if mode and v.n_slices > 1 and not v.is_rgb:
+            from medview.imaging.mpr import slab
+
+            return slab(v, self.index, mode, thickness), 0
+        return v, self.index
+
     def _render(self) -> None:
         if self.volume is None:
             return
+        shown, k = self.shown_image()
         self.displayed = render_slice(
-            self.volume, self.index, self.window, self.user_invert, self.use_voi_lut
+            shown, k, self.window, self.user_invert, self.use_voi_lut
         )
         self.image_item.setImage(self.displayed, levels=(0, 255), autoLevels=False)
         n = self.volume.n_slices
@@ -409,9 +430,16 @@ class SliceView(QWidget):
         v = self.volume
         if not hasattr(self, "corner_labels"):
             return
+        mode, thickness = self.slab
+        slab_text = ""
+        if mode and v is not None and v.n_slices > 1 and not v.is_rgb:
+            from medview.imaging.mpr import SLAB_NAMES, slab_indices
+
+            n = len(slab_indices(v, self.index, thickness))
+            slab_text = f"{SLAB_NAMES[mode]} {thickness:g} mm ({n} slices)"
         texts = corner_lines(self.corner_layout, v if self.window is not None else None,
                              self.index, self.window, self.zoom_factor(),
-                             self.use_voi_lut, self.user_invert)
+                             self.use_voi_lut, self.user_invert, slab_text)
         for corner, lab in self.corner_labels.items():
             lab.setText(texts[corner])
             lab.adjustSize()

@@ -77,7 +77,8 @@ def slice_position(volume: ImageVolume, index: int) -> float | None:
 
 
 def field_text(name: str, volume: ImageVolume, index: int, window: WindowPreset | None,
-               zoom: float | None, voi_lut: bool = False, inverted: bool = False) -> str:
+               zoom: float | None, voi_lut: bool = False, inverted: bool = False,
+               slab: str = "") -> str:
     st = volume.study
     if name == "patient_name":
         return st.patient_name
@@ -102,7 +103,7 @@ def field_text(name: str, volume: ImageVolume, index: int, window: WindowPreset 
         return volume.modality
     if name == "slice":
         kind = "Frame" if volume.multiframe else "Im"
-        return f"{kind} {index + 1} / {volume.n_slices}"
+        return f"{kind} {index + 1} / {volume.n_slices}" + (f"  {slab}" if slab else "")
     if name == "position":
         z = slice_position(volume, index)
         return "" if z is None else f"Pos {z:.1f} mm"
@@ -122,14 +123,15 @@ def field_text(name: str, volume: ImageVolume, index: int, window: WindowPreset 
 
 def corner_lines(layout: dict[str, list[str]], volume: ImageVolume | None, index: int,
                  window: WindowPreset | None, zoom: float | None, voi_lut: bool = False,
-                 inverted: bool = False) -> dict[str, str]:
-    """The text of each corner (lines joined by newlines; '' with no image)."""
+                 inverted: bool = False, slab: str = "") -> dict[str, str]:
+    """The text of each corner (lines joined by newlines; '' with no image); ``slab``
+    describes a slab shown instead of the slice (after the slice number)."""
     out = {}
     for corner in CORNERS:
         if volume is None:
             out[corner] = ""
             continue
-        lines = [field_text(f, volume, index, window, zoom, voi_lut, inverted)
+        lines = [field_text(f, volume, index, window, zoom, voi_lut, inverted, slab)
                  for f in layout.get(corner, [])]
         out[corner] = "\n".join(line for line in lines if line)
     return out

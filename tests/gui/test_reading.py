@@ -59,3 +59,39 @@ def test_dark_by_default_and_light_on_request(qtbot, window):
     assert lightness() > 180 and window.settings.value("view/theme") == "light"
     window.set_theme("dark")
     assert lightness() < 80
+
+
+def test_coronal_and_sagittal_reformats_and_a_mip_slab(qtbot, window, tmp_path):
+    from medview.imaging import render_slice
+    from medview.imaging.mpr import reformat, slab
+    from tests.factory import write_series
+
+    write_series(tmp_path / "ct", n=8, size=16, spacing_z=2.5)
+    with qtbot.waitSignal(window.load_finished, timeout=20000):
+        window.open_paths([str(tmp_path / "ct")])
+    series = window.view.volume
+    assert window.plane_box.isEnabled() and "axial" in window.plane_box.itemText(0)
+    assert window.show_plane("coronal")
+    view = window.view
+    assert view.volume is not series and view.volume.n_slices == 16
+    assert view.volume.pixels.shape == (16, 8, 16)  # rows are the 8 slices
+    assert view._labels["top"].text() == "H" and view._labels["bottom"].text() == "F"
+    np.testing.assert_array_equal(
+        view.displayed, render_slice(reformat(series, "coronal"), view.index, view.window))
+    assert not window.series_banner.isVisible()  # a faithful reformat: nothing to warn
+    assert "(coronal)" in view.corner_labels["top_right"].text()
+    assert window.show_plane("sagittal") and view.volume.pixels.shape == (16, 8, 16)
+    # a 5 mm MIP of the sagittal images: their slices are columns 0.5 mm apart
+    window.set_slab("mip", 5.0)
+    expect = render_slice(slab(view.volume, view.index, "mip", 5.0), 0, view.window)
+    np.testing.assert_array_equal(view.displayed, expect)
+    assert "MIP 5 mm (10 slices)" in view.corner_labels["bottom_left"].text()
+    window.set_slab("")
+    assert window.show_plane("acquired") and view.volume is series
+    # a single image cannot be reformatted: the control says why
+    ds = make_dataset(np.zeros((8, 8), np.uint16))
+    with qtbot.waitSignal(window.load_finished, timeout=20000):
+        window.open_paths([write(ds, tmp_path / "one.dcm")])
+    assert not window.plane_box.isEnabled() and "3 slices" in window.plane_box.toolTip()
+    assert not window.show_plane("coronal")
+    assert "No coronal reformat" in window.statusBar().currentMessage()
