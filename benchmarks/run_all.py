@@ -17,6 +17,7 @@ from benchmarks import (
     bench_inference,
     bench_load,
     bench_pacs,
+    bench_reading,
     bench_robustness,
     bench_training,
     bench_trust_gate,
@@ -31,6 +32,8 @@ if __name__ == "__main__":
                 bench_hardening.run_precheck() + bench_hardening.run_hostile_folder())
     print_table("GUI responsiveness while loading (real window, offscreen)",
                 bench_gui_stall.run())
+    print_table("Reading tools on a 512 x 512 x 300 CT (real window, offscreen)",
+                bench_reading.run())
     print_table("Inference and saliency (CPU)", bench_inference.run_latency()
                 + bench_inference.run_launch("torch") + bench_inference.run_launch()
                 + bench_inference.run_warm_up("torch") + bench_inference.run_warm_up()

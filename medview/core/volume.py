@@ -114,6 +114,8 @@ class ImageVolume:
     #: Series Number (0020,0011) and nominal Slice Thickness (0018,0050) in mm, if given
     series_number: int | None = None
     slice_thickness: float | None = None
+    #: Frame of Reference UID (0020,0052): series sharing one can be compared by position
+    frame_of_reference: str = ""
 
     def __post_init__(self) -> None:
         if self.pixels.ndim not in (3, 4):

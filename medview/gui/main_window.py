@@ -69,6 +69,7 @@ class MainWindow(QMainWindow):
     (menus, drag-and-drop, command line and recent studies all call it)."""
 
     load_finished = Signal(object)  # LoadResult
+    layout_filled = Signal()  # the viewports of a new layout all show their series
     load_failed = Signal(str)
     volume_shown = Signal(int)
     audit_log_shown = Signal(bool)  # the audit dialog is filled; whether the chain holds
@@ -85,13 +86,20 @@ class MainWindow(QMainWindow):
         apply_theme(str(self.settings.value("view/theme", "dark")))
         self.jobs = JobRunner(self)
         self.volumes: list[ImageVolume] = []
-        self.current: int = -1
         self._presets: list[WindowPreset] = []
         self._voi_row: int | None = None
         self._custom_row: int | None = None
         self._dialogs: list[QMessageBox] = []
 
-        self.view = SliceView()
+        from medview.gui.layout import ViewGrid
+
+        #: the viewports (1x1 ... 2x2); ``self.view`` is the active one, and
+        #: ``self.series_of[k]`` the series index viewport k shows (-1: none)
+        self.series_of: list[int] = []
+        self._offsets: dict[tuple[int, int], float] = {}
+        self._filling: list[tuple[int, int]] = []
+        self._linking = False
+        self.grid = ViewGrid(SliceView())
         # the open series' safety warnings (gap, tilt, thickness change...) over the image,
         # where they are seen when the series opens; the Details dock lists them all
         self.series_banner = QLabel()
@@ -106,7 +114,7 @@ class MainWindow(QMainWindow):
         box.setContentsMargins(0, 0, 0, 0)
         box.setSpacing(0)
         box.addWidget(self.series_banner)
-        box.addWidget(self.view, 1)
+        box.addWidget(self.grid, 1)
         self.setCentralWidget(centre)
         self.series = SeriesBrowser()
         self.series.series_selected.connect(self.show_volume)
@@ -142,7 +150,7 @@ class MainWindow(QMainWindow):
 
         self.model_panel = ModelPanel(self.jobs)
         self.model_panel.volumes_provider = lambda: list(self.volumes)
-        self.model_panel.overlay_changed.connect(self.view.set_overlay)
+        self.model_panel.overlay_changed.connect(lambda rgba: self.view.set_overlay(rgba))
         self.model_panel.open_requested.connect(self.show_volume_of)
         self.model_panel.width_wanted.connect(self._widen_model_dock)
         ai = QDockWidget("AI model", self)
@@ -156,9 +164,183 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._build_menus()
         self._build_status()
-        self.view.slice_changed.connect(self._on_slice_changed)
-        self.view.window_changed.connect(self._on_window_changed)
-        self.view.cursor_info.connect(self.cursor_label.setText)
+        self.grid.view_added.connect(self._wire_view)
+        self.grid.active_changed.connect(self._on_active_changed)
+        self.grid.dropped.connect(self.show_volume_in)
+        self._wire_view(0)
+
+    # ------------------------------------------------------------------ viewports
+    @property
+    def view(self) -> SliceView:
+        """The active viewport's slice view."""
+        return self.grid.active_view
+
+    @property
+    def current(self) -> int:
+        """The index of the series in the active viewport (-1: none)."""
+        return self.series_of[self.grid.active] if self.series_of else -1
+
+    @current.setter
+    def current(self, index: int) -> None:
+        self.series_of[self.grid.active] = index
+
+    def _wire_view(self, k: int) -> None:
+        v = self.grid.views[k]
+        while len(self.series_of) <= k:
+            self.series_of.append(-1)
+        v.slice_changed.connect(lambda i, v=v: self._view_slice(v, i))
+        v.window_changed.connect(lambda w, v=v: self._view_window(v, w))
+        v.cursor_info.connect(self.cursor_label.setText)
+        v.viewbox.sigRangeChanged.connect(lambda *_a, v=v: self._view_range(v))
+        first = self.grid.views[0]
+        if v is not first:  # one store: a measurement belongs to its image, wherever shown
+            v.measure.store = first.measure.store
+            v.set_corner_layout(first.corner_layout)
+            v.set_corners_visible(first.corners_visible)
+        v.measure.tool_changed.connect(
+            lambda tool, v=v: self._sync_tool_actions(tool) if v is self.view else None)
+
+    def set_layout(self, name: str) -> None:
+        """1x1, 1x2, 2x1 or 2x2 viewports; a newly shown empty one gets the next open
+        series not shown yet (else the active one's)."""
+        self.grid.set_layout(name)
+        k = self.layout_box.findData(name)
+        if k >= 0 and self.layout_box.currentIndex() != k:
+            self.layout_box.blockSignals(True)
+            self.layout_box.setCurrentIndex(k)
+            self.layout_box.blockSignals(False)
+        shown = {s for s in self.series_of[:self.grid.visible_count()] if s >= 0}
+        todo = []
+        for k, view in enumerate(self.grid.shown_views()):
+            if view.volume is not None or not self.volumes:
+                continue
+            rest = [i for i in range(len(self.volumes)) if i not in shown]
+            pick = rest[0] if rest else max(self.current, 0)
+            shown.add(pick)
+            todo.append((k, pick))
+        self._fill_viewports(todo)
+
+    def _fill_viewports(self, todo: list[tuple[int, int]]) -> None:
+        """Show series in empty viewports one per event-loop turn (each first image is
+        ~10-15 ms of work on a 512 x 512 CT: four at once would stall the window);
+        ``layout_filled`` is emitted when the last is shown."""
+        from PySide6.QtCore import QTimer
+
+        self._filling = todo
+        if not todo:
+            self._update_reference_lines()
+            self.layout_filled.emit()
+            return
+        (k, pick), rest = todo[0], todo[1:]
+        view = self.grid.views[k]
+        if view.volume is None and 0 <= pick < len(self.volumes):
+            self.series_of[k] = pick
+            view.set_volume(self.volumes[pick])
+        QTimer.singleShot(0, lambda: self._fill_viewports(rest)
+                          if self._filling is todo else None)
+
+    def show_volume_in(self, port: int, index: int) -> None:
+        """Show series ``index`` in viewport ``port`` (a series dropped on it)."""
+        if not 0 <= index < len(self.volumes) or port >= len(self.grid.ports):
+            return
+        self.grid.set_active(port)
+        self.show_volume(index)
+
+    def _on_active_changed(self, _k: int) -> None:
+        """Another viewport is active: the toolbar, panels and AI follow its image."""
+        v = self.view
+        self.measurements.set_layer(v.measure)
+        self._sync_tool_actions(v.measure.tool)
+        self.act_invert.blockSignals(True)
+        self.act_invert.setChecked(v.user_invert)
+        self.act_invert.blockSignals(False)
+        if v.volume is None:
+            self.model_panel.set_image(None, 0)
+            return
+        if 0 <= self.current < len(self.volumes):
+            self.series.blockSignals(True)
+            self.series.select_volume(self.current)
+            self.series.blockSignals(False)
+            self._reset_plane_controls(self.volumes[self.current])
+        self._describe(v.volume)
+        self._on_slice_changed(v.index)
+        self._update_reference_lines()
+
+    def _view_slice(self, v: SliceView, index: int) -> None:
+        if v is not self.view:
+            self._update_reference_lines()
+            return
+        self._on_slice_changed(index)
+        if self.act_sync.isChecked():
+            self._sync_slices(v)
+        self._update_reference_lines()
+
+    def _sync_slices(self, source: SliceView) -> None:
+        """The other viewports go to the slice nearest the active one's position (same
+        Frame of Reference), or keep the offset they had when first linked."""
+        from medview.imaging.sync import nearest_slice, offset_between, same_frame
+
+        src = source.volume
+        if src is None:
+            return
+        for v in self.grid.shown_views():
+            if v is source or v.volume is None:
+                continue
+            offset = 0.0
+            if not same_frame(src, v.volume):
+                key = (id(src), id(v.volume))
+                if key not in self._offsets:
+                    self._offsets[key] = offset_between(v.volume, v.index, src, source.index)
+                offset = self._offsets[key]
+            k = nearest_slice(v.volume, src, source.index, offset)
+            if k is not None and k != v.index:
+                v.set_slice(k)
+
+    def _on_sync_toggled(self, on: bool) -> None:
+        self._offsets.clear()  # relink at the slices shown now
+        if on:
+            self._sync_slices(self.view)
+
+    def _view_window(self, v: SliceView, window) -> None:
+        if v is not self.view:
+            return
+        self._on_window_changed(window)
+        if self.act_link_wl.isChecked() and not self._linking and v.volume is not None:
+            self._linking = True
+            try:
+                for o in self.grid.shown_views():
+                    if o is not v and o.volume is not None and \
+                            o.volume.modality == v.volume.modality:
+                        o.set_window(window)
+            finally:
+                self._linking = False
+
+    def _view_range(self, v: SliceView) -> None:
+        if v is not self.view or self._linking or not self.act_link_zoom.isChecked():
+            return
+        z = v.zoom_factor()
+        if z is None:
+            return
+        self._linking = True
+        try:
+            for o in self.grid.shown_views():
+                if o is not v and o.volume is not None:
+                    o.set_zoom_factor(z)
+        finally:
+            self._linking = False
+
+    def _update_reference_lines(self) -> None:
+        """On every other viewport, where the active slice's plane cuts its image."""
+        from medview.imaging.sync import reference_line
+
+        av = self.view
+        on = self.act_ref_lines.isChecked()
+        for v in self.grid.views:
+            line = None
+            if (on and v is not av and v.isVisible() and v.volume is not None
+                    and av.volume is not None):
+                line = reference_line(av.volume, av.index, v.volume, v.index)
+            v.set_reference_line(line)
 
     # ------------------------------------------------------------------ UI
     def _build_toolbar(self) -> None:
@@ -173,8 +355,8 @@ class MainWindow(QMainWindow):
         self.preset_box.activated.connect(self._on_preset)
         tb.addWidget(self.preset_box)
         self.act_invert = QAction("Invert", self, checkable=True, shortcut="I")
-        self.act_invert.toggled.connect(self.view.set_invert)
-        self.act_fit = QAction("Fit", self, shortcut="F", triggered=self.view.fit)
+        self.act_invert.toggled.connect(lambda on: self.view.set_invert(on))
+        self.act_fit = QAction("Fit", self, shortcut="F", triggered=lambda: self.view.fit())
         self.act_reset = QAction("Reset", self, shortcut="R", triggered=self._reset_view)
         self.act_zoom_in = QAction("Zoom in", self, shortcut="+",
                                    triggered=lambda: self.view.zoom(1.25))
@@ -195,6 +377,15 @@ class MainWindow(QMainWindow):
         self.fps_box.valueChanged.connect(self._on_fps)
         tb.addWidget(self.fps_box)
         tb.addSeparator()
+        tb.addWidget(QLabel(" Layout: "))
+        from medview.gui.layout import LAYOUTS
+
+        self.layout_box = QComboBox()
+        for name in LAYOUTS:
+            self.layout_box.addItem(name, name)
+        self.layout_box.activated.connect(
+            lambda k: self.set_layout(self.layout_box.itemData(k)))
+        tb.addWidget(self.layout_box)
         tb.addWidget(QLabel(" Plane: "))
         self.plane_box = QComboBox()
         for data, text in (("acquired", "As acquired"), ("axial", "Axial"),
@@ -288,6 +479,23 @@ class MainWindow(QMainWindow):
             themes.addAction(act)
             theme_menu.addAction(act)
             self.theme_actions[name] = act
+        view_menu.addSeparator()
+        self.act_sync = QAction("Sync scrolling (by position)", self, checkable=True)
+        self.act_sync.setChecked(True)
+        self.act_sync.toggled.connect(self._on_sync_toggled)
+        self.act_link_wl = QAction("Link window/level", self, checkable=True)
+        self.act_link_zoom = QAction("Link zoom", self, checkable=True)
+        self.act_ref_lines = QAction("Reference lines", self, checkable=True)
+        self.act_ref_lines.setChecked(True)
+        self.act_ref_lines.toggled.connect(lambda _on: self._update_reference_lines())
+        for act in (self.act_sync, self.act_link_wl, self.act_link_zoom, self.act_ref_lines):
+            view_menu.addAction(act)
+        layouts = view_menu.addMenu("Layout")
+        from medview.gui.layout import LAYOUTS
+
+        for name in LAYOUTS:
+            layouts.addAction(QAction(name, self, triggered=lambda _c=False, n=name:
+                                      self.set_layout(n)))
         self._build_measure_menu()
         self._restore_corner_text()
         view_menu.addSeparator()
@@ -312,7 +520,8 @@ class MainWindow(QMainWindow):
             act.setChecked(n == name)
 
     def _on_corners(self, on: bool) -> None:
-        self.view.set_corners_visible(on)
+        for v in self.grid.views:
+            v.set_corners_visible(on)
         self.settings.setValue("view/corner_text", bool(on))
 
     def _restore_corner_text(self) -> None:
@@ -322,10 +531,12 @@ class MainWindow(QMainWindow):
         if isinstance(text, str) and text.strip():
             # a layout from another version (unknown fields) leaves the default
             with contextlib.suppress(ValueError):
-                self.view.set_corner_layout(parse_layout(text))
+                for v in self.grid.views:
+                    v.set_corner_layout(parse_layout(text))
         shown = self.settings.value("view/corner_text", True)
         self.act_corners.setChecked(str(shown).lower() not in ("false", "0"))
-        self.view.set_corners_visible(self.act_corners.isChecked())
+        for v in self.grid.views:
+            v.set_corners_visible(self.act_corners.isChecked())
 
     def set_corner_layout(self, text: str) -> None:
         """Apply and keep a corner layout (``corner: field, field`` lines); ValueError
@@ -333,7 +544,8 @@ class MainWindow(QMainWindow):
         from medview.imaging.corners import layout_text, parse_layout
 
         layout = parse_layout(text)
-        self.view.set_corner_layout(layout)
+        for v in self.grid.views:
+            v.set_corner_layout(layout)
         self.settings.setValue("view/corner_layout", layout_text(layout))
 
     def _corner_layout_dialog(self) -> None:
@@ -632,6 +844,12 @@ class MainWindow(QMainWindow):
         self.act_invert.setChecked(False)
         self.act_invert.blockSignals(False)
         self.view.set_volume(volume)
+        self._describe(volume)
+        self.volume_shown.emit(index)
+
+    def _describe(self, volume: ImageVolume) -> None:
+        """The window's parts that describe the active viewport's image: cine rate,
+        window presets, warnings, title."""
         self.fps_box.blockSignals(True)
         self.fps_box.setValue(self.view.cine_fps)
         self.fps_box.blockSignals(False)
@@ -649,7 +867,6 @@ class MainWindow(QMainWindow):
             self.side_tabs.setCurrentIndex(0)
         title = volume.description or "(no description)"
         self.setWindowTitle(f"medview - {title}")
-        self.volume_shown.emit(index)
 
     def _show_series_warnings(self, warnings: list[str]) -> None:
         """The series' warnings above the image: the first two, then how many more."""
@@ -845,9 +1062,12 @@ class MainWindow(QMainWindow):
         self.series.clear()
         self.skipped.setRowCount(0)
         self.tags.clear()
-        self.view.set_volume(None)
+        for v in self.grid.views:
+            v.set_volume(None)
+            v.set_reference_line(None)
+        self.series_of = [-1] * len(self.series_of)
+        self._offsets.clear()
         self.model_panel.set_image(None, 0)
-        self.current = -1
         self.setWindowTitle("medview")
         self.preset_box.clear()
         self._presets = []

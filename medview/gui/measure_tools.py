@@ -353,6 +353,15 @@ class MeasurementPanel(QWidget):
         layer.changed.connect(self.refresh)
         self.refresh()
 
+    def set_layer(self, layer: MeasureLayer) -> None:
+        """List another viewport's measurements (the active one)."""
+        if layer is self.layer:
+            return
+        self.layer.changed.disconnect(self.refresh)
+        self.layer = layer
+        layer.changed.connect(self.refresh)
+        self.refresh()
+
     def refresh(self) -> None:
         v = self.layer.view.volume
         self.list.blockSignals(True)

@@ -97,6 +97,9 @@ class SeriesBrowser(QListWidget):
         self.setWordWrap(True)
         self.currentRowChanged.connect(self._on_row)
         self.itemClicked.connect(self._on_click)
+        # a series row can be dragged onto a viewport (medview.gui.layout)
+        self.setDragEnabled(True)
+        self.setDragDropMode(QListWidget.DragDropMode.DragOnly)
         self._n = 0
         self._headers: dict[tuple, QListWidgetItem] = {}
 
@@ -154,6 +157,18 @@ class SeriesBrowser(QListWidget):
             row += 1
         self.insertItem(row, item)
         item.setHidden(header.data(self.ROLE + 2) is True)
+
+    def mimeData(self, items):
+        """A dragged series row: its index (for a viewport to show it)."""
+        from medview.gui.layout import series_mime
+
+        rows = [i.data(self.ROLE) for i in items if i.data(self.ROLE) is not None]
+        return series_mime(int(rows[0])) if rows else super().mimeData(items)
+
+    def mimeTypes(self) -> list[str]:
+        from medview.gui.layout import SERIES_MIME
+
+        return [SERIES_MIME]
 
     def _on_click(self, item: QListWidgetItem) -> None:
         if item.data(self.ROLE + 1) is None:

@@ -413,6 +413,30 @@ class SliceView(QWidget):
         b = self.image_item.mapToScene(QPointF(1, 0))
         return math.hypot(b.x() - a.x(), b.y() - a.y())
 
+    def set_zoom_factor(self, zoom: float) -> None:
+        """Zoom about the centre of the view to ``zoom`` screen pixels per image pixel
+        (linked zoom)."""
+        now = self.zoom_factor()
+        if now and zoom > 0 and abs(now / zoom - 1) > 1e-3:
+            self.viewbox.scaleBy((now / zoom, now / zoom))
+
+    def set_reference_line(self, line) -> None:
+        """Draw (or clear, with None) where another viewport's slice cuts this image:
+        two (x, y) points in image coordinates."""
+        item = getattr(self, "_ref_line", None)
+        if line is None:
+            if item is not None:
+                item.setVisible(False)
+            return
+        if item is None:
+            item = self._ref_line = pg.PlotCurveItem(pen=pg.mkPen(
+                "#ffd24d", width=1, style=Qt.PenStyle.DashLine))
+            item.setParentItem(self.image_item)
+            item.setZValue(20)
+        (x0, y0), (x1, y1) = line
+        item.setData([x0, x1], [y0, y1])
+        item.setVisible(True)
+
     def set_corner_layout(self, layout: dict[str, list[str]]) -> None:
         self.corner_layout = {c: list(f) for c, f in layout.items()}
         self._update_info()

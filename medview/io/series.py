@@ -307,6 +307,7 @@ def iter_build_volume(
         magnification=h0.magnification,
         instance_uids=[h.sop_uid for h in plan.headers],
         series_number=_series_number(h0),
+        frame_of_reference=str(h0.ds.get("FrameOfReferenceUID", "") or "")[:64],
         slice_thickness=h0.slice_thickness,
     )
     return volume, skipped

@@ -451,7 +451,9 @@ def test_the_window_opens_maximised_then_as_it_was_left(qtbot, tmp_path):
 
 
 def _marker_side(window) -> tuple[str, str]:
-    """Where the bright marker is on screen: ("left"|"right", "top"|"bottom")."""
+    """Where the bright marker is on screen: ("left"|"right", "top"|"bottom") (the
+    corner text, also bright, hidden for the grab)."""
+    window.view.set_corners_visible(False)
     window.view.viewbox.update()
     img = window.view.graphics.grab().toImage()
     arr = np.array([[img.pixelColor(x, y).red() for x in range(0, img.width(), 2)]
