@@ -116,21 +116,50 @@ def main(argv: list[str] | None = None) -> int:
         win.grab().save(path)
         print(path)
         win.close_all()
+        win.set_slab("")
+
+    # two series of one study side by side, scrolled together by patient position
+    with tempfile.TemporaryDirectory() as folder:
+        thin, thick = os.path.join(folder, "thin"), os.path.join(folder, "thick")
+        os.makedirs(thin)
+        os.makedirs(thick)
+        write_phantom(thin)
+        write_phantom(thick, n=36, dz=5.0, description="Head 5 mm", series_number=3)
+        win.open_paths([thin, thick])
+        wait_for(app, win.load_finished, 60000)
+        app.processEvents()
+        win.show_plane("acquired")
+        win.set_layout("1x2")
+        wait_for(app, win.layout_filled, 5000)
+        for v in win.grid.shown_views():
+            names = [win.preset_box.itemText(k).lower() for k in range(win.preset_box.count())]
+            win.grid.set_active(win.grid.views.index(v))
+            win.apply_preset(next(k for k, n in enumerate(names) if "brain" in n))
+        win.grid.set_active(0)
+        win.view.set_slice(58)  # the lesion and the ventricles; the 5 mm series follows
+        app.processEvents()
+        path = os.path.join(args.out, "compare-1x2.png")
+        win.grab().save(path)
+        print(path, [v.index for v in win.grid.shown_views()])
+        win.close_all()
     os.remove(settings.fileName())
     win.close()
     return 0
 
 
-def write_phantom(folder: str, n: int = 90, size: int = 160) -> None:
+def write_phantom(folder: str, n: int = 90, size: int = 160, dz: float = 2.0,
+                  description: str = "Head 2 mm", series_number: int = 2,
+                  frame: str = "1.2.826.0.1.3680043.8.498.4242") -> None:
     """A synthetic axial CT of a head-like phantom: skull 1000 HU, brain 35, ventricles
-    5, a 70 HU lesion, and thin 300 HU vessels; 1 mm pixels, 2 mm slices."""
+    5, a 70 HU lesion, and thin 300 HU vessels; 1 mm pixels, ``dz`` mm slices, in
+    Frame of Reference ``frame`` (series written with the same one line up)."""
     import numpy as np
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     z, y, x = np.mgrid[0:n, 0:size, 0:size].astype(np.float32)
-    zc, c = (z - n / 2) * 2.0, size / 2
+    zc, c = (z - n / 2) * dz, size / 2
 
     def ellipsoid(cx, cy, cz, a, b, h):
         return ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((zc - cz) / h) ** 2 <= 1
@@ -147,7 +176,7 @@ def write_phantom(folder: str, n: int = 90, size: int = 160) -> None:
         hu[((x - px) ** 2 + (y - py) ** 2 <= 2.2) & (np.abs(zc) < 70)] = 300
     hu += np.random.default_rng(0).normal(0, 6, hu.shape).astype(np.float32)
     stored = np.clip(hu + 1024, 0, 4095).astype(np.uint16)
-    series, study, frame = generate_uid(), generate_uid(), generate_uid()
+    series, study = generate_uid(), "1.2.826.0.1.3680043.8.498.4243"
     for k in range(n):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -158,12 +187,12 @@ def write_phantom(folder: str, n: int = 90, size: int = 160) -> None:
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.FrameOfReferenceUID = frame
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 2, k + 1
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", series_number, k + 1
         ds.PatientName, ds.PatientID = "Phantom^Head", "PHANTOM-1"
-        ds.StudyDescription, ds.SeriesDescription = "Synthetic phantom", "Head 2 mm"
-        ds.ImagePositionPatient = [-80.0, -80.0, (k - n / 2) * 2.0]
+        ds.StudyDescription, ds.SeriesDescription = "Synthetic phantom", description
+        ds.ImagePositionPatient = [-80.0, -80.0, (k - n / 2) * dz]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
+        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], dz
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
         ds.Rows = ds.Columns = size
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
