@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from medview.core.progress import Progress
 from medview.core.volume import ImageVolume, LoadResult, WindowPreset, first_to_show
 from medview.gui.model_panel import ModelPanel
 from medview.gui.panels import SeriesBrowser, SkippedPanel, TagBrowser
@@ -611,6 +612,10 @@ class MainWindow(QMainWindow):
         self.act_export_measurements = QAction("Export measurements (CSV)...", self,
                                                triggered=self._export_measurements_dialog)
         menu.addAction(self.act_export_measurements)
+        menu.addAction(QAction("Save measurements as DICOM SR...", self,
+                               triggered=self._save_measurements_dialog))
+        menu.addAction(QAction("Send measurements to PACS...", self,
+                               triggered=self._send_measurements_dialog))
 
     def _on_tool(self, tool: str, on: bool) -> None:
         if on:
@@ -640,6 +645,153 @@ class MainWindow(QMainWindow):
         rows = self.view.measure.rows_for(self.volumes)
         atomic_write_bytes(path, csv_text(rows).encode("utf-8"))
         return len(rows)
+
+    def measurement_reports(self):
+        """One DICOM SR (TID 1500) per study with every measurement on its DICOM images,
+        and how many measurements were left out (images without a DICOM file)."""
+        from medview.imaging.measure import image_key
+        from medview.reports.dicom_results import NoDicomSource, read_source
+        from medview.reports.measurement_sr import measurement_report
+
+        where: dict[tuple[str, int], tuple] = {}
+        for v in self.volumes:
+            for k in range(v.n_slices):
+                where.setdefault(image_key(v, k), (v, k))
+        by_study: dict[str, list] = {}
+        left_out = 0
+        headers: dict[str, object] = {}
+        for m in self.view.measure.store.all():
+            found = where.get((m.instance, m.frame))
+            if found is None or not found[0].instance_uids:
+                left_out += 1
+                continue
+            v, k = found
+            path = v.source_of(k)
+            try:
+                src = headers.get(path) or read_source(path)
+            except NoDicomSource:
+                left_out += 1
+                continue
+            headers[path] = src
+            by_study.setdefault(str(src.StudyInstanceUID), []).append((m, src, v, k))
+        return [measurement_report(items) for items in by_study.values()], left_out
+
+    def save_measurements_sr(self, folder: str) -> tuple[list[str], int]:
+        """Write the measurement SRs into ``folder`` (atomically, named by UID);
+        returns the files and how many measurements could not go in one."""
+        from medview.core import audit
+        from medview.reports.dicom_results import write_dataset
+
+        reports, left_out = self.measurement_reports()
+        files = [write_dataset(folder, sr, "SR") for sr in reports]
+        if files:
+            audit.record("measurements_saved", reports=len(files),
+                         measurements=len(self.view.measure.store.all()) - left_out,
+                         objects=[str(sr.SOPInstanceUID) for sr in reports])
+        return files, left_out
+
+    def send_measurements(self, server: str, settings=None):
+        """Store the measurement SRs in ``server`` from a worker; returns the job (None
+        when there is nothing to send)."""
+        import tempfile
+
+        from medview.gui.pacs_dialog import connect
+        from medview.pacs import load_settings
+        from medview.reports.dicom_results import write_dataset
+
+        reports, left_out = self.measurement_reports()
+        if not reports:
+            self.statusBar().showMessage("No measurements on DICOM images to send", 5000)
+            return None
+        settings = settings or load_settings()
+
+        def job(token):
+            from medview.core import audit
+
+            yield Progress(0, 1, "sending the measurements")
+            folder = tempfile.mkdtemp(prefix="medview-measurements-")
+            try:
+                files = [write_dataset(folder, sr, "SR") for sr in reports]
+                result = yield from connect(server, settings).iter_store(files, token)
+                audit.record("measurements_sent", destination=audit.server_text(server),
+                             sent=result.sent, failed=result.failed,
+                             objects=[str(sr.SOPInstanceUID) for sr in reports])
+            finally:
+                for name in os.listdir(folder):
+                    os.remove(os.path.join(folder, name))
+                os.rmdir(folder)
+            return result
+
+        handle = self.jobs.start("send-measurements", job)
+        note = f"; {left_out} on non-DICOM images not sent" if left_out else ""
+        handle.succeeded.connect(lambda r: self.statusBar().showMessage(
+            (f"Sent the measurements to {server} ({r.sent} report(s)){note}" if r.ok else
+             f"Not all sent to {server}: " + "; ".join(r.messages)), 10000))
+        handle.failed.connect(lambda exc: self.statusBar().showMessage(
+            f"Not sent: {type(exc).__name__}", 10000))
+        return handle
+
+    def _save_measurements_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Save measurements as DICOM SR")
+        if not folder:
+            return
+        try:
+            files, left_out = self.save_measurements_sr(folder)
+        except (OSError, ValueError) as exc:
+            self.show_error("Not saved", f"{type(exc).__name__}: {exc}")
+            return
+        note = f"; {left_out} on non-DICOM images not saved" if left_out else ""
+        self.statusBar().showMessage(f"{len(files)} measurement report(s) saved{note}", 10000)
+
+    def _send_measurements_dialog(self) -> None:
+        from PySide6.QtWidgets import QInputDialog
+
+        from medview.gui.pacs_dialog import LAST_SERVER_KEY, server_choices
+        from medview.pacs import load_settings
+
+        settings = load_settings()
+        choices = server_choices(settings, self.settings)
+        server, ok = QInputDialog.getItem(self, "Send measurements to PACS",
+                                          "Server (saved name or dicom://AET@host:port):",
+                                          choices, 0, True)
+        if ok and server.strip():
+            self.settings.setValue(LAST_SERVER_KEY, server.strip())
+            self.send_measurements(server.strip(), settings)
+
+    def _read_measurement_reports(self, result: LoadResult) -> None:
+        """Measurement SRs among the files just opened (skipped as images: no pixels)
+        put their measurements back on their images; read in a worker, bounded."""
+        paths = [sk.path for sk in result.skipped if "(SR)" in sk.reason]
+        if not paths:
+            return
+
+        def job(_token):
+            from medview.reports.measurement_sr import read_report_file
+
+            yield Progress(0, len(paths), "reading measurement reports")
+            found = []
+            for p in paths:
+                found.extend(read_report_file(p))
+            return found
+
+        handle = self.jobs.start(f"reports:{id(result)}", job)
+        handle.succeeded.connect(self._restore_measurements)
+
+    def _restore_measurements(self, found) -> None:
+        store = self.view.measure.store
+        have = {(m.kind, m.instance, m.frame, tuple(m.points)) for m in store.all()}
+        added = 0
+        for m in found:
+            key = (m.kind, m.instance, m.frame, tuple(m.points))
+            if key not in have:
+                have.add(key)
+                store.add(m)
+                added += 1
+        if added:
+            for v in self.grid.views:
+                v.measure.refresh()
+            self.statusBar().showMessage(f"{added} measurement(s) restored from the study's "
+                                         "report", 10000)
 
     def _export_measurements_dialog(self) -> None:
         if not self.view.measure.store.all():
@@ -738,6 +890,7 @@ class MainWindow(QMainWindow):
             reasons = "\n".join(f"{os.path.basename(s.path)}: {s.reason}"
                                 for s in result.skipped[:20])
             self.show_error("Nothing could be loaded", reasons or "No image files found.")
+        self._read_measurement_reports(result)
         self.load_finished.emit(result)
 
     def _on_load_failed(self, job, exc: Exception) -> None:

@@ -225,3 +225,26 @@ def test_a_film_without_spacing_measures_in_pixels_and_says_so(qtbot, window, tm
     text = window.measurements.list.item(0).text()
     assert " px" in text and "mm" not in text
     assert "in pixels" in window.measurements.caveat.text()
+
+
+def test_measurements_saved_as_an_sr_beside_the_study_come_back_when_it_is_opened(
+        qtbot, window, tmp_path):
+    write_series(tmp_path / "s", n=3, size=32)
+    _open(qtbot, window, [tmp_path / "s"])
+    layer = window.view.measure
+    m = layer.add("rect", [(2.0, 3.0), (20.0, 18.0)])
+    files, left_out = window.save_measurements_sr(str(tmp_path / "s"))
+    assert len(files) == 1 and left_out == 0
+    (tmp_path / "s" / "junk.dcm").write_bytes(b"DICM" * 100)  # a broken file: ignored
+    window.close_all()
+    assert layer.store.all() == []
+    _open(qtbot, window, [tmp_path / "s"])
+    qtbot.waitUntil(lambda: len(layer.store.all()) == 1, timeout=20000)
+    (back,) = layer.store.all()
+    assert (back.kind, back.instance, back.points) == ("rect", m.instance, m.points)
+    assert "restored" in window.statusBar().currentMessage()
+    # opening it once more does not double it
+    _open(qtbot, window, [tmp_path / "s"])  # the report is read again, in a worker
+    qtbot.waitUntil(lambda: not any(k.startswith("reports:") for k in window.jobs._current),
+                    timeout=20000)
+    assert len(layer.store.all()) == 1

@@ -199,3 +199,49 @@ def test_cancel_ends_a_retrieve_from_a_trickling_server_at_once(qtbot, make_wind
     finally:
         dlg.close()
         server.close()
+
+
+def test_measurements_go_to_the_pacs_as_an_sr_and_come_back_with_the_study(
+        qtbot, pacs, pacs_env, make_window, tmp_path):
+    """Drawn on a CT, sent as a TID 1500 SR to a real Orthanc, the study retrieved again
+    (images and report) and opened: the measurements are back on their images."""
+    from medview.core.progress import drain
+    from medview.imaging.measure import measure
+    from tests.orthanc import write_study
+
+    study_uid, paths = write_study(str(tmp_path / "ct"), modality="CT", n=4, size=64,
+                                   patient_id="PAT-M", patient_name="Measured^Pat")
+    pacs.upload(paths)
+    win = make_window()
+    with qtbot.waitSignal(win.load_finished, timeout=20000):
+        win.open_paths([str(tmp_path / "ct")])
+    layer = win.view.measure
+    win.view.set_slice(1)
+    line = layer.add("distance", [(5.0, 6.0), (40.0, 30.0)])
+    win.view.set_slice(2)
+    roi = layer.add("ellipse", [(10.0, 10.0), (30.0, 25.0)])
+    before = {m.kind: (m.instance, measure(m, win.view.volume, 0).value)
+              for m in (line, roi)}
+    job = win.send_measurements(pacs.dimse_url, _settings(pacs))
+    with qtbot.waitSignal(job.succeeded, timeout=30000) as sent:
+        pass
+    assert sent.args[0].sent == 1
+    kinds = {s.modality for s in connect(pacs.dimse_url, _settings(pacs)).find_series(
+        study_uid)}
+    assert kinds == {"CT", "SR"}
+    # the study again, as another reader gets it: retrieved with its report, opened
+    win.close_all()
+    out = str(tmp_path / "retrieved")
+    got = drain(connect(pacs.dimse_url, _settings(pacs)).iter_retrieve(study_uid, out))
+    assert got.complete and got.received == 5
+    with qtbot.waitSignal(win.load_finished, timeout=20000):
+        win.open_paths([out])
+    qtbot.waitUntil(lambda: len(layer.store.all()) == 2, timeout=20000)
+    back = {m.kind: m for m in layer.store.all()}
+    for kind, (instance, value) in before.items():
+        assert back[kind].instance == instance
+        vol = win.view.volume
+        index = vol.instance_uids.index(instance)
+        assert measure(back[kind], vol, index).value == pytest.approx(value, rel=1e-6)
+    win.view.set_slice(vol.instance_uids.index(before["distance"][0]))
+    assert [m.kind for m in layer.current()] == ["distance"]
