@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QColor, QImage, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -608,6 +608,22 @@ class TrainPage(QWizardPage):
         return self.wiz.result is not None
 
 
+#: a gate row where at least this share of the images went the wrong way is marked
+GATE_CONCERN = 0.2
+METRIC_NAMES = {"auc": "AUC (ROC)", "sensitivity": "Sensitivity", "specificity": "Specificity",
+                "accuracy": "Accuracy", "f1": "F1 score",
+                "ece": "Calibration error (ECE, lower is better)"}
+
+
+def metric_name(key: str) -> str:
+    """A card metric's name in words ("auc_PNEUMONIA": "AUC, PNEUMONIA vs the rest")."""
+    if key in METRIC_NAMES:
+        return METRIC_NAMES[key]
+    if key.startswith("auc_"):
+        return f"AUC, {key[4:]} vs the rest"
+    return key
+
+
 class ResultsPage(QWizardPage):
     def __init__(self, wiz: TrainingWizard) -> None:
         super().__init__()
@@ -684,7 +700,9 @@ class ResultsPage(QWizardPage):
         rows += [(k, v) for k, v in test.items() if k.startswith("auc_") and k != "auc_macro"]
         self.metrics.setRowCount(len(rows))
         for r, (k, v) in enumerate(rows):
-            self.metrics.setItem(r, 0, QTableWidgetItem(k))
+            name = QTableWidgetItem(metric_name(k))
+            name.setToolTip(f"card field: {k}")
+            self.metrics.setItem(r, 0, name)
             self.metrics.setItem(r, 1, QTableWidgetItem(str(v["value"])))
             self.metrics.setItem(r, 2, QTableWidgetItem(f"{v['ci95'][0]} - {v['ci95'][1]}"))
         cm = test["confusion_matrix"]
@@ -732,7 +750,7 @@ class ResultsPage(QWizardPage):
             self.threshold.setToolTip(f"Threshold on p({pos})")
 
     def _show_gate(self, card) -> None:
-        from medview.models.card import gate_summary, where_checked
+        from medview.models.card import checked_rows, gate_summary
 
         sc = card.scope
         if sc is None:
@@ -741,12 +759,23 @@ class ResultsPage(QWizardPage):
             self.gate_table.setRowCount(0)
             return
         self.gate_label.setText(f"Trust gate fitted: {gate_summary(card)}")
-        rows = where_checked(card)
+        # the rows that went worst first, and every row on screen (no 3-row scroll
+        # hiding them): out-of-distribution images let through, in-scope ones withheld
+        rows = sorted(checked_rows(card), key=lambda row: -row[3])
         self.gate_table.setRowCount(len(rows))
-        for r, cells in enumerate(rows):
+        for r, (*cells, concern) in enumerate(rows):
             for c, text in enumerate(cells):
-                self.gate_table.setItem(r, c, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                if concern >= GATE_CONCERN:
+                    item.setForeground(QColor("#d08a2a"))
+                    item.setToolTip(f"{concern:.0%} of these images were not handled as "
+                                    "they should be")
+                self.gate_table.setItem(r, c, item)
         self.gate_table.resizeColumnsToContents()
+        self.gate_table.resizeRowsToContents()
+        header = self.gate_table.horizontalHeader().height()
+        body = sum(self.gate_table.rowHeight(r) for r in range(len(rows)))
+        self.gate_table.setMinimumHeight(min(header + body + 4, 420))
 
     def _show_reliance(self, card) -> None:
         from medview.models.card import reliance_lines

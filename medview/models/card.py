@@ -563,17 +563,35 @@ def where_checked(card: Card) -> list[tuple[str, str, str]]:
     test, the out-of-distribution benchmark per category, the quick check made at
     training, and benign variations that should stay in scope. Only numbers the card
     holds (measured runs); empty without a trust gate."""
+    return [(w, n, r) for w, n, r, _c in checked_rows(card)]
+
+
+def _fraction(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if 0.0 <= v <= 1.0 else None
+
+
+def checked_rows(card: Card) -> list[tuple[str, str, str, float]]:
+    """:func:`where_checked` with each row's concern (0 = as it should be, 1 = the worst):
+    for out-of-distribution images the share the gate let through, for in-scope images
+    (the internal test, benign variations) the share it withheld (0 when the card has
+    no number)."""
     sc = card.scope
     if sc is None:
         return []
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str, float]] = []
     checked = sc.checked or {}
     it = checked.get("internal_test")
     if isinstance(it, dict):
         res = f"in scope {it.get('in_scope')}"
         if "auc_all" in it:
             res += f"; AUC all {it.get('auc_all')}, in scope {it.get('auc_in_scope')}"
-        rows.append(("internal test split (unseen patients)", str(it.get("n", "")), res))
+        kept = _fraction(it.get("in_scope"))
+        rows.append(("internal test split (unseen patients)", str(it.get("n", "")), res,
+                     0.0 if kept is None else 1.0 - kept))
     for key, label in (("ood_benchmark", "out of distribution"),
                        ("quick_check", "out of distribution (quick check)")):
         for name, c in (checked.get(key) or {}).items():
@@ -582,13 +600,17 @@ def where_checked(card: Card) -> list[tuple[str, str, str]]:
             res = f"withheld {c.get('withheld')}"
             if "auroc" in c:
                 res += f" (AUROC {c.get('auroc')}, FPR at 95% TPR {c.get('fpr_at_95_tpr')})"
-            rows.append((f"{label}: {name}", str(c.get("n", "")), res))
+            withheld = _fraction(c.get("withheld"))
+            rows.append((f"{label}: {name}", str(c.get("n", "")), res,
+                         0.0 if withheld is None else 1.0 - withheld))
     for name, c in (checked.get("benign_variations") or {}).items():
         if isinstance(c, dict):
             flips = (f"; decisions changed {c['decision_flips']}" if "decision_flips" in c
                      else "")
+            kept = _fraction(c.get("in_scope"))
             rows.append((f"benign variation (should pass): {name}", str(c.get("n", "")),
-                         f"in scope {c.get('in_scope')}{flips}"))
+                         f"in scope {c.get('in_scope')}{flips}",
+                         0.0 if kept is None else 1.0 - kept))
     return rows
 
 

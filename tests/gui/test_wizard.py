@@ -102,6 +102,17 @@ def test_wizard_trains_saves_and_model_is_selectable(qtbot, app_window, tmp_path
                range(results.gate_table.rowCount())]
     assert any(c.startswith("internal test") for c in checked)
     assert any("inverted" in c for c in checked)
+    # worst rows first, every row on screen (no scrolling), metrics named in words
+    from medview.models.card import checked_rows
+
+    concerns = sorted((r[3] for r in checked_rows(wiz.result.card)), reverse=True)
+    assert [results.gate_table.item(0, 0).text()] == [
+        next(r[0] for r in checked_rows(wiz.result.card) if r[3] == concerns[0])]
+    assert results.gate_table.verticalScrollBar().maximum() == 0 or \
+        results.gate_table.minimumHeight() == 420
+    names = [results.metrics.item(r, 0).text() for r in range(results.metrics.rowCount())]
+    assert "AUC (ROC)" in names and not {"auc", "ece"} & set(names)
+    assert any(n.startswith("Calibration error") for n in names)
     # ... and what the model relies on (the shortcut audit of the test split)
     rel = results.reliance_label.text()
     assert rel.startswith("What the model relies on (shortcut audit)")
