@@ -99,6 +99,9 @@ class MainWindow(QMainWindow):
         self.series_of: list[int] = []
         self._offsets: dict[tuple[int, int], float] = {}
         self._filling: list[tuple[int, int]] = []
+        #: retrieved series folders that are not whole: {folder: (present, expected)}
+        self._incomplete_folders: dict[str, tuple[int, int]] = {}
+        self._just_incomplete = ""
         self._linking = False
         self.grid = ViewGrid(SliceView())
         # the open series' safety warnings (gap, tilt, thickness change...) over the image,
@@ -871,6 +874,15 @@ class MainWindow(QMainWindow):
             self._show_loaded(result, select)
 
     def _show_loaded(self, result: LoadResult, select: bool = True) -> None:
+        for v in result.volumes:
+            folder = os.path.normpath(os.path.dirname(v.source_paths[0])) \
+                if v.source_paths else ""
+            if folder in self._incomplete_folders:
+                present, expected = self._incomplete_folders[folder]
+                v.incomplete = True
+                v.warnings.insert(0, f"only {present} of {expected} images of this series "
+                                     "were retrieved (the transfer stopped): Retrieve again "
+                                     "to fetch the rest")
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
         first_new = len(self.volumes)
@@ -1252,13 +1264,23 @@ class MainWindow(QMainWindow):
         dlg = getattr(self, "pacs_dialog", None)
         if dlg is None:
             dlg = OpenFromPacsDialog(self.settings, parent=self)
+            dlg.series_incomplete.connect(self._on_series_incomplete)
             dlg.series_arrived.connect(self._on_series_arrived)
             self.pacs_dialog = dlg
         dlg.show()
         dlg.raise_()
         return dlg
 
+    def _on_series_incomplete(self, folder: str, present: int, expected: int) -> None:
+        """A retrieved series is not whole: when it opens it is marked so."""
+        self._incomplete_folders[os.path.normpath(folder)] = (present, expected)
+        self._just_incomplete = os.path.normpath(folder)
+
     def _on_series_arrived(self, folder: str) -> None:
+        key = os.path.normpath(folder)
+        if self._just_incomplete != key:  # whole now (a retrieve again): no longer marked
+            self._incomplete_folders.pop(key, None)
+        self._just_incomplete = ""
         self.open_paths([folder], kind=f"pacs:{folder}", select=self.current < 0)
 
     def _pacs_settings(self) -> None:

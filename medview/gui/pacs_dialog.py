@@ -42,7 +42,7 @@ from medview.pacs import (
     load_settings,
     save_settings,
 )
-from medview.pacs.retrieve import SeriesArrived, iter_retrieve_series
+from medview.pacs.retrieve import SeriesArrived, SeriesStarted, iter_retrieve_series
 
 LAST_SERVER_KEY = "pacs/last_server"
 _ERROR_STYLE = "color: #c62828; font-weight: bold;"
@@ -158,6 +158,8 @@ class OpenFromPacsDialog(QDialog):
     series is announced by ``series_arrived`` as soon as its files are in."""
 
     series_arrived = Signal(str)  # a folder of one retrieved series
+    #: a retrieved series that is not whole: (folder, instances present, expected)
+    series_incomplete = Signal(str, int, int)
     studies_found = Signal(int)
     series_listed = Signal(str)  # study UID
     retrieve_finished = Signal(object)  # list of RetrieveResult
@@ -174,6 +176,9 @@ class OpenFromPacsDialog(QDialog):
         self.settings = load_settings(settings_path)
         self.jobs = JobRunner(self)
         self._retrieving = False
+        self._series_done: list[tuple[int, int, int, int]] = []
+        self._series_now: tuple[int, int] | None = None
+        self._series_planned = 0
         self.server = _server_box(self.settings, self.qsettings)
         settings_button = QPushButton("Settings...")
         settings_button.clicked.connect(self.edit_settings)
@@ -245,6 +250,8 @@ class OpenFromPacsDialog(QDialog):
 
     def _fail(self, exc) -> None:
         msg = str(exc) if isinstance(exc, PacsError) else f"{type(exc).__name__}: {exc}"
+        if self._retrieving:  # mid-retrieve: say what is whole and what is not
+            msg += "\n" + self._series_account()
         self._say(msg, error=True)
         self.find_button.setEnabled(True)
         self._end_retrieve()
@@ -391,6 +398,11 @@ class OpenFromPacsDialog(QDialog):
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)
         self.cancel_button.setVisible(True)
+        #: what this retrieve has done so far, series by series, for what it says when
+        #: the server stops: [(series number, of how many, present, expected)]
+        self._series_done: list[tuple[int, int, int, int]] = []
+        self._series_now: tuple[int, int] | None = None
+        self._series_planned = 0
         self._retrieving = True
         self.retrieve_button.setEnabled(False)
         self._say(f"Retrieving from {client.server}...")
@@ -403,8 +415,17 @@ class OpenFromPacsDialog(QDialog):
                                                "again fetches only the rest.")))
 
     def _on_step(self, step) -> None:
+        if isinstance(step, SeriesStarted):
+            self._series_now = (step.done + 1, step.total)
+            if step.done == 0:  # a study's first series: its count joins the plan
+                self._series_planned += step.total
+            return
         if isinstance(step, SeriesArrived):
+            self._series_now = None
+            self._series_done.append((step.done, step.total, step.present, step.expected))
             if step.folder:
+                if not step.whole:  # announced first: the window marks it when it opens
+                    self.series_incomplete.emit(step.folder, step.present, step.expected)
                 self.series_arrived.emit(step.folder)
             return
         if step.total:
@@ -423,8 +444,27 @@ class OpenFromPacsDialog(QDialog):
         self._end_retrieve()
         lines = [r.summary() for r in results]
         incomplete = any(not r.complete for r in results)
+        if incomplete:
+            lines.insert(0, self._series_account())
         self._say("\n".join(lines) or "Nothing retrieved.", error=incomplete)
         self.retrieve_finished.emit(results)
+
+    def _series_account(self) -> str:
+        """Which series of this retrieve are whole, which are not (n of m images) and
+        which did not arrive - what a reader needs after a server stopped."""
+        done = self._series_done
+        whole = [d for d in done if d[3] <= 0 or d[2] >= d[3]]
+        planned = max(self._series_planned, len(done) + (1 if self._series_now else 0))
+        parts = [f"{len(whole)} of {planned} series complete"]
+        for k, m, present, expected in done:
+            if expected > 0 and present < expected:
+                parts.append(f"series {k} of {m} incomplete ({present} of {expected} "
+                             "images; open, marked incomplete)")
+        if self._series_now is not None:
+            k, m = self._series_now
+            parts.append(f"series {k} of {m} did not arrive")
+        return "; ".join(parts) + ". What arrived is kept: Retrieve again fetches only " \
+            "the rest."
 
 
 def _n(v) -> str:

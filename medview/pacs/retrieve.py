@@ -20,9 +20,24 @@ from medview.pacs.records import RetrieveResult
 
 @dataclass(frozen=True)
 class SeriesArrived(Progress):
-    """A retrieve step: one series is complete in the cache (a milestone)."""
+    """A retrieve step: one series is in the cache (a milestone): all of it, or - the
+    server stopped or refused some - ``present`` of its ``expected`` instances."""
 
     folder: str = ""
+    series_uid: str = ""
+    milestone: bool = True
+    expected: int = 0
+    present: int = 0
+
+    @property
+    def whole(self) -> bool:
+        return self.expected <= 0 or self.present >= self.expected
+
+
+@dataclass(frozen=True)
+class SeriesStarted(Progress):
+    """A retrieve step: series ``done + 1`` of ``total`` (of one study) is being fetched."""
+
     series_uid: str = ""
     milestone: bool = True
 
@@ -56,11 +71,15 @@ def iter_retrieve_series(client: PacsClient, wanted: Sequence[tuple[str, str | N
         for k, uid in enumerate(series):
             if cancel is not None:
                 cancel.raise_if_cancelled()
+            yield SeriesStarted(k, len(series), f"series {k + 1} of {len(series)}",
+                                series_uid=uid)
             r = yield from client.iter_retrieve(study_uid, dest, uid, cancel, method=method)
             results.append(r)
             if r.received + r.already_present:
                 yield SeriesArrived(k + 1, len(series), f"series {k + 1} of {len(series)} in",
-                                    folder=r.series_folders.get(uid, ""), series_uid=uid)
+                                    folder=r.series_folders.get(uid, ""), series_uid=uid,
+                                    expected=r.expected,
+                                    present=r.received + r.already_present)
         if cache_limit_bytes is not None:
             evicted += cache.enforce_limit(dest, cache_limit_bytes, keep=keep)
     return Retrieved(results, evicted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from medview.pacs import connect
@@ -245,3 +246,73 @@ def test_measurements_go_to_the_pacs_as_an_sr_and_come_back_with_the_study(
         assert measure(back[kind], vol, index).value == pytest.approx(value, rel=1e-6)
     win.view.set_slice(vol.instance_uids.index(before["distance"][0]))
     assert [m.kind for m in layer.current()] == ["distance"]
+
+
+def test_a_server_that_stops_mid_retrieve_is_told_series_by_series(qtbot, make_window,
+                                                                   tmp_path, monkeypatch):
+    """Series 1 arrives whole, series 2 with 2 of its 5 images (the server stopped
+    answering inside it), series 3 never: the dialog says which, n of m, and the half
+    series opens marked incomplete with a warning."""
+    from pydicom.uid import generate_uid
+
+    from medview.core.progress import Progress
+    from medview.pacs import PacsError
+    from medview.pacs.records import RetrieveResult
+    from tests.factory import make_dataset, write
+
+    monkeypatch.setenv("MEDVIEW_PACS_CACHE", str(tmp_path / "cache"))
+    study = generate_uid()
+    series = [generate_uid() for _ in range(3)]
+
+    class Series:
+        def __init__(self, uid):
+            self.series_uid = uid
+
+    class StoppingServer:
+        server = "dicom://STOPPING@127.0.0.1:104"
+
+        def find_series(self, study_uid):
+            return [Series(u) for u in series]
+
+        def iter_retrieve(self, study_uid, dest, series_uid, cancel=None, method="auto"):
+            k = series.index(series_uid)
+            yield Progress(0, 1, f"series {k + 1}")
+            if k == 2:
+                raise PacsError("the server stopped answering (association aborted)")
+            folder = os.path.join(dest, study_uid, series_uid)
+            os.makedirs(folder, exist_ok=True)
+            n = 3 if k == 0 else 2
+            for i in range(n):
+                ds = make_dataset(np.zeros((8, 8), np.uint16), series_uid=series_uid,
+                                  position=(0.0, 0.0, 2.0 * i), instance=i + 1,
+                                  description=f"series {k + 1}")
+                ds.StudyInstanceUID = study_uid
+                write(ds, os.path.join(folder, f"{i}.dcm"))
+            return RetrieveResult(study_uid, os.path.join(dest, study_uid),
+                                  expected=3 if k == 0 else 5, received=n,
+                                  series_folders={series_uid: folder})
+
+    win = make_window()
+    dlg = win.open_pacs_dialog()
+    dlg.settings = dlg.settings.__class__(cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(dlg, "_client", lambda: StoppingServer())
+    monkeypatch.setattr(dlg, "_selection", lambda: [(study, None)])
+    opened = []
+    win.load_finished.connect(lambda r: opened.extend(r.volumes))
+    with qtbot.waitSignal(dlg.failed, timeout=30000) as failed:
+        dlg.retrieve()
+    text = failed.args[0]
+    assert "stopped answering" in text
+    assert "1 of 3 series complete" in text
+    assert "series 2 of 3 incomplete (2 of 5 images" in text
+    assert "series 3 of 3 did not arrive" in text
+    assert "Retrieve again fetches only the rest" in dlg.status.text()
+    qtbot.waitUntil(lambda: len(opened) == 2, timeout=20000)
+    half = next(v for v in opened if v.description == "series 2")
+    whole = next(v for v in opened if v.description == "series 1")
+    assert half.incomplete and half.warnings[0].startswith("only 2 of 5 images")
+    assert not whole.incomplete
+    row = win.series.volume_item(next(k for k, v in enumerate(win.volumes)
+                                      if v is half)).text()
+    assert "[incomplete]" in row
+    dlg.close()
