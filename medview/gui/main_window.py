@@ -39,6 +39,16 @@ from medview.io import iter_load
 
 log = logging.getLogger(__name__)
 
+
+def _select_data(box: QComboBox, data) -> None:
+    """Select the item of ``box`` holding ``data`` without acting on it (the caller has
+    already done what choosing it does)."""
+    k = box.findData(data)
+    if k >= 0 and box.currentIndex() != k:
+        box.blockSignals(True)
+        box.setCurrentIndex(k)
+        box.blockSignals(False)
+
 RUO_NOTICE = "Research use only - not for diagnostic use"
 MAX_RECENT = 10
 
@@ -208,11 +218,7 @@ class MainWindow(QMainWindow):
         """1x1, 1x2, 2x1 or 2x2 viewports; a newly shown empty one gets the next open
         series not shown yet (else the active one's)."""
         self.grid.set_layout(name)
-        k = self.layout_box.findData(name)
-        if k >= 0 and self.layout_box.currentIndex() != k:
-            self.layout_box.blockSignals(True)
-            self.layout_box.setCurrentIndex(k)
-            self.layout_box.blockSignals(False)
+        _select_data(self.layout_box, name)
         shown = {s for s in self.series_of[:self.grid.visible_count()] if s >= 0}
         todo = []
         for k, view in enumerate(self.grid.shown_views()):
@@ -954,11 +960,7 @@ class MainWindow(QMainWindow):
         except MprError as exc:
             self.statusBar().showMessage(f"No {plane} reformat: {exc}", 10000)
             return False
-        k = self.plane_box.findData(plane)
-        if k >= 0 and self.plane_box.currentIndex() != k:
-            self.plane_box.blockSignals(True)
-            self.plane_box.setCurrentIndex(k)
-            self.plane_box.blockSignals(False)
+        _select_data(self.plane_box, plane)
         if volume is not self.view.volume:
             # the same series in another plane: keep the window the reader set
             window, voi = self.view.window, self.view.use_voi_lut
@@ -977,11 +979,7 @@ class MainWindow(QMainWindow):
             self.slab_mm.blockSignals(True)
             self.slab_mm.setValue(thickness_mm)
             self.slab_mm.blockSignals(False)
-        k = self.slab_box.findData(mode)
-        if k >= 0 and self.slab_box.currentIndex() != k:
-            self.slab_box.blockSignals(True)
-            self.slab_box.setCurrentIndex(k)
-            self.slab_box.blockSignals(False)
+        _select_data(self.slab_box, mode)
         self.slab_mm.setEnabled(bool(mode))
         self.view.set_slab(mode, self.slab_mm.value())
 

@@ -241,15 +241,22 @@ class InferenceSession:
         map of the graph's feature maps, one forward pass and no autograd; every other
         method (and Grad-CAM of other heads) runs captum on the torch model."""
         key = self._explain_key(card, volume, index, method, target, device, backend)
+        return (yield from self._ahead_or_make(key, volume, cancel, keep, lambda: self._explain(
+            card, volume, index, method, target, device, prep, cancel, backend)))
+
+    def _ahead_or_make(self, key: tuple, volume: ImageVolume, cancel: CancelToken | None,
+                       keep: bool, make):
+        """What work ahead made for ``key`` (:meth:`_kept_or_made_ahead`), else the result
+        of the generator ``make()``; with ``keep`` (work ahead itself) the result made is
+        kept for the first identical request."""
         if not keep:
             kept = self._kept_or_made_ahead(key, volume, cancel)
             if kept is not None:
                 return kept
-        sal = yield from self._explain(card, volume, index, method, target, device, prep,
-                                       cancel, backend)
+        made = yield from make()
         if keep:
-            self._keep(key, volume, sal)
-        return sal
+            self._keep(key, volume, made)
+        return made
 
     def _explain_key(self, card: ModelCard, volume: ImageVolume, index: int, method: str,
                      target: str, device: str, backend: str, note: bool = False) -> tuple:
@@ -265,18 +272,15 @@ class InferenceSession:
         (:func:`medview.explain.shortcut.note_for_slice`, which renders the slice at full
         size: made here, off the GUI thread); ``keep``: as for :meth:`predict`."""
         key = self._explain_key(card, volume, index, method, target, device, backend, True)
-        if not keep:
-            kept = self._kept_or_made_ahead(key, volume, cancel)
-            if kept is not None:
-                return kept
-        sal = yield from self._explain(card, volume, index, method, target, device, prep,
-                                       cancel, backend)
-        from medview.explain.shortcut import note_for_slice
 
-        made = sal, note_for_slice(volume, index, sal)
-        if keep:
-            self._keep(key, volume, made)
-        return made
+        def make():
+            from medview.explain.shortcut import note_for_slice
+
+            sal = yield from self._explain(card, volume, index, method, target, device, prep,
+                                           cancel, backend)
+            return sal, note_for_slice(volume, index, sal)
+
+        return (yield from self._ahead_or_make(key, volume, cancel, keep, make))
 
     def explained_ahead(self, card: ModelCard, volume: ImageVolume, index: int, method: str,
                         target: str, device: str = "auto", backend: str = "auto"
