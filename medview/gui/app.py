@@ -149,6 +149,10 @@ class StartupGC:
         self.resumed.set()
 
 
+#: the longest the window waits, before its first paint, for a result being scored
+FINISH_WAIT_S = 0.06
+
+
 class LaunchPrefetch:
     """The work a launch naming a study and a model can do before its window exists, on
     one thread while the viewer is built: read the study, load the model, score the image
@@ -177,6 +181,9 @@ class LaunchPrefetch:
         self.saliency = None
         #: the model folders as read here (None until read), for the panel's list
         self.registry = None
+        #: set when what is left is short: the image is being scored with the model
+        #: loaded, or only its map is left
+        self.scoring = threading.Event()
         self._done = done
         if not self.paths:
             self.study.set_result(None)
@@ -241,9 +248,12 @@ class LaunchPrefetch:
         from medview.core.presentation import present
         from medview.core.progress import drain
 
+        if self.session.is_loaded(card, "auto"):  # else loading: the window does not wait
+            self.scoring.set()
         index = volume.default_index
         p, prep = drain(self.session.predict(card, volume, index, keep=True))
         self.prediction = p
+        self.scoring.set()  # only the map is left: milliseconds
         if p.withheld:
             return  # out of scope: no saliency until the user asks
         shown = present(p)
@@ -508,6 +518,11 @@ def launch(args: argparse.Namespace, app, settings=None,
 
         window.model_panel.when_models_ready(choose)
     if paths:  # read on the launch thread (started before the window)
+        if prefetch is not None and prefetch.scoring.is_set():
+            # the image is being scored (study read, model loaded): its result and map
+            # are milliseconds away; one complete first paint beats a paint now and
+            # another when they land (the splash is on screen meanwhile)
+            prefetch.thread.join(FINISH_WAIT_S)
         # what the launch has already read and scored is in the window's first paint;
         # the rest arrives from the launch thread as it is done
         ready = prefetch.study_ready() if prefetch is not None else None

@@ -351,3 +351,35 @@ def test_startup_gc_pauses_the_collector_until_every_part_is_done():
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def test_the_window_waits_a_moment_for_a_map_being_made_but_never_for_long(
+        qtbot, models_dir, settings, capsys, quiet_app, monkeypatch):
+    """Scored ahead, only the heat-map left: the window waits a bounded moment for it
+    (one complete first paint); a map that takes longer comes by the usual job."""
+    import threading
+
+    from medview.inference.session import InferenceSession
+
+    release = threading.Event()
+    made = InferenceSession.explain_with_note
+
+    def held(self, *args, **kwargs):
+        release.wait(60)
+        return (yield from made(self, *args, **kwargs))
+
+    monkeypatch.setattr(InferenceSession, "explain_with_note", held)
+    path = _patch_image(models_dir[1])
+    app = gui_app.create_app()
+    args = gui_app.build_parser().parse_args([path, "--model", "tiny-patch"])
+    ahead = gui_app.start_prefetch(args)
+    assert ahead.scoring.wait(60)  # scored; the map is held
+    qtbot.waitUntil(lambda: ahead.prediction is not None, timeout=60000)
+    win = gui_app.launch(args, app, settings=settings, prefetch=ahead)  # returns
+    qtbot.addWidget(win)
+    panel = win.model_panel
+    assert panel.state.prediction is ahead.prediction and panel.state.saliency is None
+    with qtbot.waitSignal(panel.saliency_ready, timeout=60000):
+        release.set()
+    assert panel.state.saliency.values is ahead.saliency
+    win.close()
