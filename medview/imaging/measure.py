@@ -10,7 +10,8 @@ film (the anatomy is smaller by the geometric magnification), from a non-DICOM h
 or not known at all (then in pixels, never a guessed 1 mm).
 
 Region statistics are in the modality's units (Hounsfield units for CT) over the pixels
-whose centres lie inside the region.
+whose centres lie inside the region - of the slice the region was drawn on, also while
+the viewer shows a slab (MIP/MinIP) around it.
 """
 
 from __future__ import annotations
