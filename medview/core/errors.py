@@ -36,6 +36,16 @@ class CorruptFileError(LoadError):
     """The file is truncated or internally inconsistent."""
 
 
+class NoPixelDataError(CorruptFileError):
+    """A DICOM object without pixels (an SR, a presentation state...): not an image, but
+    its ``modality`` tells a reader that wants such objects (a measurement report) to
+    look at it."""
+
+    def __init__(self, path: str, modality: str) -> None:
+        super().__init__(path, f"incomplete: no Pixel Data ({modality or 'object'})")
+        self.modality = modality
+
+
 class InvalidPixelTagError(LoadError):
     """A DICOM pixel-description tag holds an impossible value."""
 

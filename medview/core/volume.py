@@ -188,6 +188,8 @@ class SkippedFile:
 
     path: str
     reason: str
+    #: the Modality of a DICOM object skipped for having no pixels ("SR"...), else ""
+    modality: str = ""
 
     def __post_init__(self) -> None:
         if len(self.reason) > MAX_REASON:

@@ -770,7 +770,7 @@ class MainWindow(QMainWindow):
     def _read_measurement_reports(self, result: LoadResult) -> None:
         """Measurement SRs among the files just opened (skipped as images: no pixels)
         put their measurements back on their images; read in a worker, bounded."""
-        paths = [sk.path for sk in result.skipped if "(SR)" in sk.reason]
+        paths = [sk.path for sk in result.skipped if sk.modality == "SR"]
         if not paths:
             return
 

@@ -31,6 +31,7 @@ from medview.core.errors import (
     CorruptFileError,
     InvalidPixelTagError,
     LoadError,
+    NoPixelDataError,
     NotAnImageError,
     TooLargeError,
     UnsupportedTransferSyntaxError,
@@ -501,10 +502,9 @@ def _validated_header(path: str, ds: Dataset, raw: bool) -> DicomHeader:
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise NotAnImageError(path, "float pixel data (parametric map) is not supported")
-        what = _text(ds, "Modality") or "object"
         if raw and "Rows" not in ds:
             raise NotAnImageError(path, "not an image: no DICOM image attributes found")
-        raise CorruptFileError(path, f"incomplete: no Pixel Data ({what})")
+        raise NoPixelDataError(path, _text(ds, "Modality")[:16])
 
     tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if not tsyntax:

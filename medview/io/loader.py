@@ -146,7 +146,7 @@ def iter_scan(
             if must_propagate(exc):
                 raise
             skipped.append(SkippedFile(getattr(exc, "path", path) or path,
-                                       failure_reason(exc)))
+                                       failure_reason(exc), getattr(exc, "modality", "")))
         yield Progress(k + 1, total, "scanning files")
     if companions:
         skipped = [s for s in skipped if os.path.normpath(s.path) not in companions]
