@@ -31,6 +31,7 @@ from medview.imaging.measure import (
     POINTS,
     Measurement,
     MeasurementStore,
+    Result,
     calibration_of,
     csv_rows,
     image_key,
@@ -66,6 +67,9 @@ class MeasureLayer(QObject):
         self.tool = ""  # "" navigates
         self.selected: Measurement | None = None
         self._items: dict[int, list] = {}  # id(measurement) -> graphics items
+        #: what each drawn measurement measures, worked out once per drawing or move
+        #: (the labels and the list both show it)
+        self._results: dict[int, Result] = {}
         self._draft: list[tuple[float, float]] = []
         self._preview = None
 
@@ -95,6 +99,7 @@ class MeasureLayer(QObject):
             for it in items:
                 self._remove_item(it)
         self._items.clear()
+        self._results.clear()
         if self.selected is not None and self.selected not in self.current():
             self.selected = None
         for m in self.current():
@@ -125,6 +130,7 @@ class MeasureLayer(QObject):
         if m is None:
             return False
         self.store.remove(m)
+        self._results.pop(id(m), None)
         for it in self._items.pop(id(m), []):
             self._remove_item(it)
         if self.selected is m:
@@ -258,7 +264,7 @@ class MeasureLayer(QObject):
         if not items or v is None:
             return
         text = items[-1]
-        result = measure(m, v, self.view.index)
+        result = self._results[id(m)] = measure(m, v, self.view.index)
         label = f"{m.number}: {result.text().split(';')[0]}"
         s = result.stats
         if s and s["n"] > 0:
@@ -287,6 +293,13 @@ class MeasureLayer(QObject):
             return
         self._label(m)
         self.changed.emit()
+
+    def result(self, m: Measurement) -> Result:
+        """What ``m`` (on the image in view) measures."""
+        r = self._results.get(id(m))
+        if r is None:
+            r = self._results[id(m)] = measure(m, self.view.volume, self.view.index)
+        return r
 
     # ------------------------------------------------------------------ export
     def rows_for(self, volumes) -> list[dict[str, str]]:
@@ -368,7 +381,7 @@ class MeasurementPanel(QWidget):
         self.list.clear()
         ms = self.layer.current()
         for m in ms:
-            r = measure(m, v, self.layer.view.index)
+            r = self.layer.result(m)
             item = QListWidgetItem(f"{m.number}. {KIND_NAMES[m.kind]}: {r.text()}")
             self.list.addItem(item)
             if m is self.layer.selected:

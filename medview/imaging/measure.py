@@ -248,14 +248,14 @@ def value_unit(volume: ImageVolume) -> str:
 def region_stats(m: Measurement, volume: ImageVolume, index: int) -> dict[str, float]:
     """n, mean, sd (population), min, max of the modality values of the pixels whose
     centres lie in the region (a colour image: Rec. 601 luminance)."""
-    from medview.imaging import modality_slice
+    from medview.imaging.lut import apply_modality_lut
 
     mask, (r0, c0) = region_mask(m.kind, m.points, volume.rows, volume.cols)
+    box = volume.pixels[index, r0:r0 + mask.shape[0], c0:c0 + mask.shape[1]]
     if volume.is_rgb:
-        rgb = volume.pixels[index, r0:r0 + mask.shape[0], c0:c0 + mask.shape[1]]
-        values = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    else:
-        values = modality_slice(volume, index)[r0:r0 + mask.shape[0], c0:c0 + mask.shape[1]]
+        values = box.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    else:  # the modality LUT of the region's box only, not of the whole slice
+        values = apply_modality_lut(box, *volume.rescale(index))
     inside = np.asarray(values, np.float64)[mask] if mask.size else np.zeros(0)
     if inside.size == 0:
         return {"n": 0.0, "mean": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan}
