@@ -655,87 +655,63 @@ class MainWindow(QMainWindow):
         atomic_write_bytes(path, csv_text(rows).encode("utf-8"))
         return len(rows)
 
-    def measurement_reports(self):
-        """One DICOM SR (TID 1500) per study with every measurement on its DICOM images,
-        and how many measurements were left out (images without a DICOM file)."""
-        from medview.imaging.measure import image_key
-        from medview.reports.dicom_results import NoDicomSource, read_source
-        from medview.reports.measurement_sr import measurement_report
+    def _measured_dicom_images(self):
+        """Every measurement located on its open image (GUI thread: no file is read)."""
+        from medview.imaging.measure import located
 
-        where: dict[tuple[str, int], tuple] = {}
-        for v in self.volumes:
-            for k in range(v.n_slices):
-                where.setdefault(image_key(v, k), (v, k))
-        by_study: dict[str, list] = {}
-        left_out = 0
-        headers: dict[str, object] = {}
-        for m in self.view.measure.store.all():
-            found = where.get((m.instance, m.frame))
-            if found is None or not found[0].instance_uids:
-                left_out += 1
-                continue
-            v, k = found
-            path = v.source_of(k)
-            try:
-                src = headers.get(path) or read_source(path)
-            except NoDicomSource:
-                left_out += 1
-                continue
-            headers[path] = src
-            by_study.setdefault(str(src.StudyInstanceUID), []).append((m, src, v, k))
-        return [measurement_report(items) for items in by_study.values()], left_out
+        return located(self.view.measure.store.all(), self.volumes)
 
     def save_measurements_sr(self, folder: str) -> tuple[list[str], int]:
-        """Write the measurement SRs into ``folder`` (atomically, named by UID);
-        returns the files and how many measurements could not go in one."""
+        """Write the measurement SRs (one per study) into ``folder`` (atomically, named by
+        UID); returns the files and how many measurements could not go in one."""
         from medview.core import audit
         from medview.reports.dicom_results import write_dataset
+        from medview.reports.measurement_sr import reports_for
 
-        reports, left_out = self.measurement_reports()
+        total = len(self.view.measure.store.all())
+        items = self._measured_dicom_images()  # those on an open image
+        reports, skipped = reports_for(items)
+        left_out = total - len(items) + skipped
         files = [write_dataset(folder, sr, "SR") for sr in reports]
         if files:
             audit.record("measurements_saved", reports=len(files),
-                         measurements=len(self.view.measure.store.all()) - left_out,
+                         measurements=total - left_out,
                          objects=[str(sr.SOPInstanceUID) for sr in reports])
         return files, left_out
 
     def send_measurements(self, server: str, settings=None):
-        """Store the measurement SRs in ``server`` from a worker; returns the job (None
-        when there is nothing to send)."""
-        import tempfile
-
-        from medview.gui.pacs_dialog import connect
+        """Store the measurement SRs in ``server``: the reports are made and sent in a
+        worker (each image's header is read from its file); returns the job (None when
+        no measurement is on a DICOM image)."""
+        from medview.gui.pacs_dialog import store_job
         from medview.pacs import load_settings
         from medview.reports.dicom_results import write_dataset
+        from medview.reports.measurement_sr import reports_for
 
-        reports, left_out = self.measurement_reports()
-        if not reports:
+        items = [(m, v, k) for m, v, k in self._measured_dicom_images() if v.instance_uids]
+        if not items:
             self.statusBar().showMessage("No measurements on DICOM images to send", 5000)
             return None
-        settings = settings or load_settings()
+        left_out = [len(self.view.measure.store.all()) - len(items)]
 
-        def job(token):
-            from medview.core import audit
+        def write_files(folder: str) -> list[str]:
+            reports, skipped = reports_for(items)
+            left_out[0] += skipped
+            if not reports:
+                raise ValueError("no measurement is on an image with a DICOM file")
+            return [write_dataset(folder, sr, "SR") for sr in reports]
 
-            yield Progress(0, 1, "sending the measurements")
-            folder = tempfile.mkdtemp(prefix="medview-measurements-")
-            try:
-                files = [write_dataset(folder, sr, "SR") for sr in reports]
-                result = yield from connect(server, settings).iter_store(files, token)
-                audit.record("measurements_sent", destination=audit.server_text(server),
-                             sent=result.sent, failed=result.failed,
-                             objects=[str(sr.SOPInstanceUID) for sr in reports])
-            finally:
-                for name in os.listdir(folder):
-                    os.remove(os.path.join(folder, name))
-                os.rmdir(folder)
-            return result
+        handle = self.jobs.start("send-measurements", store_job(
+            server, settings or load_settings(), write_files, "measurements_sent",
+            what="the measurement reports"))
 
-        handle = self.jobs.start("send-measurements", job)
-        note = f"; {left_out} on non-DICOM images not sent" if left_out else ""
-        handle.succeeded.connect(lambda r: self.statusBar().showMessage(
-            (f"Sent the measurements to {server} ({r.sent} report(s)){note}" if r.ok else
-             f"Not all sent to {server}: " + "; ".join(r.messages)), 10000))
+        def sent(r) -> None:
+            note = f"; {left_out[0]} on non-DICOM images not sent" if left_out[0] else ""
+            self.statusBar().showMessage(
+                f"Sent the measurements to {server} ({r.sent} report(s)){note}" if r.ok else
+                f"Not all sent to {server}: " + "; ".join(r.messages), 10000)
+
+        handle.succeeded.connect(sent)
         handle.failed.connect(lambda exc: self.statusBar().showMessage(
             f"Not sent: {type(exc).__name__}", 10000))
         return handle
@@ -753,19 +729,13 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"{len(files)} measurement report(s) saved{note}", 10000)
 
     def _send_measurements_dialog(self) -> None:
-        from PySide6.QtWidgets import QInputDialog
-
-        from medview.gui.pacs_dialog import LAST_SERVER_KEY, server_choices
+        from medview.gui.pacs_dialog import ask_server
         from medview.pacs import load_settings
 
         settings = load_settings()
-        choices = server_choices(settings, self.settings)
-        server, ok = QInputDialog.getItem(self, "Send measurements to PACS",
-                                          "Server (saved name or dicom://AET@host:port):",
-                                          choices, 0, True)
-        if ok and server.strip():
-            self.settings.setValue(LAST_SERVER_KEY, server.strip())
-            self.send_measurements(server.strip(), settings)
+        server = ask_server(self, "Send measurements to PACS", self.settings, settings)
+        if server:
+            self.send_measurements(server, settings)
 
     def _read_measurement_reports(self, result: LoadResult) -> None:
         """Measurement SRs among the files just opened (skipped as images: no pixels)

@@ -35,6 +35,7 @@ from medview.imaging.measure import (
     calibration_of,
     csv_rows,
     image_key,
+    located,
     measure,
 )
 
@@ -304,13 +305,7 @@ class MeasureLayer(QObject):
     # ------------------------------------------------------------------ export
     def rows_for(self, volumes) -> list[dict[str, str]]:
         """The CSV rows of every measurement on the open ``volumes``, in the order made."""
-        where: dict[tuple[str, int], tuple] = {}
-        for v in volumes:
-            for k in range(v.n_slices):
-                where.setdefault(image_key(v, k), (v, k))
-        items = [(m, *where[(m.instance, m.frame)]) for m in self.store.all()
-                 if (m.instance, m.frame) in where]
-        return csv_rows(items)
+        return csv_rows(located(self.store.all(), volumes))
 
 
 def csv_text(rows: list[dict[str, str]]) -> str:

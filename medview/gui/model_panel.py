@@ -845,20 +845,15 @@ class ModelPanel(QWidget):
 
     def _send_dialog(self) -> None:
         from PySide6.QtCore import QSettings
-        from PySide6.QtWidgets import QInputDialog
 
-        from medview.gui.pacs_dialog import LAST_SERVER_KEY, server_choices
+        from medview.gui.pacs_dialog import ask_server
         from medview.pacs import load_settings
 
-        qs = QSettings("medview", "medview")
         settings = load_settings()
-        choices = server_choices(settings, qs)
-        server, ok = QInputDialog.getItem(self, "Send result to PACS",
-                                          "Server (saved name or dicom://AET@host:port):",
-                                          choices, 0, True)
-        if ok and server.strip():
-            qs.setValue(LAST_SERVER_KEY, server.strip())
-            self.send_result(server.strip(), settings)
+        server = ask_server(self, "Send result to PACS", QSettings("medview", "medview"),
+                            settings)
+        if server:
+            self.send_result(server, settings)
 
     def export_folder(self) -> str:
         """Where the export dialog starts: the folder of the first scored study, else the

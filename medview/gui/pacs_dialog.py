@@ -471,28 +471,23 @@ def _n(v) -> str:
     return "" if v is None else str(v)
 
 
-def send_result_job(server: str, settings: PacsSettings, source_path: str, prediction,
-                    figure=None, frame: int | None = None, reveal: bool = False):
-    """A job factory: write the SR (and the heat-map SC when ``figure``, a function that
-    draws it, is given) for one prediction and store them in ``server``. Returns the
-    StoreResult."""
-    from medview.reports.dicom_results import write_result
+def store_job(server: str, settings: PacsSettings, write_files, event: str,
+              fields=None, what: str = "the DICOM objects"):
+    """A job factory: ``write_files(folder)`` writes DICOM objects into a temporary folder
+    (in the worker) and returns them; they are stored in ``server``, the store is
+    audited as ``event`` (with ``fields``, the objects as type:UID, never patient data)
+    and the folder removed. Returns the StoreResult."""
 
     def job(token):
-        yield Progress(0, 2, "writing the DICOM result")
-        folder = tempfile.mkdtemp(prefix="medview-result-")
-        try:
-            files = write_result(folder, source_path, prediction,
-                                 figure=figure() if figure is not None else None,
-                                 frame=frame, reveal=reveal)
-            client = connect(server, settings)
-            result = yield from client.iter_store(files, token)
-            from medview.core import audit
+        from medview.core import audit
 
-            audit.record("result_sent", **audit.prediction_fields(prediction,
-                                                                    shown_anyway=reveal),
-                         destination=audit.server_text(server), sent=result.sent,
-                         failed=result.failed,
+        yield Progress(0, 2, f"writing {what}")
+        folder = tempfile.mkdtemp(prefix="medview-send-")
+        try:
+            files = write_files(folder)
+            result = yield from connect(server, settings).iter_store(files, token)
+            audit.record(event, **(fields or {}), destination=audit.server_text(server),
+                         sent=result.sent, failed=result.failed,
                          objects=[os.path.basename(f).removesuffix(".dcm").replace("_", ":", 1)
                                   for f in files])
         finally:
@@ -502,3 +497,35 @@ def send_result_job(server: str, settings: PacsSettings, source_path: str, predi
         return result
 
     return job
+
+
+def send_result_job(server: str, settings: PacsSettings, source_path: str, prediction,
+                    figure=None, frame: int | None = None, reveal: bool = False):
+    """A job factory: write the SR (and the heat-map SC when ``figure``, a function that
+    draws it, is given) for one prediction and store them in ``server``. Returns the
+    StoreResult."""
+    from medview.core import audit
+    from medview.reports.dicom_results import write_result
+
+    return store_job(
+        server, settings,
+        lambda folder: write_result(folder, source_path, prediction,
+                                    figure=figure() if figure is not None else None,
+                                    frame=frame, reveal=reveal),
+        "result_sent", audit.prediction_fields(prediction, shown_anyway=reveal),
+        "the DICOM result")
+
+
+def ask_server(parent: QWidget, title: str, qsettings: QSettings,
+               settings: PacsSettings) -> str:
+    """The server to send to: a saved name or a URL, the last one used offered first
+    (and remembered); "" when cancelled."""
+    from PySide6.QtWidgets import QInputDialog
+
+    server, ok = QInputDialog.getItem(parent, title,
+                                      "Server (saved name or dicom://AET@host:port):",
+                                      server_choices(settings, qsettings), 0, True)
+    if not ok or not server.strip():
+        return ""
+    qsettings.setValue(LAST_SERVER_KEY, server.strip())
+    return server.strip()

@@ -274,6 +274,18 @@ def image_key(volume: ImageVolume, index: int) -> tuple[str, int]:
     return f"{volume.series_uid or volume.description or 'image'}#{index}", 0
 
 
+def located(measurements: list[Measurement], volumes: list[ImageVolume]
+            ) -> list[tuple[Measurement, ImageVolume, int]]:
+    """Each measurement with the open volume and slice of its image (in the order
+    given); those whose image is not open are left out."""
+    where: dict[tuple[str, int], tuple[ImageVolume, int]] = {}
+    for v in volumes:
+        for k in range(v.n_slices):
+            where.setdefault(image_key(v, k), (v, k))
+    return [(m, *where[(m.instance, m.frame)]) for m in measurements
+            if (m.instance, m.frame) in where]
+
+
 class MeasurementStore:
     """The measurements of the open studies, kept per image (instance and frame) while
     they are open; numbered in the order they were made."""

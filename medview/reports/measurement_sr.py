@@ -143,6 +143,31 @@ def measurement_report(items: list[tuple[Measurement, Dataset, ImageVolume, int]
     return sr
 
 
+def reports_for(items: list[tuple[Measurement, ImageVolume, int]]
+                ) -> tuple[list[Dataset], int]:
+    """One report per study for ``items`` (measurements located on their images); reads
+    each image's header from its file (call it off the GUI thread). Returns the reports
+    and how many measurements could not go in one (an image without a DICOM file)."""
+    from medview.reports.dicom_results import NoDicomSource, read_source
+
+    by_study: dict[str, list] = {}
+    headers: dict[str, Dataset] = {}
+    left_out = 0
+    for m, v, k in items:
+        path = v.source_of(k)
+        if not v.instance_uids or not path:
+            left_out += 1
+            continue
+        try:
+            src = headers[path] if path in headers else read_source(path)
+        except NoDicomSource:
+            left_out += 1
+            continue
+        headers[path] = src
+        by_study.setdefault(str(src.StudyInstanceUID), []).append((m, src, v, k))
+    return [measurement_report(group) for group in by_study.values()], left_out
+
+
 def _walk(items, parents=()):
     for item in items or []:
         yield item, parents
