@@ -18,14 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def wait_for(app, signal, timeout_ms: int) -> None:
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    loop = QEventLoop()
-    signal.connect(loop.quit)
-    QTimer.singleShot(timeout_ms, loop.quit)
-    loop.exec()
+from audit_screenshots import wait_for  # this folder: the same wait
 
 
 def drag(app, view, a, b, steps: int = 12) -> None:
