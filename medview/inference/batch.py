@@ -67,7 +67,9 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
         yield from score_stream(pred, itertools.chain(first, units_read), len(mine), cancel,
                                 chunk, failed=skipped)
         return scan_skipped, skipped
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
+
+    from medview.core.ahead import InOrder
 
     predictor: Future = Future()
 
@@ -78,21 +80,15 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
         pred = predictor.result()  # the model may still be loading
         return k, volume, bad, pred.prepare(volume, volume.default_index)
 
-    pool = ThreadPoolExecutor(n_readers, thread_name_prefix="medview-read")
-    todo = iter(mine)
     # reading starts now, while the model may still be loading (InferenceSession.preload)
-    queue = [pool.submit(read_and_prepare, k) for k in itertools.islice(todo, 2 * n_readers)]
+    ahead = InOrder(read_and_prepare, mine, n_readers, 2 * n_readers, "medview-read")
 
     def in_order() -> Iterator[tuple]:
-        while queue:
-            k, volume, bad, prep = queue.pop(0).result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                queue.append(pool.submit(read_and_prepare, nxt))
+        for k, volume, bad, prep in ahead:
             skipped.extend(bad)
             yield (k, volume) if prep is None else (k, volume, prep)
 
-    try:
+    with ahead:
         try:
             predictor.set_result(session.predictor(card, device, backend))
         except BaseException as exc:
@@ -100,10 +96,6 @@ def iter_score_stream(session: InferenceSession, card, paths: Iterable[str],
             raise
         yield from score_stream(predictor.result(), in_order(), len(mine), cancel, chunk,
                                 failed=skipped)
-    finally:
-        for f in queue:
-            f.cancel()
-        pool.shutdown(wait=True)
     return scan_skipped, skipped
 
 

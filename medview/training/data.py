@@ -8,7 +8,6 @@ reports any patient or identical image found in two splits.
 from __future__ import annotations
 
 import csv
-import itertools
 import os
 import re
 from collections import Counter, defaultdict
@@ -133,7 +132,7 @@ def load_images(ds: Dataset, size: tuple[int, int], interpolation: str = "biline
     hashing release the interpreter lock; default: the cores, at most 8), at most
     ``4 * readers`` files ahead of the one reported.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from medview.core.ahead import InOrder
 
     n_readers = max(1, readers if readers is not None else min(8, os.cpu_count() or 1))
 
@@ -141,42 +140,29 @@ def load_images(ds: Dataset, size: tuple[int, int], interpolation: str = "biline
         result = load([s.path])
         if not result.volumes:
             reason = result.skipped[0].reason if result.skipped else "no image found"
-            return None, reason, None, None
+            return s, None, reason, None, None
         vol = result.volumes[0]
         index = vol.n_slices // 2
         image = resize_grey(display_grey(vol, index), size, interpolation)
-        return image, "", vol.patient_key, (s.sha256 or file_sha256(s.path))
+        return s, image, "", vol.patient_key, (s.sha256 or file_sha256(s.path))
 
     images = []
     kept = []
     n = len(ds.samples)
-    with ThreadPoolExecutor(n_readers, thread_name_prefix="medview-images") as pool:
-        todo = iter(ds.samples)
-        queue = [(s, pool.submit(read, s)) for s in itertools.islice(todo, 4 * n_readers)]
-        k = 0
-        try:
-            while queue:
-                if cancel is not None:
-                    cancel.raise_if_cancelled()
-                s, future = queue.pop(0)
-                image, reason, patient_key, sha = future.result()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    queue.append((nxt, pool.submit(read, nxt)))
-                if image is None:
-                    ds.skipped.append(SkippedFile(s.path, reason))
-                else:
-                    if not s.patient and patient_key:
-                        s.patient = patient_key  # DICOM Patient ID, hashed
-                    s.sha256 = sha
-                    images.append(image)
-                    kept.append(s)
-                if k % 16 == 0 or k == n - 1:
-                    yield Progress(k + 1, n, "reading images")
-                k += 1
-        finally:
-            for _s, future in queue:
-                future.cancel()
+    with InOrder(read, ds.samples, n_readers, 4 * n_readers, "medview-images") as done:
+        for k, (s, image, reason, patient_key, sha) in enumerate(done):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            if image is None:
+                ds.skipped.append(SkippedFile(s.path, reason))
+            else:
+                if not s.patient and patient_key:
+                    s.patient = patient_key  # DICOM Patient ID, hashed
+                s.sha256 = sha
+                images.append(image)
+                kept.append(s)
+            if k % 16 == 0 or k == n - 1:
+                yield Progress(k + 1, n, "reading images")
     ds.samples = kept
     if ds.patient_source == "none" and any(s.patient for s in kept):
         ds.patient_source = "DICOM Patient ID"
