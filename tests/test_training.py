@@ -405,7 +405,8 @@ def test_feature_strategy_trains_only_the_head_on_cached_features():
     assert {id(p) for g in run.optimizer.param_groups for p in g["params"]} == head
     assert all(p.requires_grad == (id(p) in head) for p in model.parameters())
     strategy.start_epoch(run, 0)
-    assert strategy.train_logits(run, torch.tensor([0, 3])).shape == (2, 2)
+    batch = strategy.batch_input(run, torch.tensor([0, 3]), None)
+    assert strategy.train_logits(run, batch).shape == (2, 2)
     assert strategy.val_logits(run).shape == (4, 2)
     assert not strategy.augments
 

@@ -2,8 +2,8 @@
 run again (or torchrun's restart after a worker died) continues from the last epoch
 instead of from zero.
 
-Data only, like a model folder: the tensors (model, best-so-far model, optimizer state,
-the augmentation generator) in a safetensors file named by its epoch, and ``state.json``
+Data only, like a model folder: the tensors (model, best-so-far model, optimizer state)
+in a safetensors file named by its epoch, and ``state.json``
 (epoch, history, early-stopping counters, optimizer groups, the sha256 of the tensors
 file and a digest of the settings). ``state.json`` is replaced last, atomically, so a
 crash mid-write leaves the previous checkpoint in force. A checkpoint of other settings
@@ -31,7 +31,7 @@ def config_digest(cfg) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def save(folder: str, *, epoch: int, model, best_state, optimizer, generator, meta: dict,
+def save(folder: str, *, epoch: int, model, best_state, optimizer, meta: dict,
          digest: str) -> None:
     """Write the checkpoint of a finished ``epoch`` (1-based)."""
     from safetensors.torch import save as st_save
@@ -50,7 +50,6 @@ def save(folder: str, *, epoch: int, model, best_state, optimizer, generator, me
                 tensors[f"opt.{pid}.{name}"] = v.detach().cpu().contiguous().clone()
             else:
                 scalars[f"{pid}.{name}"] = v
-    tensors["rng.generator"] = generator.get_state()
     data = st_save(tensors)
     name = f"epoch-{epoch:04d}.safetensors"
     atomic_write_bytes(os.path.join(folder, name), data)

@@ -26,10 +26,11 @@ from medview.core.modeling import Preprocessing
 from medview.core.progress import CancelToken, relay
 from medview.inference.scope import LOGITS
 from medview.models.card import Card, json_safe
-from medview.training import audit, gatefit
+from medview.training import audit, gatefit, pipeline
 from medview.training import data as tdata
 from medview.training import metrics as M
 from medview.training.export import prepare_graph
+from medview.training.pipeline import apply_augmentation, draw_augmentation
 from medview.training.strategies import STRATEGIES, strategy_for
 from medview.training.types import (
     TrainConfig,
@@ -127,40 +128,23 @@ def model_array(batch_u8: np.ndarray, mean, std, channels: int = 3) -> np.ndarra
 
 
 def _to_input(batch_u8, mean, std, channels: int = 3):
-    """A (B, H, W) batch of 0-255 images (a torch tensor) as the model's input tensor
-    (:func:`model_array`), channels_last."""
+    """A (B, H, W) batch of 0-255 images (a torch tensor, on any device) as the model's
+    input tensor (B, C, H, W) float32 on that device, channels_last: the same numbers as
+    :func:`model_array` (checked bit for bit on the CPU)."""
     import torch
 
-    x = torch.from_numpy(model_array(batch_u8.detach().cpu().numpy(), mean, std, channels))
-    return x.contiguous(memory_format=torch.channels_last)  # as the model's weights
+    x = batch_u8.to(torch.float32) / torch.tensor(255.0, dtype=torch.float32)
+    x = x.unsqueeze(1).expand(-1, channels, -1, -1)
+    m = torch.tensor(tuple(mean), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(tuple(std), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return ((x - m) / s).contiguous(memory_format=torch.channels_last)  # as the weights
 
 
 def augment_batch(batch_u8, cfg: TrainConfig, gen):
     """Radiograph-safe augmentation on a uint8 batch (B, H, W): small rotation, scale and
-    shift, brightness/contrast; horizontal flip only if enabled (anatomy is lateralised)."""
-    import torch
-    import torch.nn.functional as F
-
-    b = batch_u8.shape[0]
-    x = batch_u8.float().div(255.0).unsqueeze(1)
-
-    def u(lo, hi):
-        return torch.rand(b, generator=gen) * (hi - lo) + lo
-
-    ang = u(-cfg.rotation_deg, cfg.rotation_deg) * math.pi / 180
-    sc = u(*cfg.scale_range)
-    tx, ty = u(-cfg.translate, cfg.translate) * 2, u(-cfg.translate, cfg.translate) * 2
-    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    if cfg.hflip:
-        flip = torch.rand(b, generator=gen) < 0.5
-        theta[flip, 0, :2] *= -1
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * u(1 - cfg.contrast, 1 + cfg.contrast).view(-1, 1, 1, 1) + mean
-    x = x + u(-cfg.brightness, cfg.brightness).view(-1, 1, 1, 1)
-    return (x.clamp_(0, 1) * 255).squeeze(1)
+    shift, brightness/contrast; horizontal flip only if enabled (anatomy is lateralised).
+    (:func:`medview.training.pipeline.draw_augmentation`, applied where the batch is.)"""
+    return apply_augmentation(batch_u8, draw_augmentation(len(batch_u8), cfg, gen))
 
 
 def cannot_tell_loss(logits):
@@ -194,33 +178,47 @@ def appended(n: int, cfg: TrainConfig) -> tuple[int, int]:
             math.ceil(n * robust.CONSISTENCY_SHARE) if cfg.consistency_weight else 0)
 
 
-def make_augment(cfg: TrainConfig, gen, masks):
-    """The training augmentation: with ``cfg.robust``, the hospital variations, the
-    lungs pasted into other films of the batch and, appended after the batch, its
-    lung-hidden counterfactual films (:mod:`medview.training.robust`), then a second,
-    independent variation of the first films (:func:`appended` says how many of each);
-    then the geometric and brightness augmentation (:func:`augment_batch`). ``masks``
-    are the lung-field estimates of the training rows (:func:`lung_masks`), or None."""
+def make_variations(cfg: TrainConfig, masks):
+    """The training augmentation as ``vary(batch_u8, rows, gen) -> (films, drawn)``: with
+    ``cfg.robust``, the hospital variations, the lungs pasted into other films of the
+    batch and, appended after the batch, its lung-hidden counterfactual films
+    (:mod:`medview.training.robust`), then a second, independent variation of the first
+    films (:func:`appended` says how many of each), as uint8 films; ``drawn``: their
+    geometric and brightness augmentation, drawn but not applied
+    (:func:`medview.training.pipeline.apply_augmentation` applies it where the films
+    are). ``masks`` are the lung-field estimates of the training rows
+    (:func:`lung_masks`), or None."""
     import torch
 
     from medview.training import robust
 
+    def vary(batch_u8, rows, gen):
+        if cfg.robust:
+            rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
+            raw = batch_u8.numpy()
+            m = None if masks is None else masks.of(rows)
+            films = robust.vary_batch(robust.swap_outside(raw, m, rng), rng)
+            k, c = appended(len(raw), cfg)
+            parts = [films]
+            if k:
+                parts.append(robust.vary_batch(robust.lungs_hidden(
+                    raw[:k], None if m is None else m[:k], rng), rng))
+            if c:
+                parts.append(robust.vary_batch(raw[:c], rng))
+            films = np.concatenate(parts) if len(parts) > 1 else films
+            batch_u8 = torch.from_numpy(np.ascontiguousarray(films))
+        return batch_u8, draw_augmentation(len(batch_u8), cfg, gen)
+
+    return vary
+
+
+def make_augment(cfg: TrainConfig, gen, masks):
+    """:func:`make_variations` with the augmentation applied, drawing from ``gen``:
+    ``augment(batch_u8, rows) -> float films (B', H, W)``."""
+    vary = make_variations(cfg, masks)
+
     def augment(batch_u8, rows):
-        if not cfg.robust:
-            return augment_batch(batch_u8, cfg, gen)
-        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
-        raw = batch_u8.numpy()
-        m = None if masks is None else masks.of(rows)
-        films = robust.vary_batch(robust.swap_outside(raw, m, rng), rng)
-        k, c = appended(len(raw), cfg)
-        parts = [films]
-        if k:
-            parts.append(robust.vary_batch(robust.lungs_hidden(
-                raw[:k], None if m is None else m[:k], rng), rng))
-        if c:
-            parts.append(robust.vary_batch(raw[:c], rng))
-        films = np.concatenate(parts) if len(parts) > 1 else films
-        return augment_batch(torch.from_numpy(np.ascontiguousarray(films)), cfg, gen)
+        return apply_augmentation(*vary(batch_u8, rows, gen))
 
     return augment
 
@@ -389,41 +387,52 @@ def evaluate_and_calibrate(cfg: TrainConfig, data: PreparedData, positive: int |
 def _train_one_epoch(run: TrainingRun, strategy, loss_fn, class_weights, y_t, order,
                      epoch: int, steps: int, cancel: CancelToken, comm):
     """One pass over this process's share of the training split; yields progress, returns
-    (summed loss, images) over all processes.
+    (summed loss, images, seconds the steps waited for their input) over all processes
+    (the waits of this process). The batches are made ahead on pipeline threads
+    (:mod:`medview.training.pipeline`).
 
     The loss of a step is the class-weighted mean over the whole effective batch (all
     processes): each process divides its weighted sum by the batch's total weight
     (one all-reduce of a scalar) and multiplies by the world size, so DDP's gradient
     average is exactly the gradient of the one-process loss of the same batch."""
     cfg = run.cfg
-    total_loss, seen = 0.0, 0
+    total_loss, seen, waited = 0.0, 0, 0.0
     t_epoch = time.monotonic()
-    for step in range(steps):
-        cancel.raise_if_cancelled()
-        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        with step_autocast(run):
-            loss, per_sample, local_w = _step_loss(run, strategy, idx, y_t, loss_fn,
-                                                   class_weights, comm)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        total_loss += float(per_sample.detach().float().sum()) / max(local_w, 1e-12) * len(idx)
-        seen += len(idx)
-        per_step = (time.monotonic() - t_epoch) / (step + 1)
-        remaining = per_step * (steps - step - 1) + per_step * steps * (cfg.epochs - epoch - 1)
-        if step % 5 == 0 or step == steps - 1:
-            yield TrainEvent("train", epoch + 1, cfg.epochs, step + 1, steps,
-                             total_loss / seen, eta_s=remaining)
+    batches = pipeline.batches_ahead(
+        lambda idx, gen: strategy.batch_input(run, idx, gen), order, cfg.batch_size, steps,
+        (cfg.seed, comm.rank, epoch), pipeline.pipeline_workers(run.device))
+    with batches:
+        for step in range(steps):
+            cancel.raise_if_cancelled()
+            t_wait = time.monotonic()
+            batch = next(batches)
+            waited += time.monotonic() - t_wait
+            with step_autocast(run):
+                loss, per_sample, local_w = _step_loss(run, strategy, batch, y_t, loss_fn,
+                                                       class_weights, comm)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            n = len(batch.idx)
+            total_loss += float(per_sample.detach().float().sum()) / max(local_w, 1e-12) * n
+            seen += n
+            per_step = (time.monotonic() - t_epoch) / (step + 1)
+            remaining = (per_step * (steps - step - 1)
+                         + per_step * steps * (cfg.epochs - epoch - 1))
+            if step % 5 == 0 or step == steps - 1:
+                yield TrainEvent("train", epoch + 1, cfg.epochs, step + 1, steps,
+                                 total_loss / seen, eta_s=remaining)
     if comm.world > 1:
         total_loss, seen = comm.sum([total_loss, float(seen)])
-    return total_loss, int(seen)
+    return total_loss, int(seen), waited
 
 
-def _step_loss(run, strategy, idx, y_t, loss_fn, class_weights, comm):
+def _step_loss(run, strategy, batch, y_t, loss_fn, class_weights, comm):
     """(loss to differentiate, per-film losses, this process's total film weight) of one
-    training batch."""
+    training batch (a :class:`medview.training.pipeline.StepInput`)."""
     cfg = run.cfg
-    out = strategy.train_logits(run, idx)
+    idx = batch.idx
+    out = strategy.train_logits(run, batch)
     n = len(idx)
     k, c = appended(n, cfg) if len(out) > n else (0, 0)
     # the films, their lung-hidden counterfactuals, second views of the first films
@@ -587,8 +596,6 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
                            dtype=torch.float32)
     class_weights = weights.to(device) if cfg.balance == "weights" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights, reduction="none")
-    # augmentation draws differ per process (each augments its own images)
-    gen = torch.Generator().manual_seed(cfg.seed + 7919 * comm.rank)
 
     history: list[dict] = []
     best_auc, best_nll, best_state, best_epoch, stale = -1.0, math.inf, None, 0, 0
@@ -625,7 +632,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
     run = TrainingRun(
         cfg=cfg, model=model, images=images_t, train_idx=train_idx, val_idx=val_idx,
         device=device, to_input=lambda b: _to_input(b, mean, std),
-        augment=make_augment(cfg, gen, masks),
+        augment=make_variations(cfg, masks),
         predict_logits=sharded_logits, features=sharded_features, wrap=comm.wrap,
         precision=precision)
     yield from strategy.prepare(run)
@@ -654,14 +661,13 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
     for epoch in range(first_epoch, first_epoch if stopped else cfg.epochs):
         cancel.raise_if_cancelled()
         strategy.start_epoch(run, epoch)
-        # augmentation draws are a function of (seed, process, epoch): a resumed run
-        # draws what the uninterrupted one would have
-        gen.manual_seed(cfg.seed + 7919 * comm.rank + 1_000_003 * epoch)
         factor = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
         for g in run.optimizer.param_groups:
             g["lr"] = g.get("base_lr", cfg.lr) * factor
         t_epoch = time.monotonic()
-        total_loss, seen = yield from _train_one_epoch(
+        # augmentation draws are a function of (seed, process, epoch, step): a resumed
+        # run draws what the uninterrupted one would have
+        total_loss, seen, waited = yield from _train_one_epoch(
             run, strategy, loss_fn, class_weights, y_t,
             epoch_order(n_train, epoch, cfg, comm, sample_weights), epoch, steps, cancel,
             comm)
@@ -674,7 +680,9 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
         record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
                   "val_auc": pm["auc_macro"], "val_accuracy": pm["accuracy"],
                   "epoch_seconds": round(epoch_s, 4),
-                  "images_per_second": round(n_train / epoch_s, 1) if epoch_s else None}
+                  "images_per_second": round(n_train / epoch_s, 1) if epoch_s else None,
+                  # time the steps waited for the pipeline (high: input-bound)
+                  "input_wait_seconds": round(waited, 4)}
         history.append(record)
         record["val_loss"] = round(val_nll, 5)
         # best = highest validation AUC; ties are broken by the lower validation log-loss
@@ -691,7 +699,7 @@ def train(cfg: TrainConfig, cancel: CancelToken | None = None, comm=None,
         stopped = stale >= cfg.patience and strategy.early_stopping
         if checkpoint_dir and comm.is_main:
             ckpt.save(checkpoint_dir, epoch=epoch + 1, model=model, best_state=best_state,
-                      optimizer=run.optimizer, generator=gen, digest=digest,
+                      optimizer=run.optimizer, digest=digest,
                       meta={"history": history, "best_auc": best_auc, "best_nll": best_nll,
                             "best_epoch": best_epoch, "stale": stale,
                             "world_size": comm.world})

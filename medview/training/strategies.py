@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from medview.training.pipeline import StepInput, make_step_input
 from medview.training.types import TrainEvent, TrainingError, TrainingRun
 
 
@@ -102,15 +103,20 @@ class Strategy:
             # it changes (a new optimizer)
             run.train_model = run.wrap(run.model)
 
-    def train_logits(self, run: TrainingRun, batch_idx):
-        """Logits for the training images ``batch_idx`` (indices into the train split),
-        then for any counterfactual films the augmentation appended (rows past
-        ``len(batch_idx)``)."""
+    def batch_input(self, run: TrainingRun, batch_idx, gen) -> StepInput:
+        """The training batch ``batch_idx`` (indices into the train split) made ready
+        for :meth:`train_logits` on a pipeline thread, its random draws from ``gen``
+        (:mod:`medview.training.pipeline`)."""
         rows = run.train_idx[batch_idx.numpy()]
-        batch = run.images[rows]
+        films, drawn = run.images[rows], None
         if run.cfg.augment and self.augments:
-            batch = run.augment(batch, rows)  # may append counterfactual films
-        return run.train_model(run.to_input(batch).to(run.device))
+            films, drawn = run.augment(films, rows, gen)  # may append counterfactual films
+        return make_step_input(batch_idx, films, drawn, run.device, run.to_input)
+
+    def train_logits(self, run: TrainingRun, batch: StepInput):
+        """Logits for a training batch, then for any counterfactual films the
+        augmentation appended (rows past ``len(batch.idx)``)."""
+        return run.train_model(batch.model_input(run.device, run.to_input))
 
     def val_logits(self, run: TrainingRun):
         return run.predict_logits(run.val_idx)
@@ -165,9 +171,12 @@ class FeatureStrategy(Strategy):
     def start_epoch(self, run: TrainingRun, epoch: int) -> None:
         run.model.get_classifier().train()
 
-    def train_logits(self, run: TrainingRun, batch_idx):
+    def batch_input(self, run: TrainingRun, batch_idx, gen) -> StepInput:
+        return StepInput(batch_idx)
+
+    def train_logits(self, run: TrainingRun, batch: StepInput):
         feats = self.cache[0]
-        return run.train_model(feats[batch_idx.to(feats.device)])
+        return run.train_model(feats[batch.idx.to(feats.device)])
 
     def val_logits(self, run: TrainingRun):
         import torch

@@ -18,9 +18,11 @@ from medview.models.card import Card
 from medview.training import data as tdata
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Generator, Tensor
     from torch.nn import Module
     from torch.optim import Optimizer
+
+    from medview.training.pipeline import Augmentation
 
 
 class TrainingError(MedviewError):
@@ -169,10 +171,11 @@ class TrainingRun:
     val_idx: np.ndarray
     device: str
     to_input: Callable[[Tensor], Tensor]  # (B, H, W) images -> normalised model input
-    #: (B, H, W) images and their rows in ``images`` -> the augmented images, followed
-    #: by the robust recipe's lung-hidden counterfactual films and second views (if any;
-    #: ``engine.appended`` says how many)
-    augment: Callable[[Tensor, np.ndarray], Tensor]
+    #: (B, H, W) images, their rows in ``images`` and a generator -> (the varied uint8
+    #: films, followed by the robust recipe's lung-hidden counterfactual films and second
+    #: views (if any; ``engine.appended`` says how many), their drawn augmentation)
+    #: (``engine.make_variations``)
+    augment: Callable[[Tensor, np.ndarray, Generator], tuple[Tensor, Augmentation]]
     predict_logits: Callable[[np.ndarray], np.ndarray]  # indices -> logits, eval mode
     features: Callable[[np.ndarray], Tensor]  # indices -> pooled backbone features
     #: module -> the module to train with (DDP on several processes)
