@@ -236,19 +236,31 @@ def _session(model: str, device: str, backend: str = "auto"):
     return session, card
 
 
+def _gpus_may_score(device: str) -> bool:
+    """Whether ``predict --csv`` without ``--nproc`` should ask how many CUDA GPUs there
+    are (one process each): ``--device auto`` or ``cuda`` and a GPU may be present
+    (decided without importing torch on a machine without one)."""
+    from medview.inference.backends import gpu_may_be_present
+
+    return device in ("auto", "cuda") and gpu_may_be_present()
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from medview import cli_pacs
 
     anyway = args.score_out_of_scope
-    if args.nproc is not None and args.nproc != 1:
-        if not args.csv or args.json or cli_pacs.results_wanted(args):
-            print("error: --nproc writes a CSV (--csv FILE); --json, --sr-dir, --sc and "
-                  "--send run on one process", file=sys.stderr)
-            return 2
+    csv_only = bool(args.csv) and not args.json and not cli_pacs.results_wanted(args)
+    if args.nproc is not None and args.nproc != 1 and not csv_only:
+        print("error: --nproc writes a CSV (--csv FILE); --json, --sr-dir, --sc and "
+              "--send run on one process", file=sys.stderr)
+        return 2
+    if (args.nproc is not None and args.nproc != 1) or (
+            args.nproc is None and csv_only and _gpus_may_score(args.device)):
         from medview.training.distributed import launch
         from medview.training.placement import PlacementError, plan
 
         try:
+            # --nproc left out: one process per CUDA GPU (plan's default)
             where = plan("predict", args.device, args.nproc)
         except PlacementError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -488,8 +500,9 @@ def _predict_options(pr: argparse.ArgumentParser) -> None:
                     help="also fill in the label and probabilities of images outside the "
                          "model's scope (in_scope stays false)")
     pr.add_argument("--nproc", type=int, default=None,
-                    help="score on N local processes (torchrun); needs --csv. More "
-                         "processes than GPUs share them")
+                    help="score on N local processes (torchrun); needs --csv. Left out: "
+                         "with --csv, one process per CUDA GPU, else one. More processes "
+                         "than GPUs share them")
     cli_pacs.add_result_options(pr)
     pr.set_defaults(func=cmd_predict)
 

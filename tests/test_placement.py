@@ -117,6 +117,40 @@ def test_predict_shares_one_gpu_between_processes(tmp_path, one_gpu, launched, c
     assert "3 processes, sharing 1 GPU" in capsys.readouterr().err
 
 
+def _gpus(monkeypatch, n):
+    import medview.inference.backends as backends
+    import medview.inference.devices as devices
+
+    monkeypatch.setattr(devices, "available_devices",
+                        lambda: list(CUDA) if n else ["cpu"])
+    monkeypatch.setattr(placement, "cuda_gpu_count", lambda: n)
+    monkeypatch.setattr(backends, "gpu_may_be_present", lambda: n > 0)
+
+
+def test_predict_to_a_csv_defaults_to_one_process_per_gpu(tmp_path, monkeypatch, launched,
+                                                          capsys):
+    _gpus(monkeypatch, 2)
+    out = str(tmp_path / "out.csv")
+    assert cli.main(["predict", str(tmp_path), "--model", "m", "--csv", out]) == 0
+    assert launched and launched[0][0] == 2
+    worker = launched[0][1]
+    assert worker[worker.index("--device") + 1] == "cuda"
+    assert "scoring on CUDA (2 GPUs visible), 2 processes" in capsys.readouterr().err
+
+
+def test_predict_without_a_csv_or_without_gpus_scores_in_this_process(tmp_path,
+                                                                      monkeypatch,
+                                                                      launched):
+    """One GPU, the CPU, or output that one process writes (JSON, stdout): nothing is
+    launched (the model lookup fails here, after the decision, for want of a model)."""
+    out = str(tmp_path / "out.csv")
+    for gpus, argv in ((1, ["--csv", out]), (0, ["--csv", out]), (2, ["--json"]),
+                       (2, []), (2, ["--csv", out, "--device", "cpu"])):
+        _gpus(monkeypatch, gpus)
+        assert cli.main(["predict", str(tmp_path), "--model", "no-such-model", *argv]) == 2
+        assert launched == [], (gpus, argv)
+
+
 def test_train_on_the_cpu_names_the_cpu(tmp_path, monkeypatch, capsys):
     """Without a GPU the training runs here, and its first line says where."""
     import medview.inference.devices as devices

@@ -5,8 +5,8 @@ The rules (``medview train`` and ``medview predict``, the wizard, the cluster sc
 - ``--device auto`` (the default everywhere) is CUDA when a CUDA GPU is visible, else
   Apple's MPS, else the CPU.
 - ``--nproc`` left out is one process per CUDA GPU on CUDA, one process otherwise, for
-  training and the cluster scripts (``medview predict`` without ``--nproc`` scores in
-  one process: several need ``--csv``).
+  training, the cluster scripts and ``medview predict --csv`` (predict's other outputs,
+  JSON, stdout, SR, secondary captures, PACS, are written by one process).
 - Training with more processes than CUDA GPUs stops at once with one line saying so:
   every DDP training process needs a GPU of its own (NCCL cannot put two ranks on one
   device). Training on MPS runs in one process.
