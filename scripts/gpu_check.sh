@@ -3,6 +3,7 @@
 # timm, ONNX Runtime, safetensors, scipy and Pillow of its own image (no network):
 #   - the process-count rules on one GPU (scoring shares it, training stops in one line),
 #   - CPU vs CUDA probabilities of one film (full float32),
+#   - a training batch finished on the GPU against the same batch made on the CPU,
 #   - make bench-gpu's table (benchmarks/bench_gpu.py), under 5 minutes.
 # Everything it prints also goes to $OUT/gpu_check.log.
 #
@@ -50,6 +51,20 @@ import json
 a, b = (json.load(open(p))['predictions'][0] for p in ('/tmp/cpu.json', '/tmp/cuda.json'))
 pa, pb = a['probabilities'], b['probabilities']
 print('max |dp|', max(abs(pa[k] - pb[k]) for k in pa), a['device'], b['device'])"
+    # a training batch finished on the GPU (copy, augmentation, normalisation there)
+    # against the same batch made on a CPU thread: the same input to float rounding
+    python3 -c "
+import numpy as np, torch
+from medview.training.engine import _to_input
+from medview.training.pipeline import draw_augmentation, make_step_input
+from medview.training.types import TrainConfig
+films = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 224, 224), dtype=np.uint8))
+aug = draw_augmentation(64, TrainConfig(hflip=True), torch.Generator().manual_seed(0))
+f = lambda b: _to_input(b, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+cpu = make_step_input(torch.arange(64), films, aug, 'cpu', f).model_input('cpu', f)
+gpu = make_step_input(torch.arange(64), films, aug, 'cuda', f)
+print('pinned', gpu.films.is_pinned(), 'max |dx| GPU vs CPU batch',
+      float((gpu.model_input('cuda', f).cpu() - cpu).abs().max()))"
     timeout 480 python3 benchmarks/bench_gpu.py
     echo "bench rc=$?"
 } 2>&1 | tee "$OUT/gpu_check.log"
