@@ -819,10 +819,14 @@ def deterministic_algorithms() -> None:
     compiler stack (torch._inductor, dynamo, sympy: 1.8 s of a short training run here)
     that the public call imports only to set the compiler's copy of the flag. Training
     compiles nothing; if a later step imports the compiler, it reads the same flag from
-    ``TORCHINDUCTOR_DETERMINISTIC``."""
+    ``TORCHINDUCTOR_DETERMINISTIC``. On CUDA, cuBLAS is deterministic only with a fixed
+    workspace (``CUBLAS_WORKSPACE_CONFIG``, read when its first handle is made): set
+    unless the user chose one."""
     import sys
 
     import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
     if setter is None or "torch._inductor.config" in sys.modules:
