@@ -62,13 +62,15 @@ def test_each_batch_draws_from_its_own_generator():
 
 
 def test_pipeline_threads_one_on_the_cpu_and_the_cores_for_a_gpu(monkeypatch):
+    import os
+
     from medview.training import pipeline
 
-    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert pipeline.pipeline_workers("cpu") == 1
     assert pipeline.pipeline_workers("cuda") == 12
     assert pipeline.pipeline_workers("cuda:1") == 12
-    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     assert pipeline.pipeline_workers("cuda") == 3
 
 

@@ -11,12 +11,19 @@ do). Memory stays bounded by ``ahead`` results.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 R = TypeVar("R")
+
+
+def threads_beside_device(cap: int) -> int:
+    """Threads that feed a GPU: the cores less the one that drives it, at most ``cap``
+    (the batch scorer's readers, the training pipeline's threads)."""
+    return max(1, min(cap, (os.cpu_count() or 2) - 1))
 
 
 class InOrder(Iterator[R]):

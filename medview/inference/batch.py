@@ -114,7 +114,9 @@ def on_gpu(device: str) -> bool:
 def default_readers(device: str) -> int:
     """Reader threads for scoring on ``device``: one on the CPU (its cores score), up to
     8 (the cores less one) on a GPU."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1)) if on_gpu(device) else 1
+    from medview.core.ahead import threads_beside_device
+
+    return threads_beside_device(8) if on_gpu(device) else 1
 
 
 #: The hidden partial CSV a writer fills before renaming it over the target.

@@ -22,13 +22,13 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medview.core.ahead import InOrder
+from medview.core.ahead import InOrder, threads_beside_device
+from medview.inference.batch import on_gpu
 
 if TYPE_CHECKING:
     from torch import Generator, Tensor
@@ -111,7 +111,7 @@ class StepInput:
 def make_step_input(idx: Tensor, films: Tensor, aug: Augmentation | None, device: str,
                     to_input) -> StepInput:
     """What a pipeline thread hands over for ``device`` (see the module's description)."""
-    if on_accelerator(device):
+    if on_gpu(device):
         films = films.contiguous()
         if str(device).startswith("cuda"):
             films = films.pin_memory()
@@ -120,16 +120,10 @@ def make_step_input(idx: Tensor, films: Tensor, aug: Augmentation | None, device
     return StepInput(idx, x=x)
 
 
-def on_accelerator(device: str) -> bool:
-    return str(device).split(":")[0] in ("cuda", "mps")
-
-
 def pipeline_workers(device: str) -> int:
     """Threads making training batches: one on the CPU (its cores run the steps), the
     cores less one (at most 12) for a GPU."""
-    if not on_accelerator(device):
-        return 1
-    return max(1, min(12, (os.cpu_count() or 2) - 1))
+    return threads_beside_device(12) if on_gpu(device) else 1
 
 
 def step_generator(seed: int, rank: int, epoch: int, step: int) -> Generator:
